@@ -1,0 +1,102 @@
+"""The `lossbench` command line (Typer). Hydra overrides pass through `run`, `compare` untouched."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, Optional
+
+import typer
+
+from lossbench.errors import LossbenchError
+
+app = typer.Typer(
+    help="Benchmark similarity-aware classification losses against cross-entropy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+DEBUG_ENV = "LOSSBENCH_DEBUG"
+
+
+def guarded(action: Callable[[], int], resume_hint: str | None = None) -> None:
+    """Run a command: user errors -> one line and exit 2; Ctrl-C -> how to resume and exit 130.
+    Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    try:
+        code = action()
+    except LossbenchError as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        hint = f"; continue with `lossbench resume {resume_hint}`" if resume_hint else ""
+        typer.echo(f"interrupted{hint}", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def run(ctx: typer.Context) -> None:
+    """One training run (one loss, one seed). Arguments are Hydra overrides, e.g. `loss=expected_score seed=1
+    train.epochs=20`; `-m` sweeps (`-m loss=ce,expected_score`), `hydra/launcher=joblib` runs jobs in parallel."""
+    from lossbench import launch
+
+    guarded(lambda: launch.run(list(ctx.args)))
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def compare(
+    ctx: typer.Context,
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Comparison directory [default: comparisons/NAME_TIME]"),
+) -> None:
+    """Train every loss of `losses` for every seed of `seeds`, then write the report (curves.csv, summary.md,
+    PNGs). With no arguments: the offline quick demo. Examples: `experiment=cifar10 seeds=[0,1,2]`,
+    `losses=[ce,expected_score] optim.lr=0.01,0.1` (extra sweeps become report columns)."""
+    from lossbench import launch
+
+    guarded(lambda: launch.compare(list(ctx.args), out), resume_hint=out or "COMPARISON_DIR")
+
+
+@app.command()
+def report(directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories")) -> None:
+    """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
+    from lossbench import launch
+
+    guarded(lambda: launch.report_comparison(launch.Path(directory)))
+
+
+@app.command()
+def resume(directory: str = typer.Argument(..., help="A run directory or a comparison directory")) -> None:
+    """Continue an interrupted run from its last checkpoint, or the unfinished runs of a comparison (then
+    rewrite its report)."""
+    from lossbench import launch
+
+    guarded(lambda: launch.resume(directory), resume_hint=directory)
+
+
+@app.command()
+def losses() -> None:
+    """List the registered losses with their parameters."""
+    from lossbench.losses import LOSSES, loss_parameters
+
+    for name, cls in LOSSES.items():
+        params = ", ".join(f"{k}={v}" for k, v in loss_parameters(name).items()) or "-"
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name:<22} {params:<24} {summary}")
+
+
+def main() -> None:
+    app(prog_name="lossbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

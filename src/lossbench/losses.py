@@ -1,0 +1,134 @@
+"""Classification losses that take a score matrix S (row = true class, column = predicted class).
+
+Public API: `LOSSES[name](scores, **params)` is an nn.Module called as `loss(logits, targets)`; it returns the
+batch mean, or one value per example with `reduction="none"`. The math runs in float32 even under autocast.
+Notation: q = softmax(z), Ŝ = S min-max normalised per row to [0, 1].
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lossbench.errors import require
+from lossbench.scores import normalise_rows
+
+
+class ScoreLoss(nn.Module):
+    """Base class: holds S (and Ŝ) as buffers, casts logits to float32, applies the reduction."""
+
+    def __init__(self, scores: Tensor, reduction: str = "mean"):
+        super().__init__()
+        require(reduction in ("mean", "sum", "none"), f"reduction must be mean, sum or none, not '{reduction}'")
+        scores = torch.as_tensor(scores, dtype=torch.float32)
+        self.register_buffer("scores", scores)
+        self.register_buffer("scores_normalised", normalise_rows(scores))
+        self.reduction = reduction
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            values = self.per_example(logits.float(), targets)
+        if self.reduction == "mean":
+            return values.mean()
+        if self.reduction == "sum":
+            return values.sum()
+        return values
+
+
+class CrossEntropy(ScoreLoss):
+    """-log q_y; ignores S (the baseline)."""
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, reduction="none")
+
+
+class ExpectedScore(ScoreLoss):
+    """-sum_j S[y,j] q_j: the linear expected-score loss (MAE when S = identity)."""
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return -(self.scores[targets] * logits.softmax(dim=1)).sum(dim=1)
+
+
+class LogExpectedScore(ScoreLoss):
+    """-log(sum_j Ŝ[y,j] q_j + eps): the log restores CE's gradient scale; equals CE when S = identity."""
+
+    def __init__(self, scores: Tensor, eps: float = 1e-7, reduction: str = "mean"):
+        super().__init__(scores, reduction)
+        require(eps > 0, f"log_expected_score: eps must be > 0, not {eps}")
+        self.eps = eps
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        expected = (self.scores_normalised[targets] * logits.softmax(dim=1)).sum(dim=1)
+        return -(expected + self.eps).log()
+
+
+class SoftLabelCE(ScoreLoss):
+    """-sum_j p_j log q_j with p = softmax(S[y,:] / tau): soft labels (SORD, Bertinetto et al. 2020)."""
+
+    def __init__(self, scores: Tensor, tau: float = 0.5, reduction: str = "mean"):
+        super().__init__(scores, reduction)
+        require(tau > 0, f"soft_label_ce: tau must be > 0, not {tau}")
+        self.tau = tau
+        self.register_buffer("soft_labels", (self.scores / tau).softmax(dim=1))
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return -(self.soft_labels[targets] * logits.log_softmax(dim=1)).sum(dim=1)
+
+
+class CEExpectedScore(ScoreLoss):
+    """CE + lam * sum_j (1 - Ŝ[y,j]) q_j: cross-entropy plus the expected cost (Galdran et al. 2020)."""
+
+    def __init__(self, scores: Tensor, lam: float = 1.0, reduction: str = "mean"):
+        super().__init__(scores, reduction)
+        require(lam >= 0, f"ce_expected_score: lam must be >= 0, not {lam}")
+        self.lam = lam
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        cost = ((1 - self.scores_normalised[targets]) * logits.softmax(dim=1)).sum(dim=1)
+        return F.cross_entropy(logits, targets, reduction="none") + self.lam * cost
+
+
+class PowerExpectedScore(ScoreLoss):
+    """(1 - E^alpha) / alpha with E = sum_j Ŝ[y,j] q_j: log loss as alpha -> 0, linear at alpha = 1 (GCE-style)."""
+
+    def __init__(self, scores: Tensor, alpha: float = 0.5, eps: float = 1e-7, reduction: str = "mean"):
+        super().__init__(scores, reduction)
+        require(0 < alpha <= 1, f"power_expected_score: alpha must be in (0, 1], not {alpha}")
+        self.alpha = alpha
+        self.eps = eps
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        expected = (self.scores_normalised[targets] * logits.softmax(dim=1)).sum(dim=1)
+        return (1 - (expected + self.eps).pow(self.alpha)) / self.alpha
+
+
+LOSSES: dict[str, type[ScoreLoss]] = {
+    "ce": CrossEntropy,
+    "expected_score": ExpectedScore,
+    "log_expected_score": LogExpectedScore,
+    "soft_label_ce": SoftLabelCE,
+    "ce_expected_score": CEExpectedScore,
+    "power_expected_score": PowerExpectedScore,
+}
+
+
+def loss_parameters(name: str) -> dict[str, Any]:
+    """The tunable parameters of a registered loss and their defaults."""
+    signature = inspect.signature(LOSSES[name].__init__)
+    skip = {"self", "scores", "reduction"}
+    return {p.name: p.default for p in signature.parameters.values() if p.name not in skip}
+
+
+def build_loss(name: str, scores: Tensor, **params: Any) -> ScoreLoss:
+    """LOSSES[name](scores, **params) with clear errors for unknown names or parameters."""
+    require(name in LOSSES, f"unknown loss '{name}'; known: {', '.join(LOSSES)}")
+    unknown = set(params) - set(loss_parameters(name))
+    require(not unknown, f"loss {name}: unknown parameter(s) {sorted(unknown)}; it takes {list(loss_parameters(name))}")
+    return LOSSES[name](scores, **params)

@@ -1,0 +1,213 @@
+"""Score matrices S (row = true class, column = predicted class): built-ins, CSV files, validation.
+
+Every loss and metric takes S in the dataset's class order; `load_scores` is the one place that builds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from lossbench.errors import LossbenchError, require
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# cifar10_groups: vehicles vs animals.
+CIFAR10_GROUPS = {
+    "vehicle": ["airplane", "automobile", "ship", "truck"],
+    "animal": ["bird", "cat", "deer", "dog", "frog", "horse"],
+}
+
+# CIFAR-100's 20 coarse classes (superclasses) and their 5 fine classes each.
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+CIFAR100_CLASSES = sorted(c for fine in CIFAR100_SUPERCLASSES.values() for c in fine)
+
+BUILTINS = ("identity", "cifar10_groups", "cifar100_superclass")
+
+
+class ScoreMatrix:
+    """S as a float32 tensor plus the class names it is indexed by."""
+
+    def __init__(self, matrix: torch.Tensor, classes: Sequence[str]):
+        self.matrix = matrix.to(torch.float32)
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def group_scores(groups: dict[str, list[str]], exact: float, near: float, far: float) -> ScoreMatrix:
+    """S = exact on the diagonal, near within a group, far across groups."""
+    classes = sorted(c for members in groups.values() for c in members)
+    group_of = {c: g for g, members in groups.items() for c in members}
+    matrix = torch.tensor(
+        [[exact if t == p else near if group_of[t] == group_of[p] else far for p in classes] for t in classes]
+    )
+    return ScoreMatrix(matrix, classes)
+
+
+def builtin_scores(name: str, classes: Sequence[str], exact: float, near: float, far: float) -> ScoreMatrix:
+    """A built-in score table for `classes` (identity has no names of its own)."""
+    if name == "identity":
+        n = len(classes)
+        return ScoreMatrix(far + (exact - far) * torch.eye(n), classes)
+    if name == "cifar10_groups":
+        return group_scores(CIFAR10_GROUPS, exact, near, far)
+    if name == "cifar100_superclass":
+        return group_scores(CIFAR100_SUPERCLASSES, exact, near, far)
+    raise LossbenchError(f"unknown score table '{name}'; known: {', '.join(BUILTINS)}, file")
+
+
+def _parse_number(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LossbenchError(f"{where}: '{text}' is not a number") from None
+    require(math.isfinite(value), f"{where}: {text} is not finite")
+    return value
+
+
+def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
+    """Read a score CSV: a table with a header of predicted-class names and a first column of true-class
+    names, or a bare numeric square. Returns (matrix, names or None)."""
+    path = Path(path)
+    require(path.is_file(), f"score file {path}: not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    require(len(rows) > 0, f"score file {path}: empty")
+
+    def is_number(text: str) -> bool:
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+
+    named = not all(is_number(cell) for cell in rows[0] if cell)
+    if named:
+        header, body = rows[0], rows[1:]
+        require(len(body) > 0, f"score file {path}: header row but no data rows")
+        columns = header[1:]  # header[0] is the corner cell (e.g. "true\\pred")
+        row_names = [row[0] for row in body]
+        cells = [row[1:] for row in body]
+        for kind, names in (("column", columns), ("row", row_names)):
+            seen: set[str] = set()
+            for name in names:
+                require(name != "", f"score file {path}: a {kind} name is empty")
+                require(name not in seen, f"score file {path}: duplicate {kind} name '{name}'")
+                seen.add(name)
+        require(
+            len(row_names) == len(columns),
+            f"score file {path}: not square ({len(row_names)} rows, {len(columns)} columns)",
+        )
+        require(
+            set(row_names) == set(columns),
+            f"score file {path}: row names and column names differ "
+            f"(only in rows: {sorted(set(row_names) - set(columns))}, "
+            f"only in columns: {sorted(set(columns) - set(row_names))})",
+        )
+    else:
+        row_names, columns, cells = None, None, rows
+    n = len(cells)
+    values = []
+    for i, row in enumerate(cells):
+        label = f"row {i + 1}" if row_names is None else f"row '{row_names[i]}'"
+        require(len(row) == n, f"score file {path}: {label} has {len(row)} values, expected {n} (ragged or not square)")
+        values.append([_parse_number(cell, f"score file {path}, {label}, column {j + 1}") for j, cell in enumerate(row)])
+    matrix = torch.tensor(values, dtype=torch.float32)
+    if row_names is not None:
+        # Reorder columns to the row order so that S[i, i] is the exact match.
+        order = [columns.index(name) for name in row_names]
+        matrix = matrix[:, order]
+    return matrix, row_names
+
+
+def match_classes(scores: ScoreMatrix, classes: Sequence[str], source: str) -> ScoreMatrix:
+    """Reorder (and restrict) S to the dataset's class order, by name."""
+    missing = [c for c in classes if c not in scores.classes]
+    require(
+        not missing,
+        f"{source}: no scores for dataset class(es) {missing}; the table has {scores.classes}",
+    )
+    index = torch.tensor([scores.classes.index(c) for c in classes])
+    return ScoreMatrix(scores.matrix[index][:, index], classes)
+
+
+def diagonal_warnings(scores: ScoreMatrix) -> list[str]:
+    """One message per row whose maximum is not on the diagonal, and per row with no spread."""
+    messages = []
+    for i, name in enumerate(scores.classes):
+        row = scores.matrix[i]
+        if row.max() == row.min():
+            messages.append(f"true class '{name}': all scores equal, so this row carries no training signal")
+        elif row[i] < row.max():
+            winner = scores.classes[int(row.argmax())]
+            messages.append(
+                f"true class '{name}': the row maximum is on '{winner}', not the diagonal; "
+                f"the linear expected-score loss will learn to answer '{winner}'"
+            )
+    return messages
+
+
+def load_scores(
+    name: str,
+    classes: Sequence[str],
+    path: str | None = None,
+    exact: float = 2.0,
+    near: float = 1.0,
+    far: float = -1.0,
+    warn: bool = True,
+) -> ScoreMatrix:
+    """Build S for `classes` from a built-in name or a CSV file (name='file'), validated and reordered."""
+    if name == "file":
+        require(path is not None and str(path) != "", "scores=file needs scores.path=FILE.csv")
+        matrix, names = read_score_csv(path)
+        source = f"score file {path}"
+        if names is None:
+            require(
+                matrix.shape[0] == len(classes),
+                f"{source}: {matrix.shape[0]}x{matrix.shape[0]} matrix but the dataset has {len(classes)} classes",
+            )
+            names = list(classes)
+        scores = ScoreMatrix(matrix, names)
+    else:
+        scores = builtin_scores(name, classes, exact, near, far)
+        source = f"score table {name}"
+    scores = match_classes(scores, classes, source)
+    if warn:
+        for message in diagonal_warnings(scores):
+            warnings.warn(f"{source}: {message}", stacklevel=2)
+    return scores
+
+
+def normalise_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Ŝ: each row min-max scaled to [0, 1] (a row with no spread becomes all zeros)."""
+    low = matrix.min(dim=1, keepdim=True).values
+    span = matrix.max(dim=1, keepdim=True).values - low
+    return torch.where(span > 0, (matrix - low) / span.clamp_min(1e-12), torch.zeros_like(matrix))
