@@ -14,7 +14,7 @@ $(BIN)/lossbench: pyproject.toml
 install: $(BIN)/lossbench
 
 demo: $(BIN)/lossbench
-	$(BIN)/lossbench compare --out comparisons/quick
+	$(BIN)/lossbench compare
 
 test: $(BIN)/lossbench
 	$(BIN)/python -m pytest -q

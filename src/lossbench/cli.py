@@ -94,6 +94,24 @@ def losses() -> None:
         typer.echo(f"{name:<22} {params:<24} {summary}")
 
 
+@app.command()
+def explain(
+    scores: str = typer.Option(
+        ..., "--scores", help="A score CSV file or a built-in: identity, cifar10_groups, cifar100_superclass"
+    ),
+    tau: Optional[float] = typer.Option(None, "--tau", help="soft_label_ce temperature (default: the loss's own default)"),
+    out: str = typer.Option(".", "--out", "-o", help="Directory for explain_grad_norm.png"),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Comma-separated class names to keep, in order (identity: or a count N)"
+    ),
+) -> None:
+    """Explain what a score matrix asks of each loss: warnings, what each row rewards, gradient norms at three
+    model states, a diagnosis, and a gradient-norm figure."""
+    from lossbench.explain import main as explain_main
+
+    guarded(lambda: explain_main(scores, tau, out, classes))
+
+
 def main() -> None:
     app(prog_name="lossbench")
 

@@ -126,9 +126,9 @@ def loss_parameters(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in signature.parameters.values() if p.name not in skip}
 
 
-def build_loss(name: str, scores: Tensor, **params: Any) -> ScoreLoss:
+def build_loss(name: str, scores: Tensor, reduction: str = "mean", **params: Any) -> ScoreLoss:
     """LOSSES[name](scores, **params) with clear errors for unknown names or parameters."""
     require(name in LOSSES, f"unknown loss '{name}'; known: {', '.join(LOSSES)}")
     unknown = set(params) - set(loss_parameters(name))
     require(not unknown, f"loss {name}: unknown parameter(s) {sorted(unknown)}; it takes {list(loss_parameters(name))}")
-    return LOSSES[name](scores, **params)
+    return LOSSES[name](scores, reduction=reduction, **params)

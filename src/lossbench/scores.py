@@ -109,7 +109,7 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
         except ValueError:
             return False
 
-    named = not all(is_number(cell) for cell in rows[0] if cell)
+    named = not is_number(rows[0][0])  # a named table starts with a corner cell: empty or text
     if named:
         header, body = rows[0], rows[1:]
         require(len(body) > 0, f"score file {path}: header row but no data rows")

@@ -1,0 +1,259 @@
+"""Training throughput: lossbench's loop against the loop most people write, in one process.
+
+Both loops train the same network (SmallCNN, widths 32/64/128, 10 classes) on the same uint8 images with the same
+augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-channel normalisation), batch 256:
+
+  lossbench  the real code: the dataset as one uint8 tensor on the device, `Batches` (crop/flip as one batched
+             gather), channels_last, autocast as `precision=auto` picks it, `train_one_epoch` with SGD + schedule.
+  naive      a Dataset of PIL images, torchvision transforms (RandomCrop, RandomHorizontalFlip, ToTensor,
+             Normalize), a DataLoader with num_workers = os.cpu_count() and shuffle, fp32, F.cross_entropy, SGD.
+
+After --warmup untimed steps of each loop, the two alternate for --rounds rounds; in each round a loop runs one
+untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
+start-up is paid once, in the warmup, outside the timings.
+The last line is `ratio: X.XX` (lossbench median images/s over naive median images/s).
+
+    python scripts/bench_throughput.py                      # synthetic data, CUDA when present
+    python scripts/bench_throughput.py --device cpu --rounds 5 --steps 8
+    python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from lossbench.data import Batches, channel_stats, load_dataset
+from lossbench.losses import build_loss
+from lossbench.models import SmallCNN
+from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.train import prepare, resolve_device, resolve_precision, train_one_epoch
+
+BATCH = 256
+
+
+class PILImages(torch.utils.data.Dataset):
+    """What a torchvision dataset hands its transforms: one PIL image and an int label per index."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_seconds() -> float:
+    """CPU time used so far by this process (all threads) and its live children (the DataLoader workers)."""
+    import multiprocessing
+
+    total = time.process_time()
+    for child in multiprocessing.active_children():
+        try:
+            fields = open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def max_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def load_images(args, n_train: int):
+    """uint8 training images and labels from lossbench's own loader: synthetic (offline) or an image folder."""
+    overrides = [f"data.train_size={n_train}", "data.test_size=10", "data.subset_seed=0"]
+    if args.data_root:
+        overrides += ["data=imagefolder", f"data.root={os.path.abspath(args.data_root)}", "scores=identity"]
+    with initialize_config_module("lossbench.configs", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    scores = prepare(cfg, warn=False)
+    data = load_dataset(cfg.data, scores.classes, scores.matrix)
+    return data.train_x[:n_train], data.train_y[:n_train], scores, cfg
+
+
+class LossbenchLoop:
+    """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
+
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps):
+        self.device, self.dtype = device, dtype
+        images, labels = images.to(device), labels.to(device)
+        mean, std = channel_stats(images)
+        generator = torch.Generator(device=device).manual_seed(0)
+        # `train_one_epoch` runs unchanged on Batches whose "epoch" is exactly the wanted number of steps
+        # (len = images // batch size): `warm` is one step, `timed` is `steps` steps.
+        augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
+        self.warm = Batches(images[:BATCH], labels[:BATCH], BATCH, mean, std, generator, *augment)
+        self.timed = Batches(images[BATCH:], labels[BATCH:], BATCH, mean, std, generator, *augment)
+        assert len(self.timed) == steps
+        torch.manual_seed(0)
+        self.model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
+        self.loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, len(self.timed), 1_000)
+
+    def epoch(self, batches: Batches) -> None:
+        train_one_epoch(self.model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
+
+    def warmup(self, steps: int) -> None:
+        for _ in range(steps):
+            self.epoch(self.warm)
+
+    def round(self) -> tuple[int, float, float]:
+        """Images, wall seconds and CPU seconds of `steps` timed steps."""
+        self.warmup(1)
+        sync(self.device)
+        began, cpu = time.perf_counter(), cpu_seconds()
+        self.epoch(self.timed)
+        sync(self.device)
+        return len(self.timed) * BATCH, time.perf_counter() - began, cpu_seconds() - cpu
+
+
+class NaiveLoop:
+    """The usual PyTorch tutorial loop: PIL images, torchvision transforms, a multi-worker DataLoader, fp32."""
+
+    def __init__(self, images, labels, device, num_classes, steps):
+        self.device, self.steps = device, steps
+        mean, std = channel_stats(images)
+        transform = transforms.Compose([
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((mean / 255).flatten().tolist(), (std / 255).flatten().tolist()),
+        ])  # fmt: skip
+        dataset = PILImages(images, labels, transform)
+        workers = os.cpu_count() or 1
+        self.workers = workers
+        self.loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+                                 persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+        torch.manual_seed(0)
+        self.model = SmallCNN(num_classes).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                         weight_decay=5e-4)  # fmt: skip
+
+    def step(self, x, y) -> float:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()  # what a typical loop logs every step
+
+    def warmup(self, steps: int) -> None:
+        for _, (x, y) in zip(range(steps), iter(self.loader)):  # a new iterator resets the unfinished one
+            self.step(x, y)
+
+    def round(self) -> tuple[int, float, float]:
+        """Images, wall seconds and CPU seconds of `steps` timed steps."""
+        # One epoch of the loader is 1 + steps batches: the first is untimed (the workers' prefetch queue fills
+        # meanwhile, as it would in the middle of an epoch). A new epoch iterator reuses the persistent workers.
+        self.model.train()
+        batches = iter(self.loader)
+        self.step(*next(batches))
+        sync(self.device)
+        began, cpu = time.perf_counter(), cpu_seconds()
+        for _ in range(self.steps):
+            self.step(*next(batches))
+        sync(self.device)
+        return self.steps * BATCH, time.perf_counter() - began, cpu_seconds() - cpu
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two loops (default 3)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
+                        "(default 3: bf16 oneDNN kernels on the CPU take a few steps to settle)")  # fmt: skip
+    parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
+                        "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--rounds and --steps must be >= 1 and --warmup >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is available")
+    return args
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    dtype = resolve_precision("auto", device)
+    n_train = (1 + args.steps) * BATCH  # one epoch = 1 untimed + `steps` timed steps
+    images, labels, scores, cfg = load_images(args, n_train)
+    if len(labels) < n_train:
+        sys.exit(f"error: need {n_train} training images, the data has {len(labels)}")
+    num_classes = len(scores.classes)
+    source = args.data_root or "synthetic"
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(f"precision: lossbench {dtype or torch.float32} autocast (precision=auto), channels_last; naive fp32")
+    print(f"data: {source}, {num_classes} classes, batch {BATCH}; {args.warmup} warmup steps per loop, then "
+          f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
+
+    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps)
+    naive = NaiveLoop(images, labels, device, num_classes, args.steps)
+    print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
+    began = time.perf_counter()
+    lossbench.warmup(args.warmup)
+    print(f"warmup lossbench {time.perf_counter() - began:.1f} s", flush=True)
+    rss_lossbench = max_rss_mb()  # the process peak before the naive loop has run a step
+    began = time.perf_counter()
+    naive.warmup(args.warmup)  # includes starting the workers
+    print(f"warmup naive     {time.perf_counter() - began:.1f} s", flush=True)
+
+    memory = {}
+    resident = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    results = {"lossbench": [], "naive": []}
+    for r in range(args.rounds):
+        for name, loop in (("lossbench", lossbench), ("naive", naive)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            images, wall, cpu = loop.round()
+            rate = images / wall
+            results[name].append(rate)
+            if device.type == "cuda":
+                memory[name] = max(memory.get(name, 0), torch.cuda.max_memory_allocated(device) / 2**20)
+            # CPU time (with the workers') tells how much of a slow round other work on the machine took away.
+            print(f"round {r + 1} {name:<9} {rate:8.1f} images/s  ({wall:.2f} s wall, {cpu:.2f} s CPU)", flush=True)
+
+    medians = {name: statistics.median(rates) for name, rates in results.items()}
+    for name, rates in results.items():
+        print(f"median {name:<9} {medians[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in rates)})")
+    if device.type == "cuda":
+        print(f"peak CUDA memory allocated during the rounds: lossbench {memory['lossbench']:.0f} MiB, naive "
+              f"{memory['naive']:.0f} MiB (both include {resident:.0f} MiB held throughout: lossbench's dataset on the "
+              f"device, both models and optimiser states)")  # fmt: skip
+    else:
+        del naive.loader  # shut the workers down so that RUSAGE_CHILDREN counts them
+        import gc
+
+        gc.collect()
+        print(f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
+              f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker {max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
+    print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    main(args)

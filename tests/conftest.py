@@ -1,0 +1,41 @@
+"""Shared test helpers: tiny configs that train in a second on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+TINY = [
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.progress=false",
+    "data.train_size=256",
+    "data.test_size=128",
+    "model.widths=[8,8,8]",
+]
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_module("lossbench.configs", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def lossbench(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (as a user would), returning its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "lossbench.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def tiny_cfg() -> DictConfig:
+    return make_cfg(*TINY)

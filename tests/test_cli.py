@@ -1,0 +1,76 @@
+"""End-to-end: the real CLI in a temp directory on tiny synthetic data, and its error handling."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, lossbench
+from lossbench.losses import LOSSES
+
+PNGS = ["test_acc.png", "test_score.png", "grad_norm.png", "epochs_to_target.png"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """One tiny `lossbench compare` over all six losses and two seeds, shared by the tests below."""
+    cwd = tmp_path_factory.mktemp("compare")
+    result = lossbench("compare", *TINY, "seeds=[0,1]", "--out", "cmp", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "cmp", result
+
+
+def test_compare_writes_curves_summary_and_pngs(comparison):
+    directory, result = comparison
+    curves = pd.read_csv(directory / "curves.csv")
+    assert set(curves["loss"]) == set(LOSSES) and set(curves["seed"]) == {0, 1}
+    assert len(curves) == len(LOSSES) * 2 * 2  # losses x seeds x epochs
+    summary = pd.read_csv(directory / "summary.csv")
+    assert list(summary["loss"]) == list(LOSSES)
+    assert (summary["runs"] == 2).all()
+    markdown = (directory / "summary.md").read_text()
+    assert "| expected_score |" in markdown and "±" in markdown
+    assert "| ce |" in result.stdout
+    for png in PNGS:
+        assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(directory.glob("loss=*,seed=*"))) == 12
+
+
+def test_report_rebuilds_the_same_tables(comparison, tmp_path):
+    directory, _ = comparison
+    before = pd.read_csv(directory / "summary.csv")
+    for name in ["summary.csv", "summary.md", "curves.csv", *PNGS]:
+        (directory / name).unlink()
+    result = lossbench("report", str(directory), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(directory / "summary.csv"), before)
+    assert all((directory / png).exists() for png in PNGS)
+
+
+def test_sweeps_become_report_columns(tmp_path):
+    result = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "optim.lr=0.01,0.1",
+                       "--out", "sweep", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    curves = pd.read_csv(tmp_path / "sweep" / "curves.csv")
+    assert sorted(set(curves["optim.lr"])) == [0.01, 0.1]
+    assert "at its best optim.lr" in (tmp_path / "sweep" / "summary.md").read_text()
+    assert (tmp_path / "sweep" / "sweep_optim.lr.png").exists()
+
+
+def test_run_writes_under_the_working_directory(tmp_path):
+    result = lossbench("run", *TINY, "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("outputs/*/*/metrics.csv"))) == 1
+
+
+def test_losses_lists_every_loss_with_parameters(tmp_path):
+    result = lossbench("losses", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(LOSSES)
+    assert "tau=0.5" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "report", "resume", "losses"])
+def test_help_on_every_command(tmp_path, command):
+    result = lossbench(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "Usage" in result.stdout

@@ -1,0 +1,168 @@
+"""Datasets as uint8 tensors (synthetic, image folder), subsets, class restriction, and batched augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_cfg
+from lossbench.data import Batches, channel_stats, dataset_classes, load_dataset, stratified_subset, synthetic
+from lossbench.errors import LossbenchError
+from lossbench.scores import CIFAR10_CLASSES, load_scores
+
+
+def synthetic_data(*overrides: str):
+    cfg = make_cfg("data.train_size=600", "data.test_size=200", *overrides)
+    classes = dataset_classes(cfg.data)
+    scores = load_scores(cfg.scores.name, classes, warn=False)
+    return load_dataset(cfg.data, classes, scores.matrix), scores
+
+
+def test_synthetic_is_deterministic_uint8_cifar_shaped():
+    a, _ = synthetic_data()
+    b, _ = synthetic_data()
+    assert a.train_x.dtype == torch.uint8 and a.train_x.shape == (600, 3, 32, 32)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert a.classes == CIFAR10_CLASSES
+    assert torch.bincount(a.train_y).tolist() == [60] * 10
+    c, _ = synthetic_data("data.seed=1")
+    assert not torch.equal(a.train_x, c.train_x)
+
+
+def test_synthetic_classes_with_higher_scores_look_more_alike():
+    data, scores = synthetic_data("data.noise=0")
+    means = torch.stack([data.train_x[data.train_y == c].float().mean(0).flatten() for c in range(10)])
+    corr = torch.corrcoef(means)
+    s = scores.matrix
+    near = corr[(s == 1)].mean()
+    far = corr[(s == -1)].mean()
+    assert near > far + 0.2
+
+
+def test_restrict_classes_relabels_in_the_given_order():
+    data, _ = synthetic_data("data.classes=[truck,cat]")
+    assert data.classes == ["truck", "cat"]
+    assert set(data.train_y.tolist()) == {0, 1}
+
+
+def test_absent_class_is_an_error():
+    with pytest.raises(LossbenchError, match=r"data.classes: \['unicorn'\] not in the synthetic dataset"):
+        dataset_classes(make_cfg("data.classes=[cat,unicorn]").data)
+
+
+def test_stratified_subset_is_seeded_and_balanced():
+    labels = torch.arange(1000) % 4
+    a = stratified_subset(labels, 102, 4, torch.Generator().manual_seed(0))
+    b = stratified_subset(labels, 102, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and len(a) == 102
+    assert sorted(torch.bincount(labels[a]).tolist()) == [25, 25, 26, 26]
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=3, size=40):
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (size, size), (40 * i + j, 100, 200)).save(folder / f"{j}.png")
+    return root
+
+
+def folder_cfg(root, *overrides):
+    return make_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={root}/cache", *overrides).data
+
+
+def test_image_folder_is_decoded_resized_and_cached(tmp_path):
+    root = make_folder(tmp_path / "images")
+    cfg = folder_cfg(root)
+    classes = dataset_classes(cfg)
+    assert classes == ["cat", "dog"]
+    data = load_dataset(cfg, classes, torch.eye(2))
+    assert data.train_x.shape == (6, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.train_x[4, :, 0, 0].tolist() == [41, 100, 200]
+    assert len(list((root / "cache" / "lossbench").glob("*.pt"))) == 1
+    again = load_dataset(cfg, classes, torch.eye(2))
+    assert torch.equal(again.train_x, data.train_x)
+
+
+def test_image_folder_errors_name_the_culprit(tmp_path):
+    with pytest.raises(LossbenchError, match="directory not found"):
+        dataset_classes(folder_cfg(tmp_path / "missing"))
+    root = make_folder(tmp_path / "a")
+    (root / "test" / "dog").rename(root / "test" / "bird")
+    with pytest.raises(LossbenchError, match=r"train and test have different classes \(only in train: \['dog'\]"):
+        dataset_classes(folder_cfg(root))
+    root = make_folder(tmp_path / "b")
+    for f in (root / "train" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(LossbenchError, match=r"train/dog: no image files"):
+        load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
+    root = make_folder(tmp_path / "c")
+    (root / "train" / "cat" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(LossbenchError, match=r"train/cat/0.png: cannot read image"):
+        load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
+    empty = tmp_path / "d"
+    (empty / "train").mkdir(parents=True)
+    (empty / "test").mkdir()
+    with pytest.raises(LossbenchError, match="no class directories"):
+        dataset_classes(folder_cfg(empty))
+
+
+def test_cifar_not_found_without_download(tmp_path):
+    cfg = make_cfg("experiment=cifar10", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(LossbenchError, match="cifar10 not found"):
+        load_dataset(cfg, CIFAR10_CLASSES, torch.eye(10))
+
+
+def batches(images, padding=4, flip=True, seed=0):
+    labels = torch.arange(len(images))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    return Batches(images, labels, 4, mean, std, torch.Generator().manual_seed(seed), padding, flip)
+
+
+def test_batches_without_augmentation_return_the_images_channels_last():
+    images = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
+    loader = batches(images, padding=0, flip=False)
+    assert len(loader) == 2
+    for x, y in loader:
+        assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+        torch.testing.assert_close(x, images[y].float())
+
+
+def test_crop_and_flip_are_shifted_or_mirrored_copies():
+    images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding is recognisable
+    index = torch.arange(64)
+    out = batches(images).augment(index)
+    padded = torch.nn.functional.pad(images.float(), (4, 4, 4, 4))
+    flips = 0
+    for i in range(64):
+        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]  # fmt: skip
+        assert found, i
+        flips += found[0][2]
+    assert 10 < flips < 54  # about half are mirrored
+
+
+def test_same_seed_same_order_and_augmentation():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    a = [x for x, _ in batches(images, seed=3)]
+    b = [x for x, _ in batches(images, seed=3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_channel_stats():
+    images = torch.full((4, 3, 2, 2), 10, dtype=torch.uint8)
+    images[:, 1] = 20
+    mean, std = channel_stats(images)
+    assert mean.flatten().tolist() == pytest.approx([10, 20, 10])
+    assert std.shape == (1, 3, 1, 1)
+
+
+def test_synthetic_generic_names():
+    cfg = make_cfg("data.names=generic", "data.num_classes=3", "scores=identity", "data.train_size=30",
+                   "data.test_size=30").data  # fmt: skip
+    classes = dataset_classes(cfg)
+    assert classes == ["class_000", "class_001", "class_002"]
+    assert synthetic(cfg, classes, torch.eye(3)).train_x.shape[0] == 30

@@ -1,0 +1,106 @@
+"""`lossbench explain`: gradient norms against hand formulas, warnings, the figure, and clean CLI errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossbench.cli import app
+from lossbench.explain import build_losses, explain, format_text, gradient_norms, load, plot
+from lossbench.scores import ScoreMatrix
+
+runner = CliRunner()
+
+FOUR_CLASS = """true\\pred,a,b,c,d
+a,2,0,0,0
+b,0,1,3,0
+c,0,0,2,1
+d,1,1,1,1
+"""
+
+
+def analytic_ratio(p: float, c: int, exact: float, far: float) -> float:
+    """||grad expected_score|| / ||grad ce|| for S = far + (exact - far) I, q_y = p, rest r = (1-p)/(c-1) each.
+    CE: q - e_y. Linear: grad_k = -q_k (S[y,k] - E), E = far + (exact - far) p."""
+    r = (1 - p) / (c - 1)
+    e = far + (exact - far) * p
+    linear = math.sqrt((p * (exact - e)) ** 2 + (c - 1) * (r * (far - e)) ** 2)
+    ce = math.sqrt((p - 1) ** 2 + (c - 1) * r**2)
+    return linear / ce  # simplifies to (exact - far) * p: the linear gradient is (exact - far) p (q - e_y)
+
+
+@pytest.mark.parametrize("exact, far", [(1.0, 0.0), (2.0, -1.0)])
+def test_identity_linear_over_ce_matches_analytic(exact: float, far: float) -> None:
+    c = 5
+    matrix = far + (exact - far) * torch.eye(c)
+    losses = build_losses(matrix, tau=0.5)
+    qs = [0.001, 0.01, 1 / c, 0.5, 0.9, 0.99]
+    norms = gradient_norms(losses, matrix, qs, "uniform")
+    for i, p in enumerate(qs):
+        linear, ce = norms["expected_score"][i], norms["ce"][i]
+        assert linear / ce == pytest.approx(analytic_ratio(p, c, exact, far), rel=1e-4)
+        assert analytic_ratio(p, c, exact, far) == pytest.approx((exact - far) * p)
+        # Ŝ = I here, so log_expected_score is cross-entropy (up to its eps = 1e-7 next to q_y).
+        assert norms["log_expected_score"][i] == pytest.approx(ce, rel=1e-3)
+
+
+def test_off_diagonal_maximum_is_named(tmp_path) -> None:
+    path = tmp_path / "four.csv"
+    path.write_text(FOUR_CLASS)
+    expl = explain(load(str(path), None), tau=0.5, source=str(path))
+    assert len(expl.warnings) == 2
+    assert "true class 'b'" in expl.warnings[0] and "'c'" in expl.warnings[0]
+    assert "true class 'd'" in expl.warnings[1] and "all scores equal" in expl.warnings[1]
+    text = format_text(expl)
+    rewards = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.startswith("  b ")}
+    assert rewards == {"b": "c"}  # the linear loss answers c for true class b
+    # b rewards c and d is flat: the score-driven losses miss both, cross-entropy (and its sum with a cost) does not
+    assert expl.misses["expected_score"] == ["b", "d"] and expl.misses["soft_label_ce"] == ["b", "d"]
+    assert expl.misses["ce"] == [] and expl.misses["ce_expected_score"] == []
+    assert "On 2 row(s) of S (b, d)" in text and "only ce and ce_expected_score do" in text
+
+
+def test_figure_is_written(tmp_path) -> None:
+    scores = ScoreMatrix(torch.eye(3), ["x", "y", "z"])
+    path = tmp_path / "grad.png"
+    plot(explain(scores, tau=0.5, source="test"), path)
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_cifar10_groups(tmp_path) -> None:
+    result = runner.invoke(app, ["explain", "--scores", "cifar10_groups", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Gradient norm ||d loss / d logits||" in result.output
+    for name in ("ce", "expected_score", "log_expected_score", "soft_label_ce", "ce_expected_score"):
+        assert f"\n  {name} " in result.output
+    assert "Diagnosis:" in result.output and "At initialisation the linear loss's gradient is" in result.output
+    assert (tmp_path / "explain_grad_norm.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("true\\pred,a,b\na,1,0\nb,0\n", "has 1 values, expected 2"),
+        ("true\\pred,a,b\na,1,x\nb,0,1\n", "'x' is not a number"),
+        ("1\n", "needs at least 2 classes"),
+    ],
+)
+def test_cli_bad_file_is_one_line_error(tmp_path, content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = runner.invoke(app, ["explain", "--scores", str(path), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_unknown_source_and_bad_tau(tmp_path) -> None:
+    for args in (["--scores", "nope"], ["--scores", "identity", "--tau", "0"]):
+        result = runner.invoke(app, ["explain", *args, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output

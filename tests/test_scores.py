@@ -1,0 +1,117 @@
+"""Score tables: built-ins, CSV parsing (named and bare), reordering by name, validation errors, warnings."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lossbench.errors import LossbenchError
+from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, diagonal_warnings, load_scores, normalise_rows
+
+
+def write(tmp_path, text: str, name: str = "scores.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_cifar10_groups():
+    s = load_scores("cifar10_groups", CIFAR10_CLASSES).matrix
+    cat, dog, truck = (CIFAR10_CLASSES.index(c) for c in ("cat", "dog", "truck"))
+    assert s[cat, cat] == 2 and s[cat, dog] == 1 and s[cat, truck] == -1
+    assert torch.equal(s, s.T)
+
+
+def test_cifar100_superclass_has_20_groups_of_5():
+    s = load_scores("cifar100_superclass", CIFAR100_CLASSES).matrix
+    assert s.shape == (100, 100)
+    assert ((s == 1).sum(1) == 4).all() and (s.diagonal() == 2).all()
+
+
+def test_builtin_restricted_and_reordered_to_dataset_classes():
+    s = load_scores("cifar10_groups", ["truck", "cat", "airplane"]).matrix
+    assert s.tolist() == [[2, -1, 1], [-1, 2, -1], [1, -1, 2]]
+
+
+def test_identity_uses_exact_and_far():
+    s = load_scores("identity", ["a", "b"], exact=1.0, far=0.0).matrix
+    assert s.tolist() == [[1, 0], [0, 1]]
+
+
+def test_named_csv_is_reordered_to_the_dataset_order(tmp_path):
+    # Rows and columns in different orders: values follow the names, not the positions.
+    path = write(tmp_path, "true\\pred,b,a,c\nc,0,1,5\na,1,3,0\nb,4,1,0\n")
+    s = load_scores("file", ["a", "b", "c"], path).matrix
+    assert s.tolist() == [[3, 1, 0], [1, 4, 0], [1, 0, 5]]
+
+
+def test_bare_numeric_csv_uses_dataset_order(tmp_path):
+    path = write(tmp_path, "2,1\n0,2\n")
+    assert load_scores("file", ["x", "y"], path).matrix.tolist() == [[2, 1], [0, 2]]
+
+
+def test_off_diagonal_maximum_is_warned_with_row_and_column(tmp_path):
+    path = write(tmp_path, ",a,b,c\na,2,0,0\nb,0,1,3\nc,0,0,2\n")
+    with pytest.warns(UserWarning, match="true class 'b': the row maximum is on 'c'"):
+        load_scores("file", ["a", "b", "c"], path)
+
+
+def test_flat_row_is_named():
+    s = load_scores("identity", ["a", "b"], warn=False)
+    s.matrix[1] = 1.0
+    assert diagonal_warnings(s) == ["true class 'b': all scores equal, so this row carries no training signal"]
+
+
+def test_no_warning_for_a_good_table():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_scores("cifar10_groups", CIFAR10_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("1,2\n3\n", "row 2 has 1 values, expected 2"),
+        ("1,x\n0,1\n", "row 1, column 2: 'x' is not a number"),
+        ("1,nan\n0,1\n", "nan is not finite"),
+        ("1,inf\n0,1\n", "inf is not finite"),
+        ("1,2,3\n4,5,6\n", "has 3 values, expected 2"),
+        (",a,a\na,1,0\nb,0,1\n", "duplicate column name 'a'"),
+        (",a,b\na,1,0\na,0,1\n", "duplicate row name 'a'"),
+        (",a,b\na,1,0\nc,0,1\n", "row names and column names differ"),
+        (",a,b,c\na,1,0,0\nb,0,1,0\n", "not square"),
+        (",a\n", "header row but no data rows"),
+    ],
+)
+def test_malformed_csv_errors_name_the_culprit(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(LossbenchError, match=message) as err:
+        load_scores("file", ["a", "b"], path)
+    assert path in str(err.value)
+
+
+def test_names_not_matching_the_dataset(tmp_path):
+    path = write(tmp_path, ",a,b\na,1,0\nb,0,1\n")
+    with pytest.raises(LossbenchError, match=r"no scores for dataset class\(es\) \['cat'\]"):
+        load_scores("file", ["a", "cat"], path)
+
+
+def test_wrong_size_for_the_dataset(tmp_path):
+    path = write(tmp_path, "1,0\n0,1\n")
+    with pytest.raises(LossbenchError, match="2x2 matrix but the dataset has 3 classes"):
+        load_scores("file", ["a", "b", "c"], path)
+
+
+def test_missing_file_and_missing_path(tmp_path):
+    with pytest.raises(LossbenchError, match="nope.csv: not found"):
+        load_scores("file", ["a", "b"], str(tmp_path / "nope.csv"))
+    with pytest.raises(LossbenchError, match="scores.path"):
+        load_scores("file", ["a", "b"], None)
+
+
+def test_normalise_rows():
+    s = torch.tensor([[2.0, 1.0, -1.0], [3.0, 3.0, 3.0]])
+    assert torch.allclose(normalise_rows(s), torch.tensor([[1.0, 2 / 3, 0.0], [0.0, 0.0, 0.0]]))
