@@ -182,7 +182,9 @@ class NaiveLoop:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two loops (default 3)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
                         "(default 3: bf16 oneDNN kernels on the CPU take a few steps to settle)")  # fmt: skip
@@ -198,7 +200,7 @@ def parse_args(argv=None):
 
 def main(args) -> None:
     device = resolve_device(args.device)
-    dtype = resolve_precision("auto", device)
+    dtype = resolve_precision(args.precision, device)
     n_train = (1 + args.steps) * BATCH  # one epoch = 1 untimed + `steps` timed steps
     images, labels, scores, cfg = load_images(args, n_train)
     if len(labels) < n_train:
@@ -207,7 +209,8 @@ def main(args) -> None:
     source = args.data_root or "synthetic"
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"precision: lossbench {dtype or torch.float32} autocast (precision=auto), channels_last; naive fp32")
+    amp = f"{dtype} autocast" if dtype else "fp32"
+    print(f"precision: lossbench {amp} (precision={args.precision}), channels_last; naive fp32, contiguous")
     print(f"data: {source}, {num_classes} classes, batch {BATCH}; {args.warmup} warmup steps per loop, then "
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 

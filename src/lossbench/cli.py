@@ -22,9 +22,9 @@ HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEBUG_ENV = "LOSSBENCH_DEBUG"
 
 
-def guarded(action: Callable[[], int], resume_hint: str | None = None) -> None:
-    """Run a command: user errors -> one line and exit 2; Ctrl-C -> how to resume and exit 130.
-    Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
+def guarded(action: Callable[[], int]) -> None:
+    """Run a command: user errors -> one line and exit 2; Ctrl-C -> exit 130 (the run or comparison has said
+    how to resume). Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
@@ -38,8 +38,7 @@ def guarded(action: Callable[[], int], resume_hint: str | None = None) -> None:
     except KeyboardInterrupt:
         if os.environ.get(DEBUG_ENV):
             raise
-        hint = f"; continue with `lossbench resume {resume_hint}`" if resume_hint else ""
-        typer.echo(f"interrupted{hint}", err=True)
+        typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     raise typer.Exit(code)
 
@@ -56,14 +55,14 @@ def run(ctx: typer.Context) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def compare(
     ctx: typer.Context,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Comparison directory [default: comparisons/NAME_TIME]"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Comparison directory (default: comparisons/NAME_TIME)"),
 ) -> None:
     """Train every loss of `losses` for every seed of `seeds`, then write the report (curves.csv, summary.md,
     PNGs). With no arguments: the offline quick demo. Examples: `experiment=cifar10 seeds=[0,1,2]`,
     `losses=[ce,expected_score] optim.lr=0.01,0.1` (extra sweeps become report columns)."""
     from lossbench import launch
 
-    guarded(lambda: launch.compare(list(ctx.args), out), resume_hint=out or "COMPARISON_DIR")
+    guarded(lambda: launch.compare(list(ctx.args), out))
 
 
 @app.command()
@@ -71,7 +70,7 @@ def report(directory: str = typer.Argument(..., help="A comparison (or any) dire
     """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
     from lossbench import launch
 
-    guarded(lambda: launch.report_comparison(launch.Path(directory)))
+    guarded(lambda: launch.report_comparison(launch.Path(directory), partial_ok=True))
 
 
 @app.command()
@@ -80,7 +79,7 @@ def resume(directory: str = typer.Argument(..., help="A run directory or a compa
     rewrite its report)."""
     from lossbench import launch
 
-    guarded(lambda: launch.resume(directory), resume_hint=directory)
+    guarded(lambda: launch.resume(directory))
 
 
 @app.command()

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lossbench.errors import LossbenchError, require
@@ -91,8 +91,20 @@ def _folder_classes(root: Path) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
+_last_loaded: tuple[str, Dataset] | None = None  # jobs of a sweep in one process share the data they agree on
+
+
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
-    """Load the configured source restricted to `classes` (relabelled 0..C-1) and subsampled."""
+    """Load the configured source restricted to `classes` (relabelled 0..C-1) and subsampled.
+    The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""
+    global _last_loaded
+    key = repr((OmegaConf.to_yaml(cfg), list(classes), scores.tolist()))
+    if _last_loaded is None or _last_loaded[0] != key:
+        _last_loaded = (key, _load_dataset(cfg, classes, scores))
+    return _last_loaded[1]
+
+
+def _load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
     if cfg.name == "synthetic":
         data = synthetic(cfg, list(classes), scores)
     elif cfg.name in ("cifar10", "cifar100"):

@@ -19,9 +19,11 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import LOSSES
 from lossbench.report import build_report, find_runs
@@ -92,13 +94,19 @@ def compose_config(overrides: list[Override]) -> DictConfig:
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return compose("config", overrides=lines)
-    except Exception as err:  # composition errors (unknown group option or key) are user input errors
+    except MissingConfigException as err:  # e.g. loss=nope: name the group and its options on one line
+        group, _, option = (err.missing_cfg_file or "").rpartition("/")
+        raise LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}") from None
+    except Exception as err:  # other composition errors (an unknown key ...) are user input errors too
         raise LossbenchError(one_line(err)) from None
 
 
 def preflight(cfg: DictConfig) -> None:
+    """Everything a job would reject, checked once before any job starts: config values, scores, the loss's
+    parameters, and the data itself (loaded once; jobs in this process reuse it)."""
     try:
-        prepare(cfg)
+        scores = prepare(cfg)
+        load_dataset(cfg.data, scores.classes, scores.matrix)
     except LossbenchError:
         raise
     except Exception as err:  # e.g. omegaconf's MissingMandatoryValue for scores.path=???
@@ -159,23 +167,29 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
     ]
     if resume:
         hydra_args.append("resume=true")
-    launch_hydra(hydra_args)
+    try:
+        launch_hydra(hydra_args)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with `lossbench resume {comparison}`", file=sys.stderr)
+        raise SystemExit(130) from None
     return report_comparison(comparison)
 
 
-def report_comparison(comparison: Path) -> int:
-    """Write the report and say which runs did not finish; exit code 1 only when none finished."""
-    summary = build_report(comparison)
-    print(summary.markdown)
+def report_comparison(comparison: Path, partial_ok: bool = False) -> int:
+    """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
+    2 when every run failed on bad input, 1 otherwise (all diverged, say)."""
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
+    require(statuses, f"{comparison}: no run directories found")
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
+    if len(failed) < len(statuses) or any(s["epoch"] > 0 for s in statuses.values()):
+        print(build_report(comparison).markdown)
+        print(f"report: {comparison}")
     for run_dir, status in failed.items():
         print(f"{run_dir}: {status['status']} {status.get('message', '')}".rstrip(), file=sys.stderr)
-    print(f"report: {comparison}")
-    if len(failed) == len(statuses):
-        print(f"error: no run of {comparison} finished", file=sys.stderr)
-        return 1
-    return 0
+    if len(failed) < len(statuses) or partial_ok:
+        return 0
+    print(f"error: no run of {comparison} finished", file=sys.stderr)
+    return 2 if all(s["status"] == "failed" for s in failed.values()) else 1
 
 
 def resume(directory: str) -> int:

@@ -41,7 +41,7 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
 
 
-def loss_colour(name: str) -> str:
+def loss_colour(name: str) -> tuple[float, float, float, float]:
     """One fixed colour per loss across all figures."""
     names = list(LOSSES)
     index = names.index(name) if name in names else len(names) + sum(map(ord, name)) % 4
@@ -58,58 +58,52 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def load_runs(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """All runs' metrics rows with loss, seed, status and every swept parameter as columns.
+def load_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(runs, curves, swept): one row per run (loss, seed, swept parameters, status, run_dir); all runs' metrics
+    rows with those columns in front; and the swept parameters.
 
     A parameter counts as swept when it takes more than one value among the runs of one loss (so loss.tau is
     not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is)."""
-    runs = find_runs(root)
-    require(runs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
-    configs = []
-    for run_dir in runs:
-        flat = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE)))
-        flat.update(run_dir=str(run_dir), status=read_status(run_dir)["status"])
-        configs.append(flat)
+    run_dirs = find_runs(root)
+    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
+    configs = [flatten(OmegaConf.to_container(OmegaConf.load(d / CONFIG_FILE))) for d in run_dirs]
     table = pd.DataFrame(configs)
-    candidates = [k for k in table.columns if k not in IGNORED_KEYS | {"loss.name", "run_dir", "status"}]
+    candidates = [k for k in table.columns if k not in IGNORED_KEYS | {"loss.name"}]
     by_loss = table.astype({k: str for k in candidates}).groupby("loss.name")
     swept = [k for k in candidates if (by_loss[k].nunique() > 1).any()]
+    runs = table[["loss.name", "seed", *swept]].rename(columns={"loss.name": "loss"})
+    runs["status"] = [read_status(d)["status"] for d in run_dirs]
+    runs["run_dir"] = [str(d) for d in run_dirs]
     frames = []
-    for run_dir, config in zip(runs, configs):
-        path = run_dir / METRICS_FILE
-        rows = pd.read_csv(path) if path.exists() and path.stat().st_size > 0 else pd.DataFrame(columns=METRIC_COLUMNS)
-        info = {"loss": config["loss.name"], "seed": config["seed"], **{k: config.get(k) for k in swept}}
-        info.update(status=config["status"], run_dir=str(run_dir))
-        frames.append(rows.assign(**info)[[*info, *METRIC_COLUMNS]])
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return curves, swept
+    for _, run in runs.iterrows():
+        path = Path(run["run_dir"]) / METRICS_FILE
+        if path.exists() and path.stat().st_size > 0:
+            rows = pd.read_csv(path)
+            frames.append(rows.assign(**run.to_dict())[[*runs.columns, *METRIC_COLUMNS]])
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*runs.columns, *METRIC_COLUMNS])
+    return runs, curves, swept
 
 
 def setting_label(loss: str, params: dict[str, object]) -> str:
     return " ".join([loss, *(f"{k}={v}" for k, v in params.items())])
 
 
-def summarise(curves: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """One row per setting (loss x swept parameters): mean and std over seeds of the convergence measures."""
-    per_run = []
-    for (run_dir,), run in curves.groupby(["run_dir"], sort=False):
-        first = run.iloc[0]
-        entry = {"loss": first["loss"], **{k: first[k] for k in swept}, "seed": first["seed"],
-                 "status": first["status"], "epochs": len(run.dropna(subset=["epoch"]))}  # fmt: skip
-        done = run.dropna(subset=["epoch"])
-        for metric in METRICS:
-            entry[f"final_{metric}"] = done[metric].iloc[-1] if len(done) else math.nan
-            entry[f"best_{metric}"] = done[metric].max() if len(done) else math.nan
-        entry["auc_test_acc"] = accuracy_auc(done) if len(done) else math.nan
-        entry["_curve"] = done
-        per_run.append(entry)
-    runs = pd.DataFrame(per_run)
+def summarise(runs: pd.DataFrame, curves: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """One row per setting (loss x swept parameters): mean and std over seeds of the convergence measures.
+    Runs without metrics (diverged in the first epoch, say) count in `runs` and `status` only."""
+    runs = runs.copy()
+    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    empty = pd.DataFrame(columns=METRIC_COLUMNS)
+    curve_of = [by_run.get(d, empty) for d in runs["run_dir"]]
+    for metric in METRICS:
+        runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
+        runs[f"best_{metric}"] = [c[metric].max() if len(c) else math.nan for c in curve_of]
+    runs["auc_test_acc"] = [accuracy_auc(c) if len(c) else math.nan for c in curve_of]
     keys = ["loss", *swept]
     target = TARGET_FRACTION * runs.groupby(keys, dropna=False)["best_test_acc"].mean().max()
-    hits = [epochs_to_target(curve, target) for curve in runs["_curve"]]
+    hits = [epochs_to_target(c, target) if len(c) else (math.nan, math.nan) for c in curve_of]
     runs["epochs_to_target"] = [h[0] for h in hits]
     runs["seconds_to_target"] = [h[1] for h in hits]
-    runs = runs.drop(columns="_curve")
 
     measures = [c for c in runs.columns if c.startswith(("final_", "best_", "auc_"))] + [
         "epochs_to_target", "seconds_to_target"]  # fmt: skip
@@ -200,7 +194,7 @@ def shown_curves(curves: pd.DataFrame, summary: pd.DataFrame, swept: list[str]) 
         for key in swept:
             mask &= curves[key].astype(str) == str(row[key])
         params = {k: row[k] for k in swept}
-        shown.append((setting_label(row["loss"], params), curves[mask].dropna(subset=["epoch"])))
+        shown.append((setting_label(row["loss"], params), curves[mask]))
     return shown
 
 
@@ -262,8 +256,9 @@ def plot_sweep(summary: pd.DataFrame, key: str):
 def build_report(root: Path) -> Report:
     """Write curves.csv, summary.csv, summary.md and the PNGs into root, from the run directories below it."""
     root = Path(root)
-    curves, swept = load_runs(root)
-    summary = summarise(curves, swept)
+    runs, curves, swept = load_runs(root)
+    require(len(curves) > 0, f"{root}: no run has finished an epoch yet")
+    summary = summarise(runs, curves, swept)
     markdown = summary_markdown(summary, swept)
     write_atomic(root / "curves.csv", curves.to_csv(index=False))
     write_atomic(root / "summary.csv", summary.to_csv(index=False))

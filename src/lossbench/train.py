@@ -55,11 +55,18 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prepare(cfg: DictConfig, warn: bool = True) -> ScoreMatrix:
-    """Validate the config and build S for the dataset's classes: the cheap checks, run before any training."""
+    """Validate the config, build S for the dataset's classes and check the loss accepts its parameters:
+    the cheap checks, run before any training."""
     validate(cfg)
     classes = dataset_classes(cfg.data)
     s = cfg.scores
-    return load_scores(s.name, classes, s.get("path"), s.exact, s.near, s.far, warn=warn)
+    scores = load_scores(s.name, classes, s.get("path"), s.exact, s.near, s.far, warn=warn)
+    build_loss(cfg.loss.name, scores.matrix, **loss_params(cfg))
+    return scores
+
+
+def loss_params(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.loss.items() if k != "name"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -262,8 +269,7 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
 
     torch.manual_seed(int(cfg.seed))  # same initial weights for every loss with this seed
     model = build_model(cfg.model, len(scores.classes)).to(device, memory_format=torch.channels_last)
-    loss_params = {k: v for k, v in cfg.loss.items() if k != "name"}
-    loss_fn = build_loss(cfg.loss.name, scores.matrix, **loss_params).to(device)
+    loss_fn = build_loss(cfg.loss.name, scores.matrix, **loss_params(cfg)).to(device)
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))  # data order and augmentation only
     batches = Batches(data.train_x, data.train_y, int(cfg.train.batch_size), mean, std, generator,
                       int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip))  # fmt: skip

@@ -1,0 +1,212 @@
+"""Bad input, interruptions and divergence lose nothing: one-line errors with exit code 2, Ctrl-C and kill -9
+followed by `lossbench resume`, diverged runs that do not stop a comparison, atomic report files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import TINY, lossbench
+from lossbench.train import CHECKPOINT_FILE, read_status, write_atomic
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, no traceback, and one `error:` line naming the culprit."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def csv_file(tmp_path, text: str):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("1,2\n3\n", "row 2 has 1 values"),
+        ("1,x\n0,1\n", "'x' is not a number"),
+        ("1,nan\n0,1\n", "nan is not finite"),
+        (",a,a\na,1,0\nb,0,1\n", "duplicate column name 'a'"),
+        (",a,b,c\na,1,0,0\nb,0,1,0\n", "not square"),
+        (",cat,dog\ncat,1,0\ndog,0,1\n", "no scores for dataset class(es) ['airplane'"),
+        ("1,0\n0,1\n", "2x2 matrix but the dataset has 10 classes"),
+    ],
+)
+def test_bad_score_file(tmp_path, text, fragment):
+    path = csv_file(tmp_path, text)
+    result = lossbench("run", *TINY, "scores=file", f"scores.path={path}", cwd=tmp_path)
+    assert_clean_error(result, str(path), fragment)
+    assert not (tmp_path / "outputs").exists()  # rejected before any run directory was made
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["scores=file", "scores.path=/nope/s.csv"], ["/nope/s.csv: not found"]),
+        (["scores=file"], ["scores.path"]),
+        (["loss=nope"], ["unknown loss 'nope'; known: ce, ce_expected_score"]),
+        (["data.classes=[cat,unicorn]"], ["data.classes", "unicorn"]),
+        (["data=imagefolder", "data.root=/nope/images"], ["/nope/images: directory not found"]),
+        (["experiment=cifar10", "data.root=.", "data.download=false"], ["cifar10 not found", "data.download=true"]),
+        (["train.epochs=0"], ["train.epochs must be > 0"]),
+        (["train.batch_size=0"], ["train.batch_size must be > 0"]),
+        (["optim.lr=-1"], ["optim.lr must be > 0"]),
+        (["loss=soft_label_ce", "loss.tau=0"], ["tau must be > 0"]),
+        (["loss=power_expected_score", "loss.alpha=2"], ["alpha must be in (0, 1]"]),
+        (["nonsense=1"], ["Could not override 'nonsense'"]),
+    ],
+)
+def test_bad_config_or_path(tmp_path, args, fragments):
+    assert_clean_error(lossbench("run", *TINY, *args, cwd=tmp_path), *fragments)
+
+
+def test_unknown_loss_in_compare_lists_the_known_ones(tmp_path):
+    result = lossbench("compare", *TINY, "losses=[ce,nope]", cwd=tmp_path)
+    assert_clean_error(result, "unknown loss(es) ['nope']; known: ce, expected_score")
+
+
+def image_folder(root, corrupt=False, empty_class=False, test_classes=("cat", "dog")):
+    for split, classes in (("train", ("cat", "dog")), ("test", test_classes)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            if empty_class and split == "train" and name == "dog":
+                continue
+            for j in range(4):
+                Image.new("RGB", (32, 32), (j * 50, 0, 0)).save(root / split / name / f"{j}.png")
+    if corrupt:
+        (root / "test" / "dog" / "2.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ({"corrupt": True}, "test/dog/2.png: cannot read image"),
+        ({"empty_class": True}, "train/dog: no image files"),
+        ({"test_classes": ("cat", "fox")}, "train and test have different classes"),
+    ],
+)
+def test_bad_image_folder(tmp_path, kind, fragment):
+    root = image_folder(tmp_path / "images", **kind)
+    args = ["data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path}", "scores=identity",
+            "data.train_size=null", "data.test_size=null"]  # fmt: skip
+    assert_clean_error(lossbench("compare", *TINY, *args, cwd=tmp_path), fragment)
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lossbench.cli", "run", "train.epochs=0"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "LOSSBENCH_DEBUG": "1"})  # fmt: skip
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_existing_comparison_is_never_overwritten(tmp_path):
+    first = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "--out", "cmp", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "cmp" / "loss=ce,seed=0" / "metrics.csv").read_text()
+    again = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "--out", "cmp", cwd=tmp_path)
+    assert_clean_error(again, "already has runs", "lossbench resume")
+    assert (tmp_path / "cmp" / "loss=ce,seed=0" / "metrics.csv").read_text() == before
+
+
+def huge_scores(tmp_path):
+    """Scores near float32's limit: the linear loss's gradient overflows, CE (which ignores S) trains."""
+    return csv_file(tmp_path, "3e38,-3e38\n-3e38,3e38\n")
+
+
+def two_class_args(tmp_path):
+    return ["data.names=generic", "data.num_classes=2", "scores=file", f"scores.path={huge_scores(tmp_path)}",
+            "optim.warmup_epochs=0"]  # fmt: skip
+
+
+def test_diverged_run_does_not_stop_the_comparison(tmp_path):
+    result = lossbench("compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score,ce]", "--out", "cmp",
+                       cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert read_status(tmp_path / "cmp" / "loss=expected_score,seed=0")["status"] == "diverged"
+    assert read_status(tmp_path / "cmp" / "loss=ce,seed=0")["status"] == "finished"
+    assert "loss=expected_score,seed=0: diverged" in result.stderr
+    summary = pd.read_csv(tmp_path / "cmp" / "summary.csv").set_index("loss")
+    assert summary.loc["expected_score", "status"] == "1 diverged"
+
+
+def test_comparison_with_no_finished_run_exits_non_zero(tmp_path):
+    result = lossbench("compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score]", "--out", "cmp",
+                       cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert "no run of cmp finished" in result.stderr and "Traceback" not in result.stderr
+
+
+def wait_for(path, process, timeout=120.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), "the process never got there"
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=50", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(run_dir / CHECKPOINT_FILE, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
+    assert read_status(run_dir)["status"] == "interrupted"
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert rows["epoch"].tolist() == list(range(1, len(rows) + 1))
+
+
+def test_killed_comparison_resumes_only_unfinished_runs(tmp_path):
+    """kill -9 `compare` once its first run has finished; `resume` skips that run, completes the rest, and the
+    result matches a comparison that was never interrupted."""
+    args = [*TINY, "train.epochs=3", "data.train_size=512", "losses=[ce,expected_score]"]
+    straight = lossbench("compare", *args, "--out", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *args, "--out", "cmp"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    second = tmp_path / "cmp" / "loss=expected_score,seed=0"
+    wait_for(second / "metrics.csv", process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = tmp_path / "cmp" / "loss=ce,seed=0"
+    finished_metrics = (first / "metrics.csv").read_text()
+
+    resumed = lossbench("resume", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (first / "metrics.csv").read_text() == finished_metrics  # the finished run was left alone
+    for name in ("ce", "expected_score"):
+        got = pd.read_csv(tmp_path / "cmp" / f"loss={name},seed=0" / "metrics.csv").drop(columns="elapsed_s")
+        want = pd.read_csv(tmp_path / "straight" / f"loss={name},seed=0" / "metrics.csv").drop(columns="elapsed_s")
+        pd.testing.assert_frame_equal(got, want)
+    assert (tmp_path / "cmp" / "summary.md").exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "summary.md"
+    path.write_text("old")
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_atomic(path, "new")
+    assert path.read_text() == "old"
