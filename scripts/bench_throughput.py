@@ -7,20 +7,25 @@ augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-ch
              gather), channels_last, autocast as `precision=auto` picks it, `train_one_epoch` with SGD + schedule.
   naive      a Dataset of PIL images, torchvision transforms (RandomCrop, RandomHorizontalFlip, ToTensor,
              Normalize), a DataLoader with num_workers = os.cpu_count() and shuffle, fp32, F.cross_entropy, SGD.
+             Its PIL images are held decoded in memory (no JPEG decoding per step), in its favour.
 
 After --warmup untimed steps of each loop, the two alternate for --rounds rounds; in each round a loop runs one
 untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
 start-up is paid once, in the warmup, outside the timings.
-The last line is `ratio: X.XX` (lossbench median images/s over naive median images/s).
+Each round line also gives the CPU seconds used (the workers' included): a round with far less CPU time than
+2 x wall time on 2 cores was slowed by other work on the machine. The last line is `ratio: X.XX` (lossbench
+median images/s over naive median images/s).
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
-    python scripts/bench_throughput.py --device cpu --rounds 5 --steps 8
+    python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
     python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import multiprocessing
 import os
 import resource
 import statistics
@@ -65,8 +70,6 @@ def sync(device: torch.device) -> None:
 
 def cpu_seconds() -> float:
     """CPU time used so far by this process (all threads) and its live children (the DataLoader workers)."""
-    import multiprocessing
-
     total = time.process_time()
     for child in multiprocessing.active_children():
         try:
@@ -181,13 +184,13 @@ class NaiveLoop:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
-                        "(default 3: bf16 oneDNN kernels on the CPU take a few steps to settle)")  # fmt: skip
+                        "(default 3; oneDNN builds its kernels in the first steps, the DataLoader starts its workers)")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
                         "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -232,8 +235,8 @@ def main(args) -> None:
         for name, loop in (("lossbench", lossbench), ("naive", naive)):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            images, wall, cpu = loop.round()
-            rate = images / wall
+            count, wall, cpu = loop.round()
+            rate = count / wall
             results[name].append(rate)
             if device.type == "cuda":
                 memory[name] = max(memory.get(name, 0), torch.cuda.max_memory_allocated(device) / 2**20)
@@ -249,8 +252,6 @@ def main(args) -> None:
               f"device, both models and optimiser states)")  # fmt: skip
     else:
         del naive.loader  # shut the workers down so that RUSAGE_CHILDREN counts them
-        import gc
-
         gc.collect()
         print(f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
               f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker {max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
