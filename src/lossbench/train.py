@@ -215,10 +215,15 @@ class Progress:
         text = (f"{self.name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
                 f"train_acc {row['train_acc']:.3f} test_acc {row['test_acc']:.3f} "
                 f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} ({row['elapsed_s']:.1f}s)")  # fmt: skip
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"{self.name} ep {row['epoch']}/{epochs} "
-                            f"loss {row['train_loss']:.3f} acc {row['test_acc']:.3f}")  # fmt: skip
+        if self.bar is None:
+            log.info(text)
+            return
+        self.bar.update(self.task, description=f"{self.name} ep {row['epoch']}/{epochs} "
+                        f"loss {row['train_loss']:.3f} acc {row['test_acc']:.3f}")  # fmt: skip
+        # The bar is transient: take it down while the log line prints, so the two never overwrite each other.
+        self.bar.stop()
         log.info(text)
+        self.bar.start()
 
     def close(self) -> None:
         if self.bar is not None:
