@@ -74,3 +74,9 @@ def test_losses_lists_every_loss_with_parameters(tmp_path):
 def test_help_on_every_command(tmp_path, command):
     result = lossbench(command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_hydra_flags_pass_through_run(tmp_path):
+    result = lossbench("run", "--cfg", "job", "loss=soft_label_ce", "loss.tau=0.25", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: soft_label_ce" in result.stdout and "tau: 0.25" in result.stdout

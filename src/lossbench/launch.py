@@ -73,7 +73,7 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], bool]:
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     words = [a for a in args if a not in MULTIRUN_FLAGS]
     flags = [a for a in words if a.startswith("-")]
-    require(not flags, f"unsupported option(s) {flags}: lossbench takes Hydra overrides (key=value) and -m")
+    require(not flags, f"unsupported option(s) {flags}: compare takes Hydra overrides (key=value) and -m")
     try:
         return OverridesParser.create().parse_overrides(words), multirun
     except Exception as err:  # hydra's OverrideParseException: a malformed key=value
@@ -117,9 +117,11 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run(args: list[str]) -> int:
-    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code."""
-    overrides, _ = parse_overrides(args)
-    preflight(compose_config(overrides))
+    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code.
+    Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
+    if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+        overrides, _ = parse_overrides(args)
+        preflight(compose_config(overrides))
     finished_jobs.clear()
     launch_hydra(args)
     bad = [(d, s) for d, s in finished_jobs if s != "finished"]
