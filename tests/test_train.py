@@ -68,6 +68,8 @@ def test_divergence_stops_and_is_marked(tmp_path):
     assert train_run(cfg, tmp_path / "run") == "diverged"
     status = read_status(tmp_path / "run")
     assert status["status"] == "diverged" and "loss became" in status["message"]
+    assert train_run(cfg, tmp_path / "run", resume=True) == "diverged"  # final: not trained again
+    assert read_status(tmp_path / "run") == status
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_cfg):

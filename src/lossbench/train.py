@@ -231,19 +231,20 @@ class Progress:
 
 
 def run_has_results(run_dir: Path) -> bool:
-    return (run_dir / METRICS_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists()
+    """Whether a run was started here (every run writes its status first, then metrics and checkpoints)."""
+    return any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE))
 
 
 def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
     """Train one run into run_dir and return its final status. With resume, continue from the checkpoint
-    (a finished run is left as it is); without, refuse a directory that already holds results."""
+    (a finished or diverged run is left as it is); without, refuse a directory that already holds results."""
     run_dir = Path(run_dir)
     if run_has_results(run_dir):
         require(resume, f"run directory {run_dir} already has results; continue it with "
                         f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
         status = read_status(run_dir)["status"]
-        if status == "finished":
-            log.info("%s: already finished", run_dir)
+        if status in ("finished", "diverged"):  # final: resuming a diverged run would only diverge again
+            log.info("%s: already %s", run_dir, status)
             return status
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / CONFIG_FILE
