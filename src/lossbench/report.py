@@ -217,7 +217,7 @@ def plot_metric(shown, metric: str, title: str, ylabel: str, log_y: bool = False
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it never hides a curve
     return fig
 
 
@@ -249,7 +249,7 @@ def plot_sweep(summary: pd.DataFrame, key: str):
     ax.set_ylabel("final test_score (mean over seeds)")
     ax.set_title(f"Final test score vs {key}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it never hides a curve
     return fig
 
 
