@@ -47,6 +47,7 @@ def test_report_rebuilds_the_same_tables(comparison, tmp_path):
     assert all((directory / png).exists() for png in PNGS)
 
 
+@pytest.mark.slow
 def test_sweeps_become_report_columns(tmp_path):
     result = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "optim.lr=0.01,0.1",
                        "--out", "sweep", cwd=tmp_path)  # fmt: skip

@@ -104,3 +104,12 @@ def test_cli_unknown_source_and_bad_tau(tmp_path) -> None:
     for args in (["--scores", "nope"], ["--scores", "identity", "--tau", "0"]):
         result = runner.invoke(app, ["explain", *args, "--out", str(tmp_path)])
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+
+
+def test_recommends_only_losses_with_half_of_ce_gradient_at_start_and_on_mistakes():
+    expl = explain(load("cifar10_groups", None), 0.5, "cifar10_groups")
+    advice = next(line for line in format_text(expl).splitlines() if line.strip().startswith("Use "))
+    assert "soft_label_ce" in advice and "ce_expected_score" in advice
+    # log_expected_score keeps ce's push on confident mistakes but only ~0.34x at initialisation.
+    assert expl.states["init (q uniform)"]["log_expected_score"] < 0.5 * expl.states["init (q uniform)"]["ce"]
+    assert "log_expected_score" not in advice

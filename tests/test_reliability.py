@@ -173,6 +173,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert rows["epoch"].tolist() == list(range(1, len(rows) + 1))
 
 
+@pytest.mark.slow
 def test_killed_comparison_resumes_only_unfinished_runs(tmp_path):
     """kill -9 `compare` once its first run has finished; `resume` skips that run, completes the rest, and the
     result matches a comparison that was never interrupted."""

@@ -85,6 +85,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path, tiny_cfg):
     assert state["epoch"] == 2 and "model" in state and "data_rng" in state
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     """kill -9 a real `lossbench run` after its first checkpoint, resume it, compare with a straight run."""
     overrides = [*TINY, "train.epochs=4", "data.train_size=1024"]
