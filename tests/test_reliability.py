@@ -61,6 +61,7 @@ def test_bad_score_file(tmp_path, text, fragment):
         (["loss=nope"], ["unknown loss 'nope'; known: ce, ce_expected_score"]),
         (["data.classes=[cat,unicorn]"], ["data.classes", "unicorn"]),
         (["data=imagefolder", "data.root=/nope/images"], ["/nope/images: directory not found"]),
+        (["data=imagefolder"], ["data=imagefolder needs data.root=PATH"]),
         (["experiment=cifar10", "data.root=.", "data.download=false"], ["cifar10 not found", "data.download=true"]),
         (["train.epochs=0"], ["train.epochs must be > 0"]),
         (["train.batch_size=0"], ["train.batch_size must be > 0"]),

@@ -53,6 +53,8 @@ def source_classes(cfg: DictConfig) -> list[str]:
     if cfg.name == "cifar100":
         return list(CIFAR100_CLASSES)
     if cfg.name == "imagefolder":
+        missing = OmegaConf.is_missing(cfg, "root")
+        require(not missing, "data=imagefolder needs data.root=PATH (train/<class>/*, test/<class>/*)")
         return _folder_classes(Path(cfg.root))
     raise LossbenchError(f"unknown dataset '{cfg.name}'; known: synthetic, cifar10, cifar100, imagefolder")
 

@@ -27,7 +27,7 @@ from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import LOSSES
 from lossbench.report import build_report, find_runs
-from lossbench.train import CONFIG_FILE, prepare, read_status, train_run
+from lossbench.train import CONFIG_FILE, absolute_paths, prepare, read_status, train_run
 
 log = logging.getLogger("lossbench")
 
@@ -105,6 +105,7 @@ def preflight(cfg: DictConfig) -> None:
     """Everything a job would reject, checked once before any job starts: config values, scores, the loss's
     parameters, and the data itself (loaded once; jobs in this process reuse it)."""
     try:
+        cfg = absolute_paths(cfg)  # as a job will see it, so that the job finds this load in the cache
         scores = prepare(cfg)
         load_dataset(cfg.data, scores.classes, scores.matrix)
     except LossbenchError:
