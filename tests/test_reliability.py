@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, lossbench
-from lossbench.train import CHECKPOINT_FILE, read_status, write_atomic
+from lossbench.atomic import write_atomic
+from lossbench.train import CHECKPOINT_FILE, read_status
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from lossbench.atomic import atomic_path
 from lossbench.errors import LossbenchError, require
 from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, normalise_rows
 
@@ -185,9 +186,8 @@ def _image_folder(cfg: DictConfig, classes: Sequence[str]) -> Dataset:
         tensors += [torch.stack(images), torch.tensor([label for _, label in files[split]])]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(tensors, tmp)
-        tmp.replace(cache)
+        with atomic_path(cache) as tmp:
+            torch.save(tensors, tmp)
     return Dataset(*tensors, list(classes))
 
 

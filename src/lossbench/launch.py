@@ -68,14 +68,17 @@ def launch_hydra(args: list[str]) -> None:
 # ---------------------------------------------------------------- overrides and preflight
 
 
-def parse_overrides(args: list[str]) -> tuple[list[Override], bool]:
-    """The parsed overrides and whether -m/--multirun was given. Other flags (--cfg, -cd ...) are Hydra's."""
-    multirun = any(a in MULTIRUN_FLAGS for a in args)
-    words = [a for a in args if a not in MULTIRUN_FLAGS]
+def without_multirun_flag(args: list[str]) -> list[str]:
+    return [a for a in args if a not in MULTIRUN_FLAGS]
+
+
+def parse_overrides(args: list[str]) -> list[Override]:
+    """The parsed key=value overrides (-m/--multirun ignored); other flags are refused."""
+    words = without_multirun_flag(args)
     flags = [a for a in words if a.startswith("-")]
     require(not flags, f"unsupported option(s) {flags}: compare takes Hydra overrides (key=value) and -m")
     try:
-        return OverridesParser.create().parse_overrides(words), multirun
+        return OverridesParser.create().parse_overrides(words)
     except Exception as err:  # hydra's OverrideParseException: a malformed key=value
         raise LossbenchError(one_line(err)) from None
 
@@ -121,7 +124,7 @@ def run(args: list[str]) -> int:
     """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code.
     Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
-        overrides, _ = parse_overrides(args)
+        overrides = parse_overrides(args)
         preflight(compose_config(overrides))
     finished_jobs.clear()
     launch_hydra(args)
@@ -134,7 +137,7 @@ def run(args: list[str]) -> int:
 def compare(args: list[str], out: str | None = None, resume: bool = False) -> int:
     """`lossbench compare`: every loss of `losses` x every seed of `seeds` (plus any sweeps in args) as one
     Hydra multirun into one comparison directory, then the report. Returns the exit code."""
-    overrides, _ = parse_overrides(args)
+    overrides = parse_overrides(args)
     cfg = compose_config(overrides)
     preflight(cfg)
     keys = {o.key_or_group for o in overrides}
@@ -148,6 +151,7 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
         require(len(cfg.seeds) > 0, "seeds: the list is empty")
         sweep.append("seed=" + ",".join(str(int(s)) for s in cfg.seeds))
 
+    user_args = without_multirun_flag(args)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     comparison = Path(out) if out else Path("comparisons") / f"{cfg.name}_{stamp}"
     if not resume:
@@ -157,13 +161,12 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
             f"`lossbench resume {comparison}` or choose another --out",
         )
         comparison.mkdir(parents=True, exist_ok=True)
-        user_args = [a for a in args if a not in MULTIRUN_FLAGS]
         (comparison / COMPARE_FILE).write_text(json.dumps({"args": user_args, "created": stamp}, indent=2) + "\n")
     # Job directories are named by the swept keys only: loss=ce,seed=0 (constant overrides are left out).
     constant = sorted({o.key_or_group for o in overrides if is_task_override(o) and not o.is_sweep_override()})
     hydra_args = [
         "-m",
-        *[a for a in args if a not in MULTIRUN_FLAGS],
+        *user_args,
         *sweep,
         f"hydra.sweep.dir={json.dumps(str(comparison))}",
         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(['resume', *constant])}]",

@@ -4,7 +4,6 @@ results: curves.csv, summary.csv, summary.md and PNG figures. Every file is writ
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from lossbench.errors import require  # noqa: E402
 from lossbench.losses import LOSSES  # noqa: E402
 from lossbench.metrics import METRIC_COLUMNS, accuracy_auc, epochs_to_target  # noqa: E402
-from lossbench.train import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status, write_atomic  # noqa: E402
+from lossbench.atomic import atomic_path, write_atomic  # noqa: E402
+from lossbench.train import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status  # noqa: E402
 
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
 SELECT_BY = "final_test_score"  # with swept parameters, each loss is shown at the setting that maximises this
@@ -181,10 +181,9 @@ def summary_markdown(summary: pd.DataFrame, swept: list[str]) -> str:
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def shown_curves(curves: pd.DataFrame, summary: pd.DataFrame, swept: list[str]) -> list[tuple[str, pd.DataFrame]]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from lossbench.atomic import atomic_path, write_atomic
 from lossbench.data import Batches, Dataset, channel_stats, dataset_classes, eval_batches, load_dataset
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import build_loss
@@ -98,12 +98,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 # ---------------------------------------------------------------- run-directory files
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "") -> None:
     info = {"status": status, "epoch": epoch, "epochs": epochs, "message": message,
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
@@ -136,12 +130,10 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
         return
     with path.open(newline="") as f:
         rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= last_epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
@@ -158,11 +150,11 @@ def absolute_paths(cfg: DictConfig) -> DictConfig:
 
 
 def train_one_epoch(model, loss_fn, batches: Batches, optimizer, scheduler, dtype) -> torch.Tensor:
-    """One pass over the training batches. Returns device-side sums [loss, correct, grad norm, count]:
-    nothing is read back to the host inside the loop."""
+    """One pass over the training batches. Returns device-side sums [loss, correct, grad norm] over its
+    len(batches) * batches.batch_size examples: nothing is read back to the host inside the loop."""
     model.train()
     device = batches.labels.device
-    sums = torch.zeros(4, device=device)
+    sums = torch.zeros(3, device=device)
     for x, y in batches:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
@@ -175,8 +167,8 @@ def train_one_epoch(model, loss_fn, batches: Batches, optimizer, scheduler, dtyp
         scheduler.step()
         n = len(y)
         # d loss_i / d z_i = n * d mean-loss / d z_i.
-        sums += torch.stack([loss.detach() * n, (z.detach().argmax(1) == y).sum(), z.grad.norm(dim=1).sum() * n,
-                             torch.tensor(n, device=device)])  # fmt: skip
+        correct = (z.detach().argmax(1) == y).sum().float()
+        sums += torch.stack([loss.detach() * n, correct, z.grad.norm(dim=1).sum() * n])
     return sums
 
 
@@ -231,7 +223,7 @@ class Progress:
 
 
 def run_has_results(run_dir: Path) -> bool:
-    """Whether a run was started here (every run writes its status first, then metrics and checkpoints)."""
+    """Whether a run was started here: its status (written before the first epoch), metrics or checkpoint."""
     return any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE))
 
 
@@ -303,7 +295,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
         for epoch in range(start_epoch + 1, epochs + 1):
             began = time.perf_counter()
             sums = train_one_epoch(step_model, loss_fn, batches, optimizer, scheduler, dtype)
-            loss_sum, correct, grad_sum, count = sums.tolist()  # the one host sync of the epoch
+            loss_sum, correct, grad_sum = sums.tolist()  # the one host sync of the epoch
+            count = len(batches) * batches.batch_size
             step += len(batches)
             if not math.isfinite(loss_sum):
                 write_status(run_dir, "diverged", epoch - 1, epochs, f"training loss became {loss_sum} in epoch {epoch}")
@@ -320,8 +313,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
                          "epoch": epoch, "step": step, "elapsed_s": elapsed}  # fmt: skip
-                torch.save(state, checkpoint.with_name(CHECKPOINT_FILE + ".tmp"))
-                os.replace(checkpoint.with_name(CHECKPOINT_FILE + ".tmp"), checkpoint)
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(state, tmp)
             write_status(run_dir, "running", epoch, epochs)
     finally:
         progress.close()
