@@ -1,60 +1,111 @@
-"""Every experiment and config-group option composes; the quick experiment is offline and valid."""
+"""Configuration: defaults that don't leak, every option of every group composes and instantiates, presets."""
 
 from __future__ import annotations
 
 from importlib import resources
 
 import pytest
+import torch
+import yaml
 
 from conftest import make_cfg
+from lossbench.components import group_options
+from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DOGS20_CLASSES, Source, build_source
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES, loss_parameters
+from lossbench.launch import DEMO
+from lossbench.losses import LOSSES, build_loss_from_config, loss_parameters
+from lossbench.models import build_model
+from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.scores import build_scores
 from lossbench.train import prepare, validate
 
+GROUPS = ("data", "scores", "loss", "model", "optim", "schedule", "experiment")
 
-def options(group: str) -> list[str]:
-    folder = resources.files("lossbench.configs") / group
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+def group_file(group: str, option: str) -> dict:
+    return yaml.safe_load((resources.files("lossbench.configs") / group / f"{option}.yaml").read_text())
 
 
 def test_groups_mirror_modules():
-    for group in ("data", "scores", "loss", "model", "optim", "experiment"):
-        assert options(group), group
-    assert options("loss") == sorted(LOSSES)
-    assert {"quick", "cifar10", "cifar100", "synthetic100"} <= set(options("experiment"))
+    for group in GROUPS:
+        assert group_options(group), group
+    assert group_options("loss") == sorted(LOSSES)
+    assert {"quick", "cifar10", "cifar100", "synthetic100", "dogs20"} <= set(group_options("experiment"))
+    assert {"small_cnn", "resnet18", "mlp", "custom"} <= set(group_options("model"))
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
+def test_no_experiment_composes_exactly_the_defaults():
+    cfg = make_cfg()
+    assert cfg.name == "run" and cfg.train.epochs == 10
+    for group, option in (("data", "synthetic"), ("model", "small_cnn"), ("optim", "sgd"), ("loss", "ce")):
+        assert dict(cfg[group]) == group_file(group, option), group
+
+
+def test_a_data_override_takes_nothing_from_the_demo():
+    """The issue's case: data=cifar10 must not inherit the quick demo's subset, noise, narrow network, epochs."""
+    cfg = make_cfg("data=cifar10")
+    assert dict(cfg.data) == group_file("data", "cifar10")
+    assert cfg.data.train_size is None and "noise" not in cfg.data
+    assert list(cfg.model.widths) == [32, 64, 128] and cfg.train.epochs == 10 and cfg.name == "run"
+
+
+def test_compare_without_arguments_is_the_offline_demo():
+    cfg = make_cfg(DEMO)
+    assert cfg.name == "quick" and cfg.data.name == "synthetic" and list(cfg.model.widths) == [16, 32, 64]
+    assert prepare(cfg).matrix.shape == (10, 10)
+    assert list(cfg.losses) == group_options("loss") or set(cfg.losses) == set(LOSSES)
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment):
     cfg = make_cfg(f"experiment={experiment}")
     assert cfg.name == experiment
-    for key in ("seed", "device", "train.epochs", "train.batch_size", "optim.lr", "data.train_size",
-                "data.test_size", "data.classes"):  # fmt: skip
-        node, *path = key.split(".")
-        value = cfg[node]
-        for part in path:
-            assert part in value, key
-            value = value[part]
     validate(cfg)
 
 
-@pytest.mark.parametrize("loss", options("loss"))
+@pytest.mark.parametrize("loss", group_options("loss"))
 def test_loss_configs_carry_the_registered_parameters(loss):
     cfg = make_cfg(f"loss={loss}")
-    assert {k for k in cfg.loss if k != "name"} == set(loss_parameters(loss))
+    assert cfg.loss.name == loss
+    assert {k for k in cfg.loss if k not in ("name", "_target_")} == set(loss_parameters(loss))
+    built = build_loss_from_config(cfg.loss, torch.eye(3))
+    assert isinstance(built, LOSSES[loss])
 
 
-@pytest.mark.parametrize("group", ["data", "scores", "model", "optim"])
-def test_every_group_option_composes(group):
-    for option in options(group):
-        make_cfg(f"{group}={option}")
+def test_every_data_source_instantiates(tmp_path):
+    paths = {"imagefolder": [f"data.root={tmp_path}"], "arrays": [f"data.path={tmp_path}/x.npz"]}
+    for option in group_options("data"):
+        source = build_source(make_cfg(f"data={option}", *paths.get(option, [])).data)
+        assert isinstance(source, Source) and source.name == option
 
 
-def test_quick_is_the_default_and_offline():
-    cfg = make_cfg()
-    assert cfg.name == "quick" and cfg.data.name == "synthetic"
-    assert prepare(cfg).matrix.shape == (10, 10)
-    assert list(cfg.losses) == list(LOSSES)
+@pytest.mark.parametrize("option", group_options("scores"))
+def test_every_score_table_instantiates(tmp_path, option):
+    classes = {"cifar100_superclass": CIFAR100_CLASSES, "dogs20_groups": DOGS20_CLASSES}.get(option, CIFAR10_CLASSES)
+    table = tmp_path / "s.csv"  # a bare numeric square, taken in the dataset's class order
+    table.write_text("\n".join(",".join("2" if i == j else "0" for j in range(len(classes))) for i in range(len(classes))))
+    cfg = make_cfg(f"scores={option}", *([f"scores.path={table}"] if option == "file" else []))
+    scores = build_scores(cfg.scores, classes, warn=False)
+    assert scores.matrix.shape == (len(classes), len(classes)) and scores.classes == list(classes)
+
+
+@pytest.mark.parametrize("model", [m for m in group_options("model") if m != "custom"])
+def test_every_model_optimiser_and_schedule_instantiates(model):
+    shape = (12,) if model == "mlp" else (3, 32, 32)
+    net = build_model(make_cfg(f"model={model}").model, 5, shape)
+    assert net.eval()(torch.zeros(2, *shape)).shape == (2, 5)
+    for optim in group_options("optim"):
+        optimizer = build_optimizer(make_cfg(f"optim={optim}").optim, net)
+        for schedule in group_options("schedule"):
+            scheduler = build_scheduler(make_cfg(f"schedule={schedule}").schedule, optimizer, 10, 2)
+            assert scheduler.get_last_lr()[0] >= 0
+
+
+def test_a_custom_model_without_target_is_one_clear_error():
+    with pytest.raises(LossbenchError, match=r"model._target_ is not set"):
+        build_model(make_cfg("model=custom").model, 5, (3, 32, 32))
+    with pytest.raises(LossbenchError, match=r"model._target_=nopkg.Net: cannot import it"):
+        build_model(make_cfg("model=custom", "model._target_=nopkg.Net").model, 5, (3, 32, 32))
 
 
 @pytest.mark.parametrize(

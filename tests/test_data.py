@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from conftest import make_cfg
-from lossbench.data import Batches, channel_stats, dataset_classes, load_dataset, stratified_subset, synthetic
+from lossbench.data import Batches, feature_stats, dataset_classes, load_dataset, stratified_subset, synthetic
 from lossbench.errors import LossbenchError
-from lossbench.scores import CIFAR10_CLASSES, load_scores
+from lossbench.data import CIFAR10_CLASSES
+from lossbench.scores import load_scores
 
 
 def synthetic_data(*overrides: str):
-    cfg = make_cfg("data.train_size=600", "data.test_size=200", *overrides)
+    cfg = make_cfg("data.train_size=600", "data.test_size=200", "data.val_size=null", *overrides)
     classes = dataset_classes(cfg.data)
     scores = load_scores(cfg.scores.name, classes, warn=False)
     return load_dataset(cfg.data, classes, scores.matrix), scores
@@ -70,7 +71,8 @@ def make_folder(root, classes=("cat", "dog"), per_class=3, size=40):
 
 
 def folder_cfg(root, *overrides):
-    return make_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={root}/cache", *overrides).data
+    return make_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={root}/cache", "data.val_size=null",
+                    *overrides).data  # fmt: skip
 
 
 def test_image_folder_is_decoded_resized_and_cached(tmp_path):
@@ -152,10 +154,10 @@ def test_same_seed_same_order_and_augmentation():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_channel_stats():
+def test_feature_stats():
     images = torch.full((4, 3, 2, 2), 10, dtype=torch.uint8)
     images[:, 1] = 20
-    mean, std = channel_stats(images)
+    mean, std = feature_stats(images)
     assert mean.flatten().tolist() == pytest.approx([10, 20, 10])
     assert std.shape == (1, 3, 1, 1)
 

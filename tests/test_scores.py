@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lossbench.errors import LossbenchError
-from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, diagonal_warnings, load_scores, normalise_rows
+from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES
+from lossbench.scores import diagonal_warnings, load_scores, normalise_rows
 
 
 def write(tmp_path, text: str, name: str = "scores.csv"):

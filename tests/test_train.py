@@ -32,7 +32,7 @@ def test_run_writes_config_status_and_the_guide_columns(tmp_path, tiny_cfg):
     frame = metrics(tmp_path / "run")
     assert list(frame.columns) == METRIC_COLUMNS
     assert frame["epoch"].tolist() == [1, 2]
-    assert frame["step"].tolist() == [4, 8]  # 256 images / batch 64
+    assert frame["step"].tolist() == [3, 6]  # 230 images (256 less the 10% validation split) / batch 64
     assert frame["test_acc"].between(0, 1).all() and (frame["grad_norm"] > 0).all()
     assert read_status(tmp_path / "run")["status"] == "finished"
     assert (tmp_path / "run" / "config.yaml").exists()
@@ -64,7 +64,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, tiny_cfg):
 
 
 def test_divergence_stops_and_is_marked(tmp_path):
-    cfg = make_cfg(*TINY, "train.epochs=3", "optim.lr=1e30", "optim.warmup_epochs=0")
+    cfg = make_cfg(*TINY, "train.epochs=3", "optim.lr=1e30", "schedule.warmup_epochs=0")
     assert train_run(cfg, tmp_path / "run") == "diverged"
     status = read_status(tmp_path / "run")
     assert status["status"] == "diverged" and "loss became" in status["message"]

@@ -1,7 +1,11 @@
-"""Datasets as in-memory uint8 tensors, and device-side batching with batched crop/flip augmentation.
+"""Datasets as in-memory tensors, and device-side batching with batched crop/flip augmentation.
 
-Every source (synthetic, CIFAR-10/100, an image folder) becomes a `Dataset` of uint8 [N, 3, H, W] tensors once;
-training then cuts batches by index from a device-side permutation, with no per-image Python in the hot loop.
+Every source is a `_target_` node of the `data` config group (synthetic, CIFAR-10/100, an image folder, arrays
+from an .npz file). A source lists its classes cheaply and reads its examples; `load_dataset` then applies what
+all sources share: class restriction, seeded stratified subsets and the validation split carved from the training
+set. Images are uint8 [N, C, H, W], feature vectors float32 [N, ...]; training cuts batches by index from a
+device-side permutation, with no per-example Python in the hot loop. The class-name lists of the built-in
+datasets live here too.
 """
 
 from __future__ import annotations
@@ -9,67 +13,198 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lossbench.atomic import atomic_path
 from lossbench.errors import LossbenchError, require
-from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, normalise_rows
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# CIFAR-100's 20 coarse classes (superclasses) and their 5 fine classes each.
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+CIFAR100_CLASSES = sorted(c for fine in CIFAR100_SUPERCLASSES.values() for c in fine)
+# dogs20 (Imagenette + Imagewoof at 64x64): 11 dog breeds and 9 other objects.
+DOGS20_BREEDS = [
+    "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound", "english_springer",
+    "golden_retriever", "old_english_sheepdog", "rhodesian_ridgeback", "samoyed", "shih_tzu",
+]  # fmt: skip
+DOGS20_OBJECTS = ["cassette_player", "chain_saw", "church", "french_horn", "garbage_truck", "gas_pump",
+                  "golf_ball", "parachute", "tench"]  # fmt: skip
+DOGS20_CLASSES = sorted(DOGS20_BREEDS + DOGS20_OBJECTS)
 SYNTHETIC_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+
+Select = Callable[[str, Tensor], Tensor]  # (split, labels) -> indices of the examples to keep
 
 
 @dataclass
 class Dataset:
-    train_x: Tensor  # uint8 [N, 3, H, W]
+    train_x: Tensor  # uint8 [N, C, H, W] images or float32 [N, ...] features
     train_y: Tensor  # int64 [N]
     test_x: Tensor
     test_y: Tensor
     classes: list[str]
+    val_x: Tensor | None = None  # carved from the training set; None without a validation split
+    val_y: Tensor | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.train_x.dtype == torch.uint8 and self.train_x.ndim == 4
 
     def to(self, device: torch.device) -> "Dataset":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes)
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes,
+                       move(self.val_x), move(self.val_y))  # fmt: skip
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(kw_only=True)
+class Source:
+    """What every source shares: the subset, validation split and augmentation settings. A subclass lists its
+    classes (`available_classes`, cheap: reads no examples) and reads the examples of some of them (`read`)."""
+
+    name: str
+    train_size: int | None = None  # the training pool before the validation split; None = all
+    val_size: float | int | None = None  # a fraction (< 1) or a count of the training pool; None/0 = no split
+    test_size: int | None = None
+    subset_seed: int = 0
+    classes: list[str] | None = None  # restrict to these classes, in this order
+    augment: dict[str, Any] = field(default_factory=dict)  # images: crop_padding, flip
+
+    def available_classes(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
+        """The examples of `classes` (labels 0..C-1 in that order), keeping select(split, labels) of each split."""
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class Synthetic(Source):
+    """Deterministic CIFAR-style images generated in code: classes with a higher mutual score look more alike."""
+
+    names: str = "cifar10"  # cifar10 | cifar100 | generic (class_000 ... with num_classes)
+    num_classes: int = 10
+    seed: int = 0
+    similarity: float = 0.9
+    noise: float = 3.0
+    image_size: int = 32
+
+    def available_classes(self) -> list[str]:
+        if self.names in SYNTHETIC_NAMES:
+            return list(SYNTHETIC_NAMES[self.names])
+        require(self.names == "generic", f"data.names must be cifar10, cifar100 or generic, not '{self.names}'")
+        require(self.num_classes >= 2, f"data.num_classes must be >= 2, not {self.num_classes}")
+        return [f"class_{i:03d}" for i in range(self.num_classes)]
+
+    def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
+        return _select(synthetic(self, classes, scores), select)
+
+
+@dataclass(kw_only=True)
+class TorchvisionCIFAR(Source):
+    """torchvision's CIFAR-10 or CIFAR-100 (downloaded into root when download is true)."""
+
+    variant: str = "cifar10"
+    root: str = "data"
+    download: bool = True
+
+    def available_classes(self) -> list[str]:
+        return list(CIFAR10_CLASSES if self.variant == "cifar10" else CIFAR100_CLASSES)
+
+    def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
+        return _select(restrict(_torchvision_cifar(self), classes), select)
+
+
+@dataclass(kw_only=True)
+class ImageFolder(Source):
+    """root/{train,test}/<class>/* in any PIL format, resized to image_size. Only the chosen subset is decoded,
+    and the decoded tensors are cached (in cache_dir, default ~/.cache/lossbench) keyed on exactly those files."""
+
+    root: str
+    image_size: int = 32
+    cache: bool = True
+    cache_dir: str | None = None
+
+    def available_classes(self) -> list[str]:
+        return _folder_classes(Path(self.root))
+
+    def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
+        return _image_folder(self, classes, select)
+
+
+@dataclass(kw_only=True)
+class Arrays(Source):
+    """Feature vectors from an .npz file: x_train, y_train, x_test, y_test (float features of any shape [N, ...],
+    integer labels 0..C-1) and optionally `classes` (C names; default class_0 ... class_{C-1})."""
+
+    path: str
+
+    def available_classes(self) -> list[str]:
+        return read_arrays(Path(self.path))[1]
+
+    def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
+        data, _ = read_arrays(Path(self.path))
+        return _select(restrict(data, classes), select)
+
+
+def build_source(cfg: DictConfig) -> Source:
+    """The data config node as a Source object (its `_target_` class)."""
+    try:
+        source = instantiate(cfg, _convert_="all")
+    except Exception as err:  # hydra wraps the real cause (a missing value, an unknown key) in its own error
+        cause = err.__cause__ or err
+        raise LossbenchError(f"data: {' '.join(str(cause).split())}") from None
+    require(isinstance(source, Source), f"data._target_ must build a lossbench.data.Source, not {type(source)}")
+    return source
 
 
 # ---------------------------------------------------------------- class names
 
 
-def source_classes(cfg: DictConfig) -> list[str]:
-    """All class names the configured source offers, in its own order (cheap: reads no images)."""
-    if cfg.name == "synthetic":
-        if cfg.names in SYNTHETIC_NAMES:
-            return list(SYNTHETIC_NAMES[cfg.names])
-        require(cfg.num_classes >= 2, f"data.num_classes must be >= 2, not {cfg.num_classes}")
-        return [f"class_{i:03d}" for i in range(cfg.num_classes)]
-    if cfg.name == "cifar10":
-        return list(CIFAR10_CLASSES)
-    if cfg.name == "cifar100":
-        return list(CIFAR100_CLASSES)
-    if cfg.name == "imagefolder":
-        missing = OmegaConf.is_missing(cfg, "root")
-        require(not missing, "data=imagefolder needs data.root=PATH (train/<class>/*, test/<class>/*)")
-        return _folder_classes(Path(cfg.root))
-    raise LossbenchError(f"unknown dataset '{cfg.name}'; known: synthetic, cifar10, cifar100, imagefolder")
-
-
 def dataset_classes(cfg: DictConfig) -> list[str]:
     """The classes a run uses: `data.classes` (in that order) or all of the source's."""
-    available = source_classes(cfg)
-    if not cfg.get("classes"):
+    source = build_source(cfg)
+    available = source.available_classes()
+    if source.classes is None:
         return available
-    wanted = [str(c) for c in cfg.classes]
+    wanted = [str(c) for c in source.classes]
+    require(len(wanted) >= 2, f"data.classes needs at least 2 classes, not {wanted}")
     absent = [c for c in wanted if c not in available]
-    require(not absent, f"data.classes: {absent} not in the {cfg.name} dataset (it has {available})")
+    require(not absent, f"data.classes: {absent} not in the {source.name} dataset (it has {available})")
     require(len(set(wanted)) == len(wanted), f"data.classes lists a class twice: {wanted}")
-    require(len(wanted) >= 2, "data.classes needs at least 2 classes")
     return wanted
 
 
@@ -98,26 +233,46 @@ _last_loaded: tuple[str, Dataset] | None = None  # jobs of a sweep in one proces
 
 
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
-    """Load the configured source restricted to `classes` (relabelled 0..C-1) and subsampled.
+    """Load the configured source restricted to `classes` (relabelled 0..C-1), subsampled and split.
     The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""
     global _last_loaded
     key = repr((OmegaConf.to_yaml(cfg), list(classes), scores.tolist()))
     if _last_loaded is None or _last_loaded[0] != key:
-        _last_loaded = (key, _load_dataset(cfg, classes, scores))
+        _last_loaded = (key, _load_dataset(build_source(cfg), list(classes), scores))
     return _last_loaded[1]
 
 
-def _load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
-    if cfg.name == "synthetic":
-        data = synthetic(cfg, list(classes), scores)
-    elif cfg.name in ("cifar10", "cifar100"):
-        data = restrict(_torchvision_cifar(cfg), classes)
-    else:
-        data = restrict(_image_folder(cfg, classes), classes)
-    generator = torch.Generator().manual_seed(int(cfg.subset_seed))
-    train = stratified_subset(data.train_y, cfg.train_size, len(classes), generator)
-    test = stratified_subset(data.test_y, cfg.test_size, len(classes), generator)
+def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset:
+    generator = torch.Generator().manual_seed(int(source.subset_seed))
+    sizes = {"train": source.train_size, "test": source.test_size}
+
+    def select(split: str, labels: Tensor) -> Tensor:
+        return stratified_subset(labels, sizes[split], len(classes), generator, f"data.{split}_size")
+
+    data = source.read(classes, scores, select)
+    return validation_split(data, source.val_size, generator)
+
+
+def _select(data: Dataset, select: Select) -> Dataset:
+    train, test = select("train", data.train_y), select("test", data.test_y)
     return Dataset(data.train_x[train], data.train_y[train], data.test_x[test], data.test_y[test], data.classes)
+
+
+def validation_split(data: Dataset, size: float | int | None, generator: torch.Generator) -> Dataset:
+    """Carve a stratified, seeded validation set out of the training set: `size` is a fraction (< 1) or a count."""
+    if not size:
+        return data
+    n = len(data.train_y)
+    count = round(size * n) if isinstance(size, float) and size < 1 else size
+    require(isinstance(count, int) and 0 < count < n,
+            f"data.val_size must be a fraction in (0, 1) or a count below the training set's {n}, not {size}")  # fmt: skip
+    require(count >= len(data.classes), f"data.val_size {size} gives {count} examples, fewer than the "
+                                        f"{len(data.classes)} classes (a larger data.val_size, or null for none)")  # fmt: skip
+    val = stratified_subset(data.train_y, count, len(data.classes), generator, "data.val_size")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return Dataset(data.train_x[keep], data.train_y[keep], data.test_x, data.test_y, data.classes,
+                   data.train_x[val], data.train_y[val])  # fmt: skip
 
 
 def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
@@ -136,31 +291,41 @@ def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
     return Dataset(*pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes))
 
 
-def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator) -> Tensor:
-    """Indices of a seeded subset of about `size` examples with the classes in equal shares (all if None)."""
-    if size is None or size >= len(labels):
+def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator,
+                      what: str = "subset size") -> Tensor:  # fmt: skip
+    """Indices of a seeded subset of `size` examples with the classes in equal shares as far as each class
+    allows (all if None). Asking for more examples than there are is an error, not a silent cap."""
+    if size is None:
         return torch.arange(len(labels))
-    require(size >= num_classes, f"subset size {size} is smaller than the number of classes ({num_classes})")
-    per_class, extra = divmod(size, num_classes)
-    chosen = []
-    for c in range(num_classes):
-        members = (labels == c).nonzero().flatten()
-        take = per_class + (1 if c < extra else 0)
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
-    return torch.cat(chosen).sort().values
+    require(size <= len(labels), f"{what} {size} is larger than the {len(labels)} examples available")
+    if size == len(labels):
+        return torch.arange(len(labels))
+    require(size >= num_classes, f"{what} {size} is smaller than the number of classes ({num_classes})")
+    members = [(labels == c).nonzero().flatten() for c in range(num_classes)]
+    members = [m[torch.randperm(len(m), generator=generator)] for m in members]
+    # Equal shares; classes with too few examples give all they have and the rest is shared out again.
+    take, left = [0] * num_classes, size
+    while left > 0:
+        open_ = [c for c in range(num_classes) if take[c] < len(members[c])]
+        share, extra = divmod(left, len(open_))
+        for i, c in enumerate(open_):
+            add = min(share + (1 if i < extra else 0), len(members[c]) - take[c])
+            take[c] += add
+            left -= add
+    return torch.cat([m[:t] for m, t in zip(members, take)]).sort().values
 
 
-def _torchvision_cifar(cfg: DictConfig) -> Dataset:
+def _torchvision_cifar(source: TorchvisionCIFAR) -> Dataset:
     from torchvision import datasets
 
-    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
-    root = Path(cfg.root)
+    cls = datasets.CIFAR10 if source.variant == "cifar10" else datasets.CIFAR100
+    root = Path(source.root)
     try:
-        train = cls(str(root), train=True, download=bool(cfg.download))
-        test = cls(str(root), train=False, download=bool(cfg.download))
+        train = cls(str(root), train=True, download=bool(source.download))
+        test = cls(str(root), train=False, download=bool(source.download))
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise LossbenchError(
-            f"data.root {root}: {cfg.name} not found ({err}); set data.download=true or point data.root at it"
+            f"data.root {root}: {source.variant} not found ({err}); set data.download=true or point data.root at it"
         ) from None
 
     def tensors(ds) -> tuple[Tensor, Tensor]:
@@ -169,12 +334,52 @@ def _torchvision_cifar(cfg: DictConfig) -> Dataset:
     return Dataset(*tensors(train), *tensors(test), list(train.classes))
 
 
-def _image_folder(cfg: DictConfig, classes: Sequence[str]) -> Dataset:
-    """Decode root/{train,test}/<class>/* once, resized to data.image_size; cached as tensors on disk."""
-    root = Path(cfg.root)
-    size = int(cfg.image_size)
-    files = {split: _list_images(root / split, classes) for split in ("train", "test")}
-    cache = _cache_path(cfg, files, size)
+def read_arrays(path: Path) -> tuple[Dataset, list[str]]:
+    """x_train, y_train, x_test, y_test (and optional classes) from an .npz file, validated."""
+    require(path.is_file(), f"data.path {path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as err:
+        raise LossbenchError(f"data.path {path}: not a readable .npz file ({' '.join(str(err).split())})") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    require(not missing, f"data.path {path}: missing array(s) {missing} (has {sorted(arrays)})")
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        require(x.ndim >= 2 and len(x) > 0, f"data.path {path}: x_{split} must be [N, ...] with N > 0, not shape {x.shape}")
+        require(np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x), f"data.path {path}: x_{split} must be numeric, not {x.dtype}")
+        require(np.isfinite(x.astype(np.float64)).all(), f"data.path {path}: x_{split} has NaN or infinite values")
+        require(np.abs(x.astype(np.float64)).max() < 3.4e38, f"data.path {path}: x_{split} has values beyond float32")
+        require(y.ndim == 1 and len(y) == len(x), f"data.path {path}: y_{split} must be [N] with N = len(x_{split}) = {len(x)}, not shape {y.shape}")
+        require(np.issubdtype(y.dtype, np.integer), f"data.path {path}: y_{split} must hold integer labels, not {y.dtype}")
+    require(arrays["x_train"].shape[1:] == arrays["x_test"].shape[1:],
+            f"data.path {path}: x_train's feature shape {arrays['x_train'].shape[1:]} differs from x_test's {arrays['x_test'].shape[1:]}")  # fmt: skip
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    if "classes" in arrays:
+        names = [str(c) for c in arrays["classes"].tolist()]
+        require(arrays["classes"].ndim == 1 and len(set(names)) == len(names) and all(names),
+                f"data.path {path}: classes must be distinct, non-empty names, not {names}")  # fmt: skip
+    else:
+        names = [f"class_{i}" for i in range(int(labels.max()) + 1 if labels.min() >= 0 else 0)]
+    bad = labels[(labels < 0) | (labels >= len(names))]
+    require(len(bad) == 0, f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside 0..{len(names) - 1} ({len(names)} classes)")
+    require(len(names) >= 2, f"data.path {path}: needs at least 2 classes, has {len(names)}")
+    data = Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)), torch.from_numpy(arrays["y_train"].astype(np.int64)),
+                   torch.from_numpy(arrays["x_test"].astype(np.float32)), torch.from_numpy(arrays["y_test"].astype(np.int64)), names)  # fmt: skip
+    return data, names
+
+
+def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -> Dataset:
+    """Decode the chosen files of root/{train,test}/<class>/* once, resized to image_size; cached on disk."""
+    root = Path(source.root)
+    size = int(source.image_size)
+    require(size > 0, f"data.image_size must be > 0, not {size}")
+    files = {}
+    for split in ("train", "test"):
+        listed = _list_images(root / split, classes)
+        chosen = select(split, torch.tensor([label for _, label in listed]))
+        files[split] = [listed[i] for i in chosen.tolist()]
+    cache = _cache_path(source, files, size)
     if cache is not None and cache.is_file():
         tensors = torch.load(cache, weights_only=True)
         return Dataset(*tensors, list(classes))
@@ -215,15 +420,15 @@ def _decode(path: Path, size: int) -> Tensor:
     return pixels.view(size, size, 3).permute(2, 0, 1).contiguous()
 
 
-def _cache_path(cfg: DictConfig, files: dict[str, list[tuple[Path, int]]], size: int) -> Path | None:
-    if not cfg.get("cache", True):
+def _cache_path(source: ImageFolder, files: dict[str, list[tuple[Path, int]]], size: int) -> Path | None:
+    if not source.cache:
         return None
     digest = hashlib.sha1(str(size).encode())
     for split in ("train", "test"):
         for path, label in files[split]:
             stat = path.stat()
             digest.update(f"{path.resolve()}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    base = Path(cfg.get("cache_dir") or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lossbench"
+    base = Path(source.cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lossbench"
     return base / f"imagefolder-{digest.hexdigest()[:16]}.pt"
 
 
@@ -236,14 +441,15 @@ def _smooth_noise(n: int, size: int, grid: int, generator: torch.Generator) -> T
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def synthetic(cfg: DictConfig, classes: list[str], scores: Tensor) -> Dataset:
+def synthetic(cfg: Synthetic, classes: list[str], scores: Tensor) -> Dataset:
     """Deterministic CIFAR-style images: each class is a smooth prototype image, and prototypes of classes with a
     higher mutual score are correlated (they look alike), so confusions follow S. Samples add smooth and pixel
     noise, contrast jitter and a random shift to the prototype."""
     generator = torch.Generator().manual_seed(int(cfg.seed))
     size, n_classes = int(cfg.image_size), len(classes)
     # Correlation between prototypes: symmetrised normalised S, blended with the identity, made PSD.
-    similarity = normalise_rows(scores)
+    low, high = scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values
+    similarity = (scores - low) / (high - low).clamp_min(1e-12)  # each row in [0, 1]: how alike, not how much
     similarity = (similarity + similarity.T) / 2
     correlation = (1 - cfg.similarity) * torch.eye(n_classes) + cfg.similarity * similarity
     correlation.fill_diagonal_(1.0)
@@ -276,30 +482,34 @@ def synthetic(cfg: DictConfig, classes: list[str], scores: Tensor) -> Dataset:
 # ---------------------------------------------------------------- batching
 
 
-def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of uint8 images, in pixel units, as [1, 3, 1, 1] float tensors."""
-    total = torch.zeros(3, dtype=torch.float64, device=images.device)
-    squares = torch.zeros(3, dtype=torch.float64, device=images.device)
-    for chunk in images.split(8192):
-        x = chunk.to(torch.float64)
-        total += x.sum(dim=(0, 2, 3))
-        squares += (x * x).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
+def feature_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std for standardising inputs: per channel for images ([1, C, 1, 1], in pixel units), per feature
+    for vectors ([1, ...]). Accumulated in float64 chunks, so large uint8 datasets never exist as floats at once."""
+    dims = (0, 2, 3) if x.dtype == torch.uint8 and x.ndim == 4 else (0,)
+    total = squares = 0
+    for chunk in x.split(8192):
+        chunk = chunk.to(torch.float64)
+        total = total + chunk.sum(dim=dims, keepdim=True)
+        squares = squares + (chunk * chunk).sum(dim=dims, keepdim=True)
+    count = x.numel() // total.numel()
     mean = total / count
-    std = (squares / count - mean**2).clamp_min(1e-6).sqrt()
-    return mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
+    std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
+    # A constant feature (std 0) is only centred: dividing by ~0 would blow its noise up.
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return mean.float(), std.float()
 
 
 class Batches:
-    """Training batches cut by index from a device-side permutation, augmented as batched tensor ops.
+    """Training batches cut by index from a device-side permutation.
 
-    Random crop with zero padding and horizontal flip are one gather: each example gets a row and column index
-    grid, shifted by its crop offset and mirrored by its flip. The result is channels_last float, normalised.
+    Images are augmented as batched tensor ops: random crop with zero padding and horizontal flip are one gather
+    (each example gets a row and column index grid, shifted by its crop offset and mirrored by its flip), giving
+    channels_last float, standardised. Feature vectors are standardised only.
     """
 
     def __init__(
         self,
-        images: Tensor,
+        inputs: Tensor,
         labels: Tensor,
         batch_size: int,
         mean: Tensor,
@@ -308,28 +518,30 @@ class Batches:
         crop_padding: int = 4,
         flip: bool = True,
     ):
-        self.images, self.labels = images, labels
+        self.inputs, self.labels = inputs, labels
         self.batch_size = min(batch_size, len(labels))
         self.mean, self.std = mean, std
         self.generator = generator
-        self.padding, self.flip = crop_padding, flip
-        self.padded = F.pad(images, (crop_padding,) * 4) if crop_padding > 0 else images
+        self.images = inputs.dtype == torch.uint8 and inputs.ndim == 4
+        self.padding, self.flip = (crop_padding, flip) if self.images else (0, False)
+        self.padded = F.pad(inputs, (self.padding,) * 4) if self.padding > 0 else inputs
         self.on_step: Callable[[], None] | None = None  # e.g. a progress bar; must not sync with the device
 
     def __len__(self) -> int:
         return len(self.labels) // self.batch_size  # drop the ragged last batch: every step has the same shape
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        device = self.images.device
+        device = self.inputs.device
         order = torch.randperm(len(self.labels), generator=self.generator, device=device)
         for step in range(len(self)):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            yield self.augment(index), self.labels[index]
+            x = self.augment(index) if self.images else normalise(self.inputs[index], self.mean, self.std)
+            yield x, self.labels[index]
             if self.on_step is not None:
                 self.on_step()
 
     def augment(self, index: Tensor) -> Tensor:
-        n, (h, w) = len(index), self.images.shape[2:]
+        n, (h, w) = len(index), self.inputs.shape[2:]
         device, p = index.device, self.padding
         dy = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator, device=device)
         dx = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator, device=device)
@@ -344,12 +556,15 @@ class Batches:
         return normalise(crops.permute(0, 3, 1, 2), self.mean, self.std)
 
 
-def normalise(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    return (images.float() - mean) / std
+def normalise(inputs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    return (inputs.float() - mean) / std
 
 
-def eval_batches(images: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor):
-    """Sequential, unaugmented channels_last batches for evaluation."""
+def eval_batches(inputs: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor):
+    """Sequential, unaugmented batches for evaluation (channels_last for images)."""
+    images = inputs.dtype == torch.uint8 and inputs.ndim == 4
     for start in range(0, len(labels), batch_size):
-        x = images[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+        x = inputs[start : start + batch_size]
+        if images:
+            x = x.contiguous(memory_format=torch.channels_last)
         yield normalise(x, mean, std), labels[start : start + batch_size]

@@ -25,8 +25,7 @@ from lossbench.losses import LOSSES, ScoreLoss, build_loss, loss_parameters  # n
 from lossbench.report import loss_colour, save_figure  # noqa: E402
 from lossbench.scores import (  # noqa: E402
     BUILTINS,
-    CIFAR10_CLASSES,
-    CIFAR100_CLASSES,
+    GROUPS,
     ScoreMatrix,
     diagonal_warnings,
     load_scores,
@@ -75,9 +74,9 @@ def parse_classes(text: str | None) -> list[str] | None:
 def load(source: str, classes: list[str] | None) -> ScoreMatrix:
     """S from a built-in name or a CSV file, validated (and restricted to --classes) exactly as training does."""
     if source in BUILTINS:
-        own = {"cifar10_groups": CIFAR10_CLASSES, "cifar100_superclass": CIFAR100_CLASSES}
+        own = sorted(c for members in GROUPS.get(source, {}).values() for c in members)
         # identity has no class names of its own: 10 generic ones unless --classes says otherwise.
-        names = classes or own.get(source) or [f"class_{i}" for i in range(10)]
+        names = classes or own or [f"class_{i}" for i in range(10)]
         scores = load_scores(source, names, warn=False)
     else:
         require(Path(source).is_file(), f"--scores {source}: no such file, and not a built-in ({', '.join(BUILTINS)})")

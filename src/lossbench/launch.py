@@ -23,17 +23,17 @@ from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, require
-from lossbench.losses import LOSSES
 from lossbench.report import build_report, find_runs
-from lossbench.train import CONFIG_FILE, absolute_paths, prepare, read_status, train_run
+from lossbench.train import CONFIG_FILE, absolute_paths, build_training, prepare, read_status, train_run
 
 log = logging.getLogger("lossbench")
 
-CONFIG_MODULE = "lossbench.configs"
 COMPARE_FILE = "compare.json"
 MULTIRUN_FLAGS = ("-m", "--multirun")
+DEMO = "experiment=quick"  # what `lossbench compare` runs when given no arguments
 
 # (run directory, status) of each job run in this process; jobs in other processes are read from disk.
 finished_jobs: list[tuple[Path, str]] = []
@@ -106,11 +106,13 @@ def compose_config(overrides: list[Override]) -> DictConfig:
 
 def preflight(cfg: DictConfig) -> None:
     """Everything a job would reject, checked once before any job starts: config values, scores, the loss's
-    parameters, and the data itself (loaded once; jobs in this process reuse it)."""
+    parameters, the data itself (loaded once; jobs in this process reuse it), the model (with a forward pass),
+    the optimiser and the schedule."""
     try:
         cfg = absolute_paths(cfg)  # as a job will see it, so that the job finds this load in the cache
         scores = prepare(cfg)
-        load_dataset(cfg.data, scores.classes, scores.matrix)
+        data = load_dataset(cfg.data, scores.classes, scores.matrix)
+        build_training(cfg, data, steps_per_epoch=1)
     except LossbenchError:
         raise
     except Exception as err:  # e.g. omegaconf's MissingMandatoryValue for scores.path=???
@@ -137,14 +139,16 @@ def run(args: list[str]) -> int:
 def compare(args: list[str], out: str | None = None, resume: bool = False) -> int:
     """`lossbench compare`: every loss of `losses` x every seed of `seeds` (plus any sweeps in args) as one
     Hydra multirun into one comparison directory, then the report. Returns the exit code."""
+    args = list(args) or [DEMO]
     overrides = parse_overrides(args)
     cfg = compose_config(overrides)
     preflight(cfg)
     keys = {o.key_or_group for o in overrides}
     sweep = []
     if "loss" not in keys:
-        unknown = [name for name in cfg.losses if name not in LOSSES]
-        require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(LOSSES)}")
+        known = group_options("loss")
+        unknown = [name for name in cfg.losses if name not in known]
+        require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
         require(len(cfg.losses) > 0, "losses: the list is empty")
         sweep.append("loss=" + ",".join(cfg.losses))
     if "seed" not in keys:

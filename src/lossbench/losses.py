@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from lossbench.components import build
 from lossbench.errors import require
 from lossbench.scores import normalise_rows
 
@@ -132,3 +134,10 @@ def build_loss(name: str, scores: Tensor, reduction: str = "mean", **params: Any
     unknown = set(params) - set(loss_parameters(name))
     require(not unknown, f"loss {name}: unknown parameter(s) {sorted(unknown)}; it takes {list(loss_parameters(name))}")
     return LOSSES[name](scores, reduction=reduction, **params)
+
+
+def build_loss_from_config(cfg: DictConfig, scores: Tensor) -> ScoreLoss:
+    """The loss of a `loss` config node: its `_target_` class with S; `name` is the run's label, not a parameter."""
+    loss = build(cfg, "loss", drop=("name",), scores=scores)
+    require(isinstance(loss, nn.Module), f"loss._target_={cfg._target_} built a {type(loss).__name__}, not an nn.Module")
+    return loss

@@ -1,18 +1,23 @@
-"""Models: a small conv-BN-ReLU network sized for CIFAR-style 32x32 images."""
+"""Models, each a `_target_` of the `model` config group built with num_classes (and in_channels or
+input_shape where the class takes them): a small CNN sized for 32x32 (or, with a stride-2 stem, 64x64) images,
+torchvision's ResNet-18 in its CIFAR form, and an MLP for feature vectors. Any importable nn.Module class taking
+num_classes works too (`model=custom model._target_=mypkg.MyNet`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lossbench.errors import LossbenchError, require
+from lossbench.components import build
+from lossbench.errors import require
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -20,24 +25,68 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 class SmallCNN(nn.Module):
     """Stages of two conv-BN-ReLU blocks and a 2x2 max-pool, then global average pooling and a linear head.
-    Widths (32, 64, 128) give about 290k parameters."""
+    Widths (32, 64, 128) give about 290k parameters. stem_stride=2 makes the first conv halve the input, so a
+    64x64 image costs about what a 32x32 one does."""
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3):
+    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3,
+                 stem_stride: int = 1):  # fmt: skip
         super().__init__()
+        widths = [int(w) for w in widths]
+        require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
+        require(stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, not {stem_stride}")
         stages, channels = [], in_channels
-        for width in widths:
-            stages += [conv_bn_relu(channels, width), conv_bn_relu(width, width), nn.MaxPool2d(2)]
+        for i, width in enumerate(widths):
+            first = conv_bn_relu(channels, width, stem_stride if i == 0 else 1)
+            stages += [first, conv_bn_relu(width, width), nn.MaxPool2d(2)]
             channels = width
         self.features = nn.Sequential(*stages)
         self.head = nn.Linear(channels, num_classes)
+        self.min_size = stem_stride * 2 ** len(widths)  # each stage halves; below this a feature map is empty
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    if cfg.name == "small_cnn":
-        widths = [int(w) for w in cfg.widths]
-        require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
-        return SmallCNN(num_classes, widths)
-    raise LossbenchError(f"unknown model '{cfg.name}'; known: small_cnn")
+def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem: a 3x3 stride-1 first conv and no max-pool."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class MLP(nn.Module):
+    """Flatten, then Linear-BatchNorm-ReLU-Dropout blocks and a linear head: for feature vectors."""
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256),
+                 dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        require(all(h > 0 for h in hidden), f"model.hidden must be positive, not {hidden}")
+        require(0 <= dropout < 1, f"model.dropout must be in [0, 1), not {dropout}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = math.prod(input_shape)
+        for width in hidden:
+            layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            features = width
+        layers.append(nn.Linear(features, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    """The model of the config's `_target_`, with the run-time sizes it accepts."""
+    shape = tuple(int(d) for d in input_shape)
+    runtime = {"num_classes": num_classes, "input_shape": shape}
+    if len(shape) == 3:
+        runtime["in_channels"] = shape[0]
+    model = build(cfg, "model", **runtime)
+    require(isinstance(model, nn.Module), f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module")
+    size = getattr(model, "min_size", 1)
+    require(len(shape) < 3 or min(shape[1:]) >= size,
+            f"model: needs images of at least {size}x{size} pixels (fewer stages or stem_stride=1), not {shape[1]}x{shape[2]}")  # fmt: skip
+    return model

@@ -12,43 +12,23 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from lossbench.components import build
+from lossbench.data import CIFAR100_SUPERCLASSES, DOGS20_BREEDS, DOGS20_OBJECTS
 from lossbench.errors import LossbenchError, require
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-# cifar10_groups: vehicles vs animals.
-CIFAR10_GROUPS = {
-    "vehicle": ["airplane", "automobile", "ship", "truck"],
-    "animal": ["bird", "cat", "deer", "dog", "frog", "horse"],
+# Built-in tables: groups of classes that score `near` for one another.
+GROUPS = {
+    "cifar10_groups": {  # vehicles vs animals
+        "vehicle": ["airplane", "automobile", "ship", "truck"],
+        "animal": ["bird", "cat", "deer", "dog", "frog", "horse"],
+    },
+    "cifar100_superclass": CIFAR100_SUPERCLASSES,  # the 5 fine classes of each of CIFAR-100's 20 coarse classes
+    "dogs20_groups": {"dog": DOGS20_BREEDS, **{name: [name] for name in DOGS20_OBJECTS}},  # a breed for a breed
 }
 
-# CIFAR-100's 20 coarse classes (superclasses) and their 5 fine classes each.
-CIFAR100_SUPERCLASSES = {
-    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
-    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
-    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
-    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
-    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
-    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
-    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
-    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
-    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
-    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
-    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
-    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
-    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
-    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
-    "people": ["baby", "boy", "girl", "man", "woman"],
-    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
-    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
-    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
-    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
-    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
-}
-CIFAR100_CLASSES = sorted(c for fine in CIFAR100_SUPERCLASSES.values() for c in fine)
-
-BUILTINS = ("identity", "cifar10_groups", "cifar100_superclass")
+BUILTINS = ("identity", *GROUPS)
 
 
 class ScoreMatrix:
@@ -77,10 +57,8 @@ def builtin_scores(name: str, classes: Sequence[str], exact: float, near: float,
     if name == "identity":
         n = len(classes)
         return ScoreMatrix(far + (exact - far) * torch.eye(n), classes)
-    if name == "cifar10_groups":
-        return group_scores(CIFAR10_GROUPS, exact, near, far)
-    if name == "cifar100_superclass":
-        return group_scores(CIFAR100_SUPERCLASSES, exact, near, far)
+    if name in GROUPS:
+        return group_scores(GROUPS[name], exact, near, far)
     raise LossbenchError(f"unknown score table '{name}'; known: {', '.join(BUILTINS)}, file")
 
 
@@ -211,3 +189,12 @@ def normalise_rows(matrix: torch.Tensor) -> torch.Tensor:
     low = matrix.min(dim=1, keepdim=True).values
     span = matrix.max(dim=1, keepdim=True).values - low
     return torch.where(span > 0, (matrix - low) / span.clamp_min(1e-12), torch.zeros_like(matrix))
+
+
+def build_scores(cfg: DictConfig, classes: Sequence[str], warn: bool = True) -> ScoreMatrix:
+    """S for `classes` from a `scores` config node (its `_target_`, load_scores for the shipped options)."""
+    if cfg.get("name") == "file":
+        require(not OmegaConf.is_missing(cfg, "path"), "scores=file needs scores.path=FILE.csv")
+    scores = build(cfg, "scores", classes=list(classes), warn=warn)
+    require(isinstance(scores, ScoreMatrix), f"scores._target_={cfg._target_} must build a lossbench.scores.ScoreMatrix")
+    return scores

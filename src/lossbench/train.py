@@ -22,13 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path, write_atomic
-from lossbench.data import Batches, Dataset, channel_stats, dataset_classes, eval_batches, load_dataset
+from lossbench.data import Batches, Dataset, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import LossbenchError, require
-from lossbench.losses import build_loss
+from lossbench.losses import build_loss_from_config
 from lossbench.metrics import METRIC_COLUMNS, score_sums, test_metrics
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.scores import ScoreMatrix, load_scores
+from lossbench.provenance import write_provenance
+from lossbench.scores import ScoreMatrix, build_scores
 
 log = logging.getLogger("lossbench")
 
@@ -44,10 +45,11 @@ def validate(cfg: DictConfig) -> None:
     require(int(t.epochs) > 0, f"train.epochs must be > 0, not {t.epochs}")
     require(int(t.batch_size) > 0, f"train.batch_size must be > 0, not {t.batch_size}")
     require(int(t.eval_batch_size) > 0, f"train.eval_batch_size must be > 0, not {t.eval_batch_size}")
-    require(cfg.optim.lr > 0, f"optim.lr must be > 0, not {cfg.optim.lr}")
+    lr = cfg.optim.get("lr")
+    require(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0, f"optim.lr must be > 0 and finite, not {lr}")
     for key in ("train_size", "test_size"):
         value = cfg.data.get(key)
-        require(value is None or int(value) > 0, f"data.{key} must be > 0 (or null for all), not {value}")
+        require(value is None or (isinstance(value, int) and value > 0), f"data.{key} must be > 0 (or null for all), not {value}")
     require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not '{cfg.device}'")
     require(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not '{cfg.precision}'")
     if cfg.device == "cuda":
@@ -59,14 +61,27 @@ def prepare(cfg: DictConfig, warn: bool = True) -> ScoreMatrix:
     the cheap checks, run before any training."""
     validate(cfg)
     classes = dataset_classes(cfg.data)
-    s = cfg.scores
-    scores = load_scores(s.name, classes, s.get("path"), s.exact, s.near, s.far, warn=warn)
-    build_loss(cfg.loss.name, scores.matrix, **loss_params(cfg))
+    scores = build_scores(cfg.scores, classes, warn=warn)
+    build_loss_from_config(cfg.loss, scores.matrix)
     return scores
 
 
-def loss_params(cfg: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.loss.items() if k != "name"}
+def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
+    """The model, optimiser and schedule of a run, built from their config nodes. Weights are seeded, so every
+    loss starts from the same network for a given seed. A forward pass on two examples catches a network that
+    does not fit the data (too deep for the image size, wrong input shape) before any training."""
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, len(data.classes), tuple(data.train_x.shape[1:]))
+    probe = data.train_x[:2].float()
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except RuntimeError as err:
+        raise LossbenchError(f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: "
+                             f"{' '.join(str(err).split())[:300]}") from None  # fmt: skip
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.schedule, optimizer, steps_per_epoch, int(cfg.train.epochs))
+    return model.train(), optimizer, scheduler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -261,18 +276,21 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
-    data = load_dataset(cfg.data, scores.classes, scores.matrix).to(device)
-    mean, std = channel_stats(data.train_x)
+    host_data = load_dataset(cfg.data, scores.classes, scores.matrix)
+    data = host_data.to(device)
+    mean, std = feature_stats(data.train_x)
     s = scores.matrix.to(device)
 
-    torch.manual_seed(int(cfg.seed))  # same initial weights for every loss with this seed
-    model = build_model(cfg.model, len(scores.classes)).to(device, memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss.name, scores.matrix, **loss_params(cfg)).to(device)
+    loss_fn = build_loss_from_config(cfg.loss, scores.matrix).to(device)
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))  # data order and augmentation only
+    augment = cfg.data.get("augment") or {}
     batches = Batches(data.train_x, data.train_y, int(cfg.train.batch_size), mean, std, generator,
-                      int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip))  # fmt: skip
-    optimizer = build_optimizer(cfg.optim, model)
-    scheduler = build_scheduler(cfg.optim, optimizer, len(batches), epochs)
+                      int(augment.get("crop_padding", 0)), bool(augment.get("flip", False)))  # fmt: skip
+    model, optimizer, scheduler = build_training(cfg, host_data, len(batches))
+    model = model.to(device, memory_format=torch.channels_last)
+    # The optimiser was built on the host copy of the parameters: .to() moves them in place, so it still holds
+    # the same tensors.
+    write_provenance(run_dir, device, dtype)
     step_model = torch.compile(model) if cfg.train.compile else model
 
     start_epoch, step, elapsed = 0, 0, 0.0

@@ -1,0 +1,69 @@
+"""Provenance: what produced a run (lossbench version, git commit, torch, device, precision), saved as run.json
+beside its metrics so that a number can always be traced to the code and the machine that made it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lossbench.atomic import write_atomic
+
+PROVENANCE_FILE = "run.json"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout lossbench runs from (with '+dirty' for uncommitted changes), None when it is
+    installed from a wheel."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    try:
+        version = metadata.version("lossbench")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "lossbench": version,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device_name(device),
+        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+    }
+
+
+def write_provenance(run_dir: Path, device: torch.device, dtype: torch.dtype | None) -> None:
+    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, dtype), indent=2) + "\n")
