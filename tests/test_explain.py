@@ -65,7 +65,8 @@ def test_off_diagonal_maximum_is_named(tmp_path) -> None:
     assert expl.misses["expected_score"] == ["b", "d"] and expl.misses["soft_label_ce"] == ["b", "d"]
     # at lam = 10 the cost term outweighs CE on b, so ce_expected_score answers c as the table asks; on the flat row
     # d the cost is constant and CE decides
-    assert expl.misses["ce"] == [] and expl.misses["label_smoothing"] == [] and expl.misses["ce_expected_score"] == ["b"]
+    assert expl.misses["ce"] == [] and expl.misses["label_smoothing"] == []
+    assert expl.misses["ce_expected_score"] == ["b"]
     assert "On 2 row(s) of S (b, d)" in text and "only ce and label_smoothing do" in text
 
 
