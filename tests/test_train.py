@@ -145,3 +145,15 @@ def test_evaluate_fits_the_temperature_on_val_only():
     assert all(math.isnan(row[c]) for c in METRIC_COLUMNS if c.startswith("val_"))
     assert math.isnan(row["test_score_bayes_cal"])
     assert row["test_score_bayes"] == pytest.approx(expected["test_score_bayes"])
+
+
+def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, tiny_cfg):
+    """Killed between the last checkpoint and `finished`: resume trains nothing, yet writes confusion.csv."""
+    run = tmp_path / "run"
+    train_run(tiny_cfg, run)
+    before = (run / "confusion.csv").read_text()
+    (run / "confusion.csv").unlink()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "running"}))
+    assert train_run(tiny_cfg, run, resume=True) == "finished"
+    assert (run / "confusion.csv").read_text() == before

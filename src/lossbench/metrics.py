@@ -142,7 +142,10 @@ def fit_temperature(logits: Tensor, targets: Tensor) -> Tensor:
 def confusion_counts(logits: Tensor, targets: Tensor) -> Tensor:
     """C x C counts of (true class, argmax prediction): rows true, columns predicted (int64, on the device)."""
     c = logits.shape[1]
-    return torch.bincount(targets * c + logits.argmax(dim=1), minlength=c * c).view(c, c)
+    cells = targets * c + logits.argmax(dim=1)
+    # index_add_ rather than bincount, which reads its input's maximum back to the host on CUDA
+    counts = torch.zeros(c * c, dtype=torch.int64, device=logits.device)
+    return counts.index_add_(0, cells, torch.ones_like(cells)).view(c, c)
 
 
 def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:
