@@ -11,7 +11,8 @@ examples, accumulated on the device batch by batch (`split_sums`, a fixed-length
   NaN when there is no validation split: T is never fit on test. On val itself it is in-sample.
 - expected_score: sum_j S[y,j] q_j, the user's objective under the model's belief.
 - mistake_severity: mean of S[y,y] - S[y,pred] over the mistakes (pred != y); NaN when there are none.
-- ece: expected calibration error of the confidence max q over 15 equal-width bins (Guo et al. 2017).
+- ece: expected calibration error of the confidence max q over 15 equal-width bins (Guo et al. 2017, "On
+  calibration of modern neural networks", ICML, who also introduced the temperature scaling used here).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
     logits = logits.float()
     n, c = logits.shape
     q = logits.softmax(dim=1)
-    confidence, predicted = q.max(dim=1)
+    predicted = logits.argmax(dim=1)  # the same argmax as confusion_counts
+    confidence = q.gather(1, predicted[:, None]).squeeze(1)
     correct = (predicted == targets).float()
     rows = scores[targets]
     score = rows.gather(1, predicted[:, None]).squeeze(1)
