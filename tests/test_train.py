@@ -38,13 +38,21 @@ def test_run_writes_config_status_and_the_guide_columns(tmp_path, tiny_cfg):
     assert frame["test_acc"].between(0, 1).all() and (frame["grad_norm"] > 0).all()
     assert read_status(tmp_path / "run")["status"] == "finished"
     assert (tmp_path / "run" / "config.yaml").exists()
-    assert frame.filter(like="val_").isna().all().all()  # no validation split in this config
-    assert frame["test_score_bayes_cal"].isna().all()  # never fit on test
+    assert frame.filter(like="val_").notna().all().all()  # the default 10% validation split
+    assert frame["test_score_bayes_cal"].notna().all()  # temperature fit on val
     assert frame["test_score_bayes"].notna().all() and frame["test_ece"].between(0, 1).all()
     confusion = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
     assert confusion.index.name == "true\\pred" and list(confusion.index) == list(confusion.columns)
     assert confusion.to_numpy().sum() == 128  # every test image once
     assert confusion.to_numpy().trace() / 128 == pytest.approx(frame["test_acc"].iloc[-1])
+
+
+def test_without_a_validation_split_nothing_is_fit_on_test(tmp_path):
+    assert train_run(make_cfg(*TINY, "data.val_size=null"), tmp_path / "run") == "finished"
+    frame = metrics(tmp_path / "run")
+    assert frame["step"].tolist() == [4, 8]  # all 256 images train
+    assert frame.filter(like="val_").isna().all().all()
+    assert frame["test_score_bayes_cal"].isna().all()  # never fit on test
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path, tiny_cfg):

@@ -87,6 +87,7 @@ def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -
     model = build(cfg, "model", **runtime)
     require(isinstance(model, nn.Module), f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module")
     size = getattr(model, "min_size", 1)
-    require(len(shape) < 3 or min(shape[1:]) >= size,
-            f"model: needs images of at least {size}x{size} pixels (fewer stages or stem_stride=1), not {shape[1]}x{shape[2]}")  # fmt: skip
+    if len(shape) == 3:
+        require(min(shape[1:]) >= size, f"model: needs images of at least {size}x{size} pixels (fewer stages or "
+                                        f"stem_stride=1), not {shape[1]}x{shape[2]}")  # fmt: skip
     return model
