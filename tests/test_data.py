@@ -168,3 +168,21 @@ def test_synthetic_generic_names():
     classes = dataset_classes(cfg)
     assert classes == ["class_000", "class_001", "class_002"]
     assert synthetic(cfg, classes, torch.eye(3)).train_x.shape[0] == 30
+
+
+def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
+    """A small trial run on a large folder pays only for the images it uses; the cache is keyed on them."""
+    import lossbench.data as data_module
+
+    root = make_folder(tmp_path / "images")
+    decoded = []
+    real_decode = data_module._decode
+    monkeypatch.setattr(data_module, "_decode", lambda path, size: decoded.append(path) or real_decode(path, size))
+    small = load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
+    assert len(small.train_y) == 2 and len(decoded) == 4  # 2 train + 2 test, not the whole folder
+    decoded.clear()
+    monkeypatch.setattr(data_module, "_last_loaded", None)  # as a new process: only the disk cache remains
+    load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
+    assert decoded == []  # the disk cache
+    full = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
+    assert len(decoded) == len(full.train_y) + len(full.test_y)  # another subset: another cache entry
