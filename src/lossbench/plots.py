@@ -92,8 +92,9 @@ def curve_figure(
 
 def target_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Figure:
     """Bars of the mean epochs to each target, one panel per (measure, title), error bars = the `_ci95` column
-    (drawn only where n > 1); a loss that never got there is marked "not reached".
-    table: one row per shown setting, columns label, loss, <measure>_mean, <measure>_ci95, <measure>_n."""
+    (drawn only where n > 1); a loss that never got there is marked "not reached", one that got there in only
+    some runs says in how many. table: one row per shown setting, columns label, loss, runs, <measure>_mean,
+    <measure>_ci95, <measure>_n."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (measure, title) in zip(axes[0], panels):
         values = table[f"{measure}_mean"]
@@ -101,9 +102,11 @@ def target_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Fig
         positions = np.arange(len(table))
         ax.bar(positions, values.fillna(0), yerr=errors, color=[loss_colour(n) for n in table["loss"]], capsize=3)
         top = max(1.0, float(values.max()) if values.notna().any() else 1.0)
-        for i, value in enumerate(values):
+        for i, (value, n, runs) in enumerate(zip(values, table[f"{measure}_n"], table["runs"])):
             if pd.isna(value):
                 ax.text(i, top * 0.03, "not reached", rotation=90, ha="center", va="bottom", fontsize=9)
+            elif n < runs:  # the mean covers only the runs that got there
+                ax.text(i, value + errors.iloc[i] + top * 0.02, f"{n:g}/{runs} runs", ha="center", fontsize=8)
         ax.set_xticks(positions, table["label"], rotation=30, ha="right")
         ax.set_ylabel("epochs (mean over seeds, 95% CI)")
         ax.set_title(title, fontsize=10)
@@ -149,13 +152,14 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(label, fontsize=10, color=loss_colour(loss))
-        if len(counts) <= 12:
+        if classes <= 12:
             for (i, j), value in np.ndenumerate(share):
                 ax.text(j, i, f"{value:.0%}"[:-1], ha="center", va="center", fontsize=6,
                         color="white" if value > 0.5 else "black")  # fmt: skip
     for ax in axes.flat[len(matrices):]:
         ax.axis("off")
-    fig.suptitle("Test confusion, each row normalised (share of the true class's examples, in %)")
+    in_cells = " (in %)" if classes <= 12 else ""
+    fig.suptitle(f"Test confusion summed over seeds, each row normalised: share of the true class's examples{in_cells}")
     fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
     return fig
 
@@ -170,7 +174,7 @@ def pareto_front(x: Sequence[float], y: Sequence[float], lower_x_better: bool) -
 
 def pareto_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str, bool]]) -> Figure:
     """Final test accuracy (y) against each (measure, xlabel, lower_is_better) panel, a point per setting with
-    95% CI error bars where n > 1, and the Pareto front joined by a line.
+    95% CI error bars where n > 1 (a swept setting written beside it), and the Pareto front ringed and joined.
     table: one row per setting, columns label, loss, and <measure>_mean/_ci95/_n for final_test_acc and each."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     y = table["final_test_acc_mean"].to_numpy(float)
@@ -178,11 +182,19 @@ def pareto_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str, bool]]) 
     for ax, (measure, xlabel, lower_better) in zip(axes[0], panels):
         x = table[f"{measure}_mean"].to_numpy(float)
         xerr = table[f"{measure}_ci95"].where(table[f"{measure}_n"] > 1).fillna(0).to_numpy(float)
+        seen = set()
         for i, (label, loss) in enumerate(zip(table["label"], table["loss"])):
-            ax.errorbar(x[i], y[i], xerr=xerr[i], yerr=yerr[i], fmt="o", color=loss_colour(loss), label=label,
-                        capsize=3, ms=6)  # fmt: skip
+            # one legend entry per loss; a swept setting is written beside its point
+            ax.errorbar(x[i], y[i], xerr=xerr[i], yerr=yerr[i], fmt="o", color=loss_colour(loss), capsize=3, ms=6,
+                        label=None if loss in seen else loss)  # fmt: skip
+            seen.add(loss)
+            if label != loss:
+                ax.annotate(label.removeprefix(loss).strip(), (x[i], y[i]), xytext=(4, 4), textcoords="offset points",
+                            fontsize=6, color=loss_colour(loss))  # fmt: skip
         front = pareto_front(list(x), list(y), lower_better)
-        ax.plot(x[front], y[front], "--", color="black", lw=1, alpha=0.6, label="Pareto front", zorder=0)
+        # rings, so that a front of one point shows too
+        ax.plot(x[front], y[front], "--o", color="black", lw=1, alpha=0.6, ms=13, mfc="none", label="Pareto front",
+                zorder=0)  # fmt: skip
         better = "lower is better" if lower_better else "higher is better"
         _style(ax, f"{xlabel} ({better})", "final test accuracy", f"Accuracy vs {xlabel}")
     handles, labels = axes[0][0].get_legend_handles_labels()
