@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lossbench.cli import app
 from lossbench.explain import build_losses, explain, format_text, gradient_norms, load, plot
-from lossbench.scores import ScoreMatrix
+from lossbench.scores import CIFAR10_CLASSES, ScoreMatrix
 
 runner = CliRunner()
 
@@ -43,8 +43,12 @@ def test_identity_linear_over_ce_matches_analytic(exact: float, far: float) -> N
         linear, ce = norms["expected_score"][i], norms["ce"][i]
         assert linear / ce == pytest.approx(analytic_ratio(p, c, exact, far), rel=1e-4)
         assert analytic_ratio(p, c, exact, far) == pytest.approx((exact - far) * p)
-        # Ŝ = I here, so log_expected_score is cross-entropy (up to its eps = 1e-7 next to q_y).
+        # Ŝ = I here, so log_expected_score is cross-entropy (up to its eps = 1e-7 next to q_y),
+        # ce_expected_score is CE + lam (1 - q_y) with gradient (1 + lam q_y)(q - e_y), lam = 10,
+        # and power_expected_score is GCE (1 - q_y^a)/a with gradient q_y^a (q - e_y), a = 0.7.
         assert norms["log_expected_score"][i] == pytest.approx(ce, rel=1e-3)
+        assert norms["ce_expected_score"][i] / ce == pytest.approx(1 + 10 * p, rel=1e-4)
+        assert norms["power_expected_score"][i] / ce == pytest.approx(p**0.7, rel=1e-3)
 
 
 def test_off_diagonal_maximum_is_named(tmp_path) -> None:
@@ -59,8 +63,11 @@ def test_off_diagonal_maximum_is_named(tmp_path) -> None:
     assert rewards == {"b": "c"}  # the linear loss answers c for true class b
     # b rewards c and d is flat: the score-driven losses miss both, cross-entropy (and its sum with a cost) does not
     assert expl.misses["expected_score"] == ["b", "d"] and expl.misses["soft_label_ce"] == ["b", "d"]
-    assert expl.misses["ce"] == [] and expl.misses["ce_expected_score"] == []
-    assert "On 2 row(s) of S (b, d)" in text and "only ce and ce_expected_score do" in text
+    # at lam = 10 the cost term outweighs CE on b, so ce_expected_score answers c as the table asks; on the flat row
+    # d the cost is constant and CE decides
+    assert expl.misses["ce"] == [] and expl.misses["label_smoothing"] == []
+    assert expl.misses["ce_expected_score"] == ["b"]
+    assert "On 2 row(s) of S (b, d)" in text and "only ce and label_smoothing do" in text
 
 
 def test_figure_is_written(tmp_path) -> None:
@@ -107,9 +114,20 @@ def test_cli_unknown_source_and_bad_tau(tmp_path) -> None:
 
 
 def test_recommends_only_losses_with_half_of_ce_gradient_at_start_and_on_mistakes():
-    expl = explain(load("cifar10_groups", None), 0.5, "cifar10_groups")
+    expl = explain(load("cifar10_groups", None), 0.1, "cifar10_groups")
     advice = next(line for line in format_text(expl).splitlines() if line.strip().startswith("Use "))
     assert "soft_label_ce" in advice and "ce_expected_score" in advice
+    assert "label_smoothing" not in advice  # ignores S: a control, not advice for a score table
     # log_expected_score keeps ce's push on confident mistakes but only ~0.34x at initialisation.
     assert expl.states["init (q uniform)"]["log_expected_score"] < 0.5 * expl.states["init (q uniform)"]["ce"]
     assert "log_expected_score" not in advice
+
+
+def test_soft_labels_on_cifar10_groups_match_the_closed_form():
+    """Ŝ = (S + 1) / 3: exact 1, same group 2/3, across 0; p = softmax(Ŝ[y] / tau) at the default tau = 0.1."""
+    expl = explain(load("cifar10_groups", None), 0.1, "cifar10_groups")
+    cat, dog, truck = (CIFAR10_CLASSES.index(c) for c in ("cat", "dog", "truck"))
+    z = 1 + 5 * math.exp(-10 / 3) + 4 * math.exp(-10)  # an animal: 5 other animals, 4 vehicles
+    assert float(expl.soft_labels[cat, cat]) == pytest.approx(1 / z, rel=1e-5)
+    assert float(expl.soft_labels[cat, dog]) == pytest.approx(math.exp(-10 / 3) / z, rel=1e-5)
+    assert float(expl.soft_labels[cat, truck]) == pytest.approx(math.exp(-10) / z, rel=1e-5)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from conftest import make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, build_loss, loss_parameters
-from lossbench.scores import normalise_rows
+from lossbench.scores import normalise_scores
 
 torch.manual_seed(0)
 C, B = 5, 7
 S = torch.randn(C, C) + 3 * torch.eye(C)
-S_HAT = normalise_rows(S)
+S_HAT = normalise_scores(S)
 LOGITS = 2 * torch.randn(B, C)
 TARGETS = torch.randint(0, C, (B,))
 
@@ -63,9 +67,21 @@ def test_log_expected_score():
 def test_soft_label_ce():
     tau = 0.7
     value, grad = value_and_grad("soft_label_ce", tau=tau)
-    p = (S[TARGETS] / tau).softmax(1)
+    p = (S_HAT[TARGETS] / tau).softmax(1)
     torch.testing.assert_close(value, -(p * Q.log()).sum(1))
     torch.testing.assert_close(grad, Q - p)
+
+
+def test_soft_labels_are_bertinettos_with_beta_one_over_tau():
+    """p_j = exp(-beta d(y,j) / max d) / Z with d(y,j) = max_j S[y,j] - S[y,j] and max d the largest row span."""
+    s = torch.tensor([[4.0, 1.0, 0.0], [1.0, 2.0, 1.0], [0.0, 3.0, 6.0]])
+    d = s.max(dim=1, keepdim=True).values - s
+    beta = 10.0
+    p = (-beta * d / 6.0).exp()
+    p = p / p.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(LOSSES["soft_label_ce"](s, tau=1 / beta).soft_labels, p)
+    # One tau means the same on a table and on that table times 7: scale-free.
+    torch.testing.assert_close(LOSSES["soft_label_ce"](7 * s, tau=1 / beta).soft_labels, p)
 
 
 def test_ce_expected_score():
@@ -120,12 +136,63 @@ def test_reductions_and_float32_under_autocast(name):
     torch.testing.assert_close(LOSSES[name](S)(LOGITS, TARGETS), per_example.mean())
 
 
+def test_label_smoothing():
+    eps = 0.2
+    value, grad = value_and_grad("label_smoothing", eps=eps)
+    target = (1 - eps) * ONE_HOT + eps / C
+    torch.testing.assert_close(value, -(target * Q.log()).sum(1))
+    torch.testing.assert_close(grad, Q - target)
+
+
+def test_label_smoothing_at_zero_is_ce():
+    ce, ce_grad = value_and_grad("ce")
+    smooth, smooth_grad = value_and_grad("label_smoothing", eps=0.0)
+    torch.testing.assert_close(smooth, ce)
+    torch.testing.assert_close(smooth_grad, ce_grad)
+
+
+def test_losses_on_normalised_scores_ignore_row_shifts_and_global_scale():
+    """Ŝ is the same for S, 3 S and S plus a constant per row, so every normalising loss is too."""
+    changed = 3 * S + torch.arange(C, dtype=torch.float32)[:, None]
+    for name in ("log_expected_score", "soft_label_ce", "ce_expected_score", "power_expected_score"):
+        torch.testing.assert_close(value_and_grad(name, changed), value_and_grad(name, S))
+
+
+def test_rows_keep_their_relative_weight():
+    """One global span: a row whose worst mistake costs 3 keeps 3 times the cost of a row whose worst costs 1."""
+    s = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    z = torch.zeros(2, 2)
+    cost = build_loss("ce_expected_score", s, reduction="none", lam=1.0)(z, torch.tensor([0, 1])) - math.log(2)
+    torch.testing.assert_close(cost, torch.tensor([0.5, 0.5 + 1 / 3]))  # row 1: shifted, then 1/3 per unit
+
+
+@pytest.mark.parametrize("name", ["log_expected_score", "soft_label_ce", "ce_expected_score", "power_expected_score"])
+def test_constant_table_gives_no_score_signal(name):
+    """An all-constant S normalises to zeros (no NaN): the score terms add nothing."""
+    flat = torch.full((C, C), 2.0)
+    values, grad = value_and_grad(name, flat)
+    assert torch.isfinite(values).all() and torch.isfinite(grad).all()
+
+
 def test_registry_parameters_and_errors():
-    assert loss_parameters("soft_label_ce") == {"tau": 0.5}
-    assert set(loss_parameters("power_expected_score")) == {"alpha", "eps"}
+    assert loss_parameters("soft_label_ce") == {"tau": 0.1}
+    assert loss_parameters("ce_expected_score") == {"lam": 10.0}
+    assert loss_parameters("power_expected_score") == {"alpha": 0.7, "eps": 1e-7}
+    assert loss_parameters("label_smoothing") == {"eps": 0.1}
     with pytest.raises(LossbenchError, match="unknown loss 'nope'; known: ce, expected_score"):
         build_loss("nope", S)
     with pytest.raises(LossbenchError, match="tau must be > 0"):
         build_loss("soft_label_ce", S, tau=0)
+    with pytest.raises(LossbenchError, match=r"label_smoothing: eps must be in \[0, 1\), not 1"):
+        build_loss("label_smoothing", S, eps=1)
     with pytest.raises(LossbenchError, match="unknown parameter"):
         build_loss("ce", S, tau=1)
+
+
+def test_loss_configs_match_the_defaults():
+    """Each loss config sets exactly the loss's parameters, at their (cited) defaults."""
+    for name in LOSSES:
+        config = OmegaConf.to_container(make_cfg(f"loss={name}").loss)
+        assert config.pop("name") == name
+        config.pop("_target_", None)
+        assert config == pytest.approx(loss_parameters(name)), name

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lossbench.errors import LossbenchError
-from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, diagonal_warnings, load_scores, normalise_rows
+from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, diagonal_warnings, load_scores, normalise_scores
 
 
 def write(tmp_path, text: str, name: str = "scores.csv"):
@@ -112,6 +112,25 @@ def test_missing_file_and_missing_path(tmp_path):
         load_scores("file", ["a", "b"], None)
 
 
-def test_normalise_rows():
-    s = torch.tensor([[2.0, 1.0, -1.0], [3.0, 3.0, 3.0]])
-    assert torch.allclose(normalise_rows(s), torch.tensor([[1.0, 2 / 3, 0.0], [0.0, 0.0, 0.0]]))
+def test_normalise_scores_shifts_rows_and_divides_by_one_global_span():
+    s = torch.tensor([[2.0, 1.0, -1.0], [3.0, 3.0, 3.0], [0.0, 1.0, 0.5]])
+    # row minima -1, 3, 0; row spans 3, 0, 1; global span 3
+    expected = torch.tensor([[1.0, 2 / 3, 0.0], [0.0, 0.0, 0.0], [0.0, 1 / 3, 1 / 6]])
+    torch.testing.assert_close(normalise_scores(s), expected)
+    torch.testing.assert_close(normalise_scores(5 * s - 2), expected)
+    assert torch.equal(normalise_scores(torch.full((3, 3), 4.0)), torch.zeros(3, 3))
+
+
+def test_expected_score_decision_is_unchanged_by_normalising():
+    """argmax_k sum_i q_i S[i,k] over a belief q: a per-row constant adds sum_i q_i c_i to every k, and the
+    global span divides every k by the same number, so Ŝ keeps the user's decision (per-row scaling would not)."""
+    generator = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 6, generator=generator) + 2 * torch.eye(6)
+    s = s * torch.linspace(0.5, 4, 6)[:, None]  # rows of different spans
+    shifted = s + 10 * torch.randn(6, 1, generator=generator)
+    beliefs = torch.rand(500, 6, generator=generator).softmax(dim=1)
+    decision = (beliefs @ s).argmax(dim=1)
+    assert torch.equal((beliefs @ normalise_scores(s)).argmax(dim=1), decision)
+    assert torch.equal((beliefs @ normalise_scores(shifted)).argmax(dim=1), decision)
+    per_row = (s - s.min(1, keepdim=True).values) / (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values)
+    assert not torch.equal((beliefs @ per_row).argmax(dim=1), decision)  # the old per-row Ŝ changed it

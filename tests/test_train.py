@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,8 +16,9 @@ import torch
 
 from conftest import TINY, make_cfg
 from lossbench.errors import LossbenchError
-from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS
-from lossbench.train import CHECKPOINT_FILE, read_status, train_run
+from lossbench.data import Dataset
+from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
+from lossbench.train import CHECKPOINT_FILE, evaluate, read_status, train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -36,6 +38,13 @@ def test_run_writes_config_status_and_the_guide_columns(tmp_path, tiny_cfg):
     assert frame["test_acc"].between(0, 1).all() and (frame["grad_norm"] > 0).all()
     assert read_status(tmp_path / "run")["status"] == "finished"
     assert (tmp_path / "run" / "config.yaml").exists()
+    assert frame.filter(like="val_").isna().all().all()  # no validation split in this config
+    assert frame["test_score_bayes_cal"].isna().all()  # never fit on test
+    assert frame["test_score_bayes"].notna().all() and frame["test_ece"].between(0, 1).all()
+    confusion = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
+    assert confusion.index.name == "true\\pred" and list(confusion.index) == list(confusion.columns)
+    assert confusion.to_numpy().sum() == 128  # every test image once
+    assert confusion.to_numpy().trace() / 128 == pytest.approx(frame["test_acc"].iloc[-1])
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path, tiny_cfg):
@@ -109,3 +118,30 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((killed / "status.json").read_text())["status"] == "finished"
     pd.testing.assert_frame_equal(without_timing(metrics(killed)), without_timing(metrics(tmp_path / "straight")))
+
+
+def test_evaluate_fits_the_temperature_on_val_only():
+    """evaluate equals the metric functions applied to all logits at once, with T fit on the val logits."""
+    generator = torch.Generator().manual_seed(0)
+    images = lambda n: torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=generator)  # noqa: E731
+    labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
+    data = Dataset(images(8), labels(8), images(50), labels(50), ["a", "b", "c"], images(30), labels(30))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+    mean, std = torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
+    row, confusion = evaluate(model, data, scores, 16, mean, std, None)  # batches of 16: test is streamed
+    with torch.no_grad():
+        val_logits, test_logits = (model((x.float() - mean) / std) for x in (data.val_x, data.test_x))
+    t = fit_temperature(val_logits, data.val_y)
+    expected = split_metrics(split_sums(val_logits, data.val_y, scores, t).tolist(), "val")
+    expected.update(split_metrics(split_sums(test_logits, data.test_y, scores, t).tolist(), "test"))
+    assert row.keys() == expected.keys()
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+    assert confusion.sum() == 50 and confusion.trace() == round(row["test_acc"] * 50)
+
+    no_val = Dataset(data.train_x, data.train_y, data.test_x, data.test_y, data.classes)
+    row, _ = evaluate(model, no_val, scores, 16, mean, std, None)
+    assert all(math.isnan(row[c]) for c in METRIC_COLUMNS if c.startswith("val_"))
+    assert math.isnan(row["test_score_bayes_cal"])
+    assert row["test_score_bayes"] == pytest.approx(expected["test_score_bayes"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lossbench.atomic import atomic_path
 from lossbench.errors import LossbenchError, require
-from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, normalise_rows
+from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, normalise_scores
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SYNTHETIC_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
@@ -33,10 +33,14 @@ class Dataset:
     test_x: Tensor
     test_y: Tensor
     classes: list[str]
+    # The validation split (carved from train); 0 rows when there is none.
+    val_x: Tensor = field(default_factory=lambda: torch.empty(0, 3, 0, 0, dtype=torch.uint8))
+    val_y: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     def to(self, device: torch.device) -> "Dataset":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes)
+        return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes,
+                       move(self.val_x), move(self.val_y))  # fmt: skip
 
 
 # ---------------------------------------------------------------- class names
@@ -243,7 +247,7 @@ def synthetic(cfg: DictConfig, classes: list[str], scores: Tensor) -> Dataset:
     generator = torch.Generator().manual_seed(int(cfg.seed))
     size, n_classes = int(cfg.image_size), len(classes)
     # Correlation between prototypes: symmetrised normalised S, blended with the identity, made PSD.
-    similarity = normalise_rows(scores)
+    similarity = normalise_scores(scores)
     similarity = (similarity + similarity.T) / 2
     correlation = (1 - cfg.similarity) * torch.eye(n_classes) + cfg.similarity * similarity
     correlation.fill_diagonal_(1.0)

@@ -38,6 +38,7 @@ STATES: list[tuple[str, float | None, Rest]] = [
     ("half right", 0.5, "uniform"),
 ]
 TOP_SOFT = 3  # soft-label entries shown per row: enough to see the neighbours, readable at 100 classes
+CONTROLS = ("ce", "label_smoothing")  # losses that ignore S: baselines, never the advice for a score table
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Explanation:
     scores: ScoreMatrix
     tau: float
     warnings: list[str]
-    soft_labels: Tensor  # (C, C): softmax(S[y,:] / tau), read from the soft_label_ce module
+    soft_labels: Tensor  # (C, C): softmax(Ŝ[y,:] / tau), read from the soft_label_ce module
     states: dict[str, dict[str, float]]  # state label -> loss -> mean gradient norm over true classes
     curve_q: list[float]
     curve: dict[Rest, dict[str, list[float]]]  # rest -> loss -> gradient norm at each curve_q
@@ -183,7 +184,7 @@ def format_rewards(expl: Explanation) -> list[str]:
     answer_width = max(len(a) for a in answers + ["linear loss answers"]) + 2
     lines = [
         f"What each row rewards (linear loss: the answer(s) maximising S[y,:]; "
-        f"soft label: softmax(S[y,:]/{expl.tau:g}), top {TOP_SOFT} entries):",
+        f"soft label: softmax(Ŝ[y,:]/{expl.tau:g}), top {TOP_SOFT} entries):",
         f"  {'true class':<{width}}{'linear loss answers':<{answer_width}}{'soft label on y':<17}"
         "top soft-label entries",
     ]
@@ -234,7 +235,7 @@ def diagnosis(expl: Explanation) -> list[str]:
         )
     # Recommended: at least half of ce's push both at the start and on confident mistakes (a loss weak at the
     # start, like log_expected_score on a table with generous near misses, trained behind ce on CIFAR-10).
-    keep = [n for n in LOSSES if n not in ("ce", "expected_score") and min(init[n], wrong[n]) >= 0.5
+    keep = [n for n in LOSSES if n not in (*CONTROLS, "expected_score") and min(init[n], wrong[n]) >= 0.5
             and not expl.misses[n]]  # fmt: skip
     if keep:
         sentences.append(

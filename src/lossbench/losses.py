@@ -2,7 +2,24 @@
 
 Public API: `LOSSES[name](scores, **params)` is an nn.Module called as `loss(logits, targets)`; it returns the
 batch mean, or one value per example with `reduction="none"`. The math runs in float32 even under autocast.
-Notation: q = softmax(z), Ŝ = S min-max normalised per row to [0, 1].
+
+Notation: q = softmax(z), y the true class, Ŝ = `normalise_scores(S)`: each row shifted by its minimum (the
+expected-score objective is unchanged by a per-row constant) and divided by ONE global span, so Ŝ lies in [0, 1]
+and the relative weight of the rows stays the user's. Every loss that normalises uses this Ŝ; `expected_score`
+is the user's own objective on raw S (its gradient is the global span times the gradient on Ŝ).
+
+References:
+- Decision: with any of these losses, the expected score is maximised at test time by the Bayes / conditional-risk
+  decision argmax_k sum_i q_i S[i,k] (Karthik et al. 2021, "No cost likelihood manipulation at test time for
+  making better mistakes in deep networks", ICLR), reported as `test_score_bayes`.
+- The linear loss: with one-hot targets the Wasserstein loss of Frogner et al. 2015 ("Learning with a Wasserstein
+  loss", NeurIPS) is exactly the linear expected cost sum_j M[y,j] q_j, i.e. `expected_score` with M = -S.
+- Bounded losses underfit: MAE (the linear loss on S = identity) trains slowly on many classes because its
+  gradient is scaled by q_y (Zhang & Sabuncu 2018, "Generalized cross entropy loss for training deep neural
+  networks with noisy labels", NeurIPS; Wang et al. 2019, "IMAE for noise-robust learning: mean absolute error
+  does not treat examples equally and gradient magnitude's variance matters", arXiv:1903.12141).
+- Active + passive: adding CE to a bounded term keeps CE's push while the bounded term shapes the mistakes
+  (Ma et al. 2020, "Normalized loss functions for deep learning with noisy labels", ICML); `ce_expected_score`.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossbench.errors import require
-from lossbench.scores import normalise_rows
+from lossbench.scores import normalise_scores
 
 
 class ScoreLoss(nn.Module):
@@ -26,7 +43,7 @@ class ScoreLoss(nn.Module):
         require(reduction in ("mean", "sum", "none"), f"reduction must be mean, sum or none, not '{reduction}'")
         scores = torch.as_tensor(scores, dtype=torch.float32)
         self.register_buffer("scores", scores)
-        self.register_buffer("scores_normalised", normalise_rows(scores))
+        self.register_buffer("scores_normalised", normalise_scores(scores))
         self.reduction = reduction
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -50,14 +67,17 @@ class CrossEntropy(ScoreLoss):
 
 
 class ExpectedScore(ScoreLoss):
-    """-sum_j S[y,j] q_j: the linear expected-score loss (MAE when S = identity)."""
+    """-sum_j S[y,j] q_j on raw S: the user's linear expected-score loss (MAE when S = identity; with one-hot
+    targets the Wasserstein loss of Frogner et al. 2015). Its logit gradient -q_k (S[y,k] - E) is scaled by q
+    itself, which is why it underfits (Zhang & Sabuncu 2018; Wang et al. IMAE)."""
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -(self.scores[targets] * logits.softmax(dim=1)).sum(dim=1)
 
 
 class LogExpectedScore(ScoreLoss):
-    """-log(sum_j Ŝ[y,j] q_j + eps): the log restores CE's gradient scale; equals CE when S = identity."""
+    """-log(sum_j Ŝ[y,j] q_j + eps): the log restores CE's gradient scale; equals CE when S = identity. A
+    log-utility, not Bayes-consistent for the score: decide with the Bayes rule at test time."""
 
     def __init__(self, scores: Tensor, eps: float = 1e-7, reduction: str = "mean"):
         super().__init__(scores, reduction)
@@ -70,22 +90,28 @@ class LogExpectedScore(ScoreLoss):
 
 
 class SoftLabelCE(ScoreLoss):
-    """-sum_j p_j log q_j with p = softmax(S[y,:] / tau): soft labels (SORD, Bertinetto et al. 2020)."""
+    """-sum_j p_j log q_j with p = softmax(Ŝ[y,:] / tau): soft labels (Bertinetto et al. 2020, "Making better
+    mistakes", CVPR; SORD). Bertinetto's p_j = softmax(-beta d(y,j) / max d) with d the hierarchy distance; here
+    d(y,j) = max_j S[y,j] - S[y,j] and max d the global span, so beta = 1/tau (softmax ignores the row shift).
+    Default tau = 0.1, i.e. beta = 10, inside the range they studied (beta 4 to 30)."""
 
-    def __init__(self, scores: Tensor, tau: float = 0.5, reduction: str = "mean"):
+    def __init__(self, scores: Tensor, tau: float = 0.1, reduction: str = "mean"):
         super().__init__(scores, reduction)
         require(tau > 0, f"soft_label_ce: tau must be > 0, not {tau}")
         self.tau = tau
-        self.register_buffer("soft_labels", (self.scores / tau).softmax(dim=1))
+        self.register_buffer("soft_labels", (self.scores_normalised / tau).softmax(dim=1))
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -(self.soft_labels[targets] * logits.log_softmax(dim=1)).sum(dim=1)
 
 
 class CEExpectedScore(ScoreLoss):
-    """CE + lam * sum_j (1 - Ŝ[y,j]) q_j: cross-entropy plus the expected cost (Galdran et al. 2020)."""
+    """CE + lam * sum_j (1 - Ŝ[y,j]) q_j: cross-entropy plus the expected cost (Galdran et al. 2020, "Cost-sensitive
+    regularization for diabetic retinopathy grading", MICCAI; an active + passive pair in the sense of Ma et al.
+    2020). Default lam = 10, the default of Galdran et al.'s CostSensitiveRegularizedLoss, whose cost matrix is
+    likewise divided by its global maximum, so that the cost term has the same scale as here."""
 
-    def __init__(self, scores: Tensor, lam: float = 1.0, reduction: str = "mean"):
+    def __init__(self, scores: Tensor, lam: float = 10.0, reduction: str = "mean"):
         super().__init__(scores, reduction)
         require(lam >= 0, f"ce_expected_score: lam must be >= 0, not {lam}")
         self.lam = lam
@@ -96,9 +122,11 @@ class CEExpectedScore(ScoreLoss):
 
 
 class PowerExpectedScore(ScoreLoss):
-    """(1 - E^alpha) / alpha with E = sum_j Ŝ[y,j] q_j: log loss as alpha -> 0, linear at alpha = 1 (GCE-style)."""
+    """(1 - E^alpha) / alpha with E = sum_j Ŝ[y,j] q_j: log loss as alpha -> 0, linear at alpha = 1. On S = identity
+    it is the generalized cross-entropy L_q of Zhang & Sabuncu 2018 with q = alpha; default alpha = 0.7, the value
+    they recommend and use throughout."""
 
-    def __init__(self, scores: Tensor, alpha: float = 0.5, eps: float = 1e-7, reduction: str = "mean"):
+    def __init__(self, scores: Tensor, alpha: float = 0.7, eps: float = 1e-7, reduction: str = "mean"):
         super().__init__(scores, reduction)
         require(0 < alpha <= 1, f"power_expected_score: alpha must be in (0, 1], not {alpha}")
         self.alpha = alpha
@@ -109,6 +137,20 @@ class PowerExpectedScore(ScoreLoss):
         return (1 - (expected + self.eps).pow(self.alpha)) / self.alpha
 
 
+class LabelSmoothing(ScoreLoss):
+    """CE against (1 - eps) onehot(y) + eps / C; ignores S. The control for soft_label_ce: does a soft-label gain
+    come from the table, or from smoothing alone? Default eps = 0.1 (Szegedy et al. 2016, "Rethinking the
+    Inception architecture for computer vision", CVPR)."""
+
+    def __init__(self, scores: Tensor, eps: float = 0.1, reduction: str = "mean"):
+        super().__init__(scores, reduction)
+        require(0 <= eps < 1, f"label_smoothing: eps must be in [0, 1), not {eps}")
+        self.eps = eps
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.eps)
+
+
 LOSSES: dict[str, type[ScoreLoss]] = {
     "ce": CrossEntropy,
     "expected_score": ExpectedScore,
@@ -116,6 +158,7 @@ LOSSES: dict[str, type[ScoreLoss]] = {
     "soft_label_ce": SoftLabelCE,
     "ce_expected_score": CEExpectedScore,
     "power_expected_score": PowerExpectedScore,
+    "label_smoothing": LabelSmoothing,
 }
 
 

@@ -1,11 +1,25 @@
-"""Metric definitions: per-evaluation test metrics and the per-run convergence summaries.
+"""Metric definitions: per-evaluation metrics of a split (val or test) and the per-run convergence summaries.
 
-The columns of metrics.csv are METRIC_COLUMNS, one row per evaluation.
+The columns of metrics.csv are METRIC_COLUMNS, one row per evaluation. A split's metrics are sums over its
+examples, accumulated on the device batch by batch (`split_sums`, a fixed-length vector) and read back once
+(`split_metrics`). With q = softmax(z), y the true class, pred = argmax q:
+- nll: -log q_y; acc: pred == y; top5_acc: y among the 5 largest q (NaN when C < 10, where top-5 says little:
+  with 4 classes it is 1 for any model).
+- score: S[y, pred], the score the user gets with the usual decision.
+- score_bayes: S[y, k*], k* = argmax_k sum_i q_i S[i,k], the Bayes decision (Karthik et al. 2021).
+- score_bayes_cal: the same decision on softmax(z / T), T fit on the validation split (`fit_temperature`);
+  NaN when there is no validation split: T is never fit on test. On val itself it is in-sample.
+- expected_score: sum_j S[y,j] q_j, the user's objective under the model's belief.
+- mistake_severity: mean of S[y,y] - S[y,pred] over the mistakes (pred != y); NaN when there are none.
+- ece: expected calibration error of the confidence max q over 15 equal-width bins (Guo et al. 2017).
 """
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,43 +27,131 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METRIC_COLUMNS = [
-    "epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "test_nll", "test_acc",
-    "test_score", "test_score_bayes", "test_expected_score", "grad_norm",
-]  # fmt: skip
+from lossbench.atomic import atomic_path
+
+SPLIT_METRICS = ["nll", "acc", "top5_acc", "score", "score_bayes", "score_bayes_cal", "expected_score",
+                 "mistake_severity", "ece"]  # fmt: skip
+TRAIN_COLUMNS = ["epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "grad_norm"]
+
+
+def split_columns(split: str) -> list[str]:
+    return [f"{split}_{name}" for name in SPLIT_METRICS]
+
+
+METRIC_COLUMNS = [*TRAIN_COLUMNS, *split_columns("val"), *split_columns("test")]
 TIMING_COLUMNS = ["elapsed_s"]
+ECE_BINS = 15
+TOP_K, TOP_K_MIN_CLASSES = 5, 10
+# Layout of split_sums: the per-example sums, then per confidence bin the sums of confidence and of correctness.
+SUM_FIELDS = ["count", "nll", "correct", "top5_correct", "score", "score_bayes", "score_bayes_cal", "expected_score",
+              "severity", "mistakes"]  # fmt: skip
+SUM_SIZE = len(SUM_FIELDS) + 2 * ECE_BINS
+# Temperature search: golden-section on log T over [1/100, 100]; NLL is convex in 1/T, so unimodal in log T.
+LOG_T_RANGE, T_ITERATIONS = (-math.log(100.0), math.log(100.0)), 40  # 40 steps: below float32 resolution
 
 
-def score_sums(logits: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
-    """Per-batch sums of [nll, correct, score, bayes score, expected score] (float32, stays on the device).
+def bayes_decision(q: Tensor, scores: Tensor) -> Tensor:
+    """argmax_k sum_i q_i S[i, k]: the answer with the highest expected score under the belief q."""
+    return (q @ scores).argmax(dim=1)
 
-    score: S[y, argmax q]; bayes: S[y, k*] with k* = argmax_k sum_i q_i S[i, k] (the decision that maximises the
-    expected score under the model's own belief); expected score: sum_j S[y, j] q_j."""
+
+def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Tensor | None) -> Tensor:
+    """The sums of SUM_FIELDS and the ECE bins over this batch (float32, stays on the device; add batches up).
+    `temperature` (a 0-d tensor) is the one fit on val; None makes score_bayes_cal NaN."""
     logits = logits.float()
+    n, c = logits.shape
     q = logits.softmax(dim=1)
-    predicted = logits.argmax(dim=1)
-    bayes = (q @ scores).argmax(dim=1)
+    confidence, predicted = q.max(dim=1)
+    correct = (predicted == targets).float()
     rows = scores[targets]
-    return torch.stack(
-        [
-            F.cross_entropy(logits, targets, reduction="sum"),
-            (predicted == targets).sum().float(),
-            rows.gather(1, predicted[:, None]).sum(),
-            rows.gather(1, bayes[:, None]).sum(),
-            (rows * q).sum(),
-        ]
-    )
+    score = rows.gather(1, predicted[:, None]).squeeze(1)
+    if c >= TOP_K_MIN_CLASSES:
+        top5 = (logits.topk(TOP_K, dim=1).indices == targets[:, None]).any(dim=1).float().sum()
+    else:
+        top5 = logits.new_tensor(math.nan)
+    if temperature is None:
+        calibrated = logits.new_tensor(math.nan)
+    else:
+        calibrated = rows.gather(1, bayes_decision((logits / temperature).softmax(dim=1), scores)[:, None]).sum()
+    mistake = 1 - correct
+    # bins (k/15, (k+1)/15]; a confidence is at least 1/C > 0, so the clamp only guards rounding at 1
+    bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
+    totals = torch.stack([
+        logits.new_tensor(float(n)),
+        F.cross_entropy(logits, targets, reduction="sum"),
+        correct.sum(),
+        top5,
+        score.sum(),
+        rows.gather(1, bayes_decision(q, scores)[:, None]).sum(),
+        calibrated,
+        (rows * q).sum(),
+        ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(),
+        mistake.sum(),
+    ])  # fmt: skip
+    confidence_sums = torch.zeros(ECE_BINS, device=logits.device).index_add_(0, bins, confidence)
+    correct_sums = torch.zeros(ECE_BINS, device=logits.device).index_add_(0, bins, correct)
+    return torch.cat([totals, confidence_sums, correct_sums])
 
 
-def test_metrics(sums: Tensor, count: int) -> dict[str, float]:
-    nll, correct, score, bayes, expected = (sums / count).tolist()
-    return {
-        "test_nll": nll,
-        "test_acc": correct,
-        "test_score": score,
-        "test_score_bayes": bayes,
-        "test_expected_score": expected,
+def split_metrics(sums: Sequence[float], split: str) -> dict[str, float]:
+    """The `{split}_*` metrics from split_sums read back to the host (all NaN for an empty split)."""
+    total = dict(zip(SUM_FIELDS, sums))
+    count = total["count"]
+    if not count > 0:
+        return dict.fromkeys(split_columns(split), math.nan)
+    confidence_sums = np.asarray(sums[len(SUM_FIELDS) : len(SUM_FIELDS) + ECE_BINS])
+    correct_sums = np.asarray(sums[len(SUM_FIELDS) + ECE_BINS :])
+    values = {
+        "nll": total["nll"] / count,
+        "acc": total["correct"] / count,
+        "top5_acc": total["top5_correct"] / count,
+        "score": total["score"] / count,
+        "score_bayes": total["score_bayes"] / count,
+        "score_bayes_cal": total["score_bayes_cal"] / count,
+        "expected_score": total["expected_score"] / count,
+        "mistake_severity": total["severity"] / total["mistakes"] if total["mistakes"] > 0 else math.nan,
+        # sum over bins of n_b / N * |acc_b - conf_b| = sum |correct_b - confidence_b| / N
+        "ece": float(np.abs(correct_sums - confidence_sums).sum()) / count,
     }
+    return {f"{split}_{name}": value for name, value in values.items()}
+
+
+def fit_temperature(logits: Tensor, targets: Tensor) -> Tensor:
+    """The T minimising the mean NLL of softmax(logits / T) (temperature scaling, Guo et al. 2017), as a 0-d
+    tensor on the logits' device: a fixed number of golden-section steps on log T, so it is deterministic and
+    never syncs with the host. Fit it on validation logits only."""
+    logits = logits.float()
+
+    def nll(log_t: Tensor) -> Tensor:
+        return F.cross_entropy(logits / log_t.exp(), targets)
+
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = (logits.new_tensor(bound) for bound in LOG_T_RANGE)
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    f_c, f_d = nll(c), nll(d)
+    for _ in range(T_ITERATIONS):
+        # the minimum lies in [a, d] when f(c) < f(d), else in [c, b]; the kept inner point is reused
+        left = f_c < f_d
+        a, b = torch.where(left, a, c), torch.where(left, d, b)
+        c, d = torch.where(left, b - ratio * (b - a), d), torch.where(left, c, a + ratio * (b - a))
+        value = nll(torch.where(left, c, d))
+        f_c, f_d = torch.where(left, value, f_d), torch.where(left, f_c, value)
+    return ((a + b) / 2).exp()
+
+
+def confusion_counts(logits: Tensor, targets: Tensor) -> Tensor:
+    """C x C counts of (true class, argmax prediction): rows true, columns predicted (int64, on the device)."""
+    c = logits.shape[1]
+    return torch.bincount(targets * c + logits.argmax(dim=1), minlength=c * c).view(c, c)
+
+
+def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:
+    """confusion.csv: class names as header and first column, corner cell `true\\pred` (the score-table layout)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\pred", *classes])
+        for name, row in zip(classes, counts.tolist()):
+            writer.writerow([name, *row])
 
 
 def epochs_to_target(curve: pd.DataFrame, target: float, column: str = "test_acc") -> tuple[float, float]:

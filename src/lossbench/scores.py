@@ -206,8 +206,12 @@ def load_scores(
     return scores
 
 
-def normalise_rows(matrix: torch.Tensor) -> torch.Tensor:
-    """Ŝ: each row min-max scaled to [0, 1] (a row with no spread becomes all zeros)."""
-    low = matrix.min(dim=1, keepdim=True).values
-    span = matrix.max(dim=1, keepdim=True).values - low
-    return torch.where(span > 0, (matrix - low) / span.clamp_min(1e-12), torch.zeros_like(matrix))
+def normalise_scores(matrix: torch.Tensor) -> torch.Tensor:
+    """Ŝ[i,j] = (S[i,j] - min_j S[i,j]) / max_i (max_j S[i,j] - min_j S[i,j]).
+
+    Each row is shifted by its own minimum, which leaves the expected-score objective (and its argmax) unchanged,
+    and the whole table is divided by ONE global span: scaling rows separately would re-weight classes, a choice
+    that belongs to the user's table, not to us. Ŝ lies in [0, 1]; an all-constant table becomes zeros."""
+    shifted = matrix - matrix.min(dim=1, keepdim=True).values
+    span = shifted.max()
+    return shifted / span if span > 0 else torch.zeros_like(matrix)

@@ -25,7 +25,9 @@ from lossbench.atomic import atomic_path, write_atomic
 from lossbench.data import Batches, Dataset, channel_stats, dataset_classes, eval_batches, load_dataset
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import build_loss
-from lossbench.metrics import METRIC_COLUMNS, score_sums, test_metrics
+from lossbench.metrics import (
+    METRIC_COLUMNS, SUM_SIZE, confusion_counts, fit_temperature, split_metrics, split_sums, write_confusion,
+)  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.scores import ScoreMatrix, load_scores
@@ -33,6 +35,7 @@ from lossbench.scores import ScoreMatrix, load_scores
 log = logging.getLogger("lossbench")
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
+CONFUSION_FILE = "confusion.csv"
 
 
 # ---------------------------------------------------------------- config, device, precision
@@ -173,15 +176,37 @@ def train_one_epoch(model, loss_fn, batches: Batches, optimizer, scheduler, dtyp
 
 
 @torch.inference_mode()
-def evaluate(model, data: Dataset, scores: torch.Tensor, batch_size: int, mean, std, dtype) -> dict[str, float]:
+def evaluate(
+    model, data: Dataset, scores: torch.Tensor, batch_size: int, mean, std, dtype
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The val_* and test_* metrics of the model, and the test confusion counts (rows true, on the host).
+
+    The validation logits (N_val x C) are kept to fit the temperature for *_score_bayes_cal; the test set is
+    streamed batch by batch with that temperature, so its logits are never held. Without a validation split the
+    val_* columns and test_score_bayes_cal are NaN (never fit on test). One host sync, at the end."""
     model.eval()
     device = data.test_y.device
-    sums = torch.zeros(5, device=device)
-    for x, y in eval_batches(data.test_x, data.test_y, batch_size, mean, std):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-        sums += score_sums(logits, y, scores)
-    return test_metrics(sums, len(data.test_y))
+
+    def logits_of(x: torch.Tensor, y: torch.Tensor):
+        for xb, yb in eval_batches(x, y, batch_size, mean, std):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                yield model(xb).float(), yb
+
+    temperature = None
+    val = torch.zeros(SUM_SIZE, device=device)
+    if len(data.val_y):
+        val_logits = torch.cat([z for z, _ in logits_of(data.val_x, data.val_y)])
+        temperature = fit_temperature(val_logits, data.val_y)
+        val = split_sums(val_logits, data.val_y, scores, temperature)
+    test = torch.zeros(SUM_SIZE, device=device)
+    confusion = torch.zeros(len(scores), len(scores), dtype=torch.int64, device=device)
+    for z, y in logits_of(data.test_x, data.test_y):
+        test += split_sums(z, y, scores, temperature)
+        confusion += confusion_counts(z, y)
+    values = torch.cat([val, test, confusion.flatten().float()]).cpu()  # the one host sync (counts < 2^24: exact)
+    row = split_metrics(values[:SUM_SIZE].tolist(), "val")
+    row.update(split_metrics(values[SUM_SIZE : 2 * SUM_SIZE].tolist(), "test"))
+    return row, values[2 * SUM_SIZE :].round().long().view_as(confusion)
 
 
 class Progress:
@@ -291,6 +316,7 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     progress = Progress(name, epochs * len(batches), start_epoch * len(batches), bool(cfg.train.progress))
     batches.on_step = progress.step
     write_status(run_dir, "running", start_epoch, epochs)
+    confusion = None  # the test confusion counts of the latest evaluation
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             began = time.perf_counter()
@@ -304,7 +330,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
                 return "diverged"
             row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
-            row.update(evaluate(model, data, s, int(cfg.train.eval_batch_size), mean, std, dtype))
+            metrics, confusion = evaluate(model, data, s, int(cfg.train.eval_batch_size), mean, std, dtype)
+            row.update(metrics)
             elapsed += time.perf_counter() - began
             row["elapsed_s"] = elapsed
             append_metrics(run_dir, row)
@@ -318,5 +345,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
             write_status(run_dir, "running", epoch, epochs)
     finally:
         progress.close()
+    if confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
+        confusion = evaluate(model, data, s, int(cfg.train.eval_batch_size), mean, std, dtype)[1]
+    write_confusion(run_dir / CONFUSION_FILE, confusion, scores.classes)
     write_status(run_dir, "finished", epochs, epochs)
     return "finished"

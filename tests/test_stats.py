@@ -1,0 +1,104 @@
+"""The report's statistics against scipy.stats, and their edge cases (few seeds, NaN, zero variance)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from lossbench.stats import Paired, paired, slope, summarise, t_critical, t_two_sided_p
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 10, 30, 100, 1000])
+def test_t_distribution_matches_scipy(df):
+    assert t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-10)
+    for t in (0.0, 0.3, 1.0, 2.5, 8.0, 40.0):
+        assert t_two_sided_p(t, df) == pytest.approx(2 * scipy_stats.t.sf(t, df), rel=1e-9, abs=1e-300)
+    assert t_two_sided_p(-1.5, df) == t_two_sided_p(1.5, df)
+
+
+def test_known_quantiles():
+    assert t_critical(2) == pytest.approx(4.302652729911275)
+    assert t_critical(10**6) == pytest.approx(1.959966, rel=1e-5)
+
+
+def test_summary_matches_scipy():
+    values = [0.71, 0.74, 0.69, 0.75]
+    s = summarise(values)
+    half = scipy_stats.t.ppf(0.975, 3) * scipy_stats.sem(values)
+    assert (s.mean, s.n) == (pytest.approx(np.mean(values)), 4)
+    assert s.sd == pytest.approx(np.std(values, ddof=1))
+    assert s.ci95 == pytest.approx(half)
+    low, high = scipy_stats.t.interval(0.95, 3, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert (s.mean - s.ci95, s.mean + s.ci95) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_summary_of_few_values_and_nan():
+    assert summarise([2.0, math.nan, 4.0]) == summarise([2.0, 4.0])  # a NaN (target not reached) is left out
+    one = summarise([3.0, math.nan])
+    assert one.mean == 3.0 and one.n == 1 and math.isnan(one.sd) and math.isnan(one.ci95)
+    none = summarise([])
+    assert none.n == 0 and math.isnan(none.mean)
+    assert summarise([1.0, 1.0, 1.0]).ci95 == 0.0
+
+
+def test_paired_matches_scipy():
+    a = np.array([1.70, 1.69, 1.71, 1.72, 1.66])
+    b = np.array([1.69, 1.70, 1.68, 1.70, 1.65])
+    result = paired(a, b)
+    reference = scipy_stats.ttest_rel(a, b)
+    interval = reference.confidence_interval(0.95)
+    assert result.n == 5 and result.diff == pytest.approx(np.mean(a - b))
+    assert result.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+    assert result.diff - result.ci95 == pytest.approx(interval.low)
+    assert result.diff + result.ci95 == pytest.approx(interval.high)
+
+
+def test_paired_with_three_seeds_like_the_readme_claim():
+    """t = 1.5 with df = 2 is far from significant: p = 0.27, and the interval holds 0."""
+    d = 1.5 * 0.006 / math.sqrt(3) + np.array([-0.006, 0.0, 0.006])  # mean / (sd / sqrt(3)) = 1.5
+    result = paired(1.7 + d, np.full(3, 1.7))
+    assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(1.5, 2))
+    assert result.p_value == pytest.approx(0.272, abs=1e-3)
+    assert result.diff - result.ci95 < 0 < result.diff + result.ci95
+
+
+def test_paired_edge_cases():
+    assert paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == Paired(0.0, 0.0, 1.0, 3)  # identical: no difference
+    constant = paired([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])  # always +1: no noise, so certain
+    assert constant.diff == 1.0 and constant.ci95 == 0.0 and constant.p_value == 0.0
+    single = paired([2.0, math.nan], [1.0, 5.0])  # the NaN pair is dropped: one pair left
+    assert single.n == 1 and single.diff == 1.0 and math.isnan(single.ci95) and math.isnan(single.p_value)
+    assert paired([], []).n == 0
+    with pytest.raises(ValueError, match="one of each per pair"):
+        paired([1.0, 2.0], [1.0])
+
+
+def test_slope_matches_scipy_linregress():
+    x = np.arange(1, 9, dtype=float)
+    y = np.array([1.20, 1.31, 1.35, 1.42, 1.41, 1.47, 1.46, 1.50])
+    result = slope(x, y)
+    reference = scipy_stats.linregress(x, y)
+    assert result.n == 8
+    assert result.slope == pytest.approx(reference.slope)
+    assert result.ci95 == pytest.approx(scipy_stats.t.ppf(0.975, 6) * reference.stderr)
+    assert result.rising
+
+
+def test_slope_flat_or_noisy_is_not_rising():
+    x = np.arange(5, dtype=float)
+    assert not slope(x, [1.5, 1.52, 1.49, 1.51, 1.50]).rising
+    assert not slope(x, [2.0, 1.9, 1.8, 1.7, 1.6]).rising
+    exact = slope(x, 0.1 * x + 1)
+    assert exact.slope == pytest.approx(0.1) and exact.ci95 == pytest.approx(0.0, abs=1e-12) and exact.rising
+
+
+def test_slope_edge_cases():
+    two = slope([1.0, 2.0], [1.0, 3.0])
+    assert two.slope == 2.0 and math.isnan(two.ci95) and not two.rising  # no degrees of freedom left
+    assert math.isnan(slope([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).slope)  # constant x
+    assert slope([1.0, 2.0, math.nan, 4.0], [1.0, 2.0, 5.0, 4.0]).n == 3
+    with pytest.raises(ValueError):
+        slope([1.0, 2.0], [1.0])
