@@ -23,10 +23,9 @@ from lossbench.atomic import write_atomic
 from lossbench.errors import require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
-from lossbench.train import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status
+from lossbench.train import CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, read_status
 
 PROVENANCE_FILE = "run.json"  # device, precision, torch, lossbench, git_commit (written by train)
-CONFUSION_FILE = "confusion.csv"  # C x C test counts, rows true, columns predicted
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
 SLOPE_WINDOW = 5  # "still rising": the slope of test_score over this many last evaluations
@@ -412,17 +411,27 @@ def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
     return "\n".join(lines)
 
 
-def verdict(row: pd.Series, measure: str, words: tuple[str, str]) -> str:
-    """The paired comparison in words: a direction only when the 95% CI of the difference excludes 0."""
+def verdict(row: pd.Series, measure: str, words: tuple[str, str]) -> tuple[str, str]:
+    """The paired comparison in words, and its numbers: a direction only when the 95% CI of the difference
+    excludes 0."""
     pairs = row.get(f"{measure}_pairs", 0)
+    pairs = 0 if pd.isna(pairs) else int(pairs)
     if "target" in measure and row.get(f"{measure}_n", 0) == 0:
-        return "never reached"
-    if pd.isna(pairs) or pairs < 2:
-        return f"not tested ({0 if pd.isna(pairs) else int(pairs)} paired seed{'s' if pairs != 1 else ''})"
+        return "never reached", ""
+    if pairs < 2:
+        return "not tested", f"{pairs} paired seed{'' if pairs == 1 else 's'}"
     diff, half, p = row[f"{measure}_diff"], row[f"{measure}_diff_ci95"], row[f"{measure}_p_value"]
     digits = HEADLINE[measure][1] + 1
     word = words[0] if diff - half > 0 else words[1] if diff + half < 0 else "indistinguishable at 95%"
-    return f"{word} ({diff:+.{digits}f} ± {half:.{digits}f}, p = {p:.2g}, {int(pairs)} pairs)"
+    return word, f"{diff:+.{digits}f} ± {half:.{digits}f}, p = {p:.2g}, {pairs} pairs"
+
+
+def verdict_text(row: pd.Series, measure: str) -> str:
+    word, numbers = verdict(row, measure, HEADLINE[measure][2])
+    return f"{word} ({numbers})" if numbers else word
+
+
+TRENDS = {"rising": "still rising", "falling": "falling", "flat": "flat", "too short": "too few evaluations to tell"}
 
 
 def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
@@ -440,15 +449,16 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
         "| measure | " + " | ".join(labels) + " |",
         "|" + "---|" * (len(labels) + 1),
     ]
-    for measure, (heading, _, words) in measures.items():
-        lines.append(f"| {heading} | " + " | ".join(verdict(r, measure, words) for _, r in others.iterrows()) + " |")
+    for measure, (heading, _, _) in measures.items():
+        lines.append(f"| {heading} | " + " | ".join(verdict_text(r, measure) for _, r in others.iterrows()) + " |")
     lines.append("")
     for label, (_, row) in zip(labels, others.iterrows()):
-        score = verdict(row, "final_test_score", HEADLINE["final_test_score"][2]).split(" (")[0]
-        speed = verdict(row, "epochs_to_target_score", HEADLINE["epochs_to_target_score"][2]).split(" (")[0]
-        lines.append(f"- **{label}**: final test_score {score} than {REFERENCE}".replace(
-            "indistinguishable at 95% than", "indistinguishable at 95% from") + f"; to the score target: {speed}; "
-            f"test_score {row['score_trend']} over the last {SLOPE_WINDOW} evaluations.")  # fmt: skip
+        word, numbers = verdict(row, "final_test_score", HEADLINE["final_test_score"][2])
+        relation = "from" if word.startswith("indistinguishable") else "than" if word in ("higher", "lower") else "vs"
+        score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
+        lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
+                     f"{verdict_text(row, 'epochs_to_target_score')}; test_score over the last "
+                     f"{SLOPE_WINDOW} evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
     return lines + [""]
 
 
