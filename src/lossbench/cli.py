@@ -66,11 +66,16 @@ def compare(
 
 
 @app.command()
-def report(directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories")) -> None:
+def report(
+    directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories"),
+    target_score: Optional[float] = typer.Option(
+        None, "--target-score", help="Score target for the time-to-target columns (default: the runs' "
+        "report.target_score, else ce's final mean test_score)"),
+) -> None:  # fmt: skip
     """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
     from lossbench import launch
 
-    guarded(lambda: launch.report_comparison(launch.Path(directory), partial_ok=True))
+    guarded(lambda: launch.report_comparison(launch.Path(directory), partial_ok=True, target_score=target_score))
 
 
 @app.command()

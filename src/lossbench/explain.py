@@ -12,18 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from lossbench.errors import require  # noqa: E402
-from lossbench.losses import LOSSES, ScoreLoss, build_loss, loss_parameters  # noqa: E402
-from lossbench.report import loss_colour, save_figure  # noqa: E402
-from lossbench.scores import (  # noqa: E402
+from lossbench.errors import require
+from lossbench.losses import LOSSES, ScoreLoss, build_loss, loss_parameters
+from lossbench.plots import gradient_figure, save_figure
+from lossbench.scores import (
     BUILTINS,
     GROUPS,
     ScoreMatrix,
@@ -287,23 +283,10 @@ def format_text(expl: Explanation) -> str:
 def plot(expl: Explanation, path: Path) -> None:
     """Gradient norm vs q_y per loss, log-log; written atomically. Two panels, because spreading the wrong mass
     uniformly hides what the linear loss does to a confident mistake: only the second panel shows it vanish."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     panels = {"uniform": "rest spread uniformly over the other classes", "worst": "rest on row y's worst-scored class"}
-    for ax, (rest, title) in zip(axes, panels.items()):
-        for name, norms in expl.curve[rest].items():
-            ax.plot(expl.curve_q, norms, color=loss_colour(name), label=name, lw=1.8)
-        ax.axvline(1 / len(expl.scores), color="grey", ls=":", lw=1, label="q_y = 1/C (init)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("q_y: the model's probability on the true class")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("||d loss / d logits||, mean over true classes")
-    # one legend below both panels, where it hides no curve
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.03), ncol=4, fontsize=9)
-    fig.suptitle(f"Gradient norm per loss, score table {expl.source} ({len(expl.scores)} classes)")
-    save_figure(fig, path)
+    name = Path(expl.source).name if Path(expl.source).is_file() else expl.source  # a file's name, not its path
+    title = f"Gradient norm per loss, score table {name} ({len(expl.scores)} classes)"
+    save_figure(gradient_figure(expl.curve_q, expl.curve, panels, len(expl.scores), title), path)
 
 
 def main(source: str, tau: float | None, out: str, classes: str | None) -> int:

@@ -185,14 +185,17 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
     return report_comparison(comparison)
 
 
-def report_comparison(comparison: Path, partial_ok: bool = False) -> int:
+def report_comparison(comparison: Path, partial_ok: bool = False, target_score: float | None = None) -> int:
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
-    2 when every run failed on bad input, 1 otherwise (all diverged, say)."""
+    2 when every run failed on bad input, 1 otherwise (all diverged, say). target_score: see build_report."""
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
     require(statuses, f"{comparison}: no run directories found")
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
     if len(failed) < len(statuses) or any(s["epoch"] > 0 for s in statuses.values()):
-        print(build_report(comparison).markdown)
+        report = build_report(comparison, target_score)
+        print(report.markdown)
+        for warning in report.warnings:  # also in summary.md; repeated here where the user is looking
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"report: {comparison}")
     for run_dir, status in failed.items():
         print(f"{run_dir}: {status['status']} {status.get('message', '')}".rstrip(), file=sys.stderr)

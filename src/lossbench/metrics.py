@@ -159,21 +159,17 @@ def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:
             writer.writerow([name, *row])
 
 
-def epochs_to_target(curve: pd.DataFrame, target: float) -> tuple[float, float]:
-    """(epoch, elapsed_s) of the first evaluation with test_acc >= target, NaN if never."""
-    hit = curve[curve["test_acc"] >= target]
+def epochs_to_target(curve: pd.DataFrame, target: float, column: str = "test_acc") -> tuple[float, float]:
+    """(epoch, elapsed_s) of the first evaluation with `column` >= target, NaN if never."""
+    hit = curve[curve[column] >= target]
     if hit.empty:
         return math.nan, math.nan
     first = hit.iloc[0]
     return float(first["epoch"]), float(first["elapsed_s"])
 
 
-def accuracy_auc(curve: pd.DataFrame) -> float:
-    """Area under test_acc vs epoch from epoch 0 (accuracy 1/C taken as 0) to the last epoch, divided by the
-    number of epochs: the mean accuracy over training, 1.0 for a run that is perfect from the start."""
-    epochs = np.concatenate([[0.0], curve["epoch"].to_numpy(float)])
-    acc = np.concatenate([[0.0], curve["test_acc"].to_numpy(float)])
-    if epochs[-1] <= 0:
-        return math.nan
-    area = np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(epochs))  # trapezoid rule
-    return float(area / epochs[-1])
+def curve_mean(curve: pd.DataFrame, column: str) -> float:
+    """The AUC of `column` over training: its mean over the evaluated epochs (1.0 for an accuracy that is perfect
+    from the first evaluation). No made-up value at epoch 0, which would reward nothing real."""
+    values = curve[column].dropna() if column in curve else pd.Series(dtype=float)
+    return float(values.mean()) if len(values) else math.nan

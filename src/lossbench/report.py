@@ -1,30 +1,58 @@
-"""Reports built only from run directories on disk, so they can be rebuilt at any time, over partial or remote
-results: curves.csv, summary.csv, summary.md and PNG figures. Every file is written atomically."""
+"""Reports built only from run directories on disk, so they can be rebuilt at any time, over partial, remote or
+damaged results: curves.csv, summary.csv, summary.md and PNG figures. Every file is written atomically.
+
+Verdicts come from statistics, never from means alone: per setting (loss x swept parameters) the mean, sample
+SD, 95% t-interval half-width and n over seeds; per loss a comparison with ce paired by seed. Targets: a test
+score that does not move when a loss is added (the user's `report.target_score`, else ce's final mean) and, as
+before, an accuracy target. A loss's setting is chosen on validation metrics only; test is reported."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from lossbench import plots, stats
+from lossbench.atomic import write_atomic
+from lossbench.errors import require
+from lossbench.losses import LOSSES
+from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
+from lossbench.train import CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, read_status
 
-from lossbench.errors import require  # noqa: E402
-from lossbench.losses import LOSSES  # noqa: E402
-from lossbench.metrics import METRIC_COLUMNS, accuracy_auc, epochs_to_target  # noqa: E402
-from lossbench.atomic import atomic_path, write_atomic  # noqa: E402
-from lossbench.train import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status  # noqa: E402
-
+PROVENANCE_FILE = "run.json"  # device, precision, torch, lossbench, git_commit (written by train)
+REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
-SELECT_BY = "final_test_score"  # with swept parameters, each loss is shown at the setting that maximises this
-METRICS = ["test_acc", "test_score", "test_score_bayes", "test_expected_score"]
+SLOPE_WINDOW = 5  # "still rising": the slope of test_score over this many last evaluations
+REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
+FINAL_METRICS = [
+    "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
+    "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score",
+]  # fmt: skip
+# headline measure -> (markdown heading, digits, words for a positive / negative difference with ce)
+HEADLINE = {
+    "final_test_acc": ("final test_acc", 3, ("higher", "lower")),
+    "final_test_score": ("final test_score", 3, ("higher", "lower")),
+    "final_test_score_bayes": ("test_score, Bayes decision", 3, ("higher", "lower")),
+    "final_test_score_bayes_cal": ("test_score, calibrated Bayes", 3, ("higher", "lower")),
+    "final_test_expected_score": ("test_expected_score", 3, ("higher", "lower")),
+    "final_test_mistake_severity": ("mistake severity", 3, ("higher", "lower")),
+    "final_test_ece": ("ECE", 3, ("higher", "lower")),
+    "auc_test_acc": ("AUC test_acc", 3, ("higher", "lower")),
+    "auc_test_score": ("AUC test_score", 3, ("higher", "lower")),
+    "epochs_to_target_score": ("epochs to score target", 1, ("slower", "faster")),
+    "seconds_to_target_score": ("seconds to score target", 1, ("slower", "faster")),
+    "epochs_to_target_acc": ("epochs to accuracy target", 1, ("slower", "faster")),
+}  # fmt: skip
+# metrics.csv columns kept in curves.csv: today's, plus any the report reads that an older or newer layout lacks
+CURVE_COLUMNS = METRIC_COLUMNS + [m for m in FINAL_METRICS if m not in METRIC_COLUMNS]
 IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name"}
+IGNORED_PREFIXES = ("report.",)  # report settings are not part of a run's setting
 
 
 @dataclass
@@ -32,6 +60,22 @@ class Report:
     curves: pd.DataFrame
     summary: pd.DataFrame
     markdown: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Runs:
+    runs: pd.DataFrame  # one row per readable run: loss, seed, swept parameters, status, run_dir, provenance
+    curves: pd.DataFrame  # every run's usable metrics rows, with the run's columns in front
+    swept: list[str]
+    warnings: list[str]
+
+
+@dataclass
+class Targets:
+    score: float
+    score_source: str  # how the score target was chosen, for summary.md
+    acc: float
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -42,11 +86,7 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
 
 
-def loss_colour(name: str) -> tuple[float, float, float, float]:
-    """One fixed colour per loss across all figures."""
-    names = list(LOSSES)
-    index = names.index(name) if name in names else len(names) + sum(map(ord, name)) % 4
-    return plt.get_cmap("tab10")(index % 10)
+# ---------------------------------------------------------------- reading run directories
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:
@@ -59,220 +99,485 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def load_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(runs, curves, swept): one row per run (loss, seed, swept parameters, status, run_dir); all runs' metrics
-    rows with those columns in front; and the swept parameters.
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def read_config(run_dir: Path) -> tuple[dict[str, object] | None, str | None]:
+    """(flattened config, None), or (None, a warning naming the file) when it is unreadable or names no loss."""
+    path = run_dir / CONFIG_FILE
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        require(isinstance(config, dict), "not a mapping")
+        flat = flatten(config)
+        require(isinstance(flat.get("loss.name"), str), "no loss.name")
+    except Exception as err:  # yaml, omegaconf, decoding and OS errors alike: this one run is unusable
+        return None, f"{path}: unreadable ({_one_line(err)}); run skipped"
+    return flat, None
+
+
+def _number(text: str) -> float | None:
+    """A metrics.csv cell as a float (empty = missing = NaN), or None when it is not a number."""
+    if text.strip() == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
+    """The usable rows of one run's metrics.csv, and a warning naming the file and the rows used when any of it
+    is damaged. A row is used when it is complete (a file cut mid-write ends without a newline), has the header's
+    number of fields and holds only numbers; a repeated epoch keeps its last row."""
+    empty = pd.DataFrame(columns=CURVE_COLUMNS)
+    if not path.exists():
+        return empty, None  # the run has not finished an epoch
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return empty, f"{path}: unreadable ({_one_line(err)}); no rows used"
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return empty, f"{path}: empty; no rows used"
+    header = next(csv.reader([lines[0]]))
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        return empty, f"{path}: no column(s) {', '.join(missing)} in its header; no rows used"
+    rows, damaged = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = next(csv.reader([line]), [])
+        values = [_number(v) for v in fields]
+        if not line.endswith("\n") or len(fields) != len(header) or None in values or math.isnan(values[header.index("epoch")]):
+            damaged.append(number)
+        else:
+            rows.append(values)
+    table = pd.DataFrame(rows, columns=header, dtype=float)
+    repeated = int(table.duplicated("epoch", keep="last").sum())
+    table = table.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
+    table = table.reindex(columns=CURVE_COLUMNS)  # metrics an older version did not log are NaN
+    if not damaged and not repeated:
+        return table, None
+    problems = []
+    if damaged:
+        shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        problems.append(f"damaged line(s) {shown} skipped")
+    if repeated:
+        problems.append(f"{repeated} repeated epoch row(s) replaced by the later one")
+    used = (f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
+            if len(table) else "no rows used")  # fmt: skip
+    return table, f"{path}: {'; '.join(problems)}; {used}"
+
+
+def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[str, str]:
+    """(device, precision) the run used, from run.json; else as requested in config.yaml; else unknown."""
+    try:
+        info = json.loads((run_dir / PROVENANCE_FILE).read_text())
+        return str(info.get("device", "unknown")), str(info.get("precision", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    device, precision = config.get("device"), config.get("precision")
+    return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown")
+
+
+def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """A run's confusion.csv as a (true x predicted) count table, or a warning naming the damaged file."""
+    if not path.exists():
+        return None, None
+    try:
+        table = pd.read_csv(path, index_col=0)
+        table.index, table.columns = table.index.astype(str), table.columns.astype(str)
+        values = table.to_numpy(float)
+        require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
+                "rows and columns do not name the same classes")  # fmt: skip
+        require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
+    except Exception as err:
+        return None, f"{path}: unreadable ({_one_line(err)}); left out of confusion.png"
+    return table.astype(float), None
+
+
+def is_setting_key(key: str) -> bool:
+    return key not in IGNORED_KEYS | {"loss.name"} and not key.startswith(IGNORED_PREFIXES)
+
+
+def load_runs(root: Path) -> Runs:
+    """Every readable run below root, its usable metrics, and the swept parameters.
 
     A parameter counts as swept when it takes more than one value among the runs of one loss (so loss.tau is
-    not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is)."""
+    not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is). A run whose config.yaml is
+    unreadable is skipped, a damaged metrics.csv contributes its usable rows: both with a warning."""
     run_dirs = find_runs(root)
     require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
-    configs = [flatten(OmegaConf.to_container(OmegaConf.load(d / CONFIG_FILE))) for d in run_dirs]
+    warnings, configs, kept = [], [], []
+    for run_dir in run_dirs:
+        config, warning = read_config(run_dir)
+        if config is None:
+            warnings.append(warning)
+            continue
+        configs.append(config)
+        kept.append(run_dir)
+    require(kept, f"{root}: no run directory has a readable {CONFIG_FILE}: " + "; ".join(warnings))
     table = pd.DataFrame(configs)
-    candidates = [k for k in table.columns if k not in IGNORED_KEYS | {"loss.name"}]
+    candidates = [k for k in table.columns if is_setting_key(k)]
     by_loss = table.astype({k: str for k in candidates}).groupby("loss.name")
     swept = [k for k in candidates if (by_loss[k].nunique() > 1).any()]
     runs = table[["loss.name", "seed", *swept]].rename(columns={"loss.name": "loss"})
-    runs["status"] = [read_status(d)["status"] for d in run_dirs]
-    runs["run_dir"] = [str(d) for d in run_dirs]
+    runs["status"] = [read_status(d)["status"] for d in kept]
+    runs["run_dir"] = [str(d) for d in kept]
+    runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
+    provenance = [read_provenance(d, c) for d, c in zip(kept, configs)]
+    runs["device"], runs["precision"] = [p[0] for p in provenance], [p[1] for p in provenance]
     frames = []
     for _, run in runs.iterrows():
-        path = Path(run["run_dir"]) / METRICS_FILE
-        if path.exists() and path.stat().st_size > 0:
-            rows = pd.read_csv(path)
-            frames.append(rows.assign(**run.to_dict())[[*runs.columns, *METRIC_COLUMNS]])
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*runs.columns, *METRIC_COLUMNS])
-    return runs, curves, swept
+        rows, warning = read_metrics(Path(run["run_dir"]) / METRICS_FILE)
+        if warning:
+            warnings.append(warning)
+        if len(rows):
+            frames.append(rows.assign(**run[["loss", "seed", *swept, "status", "run_dir"]].to_dict()))
+    front = ["loss", "seed", *swept, "status", "run_dir"]
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+
+
+# ---------------------------------------------------------------- per run, per setting, per loss
 
 
 def setting_label(loss: str, params: dict[str, object]) -> str:
     return " ".join([loss, *(f"{k}={v}" for k, v in params.items())])
 
 
-def summarise(runs: pd.DataFrame, curves: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """One row per setting (loss x swept parameters): mean and std over seeds of the convergence measures.
-    Runs without metrics (diverged in the first epoch, say) count in `runs` and `status` only."""
+def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the final value of each metric, the best test accuracy (for the accuracy target) and the AUCs
+    (the mean of test_acc and test_score over the evaluated epochs). Runs without rows get NaN."""
     runs = runs.copy()
     by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
-    empty = pd.DataFrame(columns=METRIC_COLUMNS)
-    curve_of = [by_run.get(d, empty) for d in runs["run_dir"]]
-    for metric in METRICS:
+    curve_of = [by_run.get(d, curves.iloc[:0]) for d in runs["run_dir"]]
+    for metric in FINAL_METRICS:
         runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
-        runs[f"best_{metric}"] = [c[metric].max() if len(c) else math.nan for c in curve_of]
-    runs["auc_test_acc"] = [accuracy_auc(c) if len(c) else math.nan for c in curve_of]
-    keys = ["loss", *swept]
-    target = TARGET_FRACTION * runs.groupby(keys, dropna=False)["best_test_acc"].mean().max()
-    hits = [epochs_to_target(c, target) if len(c) else (math.nan, math.nan) for c in curve_of]
-    runs["epochs_to_target"] = [h[0] for h in hits]
-    runs["seconds_to_target"] = [h[1] for h in hits]
+    runs["best_test_acc"] = [c["test_acc"].max() if len(c) else math.nan for c in curve_of]
+    runs["auc_test_acc"] = [curve_mean(c, "test_acc") for c in curve_of]
+    runs["auc_test_score"] = [curve_mean(c, "test_score") for c in curve_of]
+    return runs
 
-    measures = [c for c in runs.columns if c.startswith(("final_", "best_", "auc_"))] + [
-        "epochs_to_target", "seconds_to_target"]  # fmt: skip
+
+def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targets) -> pd.DataFrame:
+    """Per run: epochs and seconds until test_score (test_acc) first reaches the score (accuracy) target."""
+    runs = runs.copy()
+    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    for kind, column, target in (("score", "test_score", targets.score), ("acc", "test_acc", targets.acc)):
+        hits = [epochs_to_target(by_run[d], target, column) if d in by_run else (math.nan, math.nan)
+                for d in runs["run_dir"]]  # fmt: skip
+        runs[f"epochs_to_target_{kind}"] = [h[0] for h in hits]
+        runs[f"seconds_to_target_{kind}"] = [h[1] for h in hits]
+    return runs
+
+
+def measure_names(runs: pd.DataFrame) -> list[str]:
+    return [c for c in runs.columns if c.startswith(("final_", "best_", "auc_", "epochs_to_", "seconds_to_"))]
+
+
+def describe_settings(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """One row per setting: runs, status, and mean / sample SD / 95% CI half-width / n over seeds of every
+    measure (n counts the runs with a value: a run that never reached a target has none)."""
+    keys = ["loss", *swept]
     rows = []
     for setting, group in runs.groupby(keys, dropna=False, sort=False):
-        setting = setting if isinstance(setting, tuple) else (setting,)
-        row = dict(zip(keys, setting))
+        row = dict(zip(keys, setting if isinstance(setting, tuple) else (setting,)))
         row["runs"] = len(group)
         row["status"] = ", ".join(f"{n} {s}" for s, n in group["status"].value_counts().items())
-        row["reached_target"] = int(group["epochs_to_target"].notna().sum())
-        for measure in measures:
-            row[f"{measure}_mean"] = group[measure].mean()
-            row[f"{measure}_std"] = group[measure].std(ddof=0) if len(group) > 1 else 0.0
+        for measure in measure_names(runs):
+            summary = stats.summarise(group[measure].dropna().to_numpy(float))
+            row.update({f"{measure}_mean": summary.mean, f"{measure}_sd": summary.sd,
+                        f"{measure}_ci95": summary.ci95, f"{measure}_n": summary.n})  # fmt: skip
         rows.append(row)
-    summary = pd.DataFrame(rows)
-    summary.attrs["target"] = target
+    table = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate(LOSSES)}
-    return summary.sort_values(by="loss", key=lambda s: s.map(lambda n: order.get(n, len(order))), kind="stable")
+    return table.sort_values(by="loss", key=lambda s: s.map(lambda n: order.get(n, len(order))), kind="stable")
 
 
-def best_settings(summary: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """Each loss at its best setting of the swept parameters (by mean SELECT_BY)."""
+def selection_measure(runs: pd.DataFrame) -> str:
+    """Settings are chosen on the final validation score; only runs from before the validation split (no
+    val_score) fall back to the test score, which summary.md then says."""
+    return "final_val_score" if runs["final_val_score"].notna().any() else "final_test_score"
+
+
+def select_settings(table: pd.DataFrame, swept: list[str], measure: str) -> pd.DataFrame:
+    """Each loss at the setting of the swept parameters with the best mean `measure` (a loss whose settings all
+    lack it keeps its first)."""
     if not swept:
-        return summary
-    best = summary.loc[summary.groupby("loss", sort=False)[f"{SELECT_BY}_mean"].idxmax().dropna()]
-    return best
+        return table
+    chosen = [group[f"{measure}_mean"].idxmax() if group[f"{measure}_mean"].notna().any() else group.index[0]
+              for _, group in table.groupby("loss", sort=False)]  # fmt: skip
+    return table.loc[chosen]
 
 
-def _pm(row: pd.Series, measure: str, digits: int = 3) -> str:
-    mean, std = row[f"{measure}_mean"], row[f"{measure}_std"]
-    if pd.isna(mean):
+def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.DataFrame:
+    mask = runs["loss"] == setting["loss"]
+    for key in swept:
+        mask &= runs[key].astype(str) == str(setting[key])
+    return runs[mask]
+
+
+def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame, target_score: float | None) -> Targets:
+    """The score target: `target_score` when given, else the runs' common report.target_score, else the
+    reference loss's final mean test_score at its chosen setting (else the first registered loss present's):
+    none of these move when a loss is added. The accuracy target keeps its old definition."""
+    acc = TARGET_FRACTION * table["best_test_acc_mean"].max()
+    if target_score is not None:
+        require(math.isfinite(target_score), f"--target-score {target_score}: must be a finite number")
+        return Targets(float(target_score), "set by --target-score", acc)
+    settings = runs["target_score_setting"].dropna().unique()
+    require(len(settings) <= 1, f"the runs disagree on report.target_score ({sorted(map(str, settings))}); "
+            "choose one with `lossbench report DIR --target-score X`")  # fmt: skip
+    if len(settings) == 1:
+        value = pd.to_numeric(settings[0], errors="coerce")
+        require(pd.notna(value) and math.isfinite(value), f"report.target_score {settings[0]!r}: not a finite number")
+        return Targets(float(value), "set by report.target_score", acc)
+    reference = REFERENCE if REFERENCE in set(chosen["loss"]) else chosen["loss"].iloc[0]
+    value = float(chosen.set_index("loss").loc[reference, "final_test_score_mean"])
+    source = f"{reference}'s final mean test_score" + (
+        "" if reference == REFERENCE else f" ({REFERENCE} is not in this comparison; the first loss present is used)")
+    return Targets(value, source, acc)
+
+
+def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """Per setting and headline measure: the difference from the reference loss at its chosen setting, paired by
+    seed (`_diff`, its 95% CI half-width `_diff_ci95`, `_p_value`, `_pairs`). Seeds where either has no value
+    (a target never reached) are left out of the pairs."""
+    table = table.copy()
+    if REFERENCE not in set(chosen["loss"]):
+        return table
+    reference = runs_of(runs, chosen[chosen["loss"] == REFERENCE].iloc[0], swept).set_index("seed")
+    for index, setting in table.iterrows():
+        if setting["loss"] == REFERENCE:
+            continue
+        own = runs_of(runs, setting, swept).set_index("seed")
+        for measure in HEADLINE:
+            pairs = pd.concat([own[measure], reference[measure]], axis=1, join="inner").dropna()
+            result = stats.paired(pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float))
+            table.loc[index, [f"{measure}_diff", f"{measure}_diff_ci95", f"{measure}_p_value", f"{measure}_pairs"]] = [
+                result.diff, result.ci95, result.p_value, result.n]  # fmt: skip
+    return table
+
+
+def add_trends(table: pd.DataFrame, curves: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """Per setting: the slope of the seeds' mean test_score per epoch over the last SLOPE_WINDOW evaluations
+    with its 95% CI; `score_trend` is rising / falling when the CI excludes 0, else flat."""
+    table = table.copy()
+    for index, setting in table.iterrows():
+        rows = runs_of(curves, setting, swept)
+        mean_curve = rows.groupby("epoch")["test_score"].mean().dropna().tail(SLOPE_WINDOW)
+        if len(mean_curve) < 3:  # a line through two points has no interval
+            table.loc[index, ["score_slope", "score_slope_ci95", "score_trend"]] = [math.nan, math.nan, "too short"]
+            continue
+        fit = stats.slope(mean_curve.index.to_numpy(float), mean_curve.to_numpy(float))
+        low, high = fit.slope - fit.ci95, fit.slope + fit.ci95
+        trend = "rising" if low > 0 else "falling" if high < 0 else "flat"
+        table.loc[index, ["score_slope", "score_slope_ci95", "score_trend"]] = [fit.slope, fit.ci95, trend]
+    table["still_rising"] = table["score_trend"] == "rising"
+    return table
+
+
+# ---------------------------------------------------------------- summary.md
+
+
+def cell(row: pd.Series, measure: str, digits: int) -> str:
+    """mean ± 95% CI half-width; with one value, the value and n (no ± for a spread that was never measured)."""
+    mean, n = row.get(f"{measure}_mean", math.nan), row.get(f"{measure}_n", 0)
+    if pd.isna(mean) or n == 0:
         return "not reached" if "target" in measure else "-"
-    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
-    if "target" in measure and row["reached_target"] < row["runs"]:
-        text += f" ({row['reached_target']}/{row['runs']} runs)"
-    return text
+    text = f"{mean:.{digits}f} ± {row[f'{measure}_ci95']:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    if "target" in measure and n < row["runs"]:
+        return text + f" ({int(n)}/{row['runs']} runs)"
+    return text if n > 1 else text + " (n=1)"
 
 
-def markdown_table(summary: pd.DataFrame, swept: list[str]) -> str:
-    columns = {
-        "final test_acc": ("final_test_acc", 3), "best test_acc": ("best_test_acc", 3),
-        "final test_score": ("final_test_score", 3), "final test_score_bayes": ("final_test_score_bayes", 3),
-        "final test_expected_score": ("final_test_expected_score", 3),
-        "epochs to target": ("epochs_to_target", 1), "seconds to target": ("seconds_to_target", 1),
-        "AUC test_acc": ("auc_test_acc", 3),
-    }  # fmt: skip
-    header = ["loss", *swept, "runs", "status", *columns]
+def shown_measures(table: pd.DataFrame) -> dict[str, tuple[str, int, tuple[str, str]]]:
+    """The headline measures any setting has a value for (older runs lack the newer metrics)."""
+    return {m: spec for m, spec in HEADLINE.items() if f"{m}_mean" in table and table[f"{m}_mean"].notna().any()}
+
+
+def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
+    measures = shown_measures(table)
+    header = ["loss", *swept, "runs", "status", *(spec[0] for spec in measures.values()),
+              f"test_score trend (last {SLOPE_WINDOW} evals)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in summary.iterrows():
+    for _, row in table.iterrows():
         cells = [str(row["loss"]), *(str(row[k]) for k in swept), str(row["runs"]), row["status"]]
-        cells += [_pm(row, measure, digits) for measure, digits in columns.values()]
+        cells += [cell(row, measure, spec[1]) for measure, spec in measures.items()]
+        slope = "" if pd.isna(row["score_slope"]) else f" ({row['score_slope']:+.3f} ± {row['score_slope_ci95']:.3f}/epoch)"
+        cells.append(f"{row['score_trend']}{slope}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame, swept: list[str]) -> str:
-    target = summary.attrs["target"]
+def verdict(row: pd.Series, measure: str, words: tuple[str, str]) -> tuple[str, str]:
+    """The paired comparison in words, and its numbers: a direction only when the 95% CI of the difference
+    excludes 0."""
+    pairs = row.get(f"{measure}_pairs", 0)
+    pairs = 0 if pd.isna(pairs) else int(pairs)
+    if "target" in measure and row.get(f"{measure}_n", 0) == 0:
+        return "never reached", ""
+    if pairs < 2:
+        return "not tested", f"{pairs} paired seed{'' if pairs == 1 else 's'}"
+    diff, half, p = row[f"{measure}_diff"], row[f"{measure}_diff_ci95"], row[f"{measure}_p_value"]
+    digits = HEADLINE[measure][1] + 1
+    word = words[0] if diff - half > 0 else words[1] if diff + half < 0 else "indistinguishable at 95%"
+    return word, f"{diff:+.{digits}f} ± {half:.{digits}f}, p = {p:.2g}, {pairs} pairs"
+
+
+def verdict_text(row: pd.Series, measure: str) -> str:
+    word, numbers = verdict(row, measure, HEADLINE[measure][2])
+    return f"{word} ({numbers})" if numbers else word
+
+
+TRENDS = {"rising": "still rising", "falling": "falling", "flat": "flat", "too short": "too few evaluations to tell"}
+
+
+def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
+    """The paired comparison with the reference loss: a table (rows: measures, columns: losses) and, for the
+    two questions the tool exists for, one sentence per loss."""
+    others = chosen[chosen["loss"] != REFERENCE]
+    if REFERENCE not in set(chosen["loss"]) or others.empty:
+        return [f"No paired comparison: the comparison has no {REFERENCE} runs or no other loss.", ""]
+    measures = shown_measures(chosen)
+    labels = [setting_label(r["loss"], {k: r[k] for k in swept}) for _, r in others.iterrows()]
+    lines = [
+        f"Difference from {REFERENCE} (loss minus {REFERENCE}), paired by seed: mean ± 95% t-interval half-width, "
+        "paired t-test p-value. A direction is stated only where the interval excludes 0.",
+        "",
+        "| measure | " + " | ".join(labels) + " |",
+        "|" + "---|" * (len(labels) + 1),
+    ]
+    for measure, (heading, _, _) in measures.items():
+        lines.append(f"| {heading} | " + " | ".join(verdict_text(r, measure) for _, r in others.iterrows()) + " |")
+    lines.append("")
+    for label, (_, row) in zip(labels, others.iterrows()):
+        word, numbers = verdict(row, "final_test_score", HEADLINE["final_test_score"][2])
+        relation = "from" if word.startswith("indistinguishable") else "than" if word in ("higher", "lower") else "vs"
+        score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
+        lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
+                     f"{verdict_text(row, 'epochs_to_target_score')}; test_score over the last "
+                     f"{SLOPE_WINDOW} evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
+    return lines + [""]
+
+
+def provenance_line(runs: pd.DataFrame) -> str:
+    def counted(column: str) -> str:
+        return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in runs[column].value_counts().items())
+
+    return f"Device: {counted('device')}. Precision: {counted('precision')}."
+
+
+def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str],
+                     targets: Targets, selected_on: str, warnings: list[str]) -> str:  # fmt: skip
+    selection = ("validation score (final val_score)" if selected_on == "final_val_score" else
+                 "final TEST score: these runs predate the validation split, so the choice is optimistic")  # fmt: skip
     parts = [
         "# Summary",
         "",
-        f"Mean ± std over seeds. Target accuracy: {target:.3f} ({TARGET_FRACTION:.0%} of the best mean accuracy). "
-        "test_score = mean S[y, argmax q]; test_score_bayes = mean S[y, k*] with the Bayes decision "
-        "k* = argmax_k sum_i q_i S[i,k]; AUC = mean test accuracy over epochs.",
+        provenance_line(runs),
+        "",
+        "Cells: mean ± 95% t-interval half-width over seeds (sample SD in summary.csv); a single value is shown "
+        "with n=1 and no ±. "
+        f"Score target: test_score {targets.score:.3f} ({targets.score_source}; it does not move when a loss is "
+        f"added). Accuracy target: {targets.acc:.3f} ({TARGET_FRACTION:.0%} of the best mean accuracy of any "
+        "setting; it moves when a better loss is added). Times to a target count the runs that reached it.",
+        "",
+        "test_score = mean S[y, argmax q]; Bayes decision k* = argmax_k sum_i q_i S[i,k]; calibrated Bayes: the "
+        "same on temperature-scaled q (temperature fit on val); mistake severity = mean S[y,y] - S[y,pred] over "
+        "mistakes; AUC = the mean of the metric over the evaluated epochs (1.0 = perfect from the first "
+        f"evaluation); trend = slope of the seeds' mean test_score over the last {SLOPE_WINDOW} evaluations: "
+        "rising / falling when its 95% CI excludes 0 (still rising: more epochs would help).",
         "",
     ]
     if swept:
-        parts += [f"## Each loss at its best {', '.join(swept)} (by {SELECT_BY})", "",
-                  markdown_table(best_settings(summary, swept), swept), "", "## All settings", ""]  # fmt: skip
-    parts.append(markdown_table(summary, swept))
-    return "\n".join(parts) + "\n"
+        parts += [f"## Each loss at its best {', '.join(swept)}, chosen on the {selection}", "",
+                  markdown_table(chosen, swept), ""]  # fmt: skip
+    else:
+        parts += ["## Results", "", markdown_table(table, swept), ""]
+    parts += [f"## Against {REFERENCE}", "", *comparison_section(chosen, swept)]
+    if swept:
+        parts += ["## All settings", "", markdown_table(table, swept), ""]
+    if warnings:
+        parts += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- figures
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def labelled(table: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    return table.assign(label=[setting_label(r["loss"], {k: r[k] for k in swept}) for _, r in table.iterrows()])
 
 
-def shown_curves(curves: pd.DataFrame, summary: pd.DataFrame, swept: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) per loss, at its best setting when parameters were swept."""
-    shown = []
-    for _, row in best_settings(summary, swept).iterrows():
-        mask = curves["loss"] == row["loss"]
-        for key in swept:
-            mask &= curves[key].astype(str) == str(row[key])
-        params = {k: row[k] for k in swept}
-        shown.append((setting_label(row["loss"], params), curves[mask]))
-    return shown
+def summed_confusions(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], warnings: list[str]) -> list:
+    """(label, loss, counts summed over the seeds) per chosen setting that has confusion.csv files."""
+    matrices = []
+    for _, setting in labelled(chosen, swept).iterrows():
+        total = None
+        for run_dir in runs_of(runs, setting, swept)["run_dir"]:
+            counts, warning = read_confusion(Path(run_dir) / CONFUSION_FILE)
+            if warning:
+                warnings.append(warning)
+            elif counts is not None and total is not None and not counts.index.equals(total.index):
+                warnings.append(f"{Path(run_dir) / CONFUSION_FILE}: other classes than its loss's other runs; left out")
+            elif counts is not None:
+                total = counts if total is None else total + counts
+        if total is not None:
+            matrices.append((setting["label"], setting["loss"], total))
+    return matrices
 
 
-def plot_metric(shown, metric: str, title: str, ylabel: str, log_y: bool = False, dashed: str | None = None):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, rows in shown:
-        if rows.empty:
-            continue
-        colour = loss_colour(label.split()[0])
-        for column, style in ((metric, "-"), (dashed, "--")):
-            if column is None:
-                continue
-            stats = rows.groupby("epoch")[column].agg(["mean", "min", "max"])
-            name = label if style == "-" else None
-            ax.plot(stats.index, stats["mean"], style, color=colour, label=name, lw=1.8)
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
-    if log_y:
-        ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it never hides a curve
-    return fig
-
-
-def plot_epochs_to_target(best: pd.DataFrame, target: float):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = list(best["loss"])
-    values = best["epochs_to_target_mean"].fillna(0)
-    errors = best["epochs_to_target_std"].fillna(0)
-    ax.bar(labels, values, yerr=errors, color=[loss_colour(n) for n in labels], capsize=3)
-    top = max(1.0, float(values.max()))
-    for i, (_, row) in enumerate(best.iterrows()):
-        if pd.isna(row["epochs_to_target_mean"]):
-            ax.text(i, top * 0.03, "not reached", rotation=90, ha="center", va="bottom", fontsize=9)
-    ax.set_ylabel("epochs (mean over seeds)")
-    ax.set_title(f"Epochs until test accuracy first reaches {target:.3f}")
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.grid(alpha=0.3, axis="y")
-    return fig
-
-
-def plot_sweep(summary: pd.DataFrame, key: str):
-    """Final test score against one swept numeric parameter (e.g. the learning rate), one line per loss."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for loss, group in summary.groupby("loss", sort=False):
-        group = group.assign(x=pd.to_numeric(group[key])).sort_values("x")
-        ax.plot(group["x"], group["final_test_score_mean"], "o-", color=loss_colour(loss), label=loss)
-    ax.set_xscale("log")
-    ax.set_xlabel(key)
-    ax.set_ylabel("final test_score (mean over seeds)")
-    ax.set_title(f"Final test score vs {key}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it never hides a curve
-    return fig
-
-
-def build_report(root: Path) -> Report:
-    """Write curves.csv, summary.csv, summary.md and the PNGs into root, from the run directories below it."""
-    root = Path(root)
-    runs, curves, swept = load_runs(root)
-    require(len(curves) > 0, f"{root}: no run has finished an epoch yet")
-    summary = summarise(runs, curves, swept)
-    markdown = summary_markdown(summary, swept)
-    write_atomic(root / "curves.csv", curves.to_csv(index=False))
-    write_atomic(root / "summary.csv", summary.to_csv(index=False))
-    write_atomic(root / "summary.md", markdown)
-    shown = shown_curves(curves, summary, swept)
-    save_figure(plot_metric(shown, "test_acc", "Test accuracy", "test accuracy"), root / "test_acc.png")
-    save_figure(plot_metric(shown, "test_score", "Test score (solid: argmax, dashed: Bayes decision)",
-                            "mean score S[y, prediction]", dashed="test_score_bayes"), root / "test_score.png")  # fmt: skip
-    save_figure(plot_metric(shown, "grad_norm", "Mean per-example logit-gradient norm", "||d loss / d logits||",
-                            log_y=True), root / "grad_norm.png")  # fmt: skip
-    save_figure(plot_epochs_to_target(best_settings(summary, swept), summary.attrs["target"]),
-                root / "epochs_to_target.png")
-    numeric = [k for k in swept if pd.to_numeric(summary[k], errors="coerce").notna().all()]
+def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame,
+                  swept: list[str], targets: Targets, warnings: list[str]) -> None:  # fmt: skip
+    chosen = labelled(chosen, swept)
+    shown = [(r["label"], r["loss"], runs_of(curves, r, swept)) for _, r in chosen.iterrows()]
+    plots.save_figure(plots.curve_figure(shown, "test_acc", "Test accuracy", "test accuracy"), root / "test_acc.png")
+    plots.save_figure(plots.curve_figure(shown, "test_score", "Test score (solid: argmax, dashed: Bayes decision)",
+                                         "mean score S[y, prediction]", dashed="test_score_bayes"),
+                      root / "test_score.png")  # fmt: skip
+    plots.save_figure(plots.curve_figure(shown, "grad_norm", "Mean per-example logit-gradient norm",
+                                         "||d loss / d logits||", log_y=True), root / "grad_norm.png")  # fmt: skip
+    panels = [("epochs_to_target_score", f"Epochs until test_score first reaches {targets.score:.3f}"),
+              ("epochs_to_target_acc", f"Epochs until test accuracy first reaches {targets.acc:.3f}")]  # fmt: skip
+    plots.save_figure(plots.target_figure(chosen, panels), root / "epochs_to_target.png")
+    numeric = [k for k in swept if pd.to_numeric(table[k], errors="coerce").notna().all()]
     if len(swept) == 1 and numeric:
-        save_figure(plot_sweep(summary, swept[0]), root / f"sweep_{swept[0]}.png")
-    return Report(curves, summary, markdown)
+        figure = plots.sweep_figure(table, swept[0], "final_test_score", "final test_score")
+        plots.save_figure(figure, root / f"sweep_{swept[0]}.png")
+    pareto = [(m, label, lower) for m, label, lower in (
+        ("final_test_mistake_severity", "mean mistake severity", True), ("final_test_score", "final test_score", False))
+        if table[f"{m}_mean"].notna().any()]  # fmt: skip
+    plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
+    matrices = summed_confusions(runs, chosen, swept, warnings)
+    if matrices:
+        plots.save_figure(plots.confusion_figure(matrices), root / "confusion.png")
+
+
+# ---------------------------------------------------------------- the report
+
+
+def build_report(root: Path, target_score: float | None = None) -> Report:
+    """Write curves.csv, summary.csv, summary.md and the PNGs into root, from the run directories below it.
+    target_score: the score target (default: the runs' report.target_score, else ce's final mean test_score)."""
+    root = Path(root)
+    loaded = load_runs(root)
+    runs, curves, swept, warnings = loaded.runs, loaded.curves, loaded.swept, list(loaded.warnings)
+    require(len(curves) > 0, f"{root}: no run has finished an epoch yet" + "".join(f"; {w}" for w in warnings))
+    runs = run_measures(runs, curves)
+    selected_on = selection_measure(runs)
+    table = describe_settings(runs, swept)
+    targets = choose_targets(runs, select_settings(table, swept, selected_on), table, target_score)
+    runs = add_times_to_targets(runs, curves, targets)
+    table = describe_settings(runs, swept)
+    chosen = select_settings(table, swept, selected_on)
+    table = add_trends(compare_with_reference(runs, table, chosen, swept), curves, swept)
+    chosen = select_settings(table, swept, selected_on)
+    write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
+    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings)
+    table.attrs.update(target_score=targets.score, target_acc=targets.acc, selected_on=selected_on)
+    write_atomic(root / "curves.csv", curves.to_csv(index=False))
+    write_atomic(root / "summary.csv", table.to_csv(index=False))
+    write_atomic(root / "summary.md", markdown)
+    return Report(curves, table, markdown, warnings)

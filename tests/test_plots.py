@@ -1,0 +1,87 @@
+"""plots.py: one stable colour per loss, atomic saving, the Pareto front, and figures drawn from hand-made tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+from PIL import Image
+
+from lossbench import plots
+from lossbench.losses import LOSSES
+
+
+def picture(path) -> np.ndarray:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = np.asarray(Image.open(path).convert("L"))
+    assert min(image.shape) > 200 and image.std() > 5  # not an empty canvas
+    return image
+
+
+def test_every_registered_loss_has_its_own_fixed_colour():
+    names = [*LOSSES, "label_smoothing"]
+    colours = [to_rgba(plots.loss_colour(n)) for n in names]
+    assert len(set(colours)) == len(set(names))
+    assert plots.loss_colour("ce") == "tab:blue" and plots.loss_colour("label_smoothing") == "tab:pink"
+    assert plots.loss_colour("my_own_loss") == plots.loss_colour("my_own_loss")  # stable for unknown names too
+
+
+def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    plots.save_figure(fig, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("*.tmp")) and not plt.fignum_exists(fig.number)
+
+
+@pytest.mark.parametrize(
+    "x, y, lower_x_better, front",
+    [
+        ([1.0, 2.0, 0.5, 3.0], [0.5, 0.9, 0.4, 0.8], True, [2, 0, 1]),  # 3 is beaten by 1 on both axes
+        ([1.0, 2.0, 0.5, 3.0], [0.5, 0.9, 0.4, 0.8], False, [1, 3]),  # higher x better: 1 and 3 trade off
+        ([1.0, np.nan, 1.0], [0.5, 0.9, 0.5], True, [0, 2]),  # ties both stay, NaN is ignored
+    ],
+)
+def test_pareto_front(x, y, lower_x_better, front):
+    assert plots.pareto_front(x, y, lower_x_better) == front
+
+
+def setting_table(n: int) -> pd.DataFrame:
+    rows = []
+    for i, loss in enumerate(["ce", "expected_score", "label_smoothing"]):
+        row = {"loss": loss, "label": loss, "runs": n}
+        for measure, value in (("final_test_acc", 0.8 - 0.1 * i), ("final_test_mistake_severity", 1 + 0.2 * i),
+                               ("final_test_score", 1.5 - 0.2 * i), ("epochs_to_target_score", 3 + i)):  # fmt: skip
+            row.update({f"{measure}_mean": value, f"{measure}_ci95": 0.05 if n > 1 else np.nan, f"{measure}_n": n})
+        rows.append(row)
+    rows[2]["epochs_to_target_score_mean"], rows[2]["epochs_to_target_score_n"] = np.nan, 0
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_pareto_and_target_figures(tmp_path, n):
+    table = setting_table(n)
+    panels = [("final_test_mistake_severity", "mistake severity", True), ("final_test_score", "test_score", False)]
+    plots.save_figure(plots.pareto_figure(table, panels), tmp_path / "pareto.png")
+    plots.save_figure(plots.target_figure(table, [("epochs_to_target_score", "to score")]), tmp_path / "t.png")
+    picture(tmp_path / "pareto.png")
+    picture(tmp_path / "t.png")
+
+
+def test_sweep_figure_with_and_without_error_bars(tmp_path):
+    table = pd.concat([setting_table(3).assign(**{"optim.lr": lr}) for lr in (0.01, 0.1)], ignore_index=True)
+    plots.save_figure(plots.sweep_figure(table, "optim.lr", "final_test_score", "final test_score"), tmp_path / "s.png")
+    picture(tmp_path / "s.png")
+
+
+@pytest.mark.parametrize("classes", [3, 20])
+def test_confusion_figure_row_normalised(tmp_path, classes):
+    names = [f"c{i}" for i in range(classes)]
+    counts = pd.DataFrame(np.eye(classes) * 30 + 1, index=names, columns=names)
+    counts.iloc[0] = 0  # a class with no test examples must not divide by zero
+    plots.save_figure(plots.confusion_figure([("ce", "ce", counts), ("es", "expected_score", counts)]),
+                      tmp_path / "c.png")  # fmt: skip
+    picture(tmp_path / "c.png")
