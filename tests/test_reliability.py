@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import TINY, lossbench
 from lossbench.atomic import write_atomic
-from lossbench.train import CHECKPOINT_FILE, read_status
+from lossbench.rundir import CHECKPOINT_FILE, read_status
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

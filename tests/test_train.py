@@ -16,7 +16,8 @@ import torch
 from conftest import TINY, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS
-from lossbench.train import CHECKPOINT_FILE, read_status, train_run
+from lossbench.rundir import CHECKPOINT_FILE, read_status
+from lossbench.train import train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:

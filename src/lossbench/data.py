@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lossbench.atomic import atomic_path
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, one_line, require
 from lossbench.scores import CIFAR10_CLASSES, CIFAR100_CLASSES, normalise_rows
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 SYNTHETIC_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
 
 
@@ -63,8 +66,9 @@ def source_classes(cfg: DictConfig) -> list[str]:
 def dataset_classes(cfg: DictConfig) -> list[str]:
     """The classes a run uses: `data.classes` (in that order) or all of the source's."""
     available = source_classes(cfg)
-    if not cfg.get("classes"):
+    if cfg.get("classes") is None:
         return available
+    require(len(cfg.classes) > 0, "data.classes is empty; list the classes to keep, or null for all")
     wanted = [str(c) for c in cfg.classes]
     absent = [c for c in wanted if c not in available]
     require(not absent, f"data.classes: {absent} not in the {cfg.name} dataset (it has {available})")
@@ -73,13 +77,18 @@ def dataset_classes(cfg: DictConfig) -> list[str]:
     return wanted
 
 
+def is_hidden(path: Path) -> bool:
+    """.DS_Store, .ipynb_checkpoints, macOS's ._x.jpg: never a class or an image."""
+    return path.name.startswith(".")
+
+
 def _folder_classes(root: Path) -> list[str]:
     require(root.is_dir(), f"data.root {root}: directory not found")
     splits = {}
     for split in ("train", "test"):
         split_dir = root / split
         require(split_dir.is_dir(), f"data.root {root}: no '{split}/' directory (expected {split}/<class>/*)")
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not is_hidden(d))
         require(classes, f"{split_dir}: no class directories")
         splits[split] = classes
     require(
@@ -115,8 +124,8 @@ def _load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Da
     else:
         data = restrict(_image_folder(cfg, classes), classes)
     generator = torch.Generator().manual_seed(int(cfg.subset_seed))
-    train = stratified_subset(data.train_y, cfg.train_size, len(classes), generator)
-    test = stratified_subset(data.test_y, cfg.test_size, len(classes), generator)
+    train = stratified_subset(data.train_y, cfg.train_size, len(classes), generator, "data.train_size")
+    test = stratified_subset(data.test_y, cfg.test_size, len(classes), generator, "data.test_size")
     return Dataset(data.train_x[train], data.train_y[train], data.test_x[test], data.test_y[test], data.classes)
 
 
@@ -136,9 +145,13 @@ def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
     return Dataset(*pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes))
 
 
-def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator) -> Tensor:
-    """Indices of a seeded subset of about `size` examples with the classes in equal shares (all if None)."""
+def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator,
+                      key: str = "subset size") -> Tensor:  # fmt: skip
+    """Indices of a seeded subset of about `size` examples with the classes in equal shares (all if None).
+    Asking for more than there is (overall or in a class) warns with the size actually used."""
     if size is None or size >= len(labels):
+        if size is not None and size > len(labels):
+            warnings.warn(f"{key}={size} but the data has {len(labels)} examples; using all {len(labels)}")
         return torch.arange(len(labels))
     require(size >= num_classes, f"subset size {size} is smaller than the number of classes ({num_classes})")
     per_class, extra = divmod(size, num_classes)
@@ -147,7 +160,10 @@ def stratified_subset(labels: Tensor, size: int | None, num_classes: int, genera
         members = (labels == c).nonzero().flatten()
         take = per_class + (1 if c < extra else 0)
         chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
-    return torch.cat(chosen).sort().values
+    chosen = torch.cat(chosen).sort().values
+    if len(chosen) < size:
+        warnings.warn(f"{key}={size} but some classes have too few examples for equal shares; using {len(chosen)}")
+    return chosen
 
 
 def _torchvision_cifar(cfg: DictConfig) -> Dataset:
@@ -176,8 +192,9 @@ def _image_folder(cfg: DictConfig, classes: Sequence[str]) -> Dataset:
     files = {split: _list_images(root / split, classes) for split in ("train", "test")}
     cache = _cache_path(cfg, files, size)
     if cache is not None and cache.is_file():
-        tensors = torch.load(cache, weights_only=True)
-        return Dataset(*tensors, list(classes))
+        tensors = _load_cache(cache, {split: len(files[split]) for split in ("train", "test")}, size)
+        if tensors is not None:
+            return Dataset(*tensors, list(classes))
     tensors = []
     for split in ("train", "test"):
         paths = [p for p, _ in files[split]]
@@ -191,27 +208,61 @@ def _image_folder(cfg: DictConfig, classes: Sequence[str]) -> Dataset:
     return Dataset(*tensors, list(classes))
 
 
+def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] | None:
+    """The cached [train_x, train_y, test_x, test_y], or None (with one warning) when the file is damaged:
+    the images are then decoded again and the cache rewritten."""
+    try:
+        tensors = torch.load(path, weights_only=True)
+        shapes = [(counts["train"], 3, size, size), (counts["train"],), (counts["test"], 3, size, size), (counts["test"],)]
+        require(isinstance(tensors, list) and [tuple(t.shape) for t in tensors] == shapes, "unexpected contents")
+        return tensors
+    except Exception as err:  # truncated, not a tensor file, or another layout
+        warnings.warn(f"image cache {path} is damaged ({one_line(err)}); rebuilding it")
+        return None
+
+
 def _list_images(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(p for p in class_dir.iterdir()
+                        if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p) and p.is_file())  # fmt: skip
         require(images, f"{class_dir}: no image files (class directory is empty)")
         files += [(p, label) for p in images]
     return files
 
 
+def to_rgb(img):
+    """8-bit RGB from any PIL mode, by what its values mean rather than by clipping them:
+    - 16-bit grey (I;16, I;16B, ...): 0..65535 -> 0..255 (divided by 257);
+    - I (32-bit integer, how many tools store 16-bit data): read as 16-bit too, clamped to 0..65535 first;
+    - F (32-bit float): read as 0..1, clamped (NaN -> 0);
+    - transparency (RGBA, LA, PA, a palette or colour key): composited over black, so a transparent pixel is 0
+      whatever colour it happens to hide;
+    - everything else (1, L, P, CMYK, YCbCr, LAB, HSV ...): PIL's own conversion."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        scale = 255.0 if img.mode == "F" else 1 / 257
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64) * scale, nan=0.0)
+        return Image.fromarray(values.clip(0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def _decode(path: Path, size: int) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(ImageOps.exif_transpose(img))
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise LossbenchError(f"{path}: cannot read image ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise LossbenchError(f"{path}: cannot read image ({one_line(err)})") from None
     return pixels.view(size, size, 3).permute(2, 0, 1).contiguous()
 
 

@@ -19,7 +19,7 @@ from lossbench.errors import require  # noqa: E402
 from lossbench.losses import LOSSES  # noqa: E402
 from lossbench.metrics import METRIC_COLUMNS, accuracy_auc, epochs_to_target  # noqa: E402
 from lossbench.atomic import atomic_path, write_atomic  # noqa: E402
-from lossbench.train import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status  # noqa: E402
+from lossbench.rundir import CONFIG_FILE, METRICS_FILE, STATUS_FILE, find_runs, read_config, read_status  # noqa: E402
 
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
 SELECT_BY = "final_test_score"  # with swept parameters, each loss is shown at the setting that maximises this
@@ -32,14 +32,6 @@ class Report:
     curves: pd.DataFrame
     summary: pd.DataFrame
     markdown: str
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories below root: those with a status.json (written when a run starts)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
 
 
 def loss_colour(name: str) -> tuple[float, float, float, float]:
@@ -67,7 +59,7 @@ def load_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is)."""
     run_dirs = find_runs(root)
     require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
-    configs = [flatten(OmegaConf.to_container(OmegaConf.load(d / CONFIG_FILE))) for d in run_dirs]
+    configs = [flatten(OmegaConf.to_container(read_config(d))) for d in run_dirs]
     table = pd.DataFrame(configs)
     candidates = [k for k in table.columns if k not in IGNORED_KEYS | {"loss.name"}]
     by_loss = table.astype({k: str for k in candidates}).groupby("loss.name")
