@@ -216,6 +216,10 @@ def compare(args: list[str], out: str | None = None) -> int:
     sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     comparison = Path(out) if out is not None else Path("comparisons") / f"{cfg.name}_{stamp}"
+    # Hydra resolves a job's output directory twice (its log file's name interpolates it again), so no
+    # escaping carries a literal '${' through: refuse it rather than let Hydra interpolate the user's name.
+    require("${" not in str(comparison), f"--out {comparison}: a directory name with '${{' cannot pass through "
+                                         "Hydra, which would interpolate it; choose another name")  # fmt: skip
     claim(comparison, "comparison")
     with locked(comparison):
         require(
