@@ -43,23 +43,23 @@ MAY_BE_NAN = ("mistake_severity",)  # metric suffixes that are NaN in a healthy 
 def validate(cfg: DictConfig) -> None:
     """Reject nonsense numbers and choices before any work is done."""
     for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
-        require_int(OmegaConf.select(cfg, key), key, minimum=1)
+        require_int(OmegaConf.select(cfg, key), key, positive=True)
     require_int(cfg.seed, "seed")
     require(cfg.optim.lr > 0, f"optim.lr must be > 0, not {cfg.optim.lr}")
     for key in ("train_size", "test_size"):
         value = cfg.data.get(key)
         if value is not None:
-            require_int(value, f"data.{key}", minimum=1, note=" (or null for all)")
+            require_int(value, f"data.{key}", positive=True, note=" (or null for all)")
     require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not '{cfg.device}'")
     require(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not '{cfg.precision}'")
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
 
 
-def require_int(value: Any, key: str, minimum: int | None = None, note: str = "") -> None:
+def require_int(value: Any, key: str, positive: bool = False, note: str = "") -> None:
     """An integer setting must be given as one: 2.7 epochs or seed 0.7 is refused, not truncated."""
     require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer{note}, not {value!r}")
-    require(minimum is None or value >= minimum, f"{key} must be >= {minimum}{note}, not {value}")
+    require(not positive or value > 0, f"{key} must be > 0{note}, not {value}")
 
 
 def prepare(cfg: DictConfig, warn: bool = True) -> ScoreMatrix:
