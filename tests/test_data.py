@@ -186,3 +186,111 @@ def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
     assert decoded == []  # the disk cache
     full = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
     assert len(decoded) == len(full.train_y) + len(full.test_y)  # another subset: another cache entry
+
+
+def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:
+    """A 4x1 image in `mode` holding black, two greys and white in that mode's own value range, with the
+    8-bit values they must decode to."""
+    import numpy as np
+
+    levels = {"I;16": [0, 257 * 64, 257 * 128, 65535], "I;16B": [0, 257 * 64, 257 * 128, 65535],
+              "I": [0, 257 * 64, 257 * 128, 65535], "F": [0.0, 64 / 255, 128 / 255, 1.0]}[mode]  # fmt: skip
+    if mode == "I;16B":
+        return Image.frombytes("I;16B", (4, 1), np.array(levels, dtype=">u2").tobytes()), [0, 64, 128, 255]
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    return Image.fromarray(np.array([levels], dtype=dtype)), [0, 64, 128, 255]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_high_bit_depth_images_are_scaled_not_clipped(mode):
+    from lossbench.data import to_rgb
+
+    image, expected = grey_ramp(mode)
+    assert image.mode == mode
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and [rgb.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in expected]
+
+
+def test_sixteen_bit_png_is_not_white(tmp_path):
+    import numpy as np
+
+    from lossbench.data import _decode
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((8, 8), 257 * 100, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    assert _decode(path, 8)[:, 0, 0].tolist() == [100, 100, 100]
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Image.new("1", (2, 2), 1), (255, 255, 255)),
+        (lambda: Image.new("L", (2, 2), 77), (77, 77, 77)),
+        (lambda: Image.new("RGB", (2, 2), (10, 20, 30)).convert("P", palette=Image.Palette.ADAPTIVE), (10, 20, 30)),
+        (lambda: Image.new("LA", (2, 2), (200, 255)), (200, 200, 200)),
+        (lambda: Image.new("LA", (2, 2), (200, 0)), (0, 0, 0)),
+        (lambda: Image.new("RGBA", (2, 2), (200, 100, 50, 255)), (200, 100, 50)),
+        (lambda: Image.new("RGBA", (2, 2), (200, 100, 50, 0)), (0, 0, 0)),
+        (lambda: Image.new("RGBA", (2, 2), (200, 100, 50, 128)), (100, 50, 25)),
+        (lambda: Image.new("CMYK", (2, 2), (0, 0, 0, 0)), (255, 255, 255)),
+        (lambda: Image.new("RGB", (2, 2), (10, 200, 30)).convert("YCbCr"), None),
+    ],
+)  # fmt: skip
+def test_every_mode_decodes_to_rgb(make, expected):
+    from lossbench.data import to_rgb
+
+    image = make()
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB"
+    pixel = rgb.getpixel((0, 0))
+    if expected is None:  # YCbCr round trip: within rounding
+        assert all(abs(a - b) <= 2 for a, b in zip(pixel, (10, 200, 30)))
+    else:
+        assert all(abs(a - b) <= 1 for a, b in zip(pixel, expected)), pixel
+
+
+def test_palette_with_transparency_is_composited(tmp_path):
+    from lossbench.data import _decode
+
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.info["transparency"] = 1  # index 1 (green) is transparent
+    path = tmp_path / "p.png"
+    image.save(path, transparency=1)
+    assert _decode(path, 4)[:, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_hidden_files_and_folders_are_ignored(tmp_path):
+    root = make_folder(tmp_path / "images")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "test" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "cat" / "._0.png").write_bytes(b"macOS resource fork")
+    (root / "train" / "cat" / ".hidden.jpg").write_bytes(b"")
+    cfg = folder_cfg(root, "data.train_size=null", "data.test_size=null")
+    assert dataset_classes(cfg) == ["cat", "dog"]
+    assert len(load_dataset(cfg, ["cat", "dog"], torch.eye(2)).train_y) == 6
+
+
+def test_damaged_cache_warns_once_and_is_rebuilt(tmp_path):
+    root = make_folder(tmp_path / "images")
+    cfg = folder_cfg(root, "data.train_size=null", "data.test_size=null")
+    first = load_dataset(cfg, ["cat", "dog"], torch.eye(2))
+    (cache,) = (root / "cache" / "lossbench").glob("*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=f"image cache {cache} is damaged .*rebuilding it") as caught:
+        again = load_dataset(folder_cfg(root, "data.train_size=null", "data.test_size=null", "data.subset_seed=1"),
+                             ["cat", "dog"], torch.eye(2))  # fmt: skip
+    assert len(caught) == 1 and torch.equal(again.train_x, first.train_x)
+    assert torch.load(cache, weights_only=True)[0].shape == first.train_x.shape  # rewritten whole
+
+
+def test_subset_larger_than_the_data_warns_with_the_actual_size(tmp_path):
+    root = make_folder(tmp_path / "images")
+    with pytest.warns(UserWarning, match="data.train_size=100 but the data has 6 examples; using all 6"):
+        load_dataset(folder_cfg(root, "data.train_size=100", "data.test_size=null"), ["cat", "dog"], torch.eye(2))
+
+
+def test_empty_class_list_is_an_error():
+    with pytest.raises(LossbenchError, match="data.classes is empty"):
+        dataset_classes(make_cfg("data.classes=[]").data)

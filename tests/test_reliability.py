@@ -3,7 +3,11 @@ followed by `lossbench resume`, diverged runs that do not stop a comparison, ato
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +15,17 @@ import time
 
 import pandas as pd
 import pytest
+import typer
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import TINY, lossbench
+from conftest import TINY, lossbench, make_cfg
+from lossbench import launch, train
 from lossbench.atomic import write_atomic
-from lossbench.train import CHECKPOINT_FILE, read_status
+from lossbench.cli import guarded
+from lossbench.errors import EnvironmentFailure, LossbenchError
+from lossbench.rundir import CHECKPOINT_FILE, read_status, write_status
+from lossbench.train import train_run
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -125,8 +135,9 @@ def test_existing_comparison_is_never_overwritten(tmp_path):
 
 
 def huge_scores(tmp_path):
-    """Scores near float32's limit: the linear loss's gradient overflows, CE (which ignores S) trains."""
-    return csv_file(tmp_path, "3e38,-3e38\n-3e38,3e38\n")
+    """Huge scores: the linear loss's gradient overflows, CE (which ignores S) trains, and the test metrics (sums
+    over 128 examples of S) stay finite in float32."""
+    return csv_file(tmp_path, "1e30,-1e30\n-1e30,1e30\n")
 
 
 def two_class_args(tmp_path):
@@ -213,3 +224,164 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     with pytest.raises(OSError):
         write_atomic(path, "new")
     assert path.read_text() == "old"
+
+
+# ---------------------------------------------------------------- reliability v2
+
+
+def test_sigterm_acts_like_ctrl_c(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=50", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(run_dir / CHECKPOINT_FILE, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
+    assert read_status(run_dir)["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_while_a_comparison_runs_and_kill_9_frees_it(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=50",
+                                "losses=[ce]", "--out", "cmp"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(tmp_path / "cmp" / "loss=ce,seed=0" / "metrics.csv", process)
+        for command in (["resume", "cmp"], ["report", "cmp"], ["resume", "cmp/loss=ce,seed=0"]):
+            refused = lossbench(*command, cwd=tmp_path)
+            assert refused.returncode == 1, refused.stderr
+            assert f"is in use by another lossbench process (pid {process.pid})" in refused.stderr
+            assert "Traceback" not in refused.stderr
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    report = lossbench("report", "cmp", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "cmp" / "summary.md").exists()
+
+
+@pytest.mark.slow
+def test_resume_from_another_directory_reads_the_files_the_comparison_started_with(tmp_path):
+    """compare.json records the overrides resolved against the directory compare ran in: a resume from
+    elsewhere, where a file of the same relative name holds other scores, still uses the original one."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    (start / "s.csv").write_text("2,0\n0,2\n")
+    (elsewhere / "s.csv").write_text("5,0\n0,5\n")
+    args = [*TINY, "train.epochs=1", "data.names=generic", "data.num_classes=2", "scores=file", "scores.path=s.csv",
+            "losses=[ce,expected_score]"]  # fmt: skip
+    first = lossbench("compare", *args, "--out", "café, it's", cwd=start)
+    assert first.returncode == 0, first.stderr
+    comparison = start / "café, it's"
+    record = json.loads((comparison / "compare.json").read_text())
+    assert f"scores.path='{start / 's.csv'}'" in record["args"] and record["cwd"] == str(start)
+    shutil.rmtree(comparison / "loss=expected_score,seed=0")  # as if it had never started
+
+    resumed = lossbench("resume", str(comparison), cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    config = OmegaConf.load(comparison / "loss=expected_score,seed=0" / "config.yaml")
+    assert config.scores.path == str(start / "s.csv")
+    assert read_status(comparison / "loss=expected_score,seed=0")["status"] == "finished"
+
+
+def compare_in(tmp_path, monkeypatch, *args: str, out: str = "cmp") -> int:
+    monkeypatch.chdir(tmp_path)
+    return launch.compare([*TINY, "train.epochs=1", *args], out)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["seeds=[0.7]"], "seeds: each seed must be an integer, not 0.7"),
+        (["seeds=[a]"], "seeds: each seed must be an integer, not 'a'"),
+        (["seeds=[1,1]"], "seeds: [1] listed more than once"),
+        (["losses=[ce,expected_score,ce]"], "losses: ['ce'] listed more than once"),
+        (["losses=ce"], "losses must be a list"),
+        (["train.epochs=2.7"], "train.epochs must be an integer, not 2.7"),
+        (["seed=0.5"], "seed must be an integer, not 0.5"),
+        (["data.classes=[]"], "data.classes is empty"),
+        (["scores.exact=nan"], "scores.exact: nan is not finite"),
+        (["scores.far=-1e39"], "scores.far: -1e+39 does not fit float32"),
+    ],
+)
+def test_silent_reinterpretations_are_errors(tmp_path, monkeypatch, args, fragment):
+    with pytest.raises(LossbenchError) as caught:
+        compare_in(tmp_path, monkeypatch, *args)
+    assert fragment in str(caught.value)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_only_its_own_directories(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")
+    with pytest.raises(LossbenchError, match="mine: not empty and not made by lossbench"):
+        compare_in(tmp_path, monkeypatch, out="mine")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LossbenchError, match="file: exists and is not a directory"):
+        compare_in(tmp_path, monkeypatch, out="file")
+    with pytest.raises(LossbenchError, match="a directory name with '\\$\\{' cannot pass through Hydra"):
+        compare_in(tmp_path, monkeypatch, out="a${x}")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("mine: true\n")
+    with pytest.raises(LossbenchError, match="foreign: not empty and not made by lossbench"):
+        launch.run([*TINY, f"hydra.run.dir={foreign}"])
+    assert (mine / "summary.md").read_text() == "my notes" and (foreign / "config.yaml").read_text() == "mine: true\n"
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.yaml"]  # not even Hydra's files
+
+
+def test_failure_inside_a_job_marks_the_run_failed(tmp_path):
+    cfg = make_cfg(*TINY, "optim.momentum=0")  # torch: Nesterov momentum requires a momentum
+    with pytest.raises(LossbenchError, match="Nesterov"):
+        train_run(cfg, tmp_path / "run")
+    status = read_status(tmp_path / "run")
+    assert status["status"] == "failed" and "Nesterov" in status["message"]
+
+
+def test_a_full_disk_is_an_environment_failure_and_marks_the_run_failed(tmp_path, monkeypatch):
+    def full(run_dir, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.csv"))
+
+    monkeypatch.setattr(train, "append_metrics", full)
+    with pytest.raises(EnvironmentFailure, match="metrics.csv: No space left on device") as caught:
+        train_run(make_cfg(*TINY), tmp_path / "run")
+    assert caught.value.exit_code == 1
+    assert read_status(tmp_path / "run")["status"] == "failed"
+
+
+def test_os_errors_exit_1_with_one_line(capsys):
+    def full() -> int:
+        raise OSError(errno.EROFS, "Read-only file system", "/ro/cmp")
+
+    with pytest.raises(typer.Exit) as caught:
+        guarded(full)
+    assert caught.value.exit_code == 1
+    assert capsys.readouterr().err.strip() == "error: /ro/cmp: Read-only file system"
+
+
+def test_huge_learning_rate_diverges(tmp_path):
+    cfg = make_cfg(*TINY, "optim.lr=1e9", "optim.warmup_epochs=0")
+    assert train_run(cfg, tmp_path / "run") == "diverged"
+
+
+def test_non_finite_test_metric_means_diverged(tmp_path, monkeypatch):
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args: {**real(*args), "test_acc": math.nan})
+    assert train_run(make_cfg(*TINY), tmp_path / "run") == "diverged"
+    status = read_status(tmp_path / "run")
+    assert status["status"] == "diverged" and "test_acc=nan" in status["message"]
+
+
+def test_damaged_checkpoint_names_the_file_and_the_way_out(tmp_path):
+    cfg = make_cfg(*TINY)
+    train_run(cfg, tmp_path / "run")
+    (tmp_path / "run" / CHECKPOINT_FILE).write_bytes(b"garbage")
+    write_status(tmp_path / "run", "interrupted", 1, 2)
+    with pytest.raises(LossbenchError, match=rf"{CHECKPOINT_FILE}: damaged .*remove it to restart this run"):
+        train_run(cfg, tmp_path / "run", resume=True)
+    assert read_status(tmp_path / "run")["status"] == "failed"

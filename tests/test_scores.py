@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 
 import pytest
 import torch
 
-from lossbench.errors import LossbenchError
 from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES
+from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.scores import diagonal_warnings, load_scores, normalise_scores
 
 
@@ -135,3 +137,44 @@ def test_expected_score_decision_is_unchanged_by_normalising():
     assert torch.equal((beliefs @ normalise_scores(shifted)).argmax(dim=1), decision)
     per_row = (s - s.min(1, keepdim=True).values) / (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values)
     assert not torch.equal((beliefs @ per_row).argmax(dim=1), decision)  # the old per-row Ŝ changed it
+
+
+@pytest.mark.parametrize(
+    "cell, fragment",
+    [("1_0", "'1_0' is not a number"), ("0x10", "'0x10' is not a number"), ("nan", "nan is not finite"),
+     ("-inf", "-inf is not finite"), ("1e39", "does not fit float32"), ("", "'' is not a number")],
+)  # fmt: skip
+def test_score_cells_must_be_plain_float32_numbers(tmp_path, cell, fragment):
+    path = write(tmp_path, f",a,b\na,2,{cell}\nb,0,2\n")
+    with pytest.raises(LossbenchError, match=rf"{path}, row 'a', column 'b': .*{re.escape(fragment)}"):
+        load_scores("file", ["a", "b"], path)
+    if cell == "":
+        return  # an empty first cell is a named table's corner
+    bare = write(tmp_path, f"{cell},0\n0,2\n", "bare.csv")
+    with pytest.raises(LossbenchError, match=rf"{bare}, row 1, column 1: .*{re.escape(fragment)}"):
+        load_scores("file", ["a", "b"], bare)
+
+
+@pytest.mark.parametrize("key", ["exact", "near", "far"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e39])
+def test_score_parameters_must_be_finite_float32(key, value):
+    with pytest.raises(LossbenchError, match=f"scores.{key}: "):
+        load_scores("cifar10_groups", CIFAR10_CLASSES, **{key: value})
+
+
+def test_score_parameters_whose_difference_overflows(tmp_path):
+    with pytest.raises(LossbenchError, match="overflow float32"):
+        load_scores("identity", ["a", "b"], exact=3e38, far=-3e38)
+
+
+def test_non_utf8_and_unreadable_score_files(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(",caf\xe9,b\ncaf\xe9,2,0\nb,0,2\n".encode("latin-1"))
+    with pytest.raises(LossbenchError, match=rf"{latin}: not UTF-8 text"):
+        load_scores("file", ["a", "b"], str(latin))
+    locked = write(tmp_path, "2,0\n0,2\n", "locked.csv")
+    os.chmod(locked, 0)
+    if os.access(locked, os.R_OK):
+        pytest.skip("running as root: permissions do not apply")
+    with pytest.raises(EnvironmentFailure, match=rf"{locked}: cannot be read \(Permission denied\)"):
+        load_scores("file", ["a", "b"], locked)

@@ -18,7 +18,8 @@ from conftest import TINY, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.data import Dataset
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
-from lossbench.train import CHECKPOINT_FILE, evaluate, read_status, train_run
+from lossbench.rundir import CHECKPOINT_FILE, read_status
+from lossbench.train import evaluate, train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
+import signal
 import sys
 import warnings
 from typing import Callable, Optional
 
 import typer
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, debug_enabled, os_failure
 
 app = typer.Typer(
     help="Benchmark similarity-aware classification losses against cross-entropy.",
@@ -19,27 +19,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-DEBUG_ENV = "LOSSBENCH_DEBUG"
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised where Ctrl-C would be so that it is handled alike:
+    the run is marked interrupted and the resume command is printed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def guarded(action: Callable[[], int]) -> None:
-    """Run a command: user errors -> one line and exit 2; Ctrl-C -> exit 130 (the run or comparison has said
-    how to resume). Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
+    """Run a command. Exit codes: 2 bad input (one `error:` line naming the culprit), 1 an environment failure
+    (disk full, permission denied, a directory in use by another process), 130 Ctrl-C and 143 SIGTERM (the
+    run or comparison has said how to resume). Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = action()
-    except LossbenchError as err:
-        if os.environ.get(DEBUG_ENV):
+    except (LossbenchError, OSError) as err:
+        if debug_enabled():
             raise
+        err = os_failure(err) if isinstance(err, OSError) else err
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        if os.environ.get(DEBUG_ENV):
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt as err:
+        if debug_enabled():
             raise
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -75,7 +87,7 @@ def report(
     """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
     from lossbench import launch
 
-    guarded(lambda: launch.report_comparison(launch.Path(directory), partial_ok=True, target_score=target_score))
+    guarded(lambda: launch.report(directory, target_score))
 
 
 @app.command()

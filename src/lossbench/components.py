@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, one_line, require
 
 CONFIG_MODULE = "lossbench.configs"
 
@@ -62,7 +62,3 @@ def build(node: DictConfig, what: str, *args: Any, drop: tuple[str, ...] = (), *
         raise LossbenchError(f"{what} ({node._target_}): {one_line(err.__cause__ or err)}") from None
     except Exception as err:  # e.g. a missing mandatory value (???) or a bad value the target rejects
         raise LossbenchError(f"{what} ({node._target_}): {one_line(err)}") from None
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lossbench.atomic import atomic_path
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, one_line, require
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # CIFAR-100's 20 coarse classes (superclasses) and their 5 fine classes each.
@@ -200,6 +202,7 @@ def dataset_classes(cfg: DictConfig) -> list[str]:
     available = source.available_classes()
     if source.classes is None:
         return available
+    require(len(source.classes) > 0, "data.classes is empty; list the classes to keep, or null for all")
     wanted = [str(c) for c in source.classes]
     require(len(wanted) >= 2, f"data.classes needs at least 2 classes, not {wanted}")
     absent = [c for c in wanted if c not in available]
@@ -208,13 +211,18 @@ def dataset_classes(cfg: DictConfig) -> list[str]:
     return wanted
 
 
+def is_hidden(path: Path) -> bool:
+    """.DS_Store, .ipynb_checkpoints, macOS's ._x.jpg: never a class or an image."""
+    return path.name.startswith(".")
+
+
 def _folder_classes(root: Path) -> list[str]:
     require(root.is_dir(), f"data.root {root}: directory not found")
     splits = {}
     for split in ("train", "test"):
         split_dir = root / split
         require(split_dir.is_dir(), f"data.root {root}: no '{split}/' directory (expected {split}/<class>/*)")
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not is_hidden(d))
         require(classes, f"{split_dir}: no class directories")
         splits[split] = classes
     require(
@@ -292,15 +300,14 @@ def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
 
 
 def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator,
-                      what: str = "subset size") -> Tensor:  # fmt: skip
+                      key: str = "subset size") -> Tensor:  # fmt: skip
     """Indices of a seeded subset of `size` examples with the classes in equal shares as far as each class
-    allows (all if None). Asking for more examples than there are is an error, not a silent cap."""
-    if size is None:
+    allows (all if None). Asking for more than there is warns with the size actually used."""
+    if size is None or size >= len(labels):
+        if size is not None and size > len(labels):
+            warnings.warn(f"{key}={size} but the data has {len(labels)} examples; using all {len(labels)}")
         return torch.arange(len(labels))
-    require(size <= len(labels), f"{what} {size} is larger than the {len(labels)} examples available")
-    if size == len(labels):
-        return torch.arange(len(labels))
-    require(size >= num_classes, f"{what} {size} is smaller than the number of classes ({num_classes})")
+    require(size >= num_classes, f"{key} {size} is smaller than the number of classes ({num_classes})")
     members = [(labels == c).nonzero().flatten() for c in range(num_classes)]
     members = [m[torch.randperm(len(m), generator=generator)] for m in members]
     # Equal shares; classes with too few examples give all they have and the rest is shared out again.
@@ -381,8 +388,9 @@ def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -
         files[split] = [listed[i] for i in chosen.tolist()]
     cache = _cache_path(source, files, size)
     if cache is not None and cache.is_file():
-        tensors = torch.load(cache, weights_only=True)
-        return Dataset(*tensors, list(classes))
+        tensors = _load_cache(cache, {split: len(files[split]) for split in ("train", "test")}, size)
+        if tensors is not None:
+            return Dataset(*tensors, list(classes))
     tensors = []
     for split in ("train", "test"):
         paths = [p for p, _ in files[split]]
@@ -396,27 +404,61 @@ def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -
     return Dataset(*tensors, list(classes))
 
 
+def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] | None:
+    """The cached [train_x, train_y, test_x, test_y], or None (with one warning) when the file is damaged:
+    the images are then decoded again and the cache rewritten."""
+    try:
+        tensors = torch.load(path, weights_only=True)
+        shapes = [(counts["train"], 3, size, size), (counts["train"],), (counts["test"], 3, size, size), (counts["test"],)]
+        require(isinstance(tensors, list) and [tuple(t.shape) for t in tensors] == shapes, "unexpected contents")
+        return tensors
+    except Exception as err:  # truncated, not a tensor file, or another layout
+        warnings.warn(f"image cache {path} is damaged ({one_line(err)}); rebuilding it")
+        return None
+
+
 def _list_images(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(p for p in class_dir.iterdir()
+                        if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p) and p.is_file())  # fmt: skip
         require(images, f"{class_dir}: no image files (class directory is empty)")
         files += [(p, label) for p in images]
     return files
 
 
+def to_rgb(img):
+    """8-bit RGB from any PIL mode, by what its values mean rather than by clipping them:
+    - 16-bit grey (I;16, I;16B, ...): 0..65535 -> 0..255 (divided by 257);
+    - I (32-bit integer, how many tools store 16-bit data): read as 16-bit too, clamped to 0..65535 first;
+    - F (32-bit float): read as 0..1, clamped (NaN -> 0);
+    - transparency (RGBA, LA, PA, a palette or colour key): composited over black, so a transparent pixel is 0
+      whatever colour it happens to hide;
+    - everything else (1, L, P, CMYK, YCbCr, LAB, HSV ...): PIL's own conversion."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        scale = 255.0 if img.mode == "F" else 1 / 257
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64) * scale, nan=0.0)
+        return Image.fromarray(values.clip(0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def _decode(path: Path, size: int) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(ImageOps.exif_transpose(img))
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise LossbenchError(f"{path}: cannot read image ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise LossbenchError(f"{path}: cannot read image ({one_line(err)})") from None
     return pixels.view(size, size, 3).permute(2, 0, 1).contiguous()
 
 

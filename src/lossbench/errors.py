@@ -1,11 +1,42 @@
-"""The one exception type for bad user input: the CLI prints its message on one line and exits 2."""
+"""The exception types the CLI turns into one `error:` line: bad input exits 2, a failing environment exits 1."""
+
+from __future__ import annotations
+
+import os
+
+DEBUG_ENV = "LOSSBENCH_DEBUG"  # set to 1 to get tracebacks instead of one-line errors
 
 
 class LossbenchError(Exception):
     """A problem with the user's input (file, config value, path) that a traceback would not help with."""
+
+    exit_code = 2
+
+
+class EnvironmentFailure(LossbenchError):
+    """The input is fine but the machine is not: disk full, permission denied, a directory in use by another
+    lossbench process. Retrying once that is fixed succeeds, so it exits 1, not 2."""
+
+    exit_code = 1
 
 
 def require(condition: bool, message: str) -> None:
     """Raise LossbenchError(message) unless condition holds."""
     if not condition:
         raise LossbenchError(message)
+
+
+def debug_enabled() -> bool:
+    return bool(os.environ.get(DEBUG_ENV))
+
+
+def os_failure(err: OSError, what: str = "") -> EnvironmentFailure:
+    """One line for an OSError: the file it concerns and the system's reason (e.g. 'No space left on device')."""
+    name = err.filename if err.filename is not None else what
+    reason = err.strerror or str(err)
+    return EnvironmentFailure(f"{name}: {reason}" if name else reason)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message with its line breaks folded, for an `error:` line."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -8,9 +8,10 @@ with one clear line instead of one traceback per job.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -18,20 +19,23 @@ import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, QuotedString
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
-from lossbench.errors import LossbenchError, require
-from lossbench.report import build_report, find_runs
-from lossbench.train import CONFIG_FILE, absolute_paths, build_training, prepare, read_status, train_run
+from lossbench.errors import LossbenchError, debug_enabled, one_line, require
+from lossbench.report import build_report
+from lossbench.rundir import (
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, adopt_for_report, claim, find_runs, locked, read_config,
+    read_record, read_status, write_record,
+)  # fmt: skip
+from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_run
 
 log = logging.getLogger("lossbench")
 
-COMPARE_FILE = "compare.json"
 MULTIRUN_FLAGS = ("-m", "--multirun")
 DEMO = "experiment=quick"  # what `lossbench compare` runs when given no arguments
 
@@ -43,12 +47,20 @@ finished_jobs: list[tuple[Path, str]] = []
 def hydra_job(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        if multirun:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
+            claim(Path(hydra_cfg.sweep.dir), "comparison")
+        # Hydra has already written its own files into the run directory: they do not make it foreign.
+        hydra_files = [name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name]
+        claim(run_dir, "run", ignore=hydra_files)
         status = train_run(cfg, run_dir, resume=bool(cfg.resume))
     except LossbenchError as err:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if debug_enabled():
+            raise
+        if not multirun:
             print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None  # passes through Hydra's error reporting, which would add a traceback
+            raise SystemExit(err.exit_code) from None  # passes through Hydra's error reporting (a traceback)
         log.error("%s: %s", run_dir, err)  # one bad job must not stop the sweep
         status = "failed"
     finished_jobs.append((run_dir, status))
@@ -83,8 +95,31 @@ def parse_overrides(args: list[str]) -> list[Override]:
         raise LossbenchError(one_line(err)) from None
 
 
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+def hydra_quote(text: str) -> str:
+    """`text` as a Hydra override value that reads back exactly: single-quoted (commas, spaces, non-ASCII
+    survive), quotes escaped as Hydra's grammar wants, and `${` escaped so that OmegaConf does not interpolate."""
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("${", "\\${") + "'"
+
+
+def absolute_overrides(args: list[str], base: Path) -> list[str]:
+    """`args` with the relative paths of PATH_KEYS (plain values and sweeps) resolved against `base`, so that
+    the comparison records them once and a resume from another directory reads the same files."""
+    prefixes = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+    result = []
+    for arg, override in zip(without_multirun_flag(args), parse_overrides(args)):
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        texts = [v.text if isinstance(v, QuotedString) else v for v in values]
+        if override.key_or_group not in PATH_KEYS or override.type not in (OverrideType.CHANGE, *prefixes) or not all(
+            isinstance(t, str) and t and "${" not in t for t in texts
+        ):
+            result.append(arg)
+            continue
+        quoted = ",".join(hydra_quote(absolute_path(t, base)) for t in texts)
+        result.append(f"{prefixes.get(override.type, '')}{override.key_or_group}={quoted}")
+    return result
 
 
 def is_task_override(override: Override) -> bool:
@@ -113,10 +148,46 @@ def preflight(cfg: DictConfig) -> None:
         scores = prepare(cfg)
         data = load_dataset(cfg.data, scores.classes, scores.matrix)
         build_training(cfg, data, steps_per_epoch=1)
-    except LossbenchError:
+    except (LossbenchError, OSError):
         raise
     except Exception as err:  # e.g. omegaconf's MissingMandatoryValue for scores.path=???
         raise LossbenchError(one_line(err)) from None
+
+
+def claim_output_dirs(overrides: list[Override]) -> None:
+    """A `run` into a directory the user named (hydra.run.dir / hydra.sweep.dir) is refused before Hydra writes
+    anything there, unless the directory is new, empty or lossbench's."""
+    for override in overrides:
+        value = override.value()
+        kind = {"hydra.run.dir": "run", "hydra.sweep.dir": "comparison"}.get(override.key_or_group)
+        if kind and isinstance(value, str) and "${" not in value:
+            claim(Path(value), kind)
+
+
+def comparison_sweep(cfg: DictConfig, overrides: list[Override]) -> list[str]:
+    """The loss and seed sweeps of a comparison (unless the user swept `loss` or `seed` directly)."""
+    keys = {o.key_or_group for o in overrides}
+    sweep = []
+    if "loss" not in keys:
+        require(OmegaConf.is_list(cfg.losses), f"losses must be a list, e.g. losses=[ce,expected_score], not {cfg.losses}")
+        names = list(cfg.losses)
+        require(len(names) > 0, "losses: the list is empty")
+        known = group_options("loss")
+        unknown = [name for name in names if name not in known]
+        require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        require(not twice, f"losses: {twice} listed more than once")
+        sweep.append("loss=" + ",".join(names))
+    if "seed" not in keys:
+        require(OmegaConf.is_list(cfg.seeds), f"seeds must be a list, e.g. seeds=[0,1,2], not {cfg.seeds}")
+        seeds = list(cfg.seeds)
+        require(len(seeds) > 0, "seeds: the list is empty")
+        for seed in seeds:
+            require_int(seed, "seeds: each seed")
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        require(not twice, f"seeds: {twice} listed more than once")
+        sweep.append("seed=" + ",".join(str(s) for s in seeds))
+    return sweep
 
 
 # ---------------------------------------------------------------- commands
@@ -128,6 +199,7 @@ def run(args: list[str]) -> int:
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         overrides = parse_overrides(args)
         preflight(compose_config(overrides))
+        claim_output_dirs(overrides)
     finished_jobs.clear()
     launch_hydra(args)
     bad = [(d, s) for d, s in finished_jobs if s != "finished"]
@@ -136,43 +208,43 @@ def run(args: list[str]) -> int:
     return 1 if finished_jobs and len(bad) == len(finished_jobs) else 0
 
 
-def compare(args: list[str], out: str | None = None, resume: bool = False) -> int:
+def compare(args: list[str], out: str | None = None) -> int:
     """`lossbench compare`: every loss of `losses` x every seed of `seeds` (plus any sweeps in args) as one
     Hydra multirun into one comparison directory, then the report. Returns the exit code."""
-    args = list(args) or [DEMO]
+    cwd = Path.cwd()
+    args = absolute_overrides(list(args) or [DEMO], cwd)
     overrides = parse_overrides(args)
     cfg = compose_config(overrides)
     preflight(cfg)
-    keys = {o.key_or_group for o in overrides}
-    sweep = []
-    if "loss" not in keys:
-        known = group_options("loss")
-        unknown = [name for name in cfg.losses if name not in known]
-        require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
-        require(len(cfg.losses) > 0, "losses: the list is empty")
-        sweep.append("loss=" + ",".join(cfg.losses))
-    if "seed" not in keys:
-        require(len(cfg.seeds) > 0, "seeds: the list is empty")
-        sweep.append("seed=" + ",".join(str(int(s)) for s in cfg.seeds))
-
-    user_args = without_multirun_flag(args)
+    sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    comparison = Path(out) if out else Path("comparisons") / f"{cfg.name}_{stamp}"
-    if not resume:
+    comparison = Path(out) if out is not None else Path("comparisons") / f"{cfg.name}_{stamp}"
+    # Hydra resolves a job's output directory twice (its log file's name interpolates it again), so no
+    # escaping carries a literal '${' through: refuse it rather than let Hydra interpolate the user's name.
+    require("${" not in str(comparison), f"--out {comparison}: a directory name with '${{' cannot pass through "
+                                         "Hydra, which would interpolate it; choose another name")  # fmt: skip
+    claim(comparison, "comparison")
+    with locked(comparison):
         require(
             not find_runs(comparison) and not (comparison / COMPARE_FILE).exists(),
             f"comparison directory {comparison} already has runs; continue it with "
             f"`lossbench resume {comparison}` or choose another --out",
         )
-        comparison.mkdir(parents=True, exist_ok=True)
-        (comparison / COMPARE_FILE).write_text(json.dumps({"args": user_args, "created": stamp}, indent=2) + "\n")
+        record = {"version": LAYOUT_VERSION, "args": without_multirun_flag(args), "cwd": str(cwd), "created": stamp}
+        write_record(comparison, record)
+        return launch_comparison(comparison, record["args"], overrides, sweep, resume=False)
+
+
+def launch_comparison(comparison: Path, args: list[str], overrides: list[Override], sweep: list[str],
+                      resume: bool) -> int:  # fmt: skip
+    """The comparison's multirun (the caller holds its lock), then its report."""
     # Job directories are named by the swept keys only: loss=ce,seed=0 (constant overrides are left out).
     constant = sorted({o.key_or_group for o in overrides if is_task_override(o) and not o.is_sweep_override()})
     hydra_args = [
         "-m",
-        *user_args,
+        *args,
         *sweep,
-        f"hydra.sweep.dir={json.dumps(str(comparison))}",
+        f"hydra.sweep.dir={hydra_quote(str(comparison.resolve()))}",
         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(['resume', *constant])}]",
     ]
     if resume:
@@ -181,7 +253,7 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
         launch_hydra(hydra_args)
     except KeyboardInterrupt:
         print(f"interrupted; continue with `lossbench resume {comparison}`", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise
     return report_comparison(comparison)
 
 
@@ -205,13 +277,40 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     return 2 if all(s["status"] == "failed" for s in failed.values()) else 1
 
 
+def report(directory: str, target_score: float | None = None) -> int:
+    """`lossbench report DIR`: rebuild the report of a comparison (or of any lossbench directory of runs)
+    while holding its lock, so that it never races a run, a resume or another report."""
+    path = Path(directory)
+    require(path.is_dir(), f"{path}: directory not found")
+    adopt_for_report(path)
+    with locked(path):
+        return report_comparison(path, partial_ok=True, target_score=target_score)
+
+
 def resume(directory: str) -> int:
     """Continue a run directory from its checkpoint, or the unfinished runs of a comparison directory."""
     path = Path(directory)
     require(path.is_dir(), f"{path}: directory not found")
     if (path / COMPARE_FILE).exists():
-        saved = json.loads((path / COMPARE_FILE).read_text())
-        return compare(saved["args"], out=str(path), resume=True)
+        return resume_comparison(path)
     require((path / CONFIG_FILE).exists(), f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")
-    status = train_run(OmegaConf.load(path / CONFIG_FILE), path, resume=True)
+    status = train_run(read_config(path), path, resume=True)
     return 0 if status == "finished" else 1
+
+
+def resume_comparison(comparison: Path) -> int:
+    """Continue the unfinished runs of a comparison with the overrides compare.json recorded: its paths are
+    absolute, so nothing depends on the directory resume is started from."""
+    claim(comparison, "comparison")
+    with locked(comparison):
+        record = read_record(comparison)
+        args = record["args"]
+        if "cwd" not in record:  # written before paths were recorded absolute: the best guess is here
+            args = absolute_overrides(args, Path.cwd())
+            if args != record["args"]:
+                warnings.warn(f"{comparison / COMPARE_FILE} records relative paths (an older lossbench); "
+                              f"reading them from {Path.cwd()}")  # fmt: skip
+        overrides = parse_overrides(args)
+        cfg = compose_config(overrides)
+        preflight(cfg)
+        return launch_comparison(comparison, args, overrides, comparison_sweep(cfg, overrides), resume=True)

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from lossbench.atomic import write_atomic
-
-PROVENANCE_FILE = "run.json"
+from lossbench.rundir import PROVENANCE_FILE
 
 
 @lru_cache(maxsize=1)

@@ -20,12 +20,13 @@ from omegaconf import OmegaConf
 
 from lossbench import plots, stats
 from lossbench.atomic import write_atomic
-from lossbench.errors import require
+from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
-from lossbench.train import CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, read_status
+from lossbench.rundir import (
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, find_runs, read_config, read_status,
+)  # fmt: skip
 
-PROVENANCE_FILE = "run.json"  # device, precision, torch, lossbench, git_commit (written by train)
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
 SLOPE_WINDOW = 5  # "still rising": the slope of test_score over this many last evaluations
@@ -78,14 +79,6 @@ class Targets:
     acc: float
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Run directories below root: those with a status.json (written when a run starts)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
-
-
 # ---------------------------------------------------------------- reading run directories
 
 
@@ -99,20 +92,13 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def read_config(run_dir: Path) -> tuple[dict[str, object] | None, str | None]:
+def run_config(run_dir: Path) -> tuple[dict[str, object] | None, str | None]:
     """(flattened config, None), or (None, a warning naming the file) when it is unreadable or names no loss."""
-    path = run_dir / CONFIG_FILE
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path))
-        require(isinstance(config, dict), "not a mapping")
-        flat = flatten(config)
-        require(isinstance(flat.get("loss.name"), str), "no loss.name")
-    except Exception as err:  # yaml, omegaconf, decoding and OS errors alike: this one run is unusable
-        return None, f"{path}: unreadable ({_one_line(err)}); run skipped"
+        flat = flatten(OmegaConf.to_container(read_config(run_dir)))
+        require(isinstance(flat.get("loss.name"), str), f"{run_dir / CONFIG_FILE}: names no loss.name")
+    except (LossbenchError, OSError) as err:  # this one run is unusable; the others still make a report
+        return None, f"{one_line(err)}; run skipped"
     return flat, None
 
 
@@ -136,7 +122,7 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        return empty, f"{path}: unreadable ({_one_line(err)}); no rows used"
+        return empty, f"{path}: unreadable ({one_line(err)}); no rows used"
     lines = text.splitlines(keepends=True)
     if not lines:
         return empty, f"{path}: empty; no rows used"
@@ -192,7 +178,7 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
                 "rows and columns do not name the same classes")  # fmt: skip
         require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
     except Exception as err:
-        return None, f"{path}: unreadable ({_one_line(err)}); left out of confusion.png"
+        return None, f"{path}: unreadable ({one_line(err)}); left out of confusion.png"
     return table.astype(float), None
 
 
@@ -210,7 +196,7 @@ def load_runs(root: Path) -> Runs:
     require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
     warnings, configs, kept = [], [], []
     for run_dir in run_dirs:
-        config, warning = read_config(run_dir)
+        config, warning = run_config(run_dir)
         if config is None:
             warnings.append(warning)
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.components import build
 from lossbench.data import CIFAR100_SUPERCLASSES, DOGS20_BREEDS, DOGS20_OBJECTS
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import EnvironmentFailure, LossbenchError, require
 
 # Built-in tables: groups of classes that score `near` for one another.
 GROUPS = {
@@ -29,6 +30,11 @@ GROUPS = {
 }
 
 BUILTINS = ("identity", *GROUPS)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # S is float32: a larger value would become inf
+# A plain decimal or scientific number: no '1_0', 'nan', 'inf', '0x10' (all of which Python's float() reads).
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# Where a table's first cell looks like this, it is a bare numeric square (malformed or not), not a corner cell.
+NUMBER_LIKE = re.compile(r"[+-]?[\d.]|[+-]?(nan|inf)", re.IGNORECASE)
 
 
 class ScoreMatrix:
@@ -62,13 +68,32 @@ def builtin_scores(name: str, classes: Sequence[str], exact: float, near: float,
     raise LossbenchError(f"unknown score table '{name}'; known: {', '.join(BUILTINS)}, file")
 
 
+def check_score_value(value: float, where: str) -> None:
+    """A score must be finite and fit float32 (|x| <= 3.4e38), or S silently holds inf."""
+    require(math.isfinite(value), f"{where}: {value} is not finite")
+    require(abs(value) <= FLOAT32_MAX, f"{where}: {value} does not fit float32 (|x| <= {FLOAT32_MAX:.4g})")
+
+
 def _parse_number(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise LossbenchError(f"{where}: '{text}' is not a number") from None
-    require(math.isfinite(value), f"{where}: {text} is not finite")
+    if NUMBER_LIKE.match(text) and text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise LossbenchError(f"{where}: {text} is not finite")
+    require(NUMBER.fullmatch(text) is not None, f"{where}: '{text}' is not a number")
+    value = float(text)
+    check_score_value(value, where)
     return value
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The CSV's non-blank rows, stripped; unreadable or non-UTF-8 files get one line naming the file."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return [[cell.strip() for cell in row] for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as err:
+        raise LossbenchError(f"score file {path}: not UTF-8 text (byte {err.start}); save it as UTF-8 CSV") from None
+    except csv.Error as err:
+        raise LossbenchError(f"score file {path}: not a readable CSV ({err})") from None
+    except OSError as err:
+        raise EnvironmentFailure(f"score file {path}: cannot be read ({err.strerror})") from None
 
 
 def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
@@ -76,18 +101,9 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
     names, or a bare numeric square. Returns (matrix, names or None)."""
     path = Path(path)
     require(path.is_file(), f"score file {path}: not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    rows = _read_rows(path)
     require(len(rows) > 0, f"score file {path}: empty")
-
-    def is_number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    named = not is_number(rows[0][0])  # a named table starts with a corner cell: empty or text
+    named = not NUMBER_LIKE.match(rows[0][0])  # a named table starts with a corner cell: empty or text
     if named:
         header, body = rows[0], rows[1:]
         require(len(body) > 0, f"score file {path}: header row but no data rows")
@@ -117,7 +133,8 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
     for i, row in enumerate(cells):
         label = f"row {i + 1}" if row_names is None else f"row '{row_names[i]}'"
         require(len(row) == n, f"score file {path}: {label} has {len(row)} values, expected {n} (ragged or not square)")
-        values.append([_parse_number(cell, f"score file {path}, {label}, column {j + 1}") for j, cell in enumerate(row)])
+        names = [f"column {j + 1}" for j in range(n)] if columns is None else [f"column '{c}'" for c in columns]
+        values.append([_parse_number(cell, f"score file {path}, {label}, {names[j]}") for j, cell in enumerate(row)])
     matrix = torch.tensor(values, dtype=torch.float32)
     if row_names is not None:
         # Reorder columns to the row order so that S[i, i] is the exact match.
@@ -175,8 +192,12 @@ def load_scores(
             names = list(classes)
         scores = ScoreMatrix(matrix, names)
     else:
+        for key, value in (("exact", exact), ("near", near), ("far", far)):
+            require(isinstance(value, (int, float)) and not isinstance(value, bool), f"scores.{key} must be a number, not {value!r}")
+            check_score_value(float(value), f"scores.{key}")
         scores = builtin_scores(name, classes, exact, near, far)
         source = f"score table {name}"
+        require(bool(torch.isfinite(scores.matrix).all()), f"{source}: scores.exact/near/far overflow float32 in S")
     scores = match_classes(scores, classes, source)
     if warn:
         for message in diagonal_warnings(scores):

@@ -7,14 +7,10 @@ from which `resume` continues bit-for-bit on CPU.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +19,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path, write_atomic
 from lossbench.data import Batches, Dataset, dataset_classes, eval_batches, feature_stats, load_dataset
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import (
-    METRIC_COLUMNS, SUM_SIZE, confusion_counts, fit_temperature, split_metrics, split_sums, write_confusion,
+    SUM_SIZE, confusion_counts, fit_temperature, split_metrics, split_sums, write_confusion,
 )  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.provenance import write_provenance
+from lossbench.rundir import (
+    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
+    read_status, run_has_results, truncate_metrics, write_status,
+)  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
 
 log = logging.getLogger("lossbench")
 
-CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
-CONFUSION_FILE = "confusion.csv"
+PATH_KEYS = ("scores.path", "data.root", "data.path", "data.cache_dir")  # resolved once, recorded absolute
+FINAL_STATUSES = ("finished", "diverged")  # resuming a diverged run would only diverge again
 
 
 # ---------------------------------------------------------------- config, device, precision
@@ -44,19 +44,25 @@ CONFUSION_FILE = "confusion.csv"
 
 def validate(cfg: DictConfig) -> None:
     """Reject nonsense numbers and choices before any work is done."""
-    t = cfg.train
-    require(int(t.epochs) > 0, f"train.epochs must be > 0, not {t.epochs}")
-    require(int(t.batch_size) > 0, f"train.batch_size must be > 0, not {t.batch_size}")
-    require(int(t.eval_batch_size) > 0, f"train.eval_batch_size must be > 0, not {t.eval_batch_size}")
+    for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
+        require_int(OmegaConf.select(cfg, key), key, positive=True)
+    require_int(cfg.seed, "seed")
     lr = cfg.optim.get("lr")
     require(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0, f"optim.lr must be > 0 and finite, not {lr}")
     for key in ("train_size", "test_size"):
         value = cfg.data.get(key)
-        require(value is None or (isinstance(value, int) and value > 0), f"data.{key} must be > 0 (or null for all), not {value}")
+        if value is not None:
+            require_int(value, f"data.{key}", positive=True, note=" (or null for all)")
     require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not '{cfg.device}'")
     require(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not '{cfg.precision}'")
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
+
+
+def require_int(value: Any, key: str, positive: bool = False, note: str = "") -> None:
+    """An integer setting must be given as one: 2.7 epochs or seed 0.7 is refused, not truncated."""
+    require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer{note}, not {value!r}")
+    require(not positive or value > 0, f"{key} must be > 0{note}, not {value}")
 
 
 def prepare(cfg: DictConfig, warn: bool = True) -> ScoreMatrix:
@@ -113,54 +119,21 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-# ---------------------------------------------------------------- run-directory files
+# ---------------------------------------------------------------- paths
 
 
-def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "") -> None:
-    info = {"status": status, "epoch": epoch, "epochs": epochs, "message": message,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    write_atomic(run_dir / STATUS_FILE, json.dumps(info, indent=2) + "\n")
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {"status": "unknown", "epoch": 0, "message": "no readable status.json"}
-
-
-def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
-    path = run_dir / METRICS_FILE
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop rows after the checkpoint's epoch (written after the last checkpoint by a killed process)."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= last_epoch]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def absolute_path(value: str, base: Path | None = None) -> str:
+    """`value` (~ expanded) resolved against `base` (default: the current directory)."""
+    return str(Path(base or Path.cwd(), Path(value).expanduser()).resolve())
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
     """A resolved, standalone copy of cfg with user paths made absolute, so a resume works from any directory."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.data.get("root"):
-        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
-    if cfg.scores.get("path"):
-        cfg.scores.path = str(Path(cfg.scores.path).expanduser().resolve())
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, absolute_path(value))
     return cfg
 
 
@@ -262,39 +235,83 @@ class Progress:
             self.bar.stop()
 
 
-def run_has_results(run_dir: Path) -> bool:
-    """Whether a run was started here: its status (written before the first epoch), metrics or checkpoint."""
-    return any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE))
-
-
 def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
     """Train one run into run_dir and return its final status. With resume, continue from the checkpoint
-    (a finished or diverged run is left as it is); without, refuse a directory that already holds results."""
+    (a finished or diverged run is left as it is); without, refuse a directory that already holds results.
+    The directory must be lossbench's (or new), and is locked while the run works in it."""
     run_dir = Path(run_dir)
-    if run_has_results(run_dir):
-        require(resume, f"run directory {run_dir} already has results; continue it with "
-                        f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
-        status = read_status(run_dir)["status"]
-        if status in ("finished", "diverged"):  # final: resuming a diverged run would only diverge again
-            log.info("%s: already %s", run_dir, status)
-            return status
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / CONFIG_FILE
-    if resume and config_path.exists():
-        cfg = OmegaConf.load(config_path)
-    else:
-        cfg = absolute_paths(cfg)
-        write_atomic(config_path, OmegaConf.to_yaml(cfg))
-    epochs = int(cfg.train.epochs)
+    claim(run_dir, "run")
+    with locked(run_dir):
+        if run_has_results(run_dir):
+            require(resume, f"run directory {run_dir} already has results; continue it with "
+                            f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
+            status = read_status(run_dir)
+            if status["status"] in FINAL_STATUSES:
+                log.info("%s: already %s", run_dir, status["status"])
+                return status["status"]
+            if status["status"] == "unknown" and (run_dir / STATUS_FILE).exists():
+                log.warning("warning: %s; continuing from the checkpoint", status["message"])
+        try:
+            if resume and (run_dir / CONFIG_FILE).exists():
+                cfg = read_config(run_dir)
+            else:
+                cfg = absolute_paths(cfg)
+                write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+            return _train(cfg, run_dir, int(cfg.train.epochs))
+        except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (the CLI raises it as a KeyboardInterrupt)
+            _record_end(run_dir, "interrupted", "interrupted by the user")
+            log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
+            raise
+        except LossbenchError as err:
+            _record_end(run_dir, "failed", str(err))
+            raise
+        except (OSError, MemoryError, torch.OutOfMemoryError) as err:
+            failure = os_failure(err) if isinstance(err, OSError) else EnvironmentFailure(f"out of memory ({err})")
+            _record_end(run_dir, "failed", str(failure))
+            raise failure from err
+        except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
+            # AdamW betas out of range, a network deeper than the image allows
+            message = f"run {run_dir}: {type(err).__name__}: {one_line(err)}"
+            _record_end(run_dir, "failed", message)
+            raise LossbenchError(message) from err
+
+
+def _record_end(run_dir: Path, status: str, message: str) -> None:
+    """Record why a run stopped; a status that cannot be written (disk full) must not hide the first error."""
+    previous = read_status(run_dir)
     try:
-        return _train(cfg, run_dir, epochs)
-    except KeyboardInterrupt:
-        write_status(run_dir, "interrupted", read_status(run_dir).get("epoch", 0), epochs, "interrupted by the user")
-        log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
+        write_status(run_dir, status, previous["epoch"], previous.get("epochs", 0), message)
+    except OSError as err:
+        log.error("%s: cannot record status %s (%s)", run_dir, status, err.strerror)
+
+
+def may_be_nan(key: str, has_val: bool, num_classes: int) -> bool:
+    """Metrics that are NaN in a healthy run: severity without mistakes, top-5 below 10 classes, and without a
+    validation split the val_* columns and the calibrated decision (never fit on test)."""
+    if key.endswith("mistake_severity") or (key.endswith("top5_acc") and num_classes < 10):
+        return True
+    return not has_val and (key.startswith("val_") or key.endswith("score_bayes_cal"))
+
+
+def non_finite(row: dict[str, float], has_val: bool, num_classes: int) -> list[str]:
+    """The metrics of an epoch's row that are NaN or infinite although a healthy run keeps them finite."""
+    return [f"{k}={v}" for k, v in row.items() if not math.isfinite(v) and not may_be_nan(k, has_val, num_classes)]
+
+
+def load_checkpoint(path: Path, device: torch.device, model, optimizer, scheduler, generator) -> tuple[int, int, float]:
+    """Restore the training state from checkpoint.pt; returns (epoch, step, elapsed_s)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["data_rng"].cpu())
+        return int(state["epoch"]), int(state["step"]), float(state["elapsed_s"])
+    except OSError:
         raise
-    except LossbenchError as err:
-        write_status(run_dir, "failed", read_status(run_dir).get("epoch", 0), epochs, str(err))
-        raise
+    except Exception as err:  # truncated, not a checkpoint, or from another model
+        raise LossbenchError(f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to "
+                             "restart this run from epoch 1") from None  # fmt: skip
 
 
 def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
@@ -321,12 +338,7 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     start_epoch, step, elapsed = 0, 0, 0.0
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["data_rng"].cpu())
-        start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
+        start_epoch, step, elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
         log.info("%s: resuming after epoch %d", run_dir, start_epoch)
     truncate_metrics(run_dir, start_epoch)
 
@@ -352,6 +364,11 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
             row.update(metrics)
             elapsed += time.perf_counter() - began
             row["elapsed_s"] = elapsed
+            bad = non_finite(row, data.val_y is not None, len(scores.classes))
+            if bad:
+                write_status(run_dir, "diverged", epoch - 1, epochs, f"non-finite {', '.join(bad)} in epoch {epoch}")
+                log.warning("%s: diverged in epoch %d (%s)", name, epoch, ", ".join(bad))
+                return "diverged"
             append_metrics(run_dir, row)
             progress.epoch(row, epochs)
             if cfg.train.checkpoint:

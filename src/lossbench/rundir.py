@@ -1,0 +1,248 @@
+"""The on-disk layout of runs and comparisons: file names, status, metrics rows, the ownership marker, the lock.
+
+A run directory holds `config.yaml` (resolved, with absolute paths), `metrics.csv` (one row per evaluation),
+`status.json` (running / finished / diverged / interrupted / failed) and `checkpoint.pt`. A comparison directory
+holds `compare.json` (everything `resume` needs, recorded once with absolute paths) and one run directory per
+job. Both carry a `.lossbench` marker (lossbench writes only into directories it made, or empty ones) and a
+`.lossbench.lock` file that a working process holds an OS lock on (released by the OS even after kill -9).
+Directories written by lossbench before the marker existed are recognised by their files.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from lossbench.atomic import FILE_MODE, atomic_path, write_atomic
+from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
+from lossbench.metrics import METRIC_COLUMNS
+
+CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
+COMPARE_FILE = "compare.json"
+CONFUSION_FILE, PROVENANCE_FILE = "confusion.csv", "run.json"
+MARKER_FILE, LOCK_FILE = ".lossbench", ".lossbench.lock"
+LAYOUT_VERSION = 2  # 1: no marker, no lock
+KINDS = ("run", "comparison")
+HYDRA_SWEEP_FILE = "multirun.yaml"  # what Hydra writes into a `run -m` sweep directory
+
+
+# ---------------------------------------------------------------- what is lossbench's
+
+
+def run_has_results(run_dir: Path) -> bool:
+    """Whether a run was started here: its status (written before the first epoch), metrics or checkpoint."""
+    return any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE))
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories below root (root included): those with a status.json (written when a run starts)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
+
+
+def marker_kind(directory: Path) -> str | None:
+    """The kind recorded in directory's marker ('run' or 'comparison'), or None when it has no marker."""
+    path = directory / MARKER_FILE
+    if not path.exists():
+        return None
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8"))["kind"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise LossbenchError(f"{path}: damaged lossbench marker ({one_line(err)}); remove it if lossbench made "
+                             "this directory (its runs are then recognised by their files)") from None  # fmt: skip
+    require(kind in KINDS, f"{path}: unknown directory kind '{kind}' (a newer lossbench?)")
+    return kind
+
+
+def _made_before_markers(directory: Path, kind: str) -> bool:
+    """A version-1 directory: a run with its status and config, a comparison with compare.json, or the sweep
+    directory of a `run -m`."""
+    if kind == "run":
+        return (directory / STATUS_FILE).exists() and (directory / CONFIG_FILE).exists()
+    return (directory / COMPARE_FILE).exists() or (directory / HYDRA_SWEEP_FILE).exists()
+
+
+def is_own(directory: Path, kind: str) -> bool:
+    return marker_kind(directory) == kind or _made_before_markers(directory, kind)
+
+
+def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
+    """Make `directory` lossbench's `kind` directory (creating it and its marker), or refuse in one line: it
+    is a file, lossbench's directory of the other kind, or a non-empty directory lossbench did not make.
+    `ignore` names entries another writer put there first (Hydra's `.hydra/` and job log in a run directory)."""
+    directory = Path(directory)
+    require(not directory.exists() or directory.is_dir(), f"{directory}: exists and is not a directory")
+    if directory.is_dir():
+        found = marker_kind(directory)
+        require(found in (None, kind), f"{directory} is a lossbench {found} directory, not a {kind} directory")
+        if found is None and not _made_before_markers(directory, kind):
+            skip = {MARKER_FILE, LOCK_FILE, *ignore}
+            foreign = sorted(p.name for p in directory.iterdir() if p.name not in skip)
+            require(not foreign, f"{directory}: not empty and not made by lossbench (it holds "
+                                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                                 "choose a new or empty directory")  # fmt: skip
+        if found is not None:
+            return
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(directory / MARKER_FILE, json.dumps({"kind": kind, "version": LAYOUT_VERSION}) + "\n")
+
+
+def adopt_for_report(directory: Path) -> None:
+    """Allow a report to be written into `directory`: a lossbench run or comparison, or a directory holding
+    nothing but directories of runs (e.g. Hydra's outputs/DATE), which then gets a comparison marker.
+    Anything else is refused in one line, so that a report never replaces a user's own summary.md."""
+    directory = Path(directory)
+    if is_own(directory, "comparison") or is_own(directory, "run"):
+        return
+    require(find_runs(directory), f"{directory}: no run directories found")
+    entries = [p for p in directory.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
+    foreign = sorted(p.name for p in entries if not (p.is_dir() and find_runs(p)))
+    require(not foreign, f"{directory}: holds files lossbench did not make ({', '.join(foreign[:3])}); "
+                         "report writes only into lossbench's comparison directories")  # fmt: skip
+    claim(directory, "comparison", ignore=[p.name for p in entries])
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def _holder(path: Path) -> str:
+    """The pid written into a lock file (its holder may be writing it just now: try a few times)."""
+    for _ in range(20):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (flock) on `directory` while the block runs; another process is refused with
+    one line naming the holder's pid. The OS releases the lock when the holder exits, even on kill -9."""
+    path = Path(directory) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {_holder(path)}); "
+                                     "wait for it to finish or stop it") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, so that no two processes lock different inodes
+
+
+# ---------------------------------------------------------------- files of a run
+
+
+def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "") -> None:
+    info = {"status": status, "epoch": epoch, "epochs": epochs, "message": message,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    write_atomic(run_dir / STATUS_FILE, json.dumps(info, indent=2) + "\n")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status; 'unknown' (with a message saying how to recover) when status.json is missing or
+    damaged, so that reports and resumes go on."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        require(isinstance(info, dict) and isinstance(info.get("status"), str), "no status field")
+        return {"epoch": 0, "message": "", **info, "epoch": int(info.get("epoch", 0))}
+    except FileNotFoundError:
+        return {"status": "unknown", "epoch": 0, "message": f"no {STATUS_FILE}"}
+    except (OSError, ValueError, TypeError, LossbenchError) as err:
+        message = f"{path} is damaged ({one_line(err)}); `lossbench resume {run_dir}` rewrites it"
+        return {"status": "unknown", "epoch": 0, "message": message}
+
+
+def read_config(run_dir: Path) -> DictConfig:
+    """The run's resolved config.yaml, or one line naming it and how to recover."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        cfg = OmegaConf.load(path)
+        require(isinstance(cfg, DictConfig), "not a mapping")
+        return cfg
+    except OSError:
+        raise
+    except Exception as err:  # yaml's and omegaconf's errors, a non-UTF-8 file
+        raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove the run directory {run_dir} to run it "
+                             "again from scratch") from None  # fmt: skip
+
+
+def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
+    path = run_dir / METRICS_FILE
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _metric_rows(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows, each complete with an integer epoch, or LossbenchError."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        require(reader.fieldnames == METRIC_COLUMNS, f"header is not {','.join(METRIC_COLUMNS)}")
+        rows = list(reader)
+    for number, row in enumerate(rows, start=2):
+        require(None not in row and None not in row.values(), f"line {number} has a wrong number of values")
+        int(row["epoch"])
+    return rows
+
+
+def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
+    """Drop rows after the checkpoint's epoch (written after the last checkpoint by a killed process)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return
+    try:
+        rows = _metric_rows(path)
+    except (ValueError, csv.Error, LossbenchError) as err:
+        raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove it and {CHECKPOINT_FILE} to restart "
+                             "this run from epoch 1") from None  # fmt: skip
+    rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------- the comparison's record
+
+
+def write_record(comparison: Path, record: dict[str, Any]) -> None:
+    write_atomic(comparison / COMPARE_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_record(comparison: Path) -> dict[str, Any]:
+    """compare.json: the overrides the comparison was started with (absolute paths since layout version 2)."""
+    path = comparison / COMPARE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        args = record.get("args") if isinstance(record, dict) else None
+        require(isinstance(args, list) and all(isinstance(a, str) for a in args), "no list of args")
+        return record
+    except (ValueError, LossbenchError) as err:
+        raise LossbenchError(f"{path}: damaged ({one_line(err)}); `lossbench report {comparison}` still reports "
+                             "its runs, but resuming needs this file: start the comparison again with a new "
+                             "--out") from None  # fmt: skip

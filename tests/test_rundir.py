@@ -1,0 +1,206 @@
+"""The run-directory layout: ownership markers, the OS lock (raced by real processes), statuses and files that
+are damaged, and atomic writes with unique temporary names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from lossbench.atomic import atomic_path, write_atomic
+from lossbench.errors import EnvironmentFailure, LossbenchError
+from lossbench.rundir import (
+    COMPARE_FILE, LOCK_FILE, MARKER_FILE, METRICS_FILE, adopt_for_report, claim, find_runs, locked, read_config,
+    read_record, read_status, truncate_metrics, write_status,
+)  # fmt: skip
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from lossbench.rundir import locked
+    with locked(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def hold_lock(directory) -> subprocess.Popen:
+    """A second, real process that takes the lock on `directory` and holds it until its stdin closes."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_may_go_on_once_it_exits(tmp_path):
+    holder = hold_lock(tmp_path)
+    with pytest.raises(EnvironmentFailure, match=rf"{tmp_path} is in use by another lossbench process \(pid {holder.pid}\)"):
+        with locked(tmp_path):
+            pass
+    holder.communicate("\n")
+    with locked(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_kill_9_releases_the_lock(tmp_path):
+    holder = hold_lock(tmp_path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with locked(tmp_path):
+        pass
+
+
+def test_racing_processes_one_wins(tmp_path):
+    """Several processes started at once: exactly one gets the lock while the others are refused."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from lossbench.errors import EnvironmentFailure
+        from lossbench.rundir import locked
+        try:
+            with locked(sys.argv[1]):
+                print("won", flush=True)
+                time.sleep(3)
+        except EnvironmentFailure as err:
+            print("refused", err, flush=True)
+        """
+    )
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+              for _ in range(3)]  # fmt: skip
+    outputs = [p.communicate(timeout=120)[0].strip() for p in racers]
+    assert sorted(o.split()[0] for o in outputs) == ["refused", "refused", "won"], outputs
+    assert all("is in use by another lossbench process (pid " in o for o in outputs if o.startswith("refused"))
+
+
+@pytest.mark.parametrize("kind", ["run", "comparison"])
+def test_claim_new_or_empty_directory_writes_the_marker(tmp_path, kind):
+    (tmp_path / "empty").mkdir()
+    for directory in (tmp_path / "new" / "deep", tmp_path / "empty"):
+        claim(directory, kind)
+        assert json.loads((directory / MARKER_FILE).read_text())["kind"] == kind
+        claim(directory, kind)  # its own: accepted again
+
+
+def test_claim_refuses_what_is_not_lossbench(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "summary.md").write_text("mine")
+    with pytest.raises(LossbenchError, match="notes: not empty and not made by lossbench .*summary.md"):
+        claim(tmp_path / "notes", "comparison")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.yaml").write_text("a: 1\n")
+    with pytest.raises(LossbenchError, match="not made by lossbench"):
+        claim(tmp_path / "foreign", "run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LossbenchError, match="file: exists and is not a directory"):
+        claim(tmp_path / "file", "comparison")
+    claim(tmp_path / "cmp", "comparison")
+    with pytest.raises(LossbenchError, match="is a lossbench comparison directory, not a run directory"):
+        claim(tmp_path / "cmp", "run")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / MARKER_FILE).write_text("{")
+    with pytest.raises(LossbenchError, match=r"\.lossbench: damaged lossbench marker"):
+        claim(tmp_path / "bad", "run")
+    assert (tmp_path / "notes" / "summary.md").read_text() == "mine"
+
+
+def test_version_1_directories_stay_lossbench_s(tmp_path):
+    run = tmp_path / "cmp" / "loss=ce,seed=0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    write_status(run, "interrupted", 1, 2)
+    (tmp_path / "cmp" / COMPARE_FILE).write_text('{"args": []}')
+    claim(run, "run")
+    claim(tmp_path / "cmp", "comparison")
+    assert find_runs(tmp_path / "cmp") == [run]
+
+
+def test_report_adopts_only_directories_of_runs(tmp_path):
+    run = tmp_path / "outputs" / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    write_status(run, "finished", 1, 1)
+    adopt_for_report(tmp_path / "outputs")
+    assert (tmp_path / "outputs" / MARKER_FILE).exists()
+    (tmp_path / "mixed" / "a").mkdir(parents=True)
+    (tmp_path / "mixed" / "a" / "config.yaml").write_text("seed: 0\n")
+    write_status(tmp_path / "mixed" / "a", "finished", 1, 1)
+    (tmp_path / "mixed" / "summary.md").write_text("mine")
+    with pytest.raises(LossbenchError, match="holds files lossbench did not make \\(summary.md\\)"):
+        adopt_for_report(tmp_path / "mixed")
+
+
+def test_damaged_status_is_unknown_with_a_way_out(tmp_path):
+    (tmp_path / "status.json").write_text('{"status": "runn')
+    status = read_status(tmp_path)
+    assert status["status"] == "unknown" and "status.json is damaged" in status["message"]
+    assert f"lossbench resume {tmp_path}" in status["message"]
+    (tmp_path / "status.json").write_text("[1, 2]")
+    assert read_status(tmp_path)["status"] == "unknown"
+
+
+@pytest.mark.parametrize("text", ["seed: [0\n", "- just\n- a list\n", b"\xff\xfe: 1\n"])
+def test_damaged_config_names_the_file_and_the_way_out(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(LossbenchError, match=rf"{path}: damaged .*remove the run directory {tmp_path}"):
+        read_config(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["epoch,step\n1,2\n", "{header}\n1,4,0.1\n", "{header}\nx{row}\n", ""])
+def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
+    from lossbench.metrics import METRIC_COLUMNS
+
+    header = ",".join(METRIC_COLUMNS)
+    row = ",".join("1" for _ in METRIC_COLUMNS)
+    (tmp_path / METRICS_FILE).write_text(text.format(header=header, row=row))
+    with pytest.raises(LossbenchError, match=r"metrics.csv: damaged .*remove it and checkpoint.pt to restart"):
+        truncate_metrics(tmp_path, 1)
+
+
+def test_damaged_comparison_record(tmp_path):
+    (tmp_path / COMPARE_FILE).write_text('{"args": "not a list"}')
+    with pytest.raises(LossbenchError, match=r"compare.json: damaged .*lossbench report"):
+        read_record(tmp_path)
+
+
+def test_atomic_writes_use_unique_names_and_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "summary.md"
+    names = []
+    with atomic_path(target) as a, atomic_path(target) as b:
+        names += [a.name, b.name]
+        a.write_text("a")
+        b.write_text("b")
+    assert names[0] != names[1] and target.read_text() == "a"  # the outer block finished last
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"] and target.read_text() == "a"
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # a result file, not mkstemp's private mode
+
+
+def test_concurrent_atomic_writers_never_collide(tmp_path):
+    target = tmp_path / "curves.csv"
+    errors = []
+
+    def writer(text: str) -> None:
+        try:
+            for _ in range(50):
+                write_atomic(target, text)
+        except Exception as err:  # noqa: BLE001 - any collision is the failure this test looks for
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(t * 1000,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and target.read_text() in ("a" * 1000, "b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.csv"]
