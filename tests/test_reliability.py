@@ -365,13 +365,17 @@ def test_os_errors_exit_1_with_one_line(capsys):
 
 
 def test_huge_learning_rate_diverges(tmp_path):
-    cfg = make_cfg(*TINY, "optim.lr=1e9", "optim.warmup_epochs=0")
+    cfg = make_cfg(*TINY, "optim.lr=1e9", "schedule.warmup_epochs=0")
     assert train_run(cfg, tmp_path / "run") == "diverged"
 
 
 def test_non_finite_test_metric_means_diverged(tmp_path, monkeypatch):
     real = train.evaluate
-    monkeypatch.setattr(train, "evaluate", lambda *args: {**real(*args), "test_acc": math.nan})
+    def with_nan(*args):
+        row, confusion = real(*args)
+        return {**row, "test_acc": math.nan}, confusion
+
+    monkeypatch.setattr(train, "evaluate", with_nan)
     assert train_run(make_cfg(*TINY), tmp_path / "run") == "diverged"
     status = read_status(tmp_path / "run")
     assert status["status"] == "diverged" and "test_acc=nan" in status["message"]

@@ -57,7 +57,8 @@ def build(node: DictConfig, what: str, *args: Any, drop: tuple[str, ...] = (), *
     require(not missing, f"{label} needs {what}.{missing[0]}=VALUE" if missing else "")
     config = OmegaConf.masked_copy(node, [k for k in node if k not in drop]) if drop else node
     try:
-        return instantiate(config, *args, **accepted(target, runtime))
+        # _convert_="all": targets get plain lists and dicts, not OmegaConf containers.
+        return instantiate(config, *args, _convert_="all", **accepted(target, runtime))
     except InstantiationException as err:
         raise LossbenchError(f"{what} ({node._target_}): {one_line(err.__cause__ or err)}") from None
     except Exception as err:  # e.g. a missing mandatory value (???) or a bad value the target rejects

@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lossbench.atomic import atomic_path
+from lossbench.components import build
 from lossbench.errors import LossbenchError, one_line, require
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -184,11 +184,7 @@ class Arrays(Source):
 
 def build_source(cfg: DictConfig) -> Source:
     """The data config node as a Source object (its `_target_` class)."""
-    try:
-        source = instantiate(cfg, _convert_="all")
-    except Exception as err:  # hydra wraps the real cause (a missing value, an unknown key) in its own error
-        cause = err.__cause__ or err
-        raise LossbenchError(f"data: {' '.join(str(cause).split())}") from None
+    source = build(cfg, "data")
     require(isinstance(source, Source), f"data._target_ must build a lossbench.data.Source, not {type(source)}")
     return source
 
