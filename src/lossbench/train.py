@@ -28,6 +28,7 @@ from lossbench.losses import build_loss
 from lossbench.metrics import METRIC_COLUMNS, score_sums, test_metrics
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.precision import resolve_precision
 from lossbench.scores import ScoreMatrix, load_scores
 
 log = logging.getLogger("lossbench")
@@ -35,7 +36,7 @@ log = logging.getLogger("lossbench")
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
 
 
-# ---------------------------------------------------------------- config, device, precision
+# ---------------------------------------------------------------- config, device
 
 
 def validate(cfg: DictConfig) -> None:
@@ -73,26 +74,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 autocast then roughly doubles conv training speed on the CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. Losses and metrics always compute in fp32."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 # ---------------------------------------------------------------- run-directory files
@@ -260,7 +241,6 @@ def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
 def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
     data = load_dataset(cfg.data, scores.classes, scores.matrix).to(device)
     mean, std = channel_stats(data.train_x)
     s = scores.matrix.to(device)
@@ -273,6 +253,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
                       int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip))  # fmt: skip
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.optim, optimizer, len(batches), epochs)
+    precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
+    dtype = precision.dtype
     step_model = torch.compile(model) if cfg.train.compile else model
 
     start_epoch, step, elapsed = 0, 0, 0.0
