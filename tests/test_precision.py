@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 import torch
@@ -135,3 +136,24 @@ def test_measurement_leaves_the_model_and_the_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_jobs_starting_together_measure_once(cpu):
+    """A second job that waits on the lock while the first measures finds the first's answer, not its own."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_first(model, x, dtype):
+        started.set()
+        release.wait(5)
+        return 0.1 if dtype == torch.bfloat16 else 0.3
+
+    first = threading.Thread(target=P.resolve_precision, args=("auto", cpu, model(), BATCH, slow_first))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=lambda: calls.append(
+        P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6))))  # fmt: skip
+    second.start()
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert calls[0].name == "bf16" and "measured earlier" in calls[0].reason

@@ -18,15 +18,21 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from lossbench.atomic import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; jobs starting together may each measure once
+    fcntl = None
 
 log = logging.getLogger("lossbench")
 
@@ -85,15 +91,16 @@ def cpu_has_native_bf16() -> bool:
 def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
                   cache: Path) -> Precision:  # fmt: skip
     """The decision cached under `key` (see cache_key), or a fresh measurement (then cached)."""
-    entries = read_cache(cache)
-    entry = entries.get(key)
-    how = f"measured earlier, cached in {cache}"
-    if entry is None:
-        fp32_s, bf16_s = measure(model, batch_shape, timer)
-        entry = {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s,
-                 "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-        entries[key] = entry
-        how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
+    with cache_lock(cache):
+        entries = read_cache(cache)
+        entry = entries.get(key)
+        how = f"measured earlier, cached in {cache}"
+        if entry is None:
+            fp32_s, bf16_s = measure(model, batch_shape, timer)
+            entry = {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s,
+                     "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+            entries[key] = entry
+            how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
     speed = entry["fp32_s"] / entry["bf16_s"]
     return Precision(entry["precision"], f"bf16 {speed:.2f}x fp32's speed on this CPU; {how}")
 
@@ -156,6 +163,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the cache while reading, measuring and writing it: the jobs of a comparison
+    start together, and without it each would measure (slowing the others' measurements) and they could
+    disagree. The first measures; the others wait and find its answer. No lock where none can be taken."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.with_name(path.name + ".lock").open("a")
+    except OSError:
+        yield
+        return
+    with handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
+
+
 def read_cache(path: Path) -> dict[str, dict]:
     """The cached decisions; an unreadable or corrupt file counts as empty (it is rewritten on the next miss)."""
     try:
@@ -169,7 +193,6 @@ def write_cache(path: Path, entries: dict[str, dict]) -> bool:
     """Whether the cache was written. The cache only saves time: a read-only home or two jobs writing at the same
     moment must not fail a run."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     except OSError as err:
         log.warning("precision cache %s not written: %s", path, err)
