@@ -178,6 +178,15 @@ def compare(args: list[str], out: str | None = None, resume: bool = False) -> in
     except KeyboardInterrupt:
         print(f"interrupted; continue with `lossbench resume {comparison}`", file=sys.stderr)
         raise SystemExit(130) from None
+    except SystemExit as err:
+        if not err.code:
+            raise
+        # Hydra has printed the launcher's error, e.g. a submitit job killed (OOM, preemption) before it returned.
+        # The runs that finished stand, the others continue from their checkpoints.
+        if find_runs(comparison):
+            report_comparison(comparison, partial_ok=True)
+        print(f"a job did not finish; continue with `lossbench resume {comparison}`", file=sys.stderr)
+        return 1
     return report_comparison(comparison)
 
 
