@@ -9,9 +9,11 @@ import threading
 
 import pytest
 import torch
+from conftest import TINY, make_cfg
 
 from lossbench import precision as P
 from lossbench.models import SmallCNN
+from lossbench.train import train_run
 
 BATCH = (16, 3, 32, 32)
 
@@ -157,3 +159,22 @@ def test_jobs_starting_together_measure_once(cpu):
     first.join(5)
     second.join(5)
     assert calls[0].name == "bf16" and "measured earlier" in calls[0].reason
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_auto_on_cuda_is_bf16_where_native_without_measuring(monkeypatch):
+    monkeypatch.setattr(P, "_announced", set())
+    device = torch.device("cuda")
+    chosen = P.resolve_precision("auto", device, model().to(device), BATCH, timer=no_timer)
+    native = torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and later compute in bf16
+    assert chosen.name == ("bf16" if native else "fp32")
+    assert torch.cuda.get_device_name(device) in chosen.reason
+
+
+@cuda
+def test_tiny_run_trains_on_cuda_with_auto_precision(tmp_path):
+    assert train_run(make_cfg(*TINY, "device=cuda"), tmp_path / "run") == "finished"
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
