@@ -21,7 +21,7 @@ BATCH = (16, 3, 32, 32)
 def fake_timer(fp32_s: float, bf16_s: float, calls: list | None = None) -> P.StepTimer:
     def timer(model, x, dtype):
         if calls is not None:
-            calls.append((tuple(x.shape), dtype))
+            calls.append((tuple(x.shape), dtype, torch.get_num_threads()))
         return bf16_s if dtype == torch.bfloat16 else fp32_s
 
     return timer
@@ -66,9 +66,9 @@ def test_auto_measures_the_run_shape_alternating_and_caches(cpu):
     chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6, calls))
     assert (chosen.name, chosen.dtype) == ("fp32", None)
     assert "bf16 0.50x fp32's speed" in chosen.reason and "measured" in chosen.reason
-    # One warm-up step each, then fp32/bf16 alternating, all at the run's batch shape.
-    assert [d for _, d in calls] == [None, torch.bfloat16] * (1 + P.ROUNDS)
-    assert {shape for shape, _ in calls} == {BATCH}
+    # One warm-up step each, then fp32/bf16 alternating, all at the run's batch shape, on one thread.
+    assert [d for _, d, _ in calls] == [None, torch.bfloat16] * (1 + P.ROUNDS)
+    assert {(shape, threads) for shape, _, threads in calls} == {(BATCH, 1)}
     entries = json.loads(P.cache_path().read_text())
     (entry,) = entries.values()
     assert (entry["precision"], entry["fp32_s"], entry["bf16_s"]) == ("fp32", 0.3, 0.6)
@@ -128,8 +128,9 @@ def test_decision_is_logged_once_per_process(cpu, caplog):
     assert len(lines) == 1 and lines[0].startswith("precision auto: bf16 (bf16 3.00x fp32's speed")
 
 
-def test_measurement_leaves_the_model_and_the_rng_alone():
+def test_measurement_leaves_the_model_the_rng_and_the_threads_alone():
     net = model()
+    threads = torch.get_num_threads()
     before = [t.clone() for t in net.state_dict().values()]
     torch.manual_seed(1)
     expected = torch.rand(3)
@@ -138,6 +139,7 @@ def test_measurement_leaves_the_model_and_the_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
     assert all(p.grad is None for p in net.parameters())
+    assert torch.get_num_threads() == threads
 
 
 def test_jobs_starting_together_measure_once(cpu):
