@@ -17,12 +17,11 @@ Each round line also gives the CPU seconds used (the workers' included): a round
 2 x wall time on 2 cores was slowed by other work on the machine.
 
 Efficiency, in the same run: the model's FLOPs per training image (forward + backward, counted once by
-torch.utils.flop_counter), and in every round, right after lossbench's timed steps, this machine's matmul peak at
-the precision lossbench trained in (the best of 3 large square products, each as a matmul and as a 1x1
-convolution). A round's efficiency is lossbench's
-FLOP/s over that round's peak, so that other work on the machine lowers both alike; `efficiency: X.XX` is the
-median over rounds. The last lines are `efficiency: X.XX` and `ratio: X.XX` (lossbench median images/s over
-naive median images/s).
+torch.utils.flop_counter), and in every round, right after lossbench's timed steps, this machine's dense peak at
+the precision lossbench trains in (the best of 3 large square products, each as a matmul and as a 1x1
+convolution). A round's efficiency is lossbench's FLOP/s over that round's peak, so that other work on the
+machine lowers both alike. The last lines are `efficiency: X.XX` (the median over rounds) and `ratio: X.XX`
+(lossbench median images/s over naive median images/s).
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
