@@ -1,7 +1,8 @@
 """Training throughput: lossbench's loop against the loop most people write, in one process.
 
 Both loops train the same network (SmallCNN, widths 32/64/128, 10 classes) on the same uint8 images with the same
-augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-channel normalisation), batch 256:
+augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-channel normalisation), batch 256
+(--batch-size):
 
   lossbench  the real code: the dataset as one uint8 tensor on the device, `Batches` (crop/flip as one batched
              gather), channels_last, autocast as `precision=auto` picks it, `train_one_epoch` with SGD + schedule.
@@ -13,17 +14,25 @@ After --warmup untimed steps of each loop, the two alternate for --rounds rounds
 untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
 start-up is paid once, in the warmup, outside the timings.
 Each round line also gives the CPU seconds used (the workers' included): a round with far less CPU time than
-2 x wall time on 2 cores was slowed by other work on the machine. The last line is `ratio: X.XX` (lossbench
-median images/s over naive median images/s).
+2 x wall time on 2 cores was slowed by other work on the machine.
+
+Efficiency, in the same run: the model's FLOPs per training image (forward + backward, counted once by
+torch.utils.flop_counter), and in every round, right after lossbench's timed steps, this machine's dense peak at
+the precision lossbench trains in (the best of 3 large square products, each as a matmul and as a 1x1
+convolution). A round's efficiency is lossbench's FLOP/s over that round's peak, so that other work on the
+machine lowers both alike. The last lines are `efficiency: X.XX` (the median over rounds) and `ratio: X.XX`
+(lossbench median images/s over naive median images/s).
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
+    python scripts/bench_throughput.py --device cuda --compile --batch-size 512
     python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import multiprocessing
 import os
@@ -37,15 +46,15 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from PIL import Image
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from lossbench.data import Batches, channel_stats, load_dataset
+from lossbench.data import Batches, feature_stats, load_dataset
 from lossbench.losses import build_loss
 from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.train import prepare, resolve_device, resolve_precision, train_one_epoch
-
-BATCH = 256
+from lossbench.precision import resolve_precision
+from lossbench.train import prepare, resolve_device, train_one_epoch
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -84,6 +93,36 @@ def max_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # kilobytes on Linux
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+    """FLOP/s of the fastest of `repeats` n x n x n products at `dtype`: what this machine can do at that precision.
+    Each is timed both as a matmul and as the same product written as a 1x1 convolution (oneDNN / cuDNN, the
+    library the model's convolutions use): on the AMD EPYC here torch's fp32 matmul reached about half the rate of
+    the 1x1 convolution, which would make any fp32 efficiency look better than it is. n is large enough to reach
+    the peak (2048 on a CPU, 8192 on a GPU) and small enough to take well under a second."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    pixels = torch.randn(1, n, 32, n // 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = b.view(n, n, 1, 1)
+    best = float("inf")
+    for product in (lambda: a @ b, lambda: F.conv2d(pixels, weight)):
+        product()  # the first call picks and loads its kernel
+        for _ in range(repeats):
+            sync(device)
+            began = time.perf_counter()
+            product()
+            sync(device)
+            best = min(best, time.perf_counter() - began)
+    return 2 * n**3 / best
+
+
+def training_flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Forward + backward FLOPs per image, counted (not timed) on a copy of the model."""
+    probe = copy.deepcopy(model)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(probe(x).float(), y).backward()
+    return counter.get_total_flops() / len(y)
+
+
 def load_images(args, n_train: int):
     """uint8 training images and labels from lossbench's own loader: synthetic (offline) or an image folder."""
     overrides = [f"data.train_size={n_train}", "data.test_size=10", "data.subset_seed=0"]
@@ -99,25 +138,28 @@ def load_images(args, n_train: int):
 class LossbenchLoop:
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps):
-        self.device, self.dtype = device, dtype
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, compile_model):
+        self.device, self.dtype, self.batch = device, dtype, batch
         images, labels = images.to(device), labels.to(device)
-        mean, std = channel_stats(images)
+        mean, std = feature_stats(images)
         generator = torch.Generator(device=device).manual_seed(0)
         # `train_one_epoch` runs unchanged on Batches whose "epoch" is exactly the wanted number of steps
         # (len = images // batch size): `warm` is one step, `timed` is `steps` steps.
         augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
-        self.warm = Batches(images[:BATCH], labels[:BATCH], BATCH, mean, std, generator, *augment)
-        self.timed = Batches(images[BATCH:], labels[BATCH:], BATCH, mean, std, generator, *augment)
+        self.warm = Batches(images[:batch], labels[:batch], batch, mean, std, generator, *augment)
+        self.timed = Batches(images[batch:], labels[batch:], batch, mean, std, generator, *augment)
         assert len(self.timed) == steps
         torch.manual_seed(0)
         self.model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if compile_model else self.model
         self.loss_fn = build_loss("ce", scores.matrix).to(device)
+        x, y = next(iter(self.warm))
+        self.flops_per_image = training_flops_per_image(self.model, self.loss_fn, x, y)
         self.optimizer = build_optimizer(cfg.optim, self.model)
-        self.scheduler = build_scheduler(cfg.optim, self.optimizer, len(self.timed), 1_000)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(self.timed), 1_000)
 
     def epoch(self, batches: Batches) -> None:
-        train_one_epoch(self.model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
+        train_one_epoch(self.step_model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
 
     def warmup(self, steps: int) -> None:
         for _ in range(steps):
@@ -130,15 +172,15 @@ class LossbenchLoop:
         began, cpu = time.perf_counter(), cpu_seconds()
         self.epoch(self.timed)
         sync(self.device)
-        return len(self.timed) * BATCH, time.perf_counter() - began, cpu_seconds() - cpu
+        return len(self.timed) * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
 
 
 class NaiveLoop:
     """The usual PyTorch tutorial loop: PIL images, torchvision transforms, a multi-worker DataLoader, fp32."""
 
-    def __init__(self, images, labels, device, num_classes, steps):
-        self.device, self.steps = device, steps
-        mean, std = channel_stats(images)
+    def __init__(self, images, labels, device, num_classes, steps, batch):
+        self.device, self.steps, self.batch = device, steps, batch
+        mean, std = feature_stats(images)
         transform = transforms.Compose([
             transforms.RandomCrop(32, padding=4),
             transforms.RandomHorizontalFlip(),
@@ -148,7 +190,7 @@ class NaiveLoop:
         dataset = PILImages(images, labels, transform)
         workers = os.cpu_count() or 1
         self.workers = workers
-        self.loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+        self.loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                  persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
         torch.manual_seed(0)
         self.model = SmallCNN(num_classes).to(device)
@@ -179,7 +221,7 @@ class NaiveLoop:
         for _ in range(self.steps):
             self.step(*next(batches))
         sync(self.device)
-        return self.steps * BATCH, time.perf_counter() - began, cpu_seconds() - cpu
+        return self.steps * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
 
 
 def parse_args(argv=None):
@@ -187,6 +229,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch size of both loops (default 256)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile lossbench's model (train.compile=true)")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
@@ -194,31 +238,37 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
                         "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--rounds and --steps must be >= 1 and --warmup >= 0")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error("--rounds, --steps and --batch-size must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
     return args
 
 
 def main(args) -> None:
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    n_train = (1 + args.steps) * BATCH  # one epoch = 1 untimed + `steps` timed steps
+    device, batch = resolve_device(args.device), args.batch_size
+    n_train = (1 + args.steps) * batch  # one epoch = 1 untimed + `steps` timed steps
     images, labels, scores, cfg = load_images(args, n_train)
     if len(labels) < n_train:
         sys.exit(f"error: need {n_train} training images, the data has {len(labels)}")
     num_classes = len(scores.classes)
+    # As a run resolves it: precision=auto may time this very model shape in fp32 and bf16 (once per machine).
+    model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
+    precision = resolve_precision(args.precision, device, model, (batch, *images.shape[1:]))
+    dtype = precision.dtype
     source = args.data_root or "synthetic"
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
-    print(f"precision: lossbench {amp} (precision={args.precision}), channels_last; naive fp32, contiguous")
-    print(f"data: {source}, {num_classes} classes, batch {BATCH}; {args.warmup} warmup steps per loop, then "
+    print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), channels_last"
+          f"{', torch.compile' if args.compile else ''}; naive fp32, contiguous")  # fmt: skip
+    print(f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 
-    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps)
-    naive = NaiveLoop(images, labels, device, num_classes, args.steps)
+    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile)
+    naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
+    flops = lossbench.flops_per_image
+    print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
     began = time.perf_counter()
     lossbench.warmup(args.warmup)
@@ -231,6 +281,8 @@ def main(args) -> None:
     memory = {}
     resident = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     results = {"lossbench": [], "naive": []}
+    peaks, efficiencies = [], []
+    peak_dtype = dtype or torch.float32
     for r in range(args.rounds):
         for name, loop in (("lossbench", lossbench), ("naive", naive)):
             if device.type == "cuda":
@@ -242,6 +294,11 @@ def main(args) -> None:
                 memory[name] = max(memory.get(name, 0), torch.cuda.max_memory_allocated(device) / 2**20)
             # CPU time (with the workers') tells how much of a slow round other work on the machine took away.
             print(f"round {r + 1} {name:<9} {rate:8.1f} images/s  ({wall:.2f} s wall, {cpu:.2f} s CPU)", flush=True)
+            if name == "lossbench":
+                peaks.append(matmul_peak(device, peak_dtype))
+                efficiencies.append(rate * flops / peaks[-1])
+                print(f"round {r + 1} peak      {peaks[-1] / 1e9:8.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} "
+                      f"dense product; lossbench {rate * flops / 1e9:.1f} GFLOP/s = efficiency {efficiencies[-1]:.2f}", flush=True)  # fmt: skip
 
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
@@ -255,6 +312,10 @@ def main(args) -> None:
         gc.collect()
         print(f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
               f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker {max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
+    print(f"dense peak {statistics.median(peaks) / 1e9:.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} (median of the "
+          f"rounds' best; rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); lossbench "
+          f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median")  # fmt: skip
+    print(f"efficiency: {statistics.median(efficiencies):.2f}")
     print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
 
 

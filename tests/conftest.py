@@ -41,3 +41,10 @@ def lossbench(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] |
 @pytest.fixture
 def tiny_cfg() -> DictConfig:
     return make_cfg(*TINY)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Caches (precision=auto's measurements, decoded image folders) go to the test's tmp_path, never the
+    user's ~/.cache; subprocesses inherit it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

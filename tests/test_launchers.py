@@ -1,9 +1,17 @@
-"""Hydra launchers: the SLURM config shipped in lossbench.configs composes onto the submitit plugin, and a
-comparison runs its jobs in parallel processes through the joblib launcher."""
+"""Hydra launchers: the SLURM config shipped in lossbench.configs composes onto the submitit plugin, a
+comparison runs its jobs in parallel processes through the joblib launcher, and one run through submitit's local
+executor survives a killed job."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import lossbench
@@ -59,3 +67,72 @@ def test_compare_runs_jobs_through_joblib(tmp_path):
     rebuilt = lossbench("report", str(out), cwd=tmp_path)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "expected_score" in (out / "summary.md").read_text()
+
+
+def job_logs(comparison: Path) -> dict[int, str]:
+    """submitit_local's jobs: controller pid (the job id, also its folder's name) -> the job's log so far."""
+    logs = {}
+    for log in comparison.glob(".submitit/*/*_0_log.out"):
+        if log.parent.name.isdigit():
+            logs[int(log.parent.name)] = log.read_text(errors="replace")
+    return logs
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (the controller starts the job's task as its child)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job's process through /proc")
+def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
+    """The job packaging SLURM uses, without a scheduler: each run is a pickled submitit job in its own process.
+    One job is SIGKILLed after its first epoch (as the OOM killer or a preempted node would); `resume` then
+    finishes it from its checkpoint, leaves the finished run alone, and reports both."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "lossbench.cli", "compare", "hydra/launcher=submitit_local",
+               "losses=[ce,expected_score]", "train.epochs=3", "train.progress=false", "data.train_size=2048",
+               "data.test_size=256", "model.widths=[8,16,16]", "--out", str(out)]  # fmt: skip
+    compare = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        victim = None
+        while victim is None and compare.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            victim = next((pid for pid, log in job_logs(out).items() if "expected_score seed 0 epoch 1/3" in log), None)
+        assert victim is not None, "the expected_score job never finished its first epoch"
+        tasks = child_pids(victim)
+        assert len(tasks) == 1, f"submitit controller {victim} has tasks {tasks}"
+        os.kill(tasks[0], signal.SIGKILL)
+        _, stderr = compare.communicate(timeout=240)
+    finally:
+        if compare.poll() is None:
+            compare.kill()
+            compare.communicate()
+    killed = out / "loss=expected_score,seed=0"
+    status = json.loads((killed / "status.json").read_text())
+    assert status["status"] == "running" and status["epoch"] < 3, "the job finished before it was killed"
+    # compare reports what finished and says how to continue.
+    assert compare.returncode == 1, stderr
+    assert f"continue with `lossbench resume {out}`" in stderr
+    assert "| ce | 1 | 1 finished |" in (out / "summary.md").read_text()
+
+    resumed = lossbench("resume", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("ce", "expected_score"):
+        assert json.loads((out / f"loss={name},seed=0" / "status.json").read_text())["status"] == "finished"
+    with (killed / "metrics.csv").open(newline="") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]  # continued, no epoch twice
+    with (out / "summary.csv").open(newline="") as f:
+        rows = {row["loss"]: row for row in csv.DictReader(f)}
+    assert {name: row["status"] for name, row in rows.items()} == {"ce": "1 finished", "expected_score": "1 finished"}
+    assert any(f"{killed}: resuming after epoch" in log for log in job_logs(out).values())

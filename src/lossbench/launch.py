@@ -254,6 +254,15 @@ def launch_comparison(comparison: Path, args: list[str], overrides: list[Overrid
     except KeyboardInterrupt:
         print(f"interrupted; continue with `lossbench resume {comparison}`", file=sys.stderr)
         raise
+    except SystemExit as err:
+        if not err.code:
+            raise
+        # Hydra has printed the launcher's error, e.g. a submitit job killed (OOM, preemption) before it returned.
+        # The runs that finished stand, the others continue from their checkpoints.
+        if find_runs(comparison):
+            report_comparison(comparison, partial_ok=True)
+        print(f"a job did not finish; continue with `lossbench resume {comparison}`", file=sys.stderr)
+        return 1
     return report_comparison(comparison)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from lossbench.atomic import write_atomic
+from lossbench.precision import Precision
 from lossbench.rundir import PROVENANCE_FILE
 
 
@@ -49,7 +50,7 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+def provenance(device: torch.device, precision: Precision) -> dict[str, Any]:
     try:
         version = metadata.version("lossbench")
     except metadata.PackageNotFoundError:
@@ -60,9 +61,10 @@ def provenance(device: torch.device, dtype: torch.dtype | None) -> dict[str, Any
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device_name(device),
-        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "precision": precision.name,
+        "precision_reason": precision.reason,
     }
 
 
-def write_provenance(run_dir: Path, device: torch.device, dtype: torch.dtype | None) -> None:
-    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, dtype), indent=2) + "\n")
+def write_provenance(run_dir: Path, device: torch.device, precision: Precision) -> None:
+    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, precision), indent=2) + "\n")

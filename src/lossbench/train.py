@@ -26,6 +26,7 @@ from lossbench.metrics import (
 )  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.precision import resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
@@ -39,7 +40,7 @@ PATH_KEYS = ("scores.path", "data.root", "data.path", "data.cache_dir")  # resol
 FINAL_STATUSES = ("finished", "diverged")  # resuming a diverged run would only diverge again
 
 
-# ---------------------------------------------------------------- config, device, precision
+# ---------------------------------------------------------------- config, device
 
 
 def validate(cfg: DictConfig) -> None:
@@ -97,26 +98,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 autocast then roughly doubles conv training speed on the CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. Losses and metrics always compute in fp32."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 # ---------------------------------------------------------------- paths
@@ -317,7 +298,6 @@ def load_checkpoint(path: Path, device: torch.device, model, optimizer, schedule
 def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
     host_data = load_dataset(cfg.data, scores.classes, scores.matrix)
     data = host_data.to(device)
     mean, std = feature_stats(data.train_x)
@@ -329,10 +309,11 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     batches = Batches(data.train_x, data.train_y, int(cfg.train.batch_size), mean, std, generator,
                       int(augment.get("crop_padding", 0)), bool(augment.get("flip", False)))  # fmt: skip
     model, optimizer, scheduler = build_training(cfg, host_data, len(batches))
+    # .to() moves the parameters in place, so the optimiser built on the host copy still holds them.
     model = model.to(device, memory_format=torch.channels_last)
-    # The optimiser was built on the host copy of the parameters: .to() moves them in place, so it still holds
-    # the same tensors.
-    write_provenance(run_dir, device, dtype)
+    precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
+    dtype = precision.dtype
+    write_provenance(run_dir, device, precision)
     step_model = torch.compile(model) if cfg.train.compile else model
 
     start_epoch, step, elapsed = 0, 0, 0.0

@@ -1,0 +1,220 @@
+"""The autocast precision of a run: `fp32`, `bf16`, or `auto`, which is never slower than fp32.
+
+On CUDA, `auto` is bf16 wherever the GPU supports it. On a CPU no feature flag predicts bf16's speed reliably:
+with AMX, or AVX512-BF16 on AMD Zen 4, bf16 trains 2-3x faster than fp32; on a Xeon with AVX512-BF16 but no AMX
+it ran at half fp32's speed. So `auto` times a few forward+backward steps of the run's own model at its batch
+shape in each precision and keeps the faster one. The answer is cached per machine (CPU model, torch version)
+and model shape in `$XDG_CACHE_HOME/lossbench/precision.json` (default `~/.cache/lossbench`), so a comparison
+pays for the measurement once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from lossbench.atomic import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; jobs starting together may each measure once
+    fcntl = None
+
+log = logging.getLogger("lossbench")
+
+CACHE_FILE = "precision.json"
+# bf16 must win by this factor, so that timing noise never trades fp32 for a bf16 that is no faster.
+BF16_MIN_SPEEDUP = 1.1
+ROUNDS = 2  # timed (fp32, bf16) pairs after one warm-up step each: about 2-3 s for the SmallCNN at batch 256
+
+# Seconds of one training step of `model` on `x` under autocast to the dtype (None: plain fp32).
+StepTimer = Callable[[nn.Module, torch.Tensor, "torch.dtype | None"], float]
+
+_announced: set[str] = set()  # decisions this process has logged: once each, not once per run
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: `name` is fp32 or bf16 (what a run records), `reason` says why it was chosen."""
+
+    name: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for plain fp32. Losses and metrics always compute in fp32."""
+        return torch.bfloat16 if self.name == "bf16" else None
+
+
+def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...],
+                      timer: StepTimer | None = None) -> Precision:  # fmt: skip
+    """The precision for training `model` on batches of `batch_shape` on `device` under the setting `name`."""
+    if name in ("fp32", "bf16"):
+        return Precision(name, f"precision={name}")
+    if device.type == "cuda":
+        # Emulated bf16 (before Ampere) is slower than fp32: only native support counts.
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return _announce(str(device), Precision("bf16", f"{torch.cuda.get_device_name(device)} supports bf16"))
+        return _announce(str(device), Precision("fp32", f"{torch.cuda.get_device_name(device)} has no bf16"))
+    if not cpu_has_native_bf16():
+        return _announce("cpu", Precision("fp32", "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"))
+    key = cache_key(model, batch_shape)
+    return _announce(key, cpu_precision(key, model, batch_shape, timer or time_step, cache_path()))
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16. Without either, bf16 is emulated and always slower than fp32, so it is not timed."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# ---------------------------------------------------------------- measurement and decision
+
+
+def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
+                  cache: Path) -> Precision:  # fmt: skip
+    """The decision cached under `key` (see cache_key), or a fresh measurement (then cached)."""
+    with cache_lock(cache):
+        entries = read_cache(cache)
+        entry = entries.get(key)
+        how = f"measured earlier, cached in {cache}"
+        if entry is None:
+            fp32_s, bf16_s = measure(model, batch_shape, timer)
+            entry = {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s,
+                     "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+            entries[key] = entry
+            how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
+    speed = entry["fp32_s"] / entry["bf16_s"]
+    return Precision(entry["precision"], f"bf16 {speed:.2f}x fp32's speed on this CPU; {how}")
+
+
+def choose(fp32_s: float, bf16_s: float) -> str:
+    """bf16 only when its step is clearly faster than fp32's."""
+    return "bf16" if bf16_s * BF16_MIN_SPEEDUP <= fp32_s else "fp32"
+
+
+def measure(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer) -> tuple[float, float]:
+    """Fastest step seconds (fp32, bf16) of a copy of `model`, alternating the two so that other work on the
+    machine slows both alike, on one thread: which precision is faster is a property of the CPU's kernels, and
+    one thread is not held up waiting for another whose core other work has taken (on 2 busy cores, two threads
+    made bf16 look 0.57x fp32's speed where it is 2.3x). The minimum, since other work only ever adds time.
+    The run's model, its RNG streams, the global RNG and torch's thread count are left as they were."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(model, batch_shape, timer)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer) -> tuple[float, float]:
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model).train()
+        x = torch.randn(batch_shape, generator=torch.Generator().manual_seed(0))
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # as the training batches are
+        times: dict[torch.dtype | None, list[float]] = {None: [], torch.bfloat16: []}
+        for dtype in times:  # warm-up: oneDNN builds its kernels for each precision in the first step
+            timer(probe, x, dtype)
+        for _ in range(ROUNDS):
+            for dtype in times:
+                times[dtype].append(timer(probe, x, dtype))
+    return min(times[None]), min(times[torch.bfloat16])
+
+
+def time_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+    """Wall seconds of one forward+backward. logsumexp stands in for the loss: the same cost as cross-entropy
+    (which the losses compute in fp32 anyway) without needing labels."""
+    began = time.perf_counter()
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        z = model(x)
+    z.float().logsumexp(dim=1).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lossbench" / CACHE_FILE
+
+
+def cache_key(model: nn.Module, batch_shape: tuple[int, ...]) -> str:
+    """Machine (CPU model, torch version) and model shape (class, parameter shapes, batch shape). The thread count
+    is left out: the measurement runs on one thread."""
+    shapes = [type(model).__name__, [list(p.shape) for p in model.parameters()], list(batch_shape)]
+    digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    return f"{cpu_model()} | torch {torch.__version__} | model {digest}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the cache while reading, measuring and writing it: the jobs of a comparison
+    start together, and without it each would measure (slowing the others' measurements) and they could
+    disagree. The first measures; the others wait and find its answer. No lock where none can be taken."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.with_name(path.name + ".lock").open("a")
+    except OSError:
+        yield
+        return
+    with handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """The cached decisions; an unreadable or corrupt file counts as empty (it is rewritten on the next miss)."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_cache(path: Path, entries: dict[str, dict]) -> bool:
+    """Whether the cache was written. The cache only saves time: a read-only home or two jobs writing at the same
+    moment must not fail a run."""
+    try:
+        write_atomic(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        log.warning("precision cache %s not written: %s", path, err)
+        return False
+    return True
+
+
+def _announce(topic: str, precision: Precision) -> Precision:
+    """Log the decision for `topic` (a device, or a machine and model shape) the first time only."""
+    if topic not in _announced:
+        _announced.add(topic)
+        log.info("precision auto: %s (%s)", precision.name, precision.reason)
+    return precision

@@ -1,0 +1,182 @@
+"""precision=auto: explicit choices, the cache key, cache hits and misses, and the decision, with an injected step
+timer (nothing here depends on how fast this machine is)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+import torch
+from conftest import TINY, make_cfg
+
+from lossbench import precision as P
+from lossbench.models import SmallCNN
+from lossbench.train import train_run
+
+BATCH = (16, 3, 32, 32)
+
+
+def fake_timer(fp32_s: float, bf16_s: float, calls: list | None = None) -> P.StepTimer:
+    def timer(model, x, dtype):
+        if calls is not None:
+            calls.append((tuple(x.shape), dtype, torch.get_num_threads()))
+        return bf16_s if dtype == torch.bfloat16 else fp32_s
+
+    return timer
+
+
+def no_timer(model, x, dtype):
+    raise AssertionError("the step timer must not run here")
+
+
+@pytest.fixture
+def cpu(monkeypatch, tmp_path):
+    """A CPU with native bf16, an empty cache under tmp_path, and a fresh 'already logged' set."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(P, "_announced", set())
+    return torch.device("cpu")
+
+
+def model(widths=(8, 8, 8)) -> SmallCNN:
+    return SmallCNN(10, widths)
+
+
+@pytest.mark.parametrize("name, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_explicit_choice_is_kept_without_measuring(cpu, name, dtype):
+    chosen = P.resolve_precision(name, cpu, model(), BATCH, timer=no_timer)
+    assert (chosen.name, chosen.dtype) == (name, dtype)
+    assert not P.cache_path().exists()
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, expected", [
+    (0.30, 0.10, "bf16"),   # AMX / Zen 4: bf16 much faster
+    (0.30, 0.60, "fp32"),   # a Xeon with AVX512-BF16 but no AMX: bf16 half as fast
+    (0.30, 0.29, "fp32"),   # within noise: fp32, never a bf16 that is no faster
+    (0.33, 0.30, "bf16"),   # exactly the margin
+])  # fmt: skip
+def test_choose(fp32_s, bf16_s, expected):
+    assert P.choose(fp32_s, bf16_s) == expected
+
+
+def test_auto_measures_the_run_shape_alternating_and_caches(cpu):
+    calls = []
+    chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6, calls))
+    assert (chosen.name, chosen.dtype) == ("fp32", None)
+    assert "bf16 0.50x fp32's speed" in chosen.reason and "measured" in chosen.reason
+    # One warm-up step each, then fp32/bf16 alternating, all at the run's batch shape, on one thread.
+    assert [d for _, d, _ in calls] == [None, torch.bfloat16] * (1 + P.ROUNDS)
+    assert {(shape, threads) for shape, _, threads in calls} == {(BATCH, 1)}
+    entries = json.loads(P.cache_path().read_text())
+    (entry,) = entries.values()
+    assert (entry["precision"], entry["fp32_s"], entry["bf16_s"]) == ("fp32", 0.3, 0.6)
+
+
+def test_cache_hit_skips_the_measurement(cpu):
+    first = P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.1))
+    again = P.resolve_precision("auto", cpu, model(), BATCH, timer=no_timer)
+    assert first.name == again.name == "bf16"
+    assert "measured earlier, cached in" in again.reason
+
+
+def test_cache_miss_for_another_shape_or_batch(cpu):
+    P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.1))
+    wider = P.resolve_precision("auto", cpu, model((8, 8, 16)), BATCH, timer=fake_timer(0.3, 0.6))
+    bigger = P.resolve_precision("auto", cpu, model(), (32, 3, 32, 32), timer=fake_timer(0.3, 0.6))
+    assert wider.name == bigger.name == "fp32"
+    assert len(json.loads(P.cache_path().read_text())) == 3
+
+
+def test_cache_key_names_the_machine_and_the_model_shape():
+    key = P.cache_key(model(), BATCH)
+    assert P.cpu_model() in key and torch.__version__ in key
+    assert key == P.cache_key(model(), BATCH)  # the weights' values do not matter, their shapes do
+    assert key != P.cache_key(model((8, 8, 16)), BATCH)
+    assert key != P.cache_key(model(), (32, 3, 32, 32))
+    assert key != P.cache_key(model(), (16, 3, 64, 64))
+
+
+def test_corrupt_cache_is_measured_again_and_rewritten(cpu):
+    P.cache_path().parent.mkdir(parents=True)
+    P.cache_path().write_text("{not json")
+    chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.1))
+    assert chosen.name == "bf16"
+    assert len(json.loads(P.cache_path().read_text())) == 1
+
+
+def test_unwritable_cache_does_not_fail_the_run(cpu, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # lossbench/ cannot be created under a file
+    chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.1))
+    assert chosen.name == "bf16" and "cached" not in chosen.reason
+
+
+def test_cpu_without_native_bf16_is_fp32_without_measuring(cpu, monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=no_timer)
+    assert chosen.name == "fp32" and "emulated" in chosen.reason
+
+
+def test_decision_is_logged_once_per_process(cpu, caplog):
+    with caplog.at_level(logging.INFO, logger="lossbench"):
+        for _ in range(3):
+            P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.1))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision auto")]
+    assert len(lines) == 1 and lines[0].startswith("precision auto: bf16 (bf16 3.00x fp32's speed")
+
+
+def test_measurement_leaves_the_model_the_rng_and_the_threads_alone():
+    net = model()
+    threads = torch.get_num_threads()
+    before = [t.clone() for t in net.state_dict().values()]
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    P.measure(net, BATCH, P.time_step)  # the real timer, on a copy: its time is not checked
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.get_num_threads() == threads
+
+
+def test_jobs_starting_together_measure_once(cpu):
+    """A second job that waits on the lock while the first measures finds the first's answer, not its own."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_first(model, x, dtype):
+        started.set()
+        release.wait(5)
+        return 0.1 if dtype == torch.bfloat16 else 0.3
+
+    first = threading.Thread(target=P.resolve_precision, args=("auto", cpu, model(), BATCH, slow_first))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=lambda: calls.append(
+        P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6))))  # fmt: skip
+    second.start()
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert calls[0].name == "bf16" and "measured earlier" in calls[0].reason
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_auto_on_cuda_is_bf16_where_native_without_measuring(monkeypatch):
+    monkeypatch.setattr(P, "_announced", set())
+    device = torch.device("cuda")
+    chosen = P.resolve_precision("auto", device, model().to(device), BATCH, timer=no_timer)
+    native = torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and later compute in bf16
+    assert chosen.name == ("bf16" if native else "fp32")
+    assert torch.cuda.get_device_name(device) in chosen.reason
+
+
+@cuda
+def test_tiny_run_trains_on_cuda_with_auto_precision(tmp_path):
+    assert train_run(make_cfg(*TINY, "device=cuda"), tmp_path / "run") == "finished"
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
