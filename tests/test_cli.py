@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
+import typer
 
 from conftest import TINY, lossbench
+from lossbench.cli import app
 from lossbench.losses import LOSSES
 
 PNGS = ["test_acc.png", "test_score.png", "grad_norm.png", "epochs_to_target.png"]
@@ -81,3 +85,31 @@ def test_hydra_flags_pass_through_run(tmp_path):
     result = lossbench("run", "--cfg", "job", "loss=soft_label_ce", "loss.tau=0.25", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: soft_label_ce" in result.stdout and "tau: 0.25" in result.stdout
+
+
+def bracketed(text: str) -> list[str]:
+    """The `key=[...]` examples in a help text, e.g. seeds=[0,1,2]."""
+    return re.findall(r"[\w./]+=\[[^\]]*\]", text)
+
+
+def help_examples(command: str) -> list[str]:
+    """The bracketed examples of one command's help texts: its docstring and its parameters' help."""
+    cmd = typer.main.get_command(app).commands[command]
+    return [b for text in [cmd.help, *(getattr(p, "help", None) for p in cmd.params)] for b in bracketed(text or "")]
+
+
+def test_help_examples_are_found():
+    """The test below is not vacuous: the examples it looks for exist."""
+    assert "losses=[ce,expected_score]" in help_examples("compare")
+    assert "model.widths=[16,32,64]" in help_examples("run")
+
+
+@pytest.mark.parametrize("command", [None, "run", "compare", "report", "resume", "losses", "explain"])
+def test_help_shows_bracketed_examples(tmp_path, command):
+    """Rich markup swallowed `[...]`: `losses=[ce,expected_score]` showed as `losses=`."""
+    result = lossbench(*([command] if command else []), "--help", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    shown = " ".join(result.stdout.split())
+    # `lossbench --help` lists each command with its help: compare's carries the issue's example.
+    for example in help_examples(command or "compare"):
+        assert example in shown, example

@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # Rich markup mode would swallow `[...]` in examples such as losses=[ce,expected_score]
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEBUG_ENV = "LOSSBENCH_DEBUG"
@@ -46,7 +47,8 @@ def guarded(action: Callable[[], int]) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def run(ctx: typer.Context) -> None:
     """One training run (one loss, one seed). Arguments are Hydra overrides, e.g. `loss=expected_score seed=1
-    train.epochs=20`; `-m` sweeps (`-m loss=ce,expected_score`), `hydra/launcher=joblib` runs jobs in parallel."""
+    train.epochs=20 model.widths=[16,32,64]`; `-m` sweeps (`-m loss=ce,expected_score`), `hydra/launcher=joblib`
+    runs jobs in parallel. With `-m`, the exit code is 1 when any job failed or diverged (each is named)."""
     from lossbench import launch
 
     guarded(lambda: launch.run(list(ctx.args)))
