@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, require
@@ -123,17 +125,24 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run(args: list[str]) -> int:
-    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code.
+    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code: 1 when any job
+    failed or diverged (named on stderr), from this process or, with -m, from the sweep's run directories.
     Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
+    sweep_dir = None
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         overrides = parse_overrides(args)
         preflight(compose_config(overrides))
+        if any(a in MULTIRUN_FLAGS for a in args):  # jobs of other processes are read from disk afterwards
+            sweep_dir = multirun.resolved_sweep_dir(overrides)
+            args = [*args, multirun.pin_sweep_dir(sweep_dir)]
     finished_jobs.clear()
+    started = time.time()
     launch_hydra(args)
-    bad = [(d, s) for d, s in finished_jobs if s != "finished"]
-    for run_dir, status in bad:
-        log.error("%s: %s", run_dir, status)
-    return 1 if finished_jobs and len(bad) == len(finished_jobs) else 0
+    bad = {d.resolve(): s for d, s in finished_jobs if s != "finished"}
+    bad.update(multirun.unsuccessful_runs(sweep_dir, started) if sweep_dir else {})
+    for run_dir, status in bad.items():
+        print(f"{run_dir}: {status}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def compare(args: list[str], out: str | None = None, resume: bool = False) -> int:
