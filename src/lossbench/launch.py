@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -57,12 +58,12 @@ def hydra_job(cfg: DictConfig) -> str:
     return status
 
 
-def launch_hydra(args: list[str]) -> None:
-    """Call the @hydra.main job with `args` as its command line."""
+def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None:
+    """Call a @hydra.main job (by default a run's) with `args` as its command line."""
     saved = sys.argv
     sys.argv = ["lossbench", *args]
     try:
-        hydra_job()
+        job()
     finally:
         sys.argv = saved
 

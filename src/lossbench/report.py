@@ -25,6 +25,7 @@ TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) acc
 SELECT_BY = "final_test_score"  # with swept parameters, each loss is shown at the setting that maximises this
 METRICS = ["test_acc", "test_score", "test_score_bayes", "test_expected_score"]
 IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name"}
+TUNING_DIR, TUNED_FILE = "tuning", "tuned.md"  # written by `lossbench tune` (tune.py): its trials, its choices
 
 
 @dataclass
@@ -35,11 +36,19 @@ class Report:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below root: those with a status.json (written when a run starts)."""
+    """Run directories below root: those with a status.json (written when a run starts), except the trials of
+    `lossbench tune` below root/.../tuning (selection runs, not part of the comparison)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
+    return sorted(p.parent for p in root.rglob(STATUS_FILE)
+                  if (p.parent / CONFIG_FILE).exists() and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+
+
+def tuned_note(root: Path) -> str:
+    """The settings `lossbench tune` chose (its tuned.md), for the end of summary.md; empty for a comparison."""
+    path = Path(root) / TUNED_FILE
+    return "\n" + path.read_text() if path.exists() else ""
 
 
 def loss_colour(name: str) -> tuple[float, float, float, float]:
@@ -260,7 +269,7 @@ def build_report(root: Path) -> Report:
     runs, curves, swept = load_runs(root)
     require(len(curves) > 0, f"{root}: no run has finished an epoch yet")
     summary = summarise(runs, curves, swept)
-    markdown = summary_markdown(summary, swept)
+    markdown = summary_markdown(summary, swept) + tuned_note(root)
     write_atomic(root / "curves.csv", curves.to_csv(index=False))
     write_atomic(root / "summary.csv", summary.to_csv(index=False))
     write_atomic(root / "summary.md", markdown)
