@@ -14,7 +14,8 @@ from conftest import TINY, lossbench, make_cfg
 from lossbench import tune
 from lossbench.errors import LossbenchError
 from lossbench.report import find_runs
-from lossbench.tune import Range, best_trial, grid, load_settings, search_method, search_space
+from lossbench.losses import LOSSES
+from lossbench.tune import Range, best_trial, check_range_ends, grid, load_settings, search_method, search_space
 
 QUICK = [*TINY, "train.epochs=1", "seeds=[0]"]
 
@@ -35,6 +36,14 @@ def test_search_space_scales_the_configured_lr_and_reads_the_loss_range():
     assert list(search_space(make_cfg("loss=ce").loss, 0.02, load_settings([]))) == ["optim.lr"]
     custom = search_space(cfg.loss, 0.02, load_settings(["tune.lr=[0.001,0.1]", "tune.params.soft_label_ce.tau.high=0.5"]))
     assert custom == {"optim.lr": Range(0.001, 0.1, True), "loss.tau": Range(0.03, 0.5, True)}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_default_range_is_accepted_by_its_loss(loss):
+    cfg = make_cfg(f"loss={loss}")
+    space = search_space(cfg.loss, float(cfg.optim.lr), load_settings([]))
+    check_range_ends(cfg, space)  # raises on a range end the loss or the optimiser rejects
+    assert len(space) == (1 if loss in ("ce", "expected_score", "log_expected_score") else 2)
 
 
 @pytest.mark.parametrize(
