@@ -125,7 +125,7 @@ def training_flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y
 
 def load_images(args, n_train: int):
     """uint8 training images and labels from lossbench's own loader: synthetic (offline) or an image folder."""
-    overrides = [f"data.train_size={n_train}", "data.test_size=10", "data.subset_seed=0"]
+    overrides = [f"data.train_size={n_train}", "data.val_size=null", "data.test_size=10", "data.subset_seed=0"]
     if args.data_root:
         overrides += ["data=imagefolder", f"data.root={os.path.abspath(args.data_root)}", "scores=identity"]
     with initialize_config_module("lossbench.configs", version_base="1.3"):

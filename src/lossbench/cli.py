@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # Rich markup mode would swallow `[...]` in examples such as losses=[ce,expected_score]
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
@@ -58,7 +59,8 @@ def guarded(action: Callable[[], int]) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def run(ctx: typer.Context) -> None:
     """One training run (one loss, one seed). Arguments are Hydra overrides, e.g. `loss=expected_score seed=1
-    train.epochs=20`; `-m` sweeps (`-m loss=ce,expected_score`), `hydra/launcher=joblib` runs jobs in parallel."""
+    train.epochs=20 model.widths=[16,32,64]`; `-m` sweeps (`-m loss=ce,expected_score`), `hydra/launcher=joblib`
+    runs jobs in parallel. With `-m`, the exit code is 1 when any job failed or diverged (each is named)."""
     from lossbench import launch
 
     guarded(lambda: launch.run(list(ctx.args)))
@@ -75,6 +77,25 @@ def compare(
     from lossbench import launch
 
     guarded(lambda: launch.compare(list(ctx.args), out))
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def tune(
+    ctx: typer.Context,
+    trials: int = typer.Option(12, "--trials", help="Trials per loss (a grid: floor(N^(1/d)) points per searched key)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"),
+) -> None:
+    """A fair comparison: per loss of `losses`, search the learning rate and the loss's own parameter (tau, lam,
+    alpha, eps), selected on the validation split only (the final val_score; test is never looked at), then run
+    `seeds` at each loss's best setting and write the report, as `compare` does. Arguments are Hydra overrides
+    for every run, e.g. `losses=[ce,soft_label_ce] seeds=[0,1,2] train.epochs=6`, and `tune.KEY=VALUE` for the
+    search (src/lossbench/configs/tune.yaml): `tune.lr=[0.01,0.3]` (default: 0.1x to 10x the config's optim.lr,
+    log-uniform), `tune.params.soft_label_ce.tau.high=0.5`, `tune.search=grid`, `tune.seed=1`. The search is
+    Hydra's Optuna sweeper (TPE, seeded) when hydra-optuna-sweeper is installed, else a grid. Trials run under
+    OUT/tuning/LOSS/trial_N; OUT/tune.json lists every trial and each loss's choice, which summary.md states."""
+    from lossbench import tune as tuning
+
+    guarded(lambda: tuning.tune(list(ctx.args), trials, out))
 
 
 @app.command()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import warnings
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -24,6 +26,7 @@ from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, debug_enabled, one_line, require
@@ -47,9 +50,9 @@ finished_jobs: list[tuple[Path, str]] = []
 def hydra_job(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        if multirun:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
+        if in_sweep:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
             claim(Path(hydra_cfg.sweep.dir), "comparison")
         # Hydra has already written its own files into the run directory: they do not make it foreign.
         hydra_files = [name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name]
@@ -67,12 +70,12 @@ def hydra_job(cfg: DictConfig) -> str:
     return status
 
 
-def launch_hydra(args: list[str]) -> None:
-    """Call the @hydra.main job with `args` as its command line."""
+def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None:
+    """Call a @hydra.main job (by default a run's) with `args` as its command line."""
     saved = sys.argv
     sys.argv = ["lossbench", *args]
     try:
-        hydra_job()
+        job()
     finally:
         sys.argv = saved
 
@@ -194,18 +197,25 @@ def comparison_sweep(cfg: DictConfig, overrides: list[Override]) -> list[str]:
 
 
 def run(args: list[str]) -> int:
-    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code.
+    """`lossbench run`: one job, or the user's own multirun with -m. Returns the exit code: 1 when any job
+    failed or diverged (named on stderr), from this process or, with -m, from the sweep's run directories.
     Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
+    sweep_dir = None
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         overrides = parse_overrides(args)
         preflight(compose_config(overrides))
         claim_output_dirs(overrides)
+        if any(a in MULTIRUN_FLAGS for a in args):  # jobs of other processes are read from disk afterwards
+            sweep_dir = multirun.resolved_sweep_dir(overrides)
+            args = [*args, multirun.pin_sweep_dir(sweep_dir)]
     finished_jobs.clear()
+    started = time.time()
     launch_hydra(args)
-    bad = [(d, s) for d, s in finished_jobs if s != "finished"]
-    for run_dir, status in bad:
-        log.error("%s: %s", run_dir, status)
-    return 1 if finished_jobs and len(bad) == len(finished_jobs) else 0
+    bad = {d.resolve(): s for d, s in finished_jobs if s != "finished"}
+    bad.update(multirun.unsuccessful_runs(sweep_dir, started) if sweep_dir else {})
+    for run_dir, status in bad.items():
+        print(f"{run_dir}: {status}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def compare(args: list[str], out: str | None = None) -> int:

@@ -24,7 +24,8 @@ from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, find_runs, read_config, read_status,
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNED_FILE, find_runs, read_config,
+    read_status,
 )  # fmt: skip
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
@@ -70,6 +71,12 @@ class Runs:
     curves: pd.DataFrame  # every run's usable metrics rows, with the run's columns in front
     swept: list[str]
     warnings: list[str]
+
+
+def tuned_note(root: Path) -> str:
+    """The settings `lossbench tune` chose (its tuned.md), for the end of summary.md; empty for a comparison."""
+    path = Path(root) / TUNED_FILE
+    return "\n" + path.read_text() if path.exists() else ""
 
 
 @dataclass
@@ -561,7 +568,7 @@ def build_report(root: Path, target_score: float | None = None) -> Report:
     table = add_trends(compare_with_reference(runs, table, chosen, swept), curves, swept)
     chosen = select_settings(table, swept, selected_on)
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
-    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings)
+    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings) + tuned_note(root)
     table.attrs.update(target_score=targets.score, target_acc=targets.acc, selected_on=selected_on)
     write_atomic(root / "curves.csv", curves.to_csv(index=False))
     write_atomic(root / "summary.csv", table.to_csv(index=False))

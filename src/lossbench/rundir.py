@@ -29,6 +29,7 @@ from lossbench.metrics import METRIC_COLUMNS
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
 COMPARE_FILE = "compare.json"
 CONFUSION_FILE, PROVENANCE_FILE = "confusion.csv", "run.json"
+TUNING_DIR, TUNED_FILE = "tuning", "tuned.md"  # written by `lossbench tune`: its trials, its choices
 MARKER_FILE, LOCK_FILE = ".lossbench", ".lossbench.lock"
 LAYOUT_VERSION = 2  # 1: no marker, no lock
 KINDS = ("run", "comparison")
@@ -44,11 +45,13 @@ def run_has_results(run_dir: Path) -> bool:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below root (root included): those with a status.json (written when a run starts)."""
+    """Run directories below root (root included): those with a status.json (written when a run starts), except
+    the trials of `lossbench tune` below root/.../tuning (selection runs, not part of the comparison)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE) if (p.parent / CONFIG_FILE).exists())
+    return sorted(p.parent for p in root.rglob(STATUS_FILE)
+                  if (p.parent / CONFIG_FILE).exists() and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
 
 
 def marker_kind(directory: Path) -> str | None:
