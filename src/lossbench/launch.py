@@ -61,7 +61,7 @@ def hydra_job(cfg: DictConfig) -> str:
     except LossbenchError as err:
         if debug_enabled():
             raise
-        if not multirun:
+        if not in_sweep:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(err.exit_code) from None  # passes through Hydra's error reporting (a traceback)
         log.error("%s: %s", run_dir, err)  # one bad job must not stop the sweep
