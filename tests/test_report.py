@@ -18,6 +18,7 @@ from lossbench.cli import app
 from lossbench.errors import LossbenchError
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.report import build_report
+from lossbench.rundir import claim
 
 
 def fake_run(root, name, loss, seed, accuracies, lr=0.1, status="finished", extra=None, columns=None, config=None):
@@ -142,6 +143,7 @@ def test_score_target_from_the_user_or_without_ce(tmp_path):
     report = build_report(tmp_path)
     assert report.summary.attrs["target_score"] == 0.5 and "set by report.target_score" in report.markdown
     assert build_report(tmp_path, target_score=1.7).summary.attrs["target_score"] == 1.7
+    claim(tmp_path, "comparison", ignore=[p.name for p in tmp_path.iterdir()])  # as `compare` made it
     result = CliRunner().invoke(app, ["report", str(tmp_path), "--target-score", "0.7"])
     assert result.exit_code == 0, result.output
     assert "test_score 0.700 (set by --target-score" in (tmp_path / "summary.md").read_text()
@@ -222,7 +224,7 @@ def test_damaged_files_are_reported_per_run_and_never_block_the_others(tmp_path)
     assert f"{columns / 'metrics.csv'}: no column(s) elapsed_s, test_acc, test_score" in warnings
     assert f"{tmp_path / 'empty' / 'metrics.csv'}: empty; no rows used" in warnings
     assert f"{tmp_path / 'binary' / 'metrics.csv'}: unreadable" in warnings
-    assert f"{tmp_path / 'config' / 'config.yaml'}: unreadable" in warnings and "run skipped" in warnings
+    assert f"{tmp_path / 'config' / 'config.yaml'}: damaged" in warnings and "run skipped" in warnings
     summary = report.summary.set_index("loss")
     assert summary.loc["ce", "runs"] == 1 and summary.loc["ce", "final_test_acc_mean"] == 0.8
     assert summary.loc["expected_score", "final_test_acc_mean"] == 0.4

@@ -54,9 +54,7 @@ def hydra_job(cfg: DictConfig) -> str:
     try:
         if in_sweep:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
             claim(Path(hydra_cfg.sweep.dir), "comparison")
-        # Hydra has already written its own files into the run directory: they do not make it foreign.
-        hydra_files = [name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name]
-        claim(run_dir, "run", ignore=hydra_files)
+        claim_job_dir(hydra_cfg)
         status = train_run(cfg, run_dir, resume=bool(cfg.resume))
     except LossbenchError as err:
         if debug_enabled():
@@ -68,6 +66,15 @@ def hydra_job(cfg: DictConfig) -> str:
         status = "failed"
     finished_jobs.append((run_dir, status))
     return status
+
+
+def claim_job_dir(hydra_cfg: DictConfig) -> Path:
+    """Claim a Hydra job's output directory as a run. Hydra has already written its own files there (.hydra/,
+    the job log): they do not make it foreign."""
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    hydra_files = [name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name]
+    claim(run_dir, "run", ignore=hydra_files)
+    return run_dir
 
 
 def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.launch import compose_config, launch_hydra, parse_overrides, preflight, report_comparison
+from lossbench.launch import claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
 from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNED_FILE, TUNING_DIR, find_runs, read_status
 from lossbench.train import absolute_paths, prepare, train_run
 
@@ -73,6 +73,7 @@ def trial_job(cfg: DictConfig) -> float:
     run failed or diverged (a finite number the sampler can learn from: this region is worse than any other)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        claim_job_dir(HydraConfig.get())
         status = train_run(cfg, run_dir)
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
         log.error("%s: %s", run_dir, err)
