@@ -170,16 +170,17 @@ def wait_for(path, process, timeout=120.0) -> None:
     assert path.exists(), "the process never got there"
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum, code):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=50", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(run_dir / CHECKPOINT_FILE, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == code
     assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
     assert read_status(run_dir)["status"] == "interrupted"
     rows = pd.read_csv(run_dir / "metrics.csv")
@@ -227,20 +228,6 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- reliability v2
-
-
-def test_sigterm_acts_like_ctrl_c(tmp_path):
-    run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=50", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(run_dir / CHECKPOINT_FILE, process)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 143
-    assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
-    assert read_status(run_dir)["status"] == "interrupted"
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lossbench.atomic import write_atomic
-from lossbench.precision import Precision
+from lossbench.precision import Precision, cpu_model
 from lossbench.rundir import PROVENANCE_FILE
 
 
@@ -34,20 +34,10 @@ def git_commit() -> str | None:
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def provenance(device: torch.device, precision: Precision) -> dict[str, Any]:
