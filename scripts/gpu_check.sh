@@ -7,7 +7,7 @@
 #
 # The GPU machine has python3 with torch, pandas, matplotlib, typer and pytest, no network, and lacks Hydra. So:
 #
-#   scripts/gpu_check.sh prepare [ARCHIVE]   here, once: copies into .gpu/ (git-ignored via .git/info/exclude)
+#   scripts/gpu_check.sh prepare [ARCHIVE]   here, once: copies into .gpu/ (git-ignored)
 #       the pure-Python packages the GPU machine lacks, taken from this venv (hydra-core, omegaconf, antlr4, the
 #       joblib launcher plugin), and the CIFAR-10 JPEG archive (default ../shared/data/cifar10-jpeg.tar.gz),
 #       about 25 MB in all.
@@ -24,9 +24,6 @@ cd "$(dirname "$0")/.."
 
 prepare() {
   local archive=${1:-../shared/data/cifar10-jpeg.tar.gz} python=${PYTHON:-.venv/bin/python}
-  local exclude
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >>"$exclude"
   rm -rf .gpu && mkdir -p .gpu/site/hydra_plugins
   # Where this venv has them; all are pure Python, so they run on the GPU machine's Python too.
   "$python" - <<'EOF' || exit 1
