@@ -174,7 +174,7 @@ def wait_for(path, process, timeout=120.0) -> None:
 def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum, code):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=50", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=100000", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(run_dir / CHECKPOINT_FILE, process)
@@ -232,7 +232,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_second_writer_is_refused_while_a_comparison_runs_and_kill_9_frees_it(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=50",
+    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=100000",
                                 "losses=[ce]", "--out", "cmp"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
