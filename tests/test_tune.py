@@ -141,6 +141,8 @@ def test_tune_on_a_grid(tmp_path):
     "args, fragment",
     [
         (["losses=[ce,nope]"], "losses: unknown loss(es) ['nope']"),
+        (["losses=[ce,ce]"], "losses: ['ce'] listed more than once"),
+        (["seeds=[0.5]"], "seeds: each seed must be an integer"),
         (["--trials", "0"], "--trials must be >= 1, not 0"),
         (["tune.lr=[0.5,0.05]"], "tune.lr: low 0.5 must be below high 0.05"),
         (["tune.params.label_smoothing.eps.high=1.5", "losses=[label_smoothing]"], "tune range loss.eps"),

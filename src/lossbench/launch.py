@@ -174,29 +174,39 @@ def claim_output_dirs(overrides: list[Override]) -> None:
             claim(Path(value), kind)
 
 
+def checked_losses(cfg: DictConfig) -> list[str]:
+    """`losses`: a non-empty list of known losses, each once."""
+    require(OmegaConf.is_list(cfg.losses), f"losses must be a list, e.g. losses=[ce,expected_score], not {cfg.losses}")
+    names = [str(n) for n in cfg.losses]
+    require(len(names) > 0, "losses: the list is empty")
+    known = group_options("loss")
+    unknown = [name for name in names if name not in known]
+    require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    require(not twice, f"losses: {twice} listed more than once")
+    return names
+
+
+def checked_seeds(cfg: DictConfig) -> list[int]:
+    """`seeds`: a non-empty list of integers, each once."""
+    require(OmegaConf.is_list(cfg.seeds), f"seeds must be a list, e.g. seeds=[0,1,2], not {cfg.seeds}")
+    seeds = list(cfg.seeds)
+    require(len(seeds) > 0, "seeds: the list is empty")
+    for seed in seeds:
+        require_int(seed, "seeds: each seed")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    require(not twice, f"seeds: {twice} listed more than once")
+    return seeds
+
+
 def comparison_sweep(cfg: DictConfig, overrides: list[Override]) -> list[str]:
     """The loss and seed sweeps of a comparison (unless the user swept `loss` or `seed` directly)."""
     keys = {o.key_or_group for o in overrides}
     sweep = []
     if "loss" not in keys:
-        require(OmegaConf.is_list(cfg.losses), f"losses must be a list, e.g. losses=[ce,expected_score], not {cfg.losses}")
-        names = list(cfg.losses)
-        require(len(names) > 0, "losses: the list is empty")
-        known = group_options("loss")
-        unknown = [name for name in names if name not in known]
-        require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
-        twice = sorted({n for n in names if names.count(n) > 1})
-        require(not twice, f"losses: {twice} listed more than once")
-        sweep.append("loss=" + ",".join(names))
+        sweep.append("loss=" + ",".join(checked_losses(cfg)))
     if "seed" not in keys:
-        require(OmegaConf.is_list(cfg.seeds), f"seeds must be a list, e.g. seeds=[0,1,2], not {cfg.seeds}")
-        seeds = list(cfg.seeds)
-        require(len(seeds) > 0, "seeds: the list is empty")
-        for seed in seeds:
-            require_int(seed, "seeds: each seed")
-        twice = sorted({s for s in seeds if seeds.count(s) > 1})
-        require(not twice, f"seeds: {twice} listed more than once")
-        sweep.append("seed=" + ",".join(str(s) for s in seeds))
+        sweep.append("seed=" + ",".join(str(s) for s in checked_seeds(cfg)))
     return sweep
 
 

@@ -27,9 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lossbench.atomic import write_atomic
-from lossbench.components import CONFIG_MODULE, group_options
+from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.launch import claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
+from lossbench.launch import checked_losses, checked_seeds, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
 from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNED_FILE, TUNING_DIR, find_runs, read_status
 from lossbench.train import absolute_paths, prepare, train_run
 
@@ -178,16 +178,6 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in args if a.startswith(PREFIX)], [a for a in args if not a.startswith(PREFIX)]
 
 
-def check_losses(cfg: DictConfig) -> list[str]:
-    known = group_options("loss")
-    names = [str(n) for n in cfg.losses]
-    unknown = [n for n in names if n not in known]
-    require(not unknown, f"losses: unknown loss(es) {unknown}; known: {', '.join(known)}")
-    require(len(names) > 0, "losses: the list is empty")
-    require(len(cfg.seeds) > 0, "seeds: the list is empty")
-    return names
-
-
 def trial_args(loss: str, space: dict[str, Range], method: str, trials: int, settings: DictConfig,
                user: list[str], folder: Path) -> list[str]:  # fmt: skip
     """The Hydra command line of one loss's trials. The user's overrides come after the sweeper's defaults (so
@@ -268,7 +258,8 @@ def tune(args: list[str], trials: int, out: str | None) -> int:
     require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
     require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
     cfg = compose_config(overrides)
-    names = check_losses(cfg)
+    names = checked_losses(cfg)
+    checked_seeds(cfg)
     require(cfg.data.get("val_size") not in (None, 0), "tune selects on the validation split: set data.val_size (it is null)")
     preflight(cfg)
     spaces = {}
