@@ -7,6 +7,8 @@
 #   cifar10_lr_sweep  every loss at 5 learning rates spanning 100x (1 seed, shorter runs)
 #   offdiag4          4 real CIFAR-10 classes; the automobile row of the table peaks off the diagonal (answering
 #                     truck for an automobile scores 3, the right answer 2): every loss x 3 seeds
+#   cifar10_long      ce, expected_score and soft_label_ce at a constant learning rate (after warmup) for 40 epochs
+#                     on a 10,000-image CIFAR-10 pool: is the linear loss slow (still rising) or stuck?
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them, in this order)
 # CIFAR10_ARCHIVE (default ../shared/data/cifar10-jpeg.tar.gz) is extracted into the git-ignored data/ once.
 set -euo pipefail
@@ -45,10 +47,14 @@ run_part() {
       part offdiag4 compare data=imagefolder "data.root=$root" "data.classes=[automobile,truck,cat,dog]" \
         data.train_size=8000 scores=file scores.path=scripts/reference/offdiag4_scores.csv train.epochs=8 \
         "seeds=[0,1,2]" ;;
-    *) echo "unknown part '$1' (quick, cifar10, synthetic100, cifar10_lr_sweep, offdiag4)" >&2; exit 2 ;;
+    cifar10_long)
+      cifar10_folder
+      part cifar10_long compare experiment=cifar10_folder "data.root=$root" data.train_size=10000 train.epochs=40 \
+        schedule=constant "losses=[ce,expected_score,soft_label_ce]" ;;
+    *) echo "unknown part '$1' (quick, cifar10, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long)" >&2; exit 2 ;;
   esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(quick cifar10 synthetic100 cifar10_lr_sweep offdiag4)
+[ ${#parts[@]} -gt 0 ] || parts=(quick cifar10 synthetic100 cifar10_lr_sweep offdiag4 cifar10_long)
 for name in "${parts[@]}"; do run_part "$name"; done
