@@ -167,7 +167,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         require(isinstance(info, dict) and isinstance(info.get("status"), str), "no status field")
-        return {"epoch": 0, "message": "", **info, "epoch": int(info.get("epoch", 0))}
+        return {"message": "", **info, "epoch": int(info.get("epoch", 0))}
     except FileNotFoundError:
         return {"status": "unknown", "epoch": 0, "message": f"no {STATUS_FILE}"}
     except (OSError, ValueError, TypeError, LossbenchError) as err:
