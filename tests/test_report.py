@@ -203,6 +203,21 @@ def test_trend_says_whether_the_score_is_still_rising(tmp_path):
     assert summary.loc["soft_label_ce", "score_trend"] == "too short"
 
 
+def test_a_long_run_s_trend_spans_the_last_half_of_its_evaluations(tmp_path):
+    """A slow climb under epoch-to-epoch noise (as at a constant learning rate): flat over any 5 evaluations,
+    rising over the last 20 of 40."""
+    noise = np.tile([0.01, -0.01], 20)
+    accuracies = 0.3 + 0.003 * np.arange(40) + noise
+    fake_run(tmp_path, "a", "ce", 0, list(accuracies))
+    summary = build_report(tmp_path).summary.set_index("loss")
+    epochs, scores = np.arange(21, 41), 2 * accuracies[20:]
+    fit = scipy_stats.linregress(epochs, scores)
+    assert summary.loc["ce", "score_slope"] == pytest.approx(fit.slope)
+    assert summary.loc["ce", "score_trend"] == "rising"
+    last5 = scipy_stats.linregress(np.arange(36, 41), scores[-5:])
+    assert last5.slope - scipy_stats.t.ppf(0.975, 3) * last5.stderr < 0  # a 5-evaluation window would say flat
+
+
 def test_damaged_files_are_reported_per_run_and_never_block_the_others(tmp_path):
     fake_run(tmp_path, "good", "ce", 0, [0.5, 0.8])
     cut = fake_run(tmp_path, "cut", "expected_score", 0, [0.3, 0.4, 0.5])

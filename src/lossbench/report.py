@@ -30,7 +30,10 @@ from lossbench.rundir import (
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
-SLOPE_WINDOW = 5  # "still rising": the slope of test_score over this many last evaluations
+# "still rising": the slope of test_score over the last half of the evaluations, at least this many. A fixed
+# short window called a slow climb "flat" at a constant learning rate, where epoch-to-epoch noise is larger than
+# a few epochs' gain.
+SLOPE_WINDOW = 5
 REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
 FINAL_METRICS = [
     "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
@@ -354,12 +357,13 @@ def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.D
 
 
 def add_trends(table: pd.DataFrame, curves: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """Per setting: the slope of the seeds' mean test_score per epoch over the last SLOPE_WINDOW evaluations
-    with its 95% CI; `score_trend` is rising / falling when the CI excludes 0, else flat."""
+    """Per setting: the slope of the seeds' mean test_score per epoch over the last half of the evaluations (at
+    least SLOPE_WINDOW) with its 95% CI; `score_trend` is rising / falling when the CI excludes 0, else flat."""
     table = table.copy()
     for index, setting in table.iterrows():
         rows = runs_of(curves, setting, swept)
-        mean_curve = rows.groupby("epoch")["test_score"].mean().dropna().tail(SLOPE_WINDOW)
+        mean_curve = rows.groupby("epoch")["test_score"].mean().dropna()
+        mean_curve = mean_curve.tail(max(SLOPE_WINDOW, len(mean_curve) // 2))
         if len(mean_curve) < 3:  # a line through two points has no interval
             table.loc[index, ["score_slope", "score_slope_ci95", "score_trend"]] = [math.nan, math.nan, "too short"]
             continue
@@ -393,7 +397,7 @@ def shown_measures(table: pd.DataFrame) -> dict[str, tuple[str, int, tuple[str, 
 def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
     measures = shown_measures(table)
     header = ["loss", *swept, "runs", "status", *(spec[0] for spec in measures.values()),
-              f"test_score trend (last {SLOPE_WINDOW} evals)"]  # fmt: skip
+              "test_score trend (last half of the evals)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["loss"]), *(str(row[k]) for k in swept), str(row["runs"]), row["status"]]
@@ -450,8 +454,8 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
         relation = "from" if word.startswith("indistinguishable") else "than" if word in ("higher", "lower") else "vs"
         score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
         lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
-                     f"{verdict_text(row, 'epochs_to_target_score')}; test_score over the last "
-                     f"{SLOPE_WINDOW} evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
+                     f"{verdict_text(row, 'epochs_to_target_score')}; test_score over the last half of the "
+                     f"evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
     return lines + [""]
 
 
@@ -480,7 +484,7 @@ def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFra
         "test_score = mean S[y, argmax q]; Bayes decision k* = argmax_k sum_i q_i S[i,k]; calibrated Bayes: the "
         "same on temperature-scaled q (temperature fit on val); mistake severity = mean S[y,y] - S[y,pred] over "
         "mistakes; AUC = the mean of the metric over the evaluated epochs (1.0 = perfect from the first "
-        f"evaluation); trend = slope of the seeds' mean test_score over the last {SLOPE_WINDOW} evaluations: "
+        f"evaluation); trend = slope of the seeds' mean test_score over the last half of the evaluations (at least {SLOPE_WINDOW}): "
         "rising / falling when its 95% CI excludes 0 (still rising: more epochs would help).",
         "",
     ]
