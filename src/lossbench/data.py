@@ -15,6 +15,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -175,11 +176,10 @@ class Arrays(Source):
     path: str
 
     def available_classes(self) -> list[str]:
-        return read_arrays(Path(self.path))[1]
+        return read_arrays(Path(self.path)).classes
 
     def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
-        data, _ = read_arrays(Path(self.path))
-        return _select(restrict(data, classes), select)
+        return _select(restrict(read_arrays(Path(self.path)), classes), select)
 
 
 def build_source(cfg: DictConfig) -> Source:
@@ -337,14 +337,22 @@ def _torchvision_cifar(source: TorchvisionCIFAR) -> Dataset:
     return Dataset(*tensors(train), *tensors(test), list(train.classes))
 
 
-def read_arrays(path: Path) -> tuple[Dataset, list[str]]:
-    """x_train, y_train, x_test, y_test (and optional classes) from an .npz file, validated."""
+def read_arrays(path: Path) -> Dataset:
+    """x_train, y_train, x_test, y_test (and optional classes) from an .npz file, validated. Listing the classes
+    and loading the data both call this: the file is read and checked once per version of it on disk."""
     require(path.is_file(), f"data.path {path}: file not found")
+    stat = path.stat()
+    return _read_arrays(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
+    """The read and checks behind read_arrays; the file's modification time and size are part of the cache key."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as err:
-        raise LossbenchError(f"data.path {path}: not a readable .npz file ({' '.join(str(err).split())})") from None
+        raise LossbenchError(f"data.path {path}: not a readable .npz file ({one_line(err)})") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     require(not missing, f"data.path {path}: missing array(s) {missing} (has {sorted(arrays)})")
     for split in ("train", "test"):
@@ -367,9 +375,8 @@ def read_arrays(path: Path) -> tuple[Dataset, list[str]]:
     bad = labels[(labels < 0) | (labels >= len(names))]
     require(len(bad) == 0, f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside 0..{len(names) - 1} ({len(names)} classes)")
     require(len(names) >= 2, f"data.path {path}: needs at least 2 classes, has {len(names)}")
-    data = Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)), torch.from_numpy(arrays["y_train"].astype(np.int64)),
+    return Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)), torch.from_numpy(arrays["y_train"].astype(np.int64)),
                    torch.from_numpy(arrays["x_test"].astype(np.float32)), torch.from_numpy(arrays["y_test"].astype(np.int64)), names)  # fmt: skip
-    return data, names
 
 
 def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -> Dataset:

@@ -16,8 +16,7 @@ from hydra.core.override_parser.types import Override
 
 from lossbench.components import CONFIG_MODULE, one_line
 from lossbench.errors import LossbenchError
-from lossbench.rundir import find_runs
-from lossbench.train import STATUS_FILE, read_status
+from lossbench.rundir import STATUS_FILE, find_runs, read_status
 
 
 def resolved_sweep_dir(overrides: list[Override]) -> Path:

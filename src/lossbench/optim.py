@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lossbench.components import build
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, one_line, require
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,7 +31,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     try:
         optimizer = make(parameter_groups(model, weight_decay))
     except (ValueError, TypeError, RuntimeError) as err:  # e.g. nesterov without momentum, betas out of range
-        raise LossbenchError(f"optim ({cfg._target_}): {' '.join(str(err).split())}") from None
+        raise LossbenchError(f"optim ({cfg._target_}): {one_line(err)}") from None
     require(isinstance(optimizer, torch.optim.Optimizer), f"optim._target_={cfg._target_} is not a torch optimiser")
     return optimizer
 

@@ -88,7 +88,7 @@ def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
             model.eval()(probe)
     except RuntimeError as err:
         raise LossbenchError(f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: "
-                             f"{' '.join(str(err).split())[:300]}") from None  # fmt: skip
+                             f"{one_line(err)[:300]}") from None  # fmt: skip
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps_per_epoch, int(cfg.train.epochs))
     return model.train(), optimizer, scheduler
