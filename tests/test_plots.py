@@ -85,3 +85,19 @@ def test_confusion_figure_row_normalised(tmp_path, classes):
     plots.save_figure(plots.confusion_figure([("ce", "ce", counts), ("es", "expected_score", counts)]),
                       tmp_path / "c.png")  # fmt: skip
     picture(tmp_path / "c.png")
+
+
+def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
+    trials = pd.DataFrame([
+        {"loss": "ce", "lr": 0.01, "param": None, "value": np.nan, "val_score": 1.2, "chosen": False},
+        {"loss": "ce", "lr": 0.1, "param": None, "value": np.nan, "val_score": 1.5, "chosen": True},
+        {"loss": "ce", "lr": 1.0, "param": None, "value": np.nan, "val_score": np.nan, "chosen": False},
+        {"loss": "soft_label_ce", "lr": 0.05, "param": "loss.tau", "value": 0.1, "val_score": 1.4, "chosen": True},
+        {"loss": "soft_label_ce", "lr": 0.2, "param": "loss.tau", "value": 0.5, "val_score": 1.1, "chosen": False},
+    ])  # fmt: skip
+    fig = plots.tuning_figure(trials, "val_score")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["ce (2 of 3 trials finished)", "soft_label_ce (2 of 2 trials finished)"]
+    assert any(ax.get_ylabel() == "tau" for ax in fig.axes)  # the colour bar names the loss's parameter
+    plots.save_figure(fig, tmp_path / "tuning.png")
+    picture(tmp_path / "tuning.png")

@@ -155,3 +155,71 @@ def test_bad_input_is_one_error_line(tmp_path, args, fragment):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_from_runs_the_seeds_at_the_settings_an_earlier_tune_chose(tmp_path):
+    """Search on one budget, then reuse its choices on another: no trials run, the record and the note say where
+    the settings came from, and both reports draw the trials."""
+    small = lossbench("tune", "losses=[ce,label_smoothing]", *QUICK, "tune.search=grid", "--trials", "2", "--out", "small",
+                      cwd=tmp_path)  # fmt: skip
+    assert small.returncode == 0, small.stderr
+    chosen = {loss: e["chosen"]["setting"] for loss, e in json.loads((tmp_path / "small" / "tune.json").read_text())["losses"].items()}
+    result = lossbench("tune", "--from", "small/tune.json", "losses=[ce,label_smoothing]", *TINY, "seeds=[0,1]",
+                       "--out", "big", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    big = tmp_path / "big"
+    assert not (big / "tuning").exists()
+    for loss, setting in chosen.items():
+        for seed in (0, 1):
+            cfg = OmegaConf.load(big / f"loss={loss},seed={seed}" / "config.yaml")
+            assert cfg.train.epochs == 2 and {key: OmegaConf.select(cfg, key) for key in setting} == setting
+    record = json.loads((big / "tune.json").read_text())
+    assert record["from"] == "small/tune.json" and "train.epochs=1" in record["source_args"]
+    assert [t["trial"] for t in record["losses"]["ce"]["trials"]] == [0, 1]
+    assert "are reused here" in (big / "summary.md").read_text()
+    assert (tmp_path / "small" / "tuning.png").exists() and (big / "tuning.png").exists()
+
+
+def edited_record(tmp_path, edit) -> str:
+    """A tune.json of one loss (ce at lr 0.05) changed by edit, written to tmp_path; returns its name."""
+    record = {"args": [], "search": "grid", "sampler_seed": 0, "trials_per_loss": 1, "losses": {"ce": {
+        "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+        "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
+        "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0}}}}  # fmt: skip
+    (tmp_path / "rec.json").write_text(edit(record) if callable(edit) else edit)
+    return "rec.json"
+
+
+def setting(value):
+    def edit(record):
+        record["losses"]["ce"]["chosen"]["setting"] = value
+        return json.dumps(record)
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, args, fragment",
+    [
+        (json.dumps, ["--trials", "3"], "it takes no --trials and no tune.* settings"),
+        (json.dumps, ["tune.seed=2"], "it takes no --trials and no tune.* settings"),
+        (json.dumps, ["losses=[ce,soft_label_ce]"], "no chosen setting for loss soft_label_ce (it has: ce)"),
+        ("{not json", [], "not a readable tune.json"),
+        ('{"losses": {}}', [], "not a tune.json written by lossbench tune"),
+        (setting({"optim.lr": "abc"}), [], "ce optim.lr=abc: not a finite number"),
+        (setting({"optim.lr": -1.0}), [], "ce optim.lr=-1.0"),
+        (setting({"optim.momentum": 0.5}), [], "ce optim.momentum=0.5: not a searched key"),
+        (setting({"loss.tau": 0.5}), [], "ce loss.tau=0.5: not a searched key"),
+    ],
+)
+def test_bad_from_is_one_error_line(tmp_path, edit, args, fragment):
+    name = edited_record(tmp_path, edit)
+    result = lossbench("tune", *TINY, "losses=[ce]", "--from", name, *args, "--out", "t", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_from_a_missing_file(tmp_path):
+    result = lossbench("tune", *TINY, "losses=[ce]", "--from", "nope.json", "--out", "t", cwd=tmp_path)
+    assert result.returncode == 2 and "--from nope.json: not a readable tune.json" in result.stderr

@@ -82,8 +82,9 @@ def compare(
 @app.command(context_settings=HYDRA_ARGS)
 def tune(
     ctx: typer.Context,
-    trials: int = typer.Option(12, "--trials", help="Trials per loss (a grid: floor(N^(1/d)) points per searched key)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials per loss (default 12; a grid: floor(N^(1/d)) points per searched key)"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"),
+    source: Optional[str] = typer.Option(None, "--from", help="Skip the search: run at the settings chosen in this tune.json of an earlier tune (e.g. tuned on a smaller budget)"),
 ) -> None:
     """A fair comparison: per loss of `losses`, search the learning rate and the loss's own parameter (tau, lam,
     alpha, eps), selected on the validation split only (the final val_score; test is never looked at), then run
@@ -92,10 +93,12 @@ def tune(
     search (src/lossbench/configs/tune.yaml): `tune.lr=[0.01,0.3]` (default: 0.1x to 10x the config's optim.lr,
     log-uniform), `tune.params.soft_label_ce.tau.high=0.5`, `tune.search=grid`, `tune.seed=1`. The search is
     Hydra's Optuna sweeper (TPE, seeded) when hydra-optuna-sweeper is installed, else a grid. Trials run under
-    OUT/tuning/LOSS/trial_N; OUT/tune.json lists every trial and each loss's choice, which summary.md states."""
+    OUT/tuning/LOSS/trial_N; OUT/tune.json lists every trial and each loss's choice, which summary.md states.
+    Search on a small budget, then run the full one at the chosen settings:
+    `lossbench tune data.train_size=5000 --out small`, then `lossbench tune --from small/tune.json seeds=[0,1,2]`."""
     from lossbench import tune as tuning
 
-    guarded(lambda: tuning.tune(list(ctx.args), trials, out))
+    guarded(lambda: tuning.tune(list(ctx.args), trials, out, source))
 
 
 @app.command()

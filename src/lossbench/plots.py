@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from lossbench.atomic import atomic_path  # noqa: E402
 from lossbench.losses import LOSSES  # noqa: E402
@@ -161,6 +161,43 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
     in_cells = " (in %)" if classes <= 12 else ""
     fig.suptitle(f"Test confusion summed over seeds, each row normalised: share of the true class's examples{in_cells}")
     fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
+    return fig
+
+
+def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
+    """One panel per loss: each trial's objective against its learning rate (log x), coloured by the loss's own
+    parameter where one was searched; the chosen trial starred; trials that failed or diverged as grey crosses
+    on the panel's floor (they have no objective). trials: columns loss, lr, param, value, objective, chosen."""
+    losses = list(dict.fromkeys(trials["loss"]))
+    columns = min(4, len(losses))
+    rows = math.ceil(len(losses) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, layout="constrained")
+    for ax, loss in zip(axes.flat, losses):
+        group = trials[trials["loss"] == loss]
+        done = group[group[objective].notna()]
+        param = group["param"].dropna().iloc[0] if group["param"].notna().any() else None
+        if param is None:
+            ax.scatter(done["lr"], done[objective], color=loss_colour(loss), s=28, zorder=2)
+        else:
+            points = ax.scatter(done["lr"], done[objective], c=done["value"], cmap="viridis", s=28, zorder=2)
+            fig.colorbar(points, ax=ax, label=param.removeprefix("loss."), pad=0.01)
+        best = done[done["chosen"]]
+        ax.scatter(best["lr"], best[objective], marker="*", s=220, facecolor="none", edgecolor="red", lw=1.4,
+                   zorder=3, label="chosen")  # fmt: skip
+        failed = group[group[objective].isna()]
+        if len(failed):
+            floor = done[objective].min() if len(done) else 0.0
+            ax.scatter(failed["lr"], [floor] * len(failed), marker="x", color="grey", zorder=1,
+                       label="failed or diverged")  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels its minor ticks on top of each other
+        ax.legend(fontsize=7, loc="best")
+        _style(ax, "learning rate", f"final {objective}", f"{loss} ({len(done)} of {len(group)} trials finished)")
+        ax.title.set_color(loss_colour(loss))
+        ax.title.set_fontsize(10)
+    for ax in axes.flat[len(losses):]:
+        ax.axis("off")
+    fig.suptitle(f"Tuning: each trial's final {objective} (validation split) against its learning rate")
     return fig
 
 

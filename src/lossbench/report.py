@@ -24,7 +24,7 @@ from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNED_FILE, find_runs, read_config,
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, find_runs, read_config,
     read_status,
 )  # fmt: skip
 
@@ -80,6 +80,30 @@ def tuned_note(root: Path) -> str:
     """The settings `lossbench tune` chose (its tuned.md), for the end of summary.md; empty for a comparison."""
     path = Path(root) / TUNED_FILE
     return "\n" + path.read_text() if path.exists() else ""
+
+
+def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
+    """Every trial in `lossbench tune`'s tune.json, one row each (loss, lr, the loss's searched parameter and its
+    value, objective, chosen), for tuning.png; None for a comparison, or (with a warning) a damaged file."""
+    path = Path(root) / TUNE_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rows = []
+        for loss, entry in record["losses"].items():
+            chosen = (entry.get("chosen") or {}).get("trial")
+            for trial in entry["trials"]:
+                setting = dict(trial["setting"])
+                lr = float(setting.pop("optim.lr"))
+                param, value = next(iter(setting.items()), (None, math.nan))
+                rows.append({"loss": loss, "lr": lr, "param": param, "value": float(value),
+                             "val_score": float("nan") if trial["val_score"] is None else float(trial["val_score"]),
+                             "chosen": trial["trial"] == chosen})  # fmt: skip
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warnings.append(f"{path}: unreadable ({one_line(err)}); no tuning.png")
+        return None
+    return pd.DataFrame(rows) if rows else None
 
 
 @dataclass
@@ -550,6 +574,9 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
     matrices = summed_confusions(runs, chosen, swept, warnings)
     if matrices:
         plots.save_figure(plots.confusion_figure(matrices), root / "confusion.png")
+    trials = tuning_trials(root, warnings)
+    if trials is not None:
+        plots.save_figure(plots.tuning_figure(trials, "val_score"), root / "tuning.png")
 
 
 # ---------------------------------------------------------------- the report

@@ -29,7 +29,7 @@ from lossbench.metrics import METRIC_COLUMNS
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
 COMPARE_FILE = "compare.json"
 CONFUSION_FILE, PROVENANCE_FILE = "confusion.csv", "run.json"
-TUNING_DIR, TUNED_FILE = "tuning", "tuned.md"  # written by `lossbench tune`: its trials, its choices
+TUNING_DIR, TUNE_FILE, TUNED_FILE = "tuning", "tune.json", "tuned.md"  # written by `lossbench tune`: trials, record, choices
 MARKER_FILE, LOCK_FILE = ".lossbench", ".lossbench.lock"
 LAYOUT_VERSION = 2  # 1: no marker, no lock
 KINDS = ("run", "comparison")

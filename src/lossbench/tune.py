@@ -30,16 +30,18 @@ from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import checked_losses, checked_seeds, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
-from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNED_FILE, TUNING_DIR, find_runs, read_status
+from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, read_status
 from lossbench.train import absolute_paths, prepare, train_run
 
 log = logging.getLogger("lossbench")
 
 OBJECTIVE = "val_score"  # maximised; the run's final value on the validation split
-TUNE_FILE, SETTINGS_FILE = "tune.json", "tune.yaml"
+SETTINGS_FILE = "tune.yaml"
 PREFIX = "tune."  # command-line overrides of configs/tune.yaml
 LR = "optim.lr"
 METHODS = ("auto", "tpe", "grid")
+DEFAULT_TRIALS = 12
+SOURCE_KEYS = ("args", "search", "sampler_seed", "trials_per_loss", "losses")  # what --from reads
 
 
 @dataclass(frozen=True)
@@ -139,17 +141,21 @@ def search_space(loss: DictConfig, lr: float, settings: DictConfig) -> dict[str,
     return space
 
 
+def check_value(cfg: DictConfig, key: str, value: float, where: str) -> None:
+    """cfg with key=value must be a run the loss and the optimiser accept: a bad value fails here, not as a sweep
+    of failed runs."""
+    edited = absolute_paths(cfg)
+    OmegaConf.update(edited, key, value)
+    try:
+        prepare(edited, warn=False)
+    except LossbenchError as err:
+        raise LossbenchError(f"{where}: {err}") from None
+
+
 def check_range_ends(cfg: DictConfig, space: dict[str, Range]) -> None:
-    """Each range's ends must be values the loss and the optimiser accept: a bad range fails here, not as a
-    sweep of failed trials."""
     for key, rng in space.items():
         for value in (rng.low, rng.high):
-            edited = absolute_paths(cfg)
-            OmegaConf.update(edited, key, value)
-            try:
-                prepare(edited, warn=False)
-            except LossbenchError as err:
-                raise LossbenchError(f"tune range {key} {rng} for loss {cfg.loss.name}: {err}") from None
+            check_value(cfg, key, value, f"tune range {key} {rng} for loss {cfg.loss.name}")
 
 
 def grid(space: dict[str, Range], trials: int) -> dict[str, list[float]]:
@@ -225,12 +231,17 @@ def final_args(loss: str, setting: dict[str, float], seeds: list[int], user: lis
 def tuned_markdown(record: dict) -> str:
     """The note on each loss's chosen setting that the report appends to summary.md."""
     method = "TPE (Hydra's Optuna sweeper, seed %d)" % record["sampler_seed"] if record["search"] == "tpe" else "a grid"
+    where = f"Every trial is in {TUNE_FILE}, its run under {TUNING_DIR}/<loss>/."
+    if "from" in record:  # --from: the trials ran under another budget, in another directory
+        where = (f"The settings were chosen by an earlier `lossbench tune` ({record['from']}, its trials under its "
+                 f"{TUNING_DIR}/<loss>/) with the arguments `{' '.join(record['source_args'])}`, and are reused here; "
+                 f"its trials are copied into {TUNE_FILE}.")  # fmt: skip
     lines = [
         "## Tuned settings",
         "",
         f"`lossbench tune`: each loss runs at the setting with the highest final {OBJECTIVE} (the validation split; "
         f"test data were not looked at) among {record['trials_per_loss']} trials per loss searched by {method}. "
-        f"Every trial is in {TUNE_FILE}, its run under {TUNING_DIR}/<loss>/.",
+        + where,
         "",
         f"| loss | chosen setting | {OBJECTIVE} | trials finished | searched |",
         "|---|---|---|---|---|",
@@ -245,36 +256,43 @@ def tuned_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tune(args: list[str], trials: int, out: str | None) -> int:
-    """`lossbench tune`: trials per loss on val, then the seeds at each loss's best setting and the report.
-    Returns the exit code: that of the report, or 1 when a loss had no finished trial (it is left out)."""
-    require(trials >= 1, f"--trials must be >= 1, not {trials}")
-    require(not any(a in ("-m", "--multirun") for a in args), "tune runs its own sweeps: drop -m")
-    tune_lines, user = split_args(list(args))
-    settings = load_settings(tune_lines)
-    method = search_method(str(settings.search))
-    overrides = parse_overrides(user)
-    sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
-    require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
-    require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
-    cfg = compose_config(overrides)
-    names = checked_losses(cfg)
-    checked_seeds(cfg)
-    require(cfg.data.get("val_size") not in (None, 0), "tune selects on the validation split: set data.val_size (it is null)")
-    preflight(cfg)
-    spaces = {}
-    for name in names:
-        loss_cfg = compose_config(parse_overrides([*user, f"loss={name}"]))
-        spaces[name] = search_space(loss_cfg.loss, float(cfg.optim.lr), settings)
-        check_range_ends(loss_cfg, spaces[name])
+def read_source(path: Path) -> dict:
+    """The tune.json of an earlier `lossbench tune`, for --from."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(record, dict) and all(key in record for key in SOURCE_KEYS)
+        ok = ok and isinstance(record["losses"], dict) and isinstance(record["args"], list)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LossbenchError(f"--from {path}: not a readable {TUNE_FILE} ({one_line(err)})") from None
+    require(ok, f"--from {path}: not a {TUNE_FILE} written by lossbench tune (it needs {', '.join(SOURCE_KEYS)})")
+    return record
 
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
-    require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
-            f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
-    record = {"args": list(args), "search": method, "sampler_seed": int(settings.seed), "trials_per_loss": trials,
+
+def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
+    """One loss's entry of the --from record, its chosen setting checked: keys the search could have set, finite
+    numbers, values the loss and the optimiser accept."""
+    name = str(cfg.loss.name)
+    entry = record["losses"].get(name)
+    ok = isinstance(entry, dict) and isinstance(entry.get("trials"), list) and isinstance(entry.get("space"), dict)
+    chosen = entry.get("chosen") if ok else None
+    require(isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
+            f"--from {path}: no chosen setting for loss {name} (it has: {', '.join(record['losses']) or 'none'})")  # fmt: skip
+    params = [f"loss.{k}" for k in cfg.loss if k not in ("name", "_target_")]
+    for key, value in chosen["setting"].items():
+        where = f"--from {path}: {name} {key}={value}"
+        require(key in (LR, *params), f"{where}: not a searched key ({', '.join((LR, *params))})")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                f"{where}: not a finite number")  # fmt: skip
+        check_value(cfg, key, value, where)
+    return entry
+
+
+def search(names: list[str], spaces: dict[str, dict[str, Range]], settings: DictConfig, trials: int,
+           args: list[str], user: list[str], directory: Path) -> dict:  # fmt: skip
+    """Each loss's trials into directory/tuning/<loss>/, recorded in directory/tune.json as each loss finishes."""
+    method = search_method(str(settings.search))
+    record = {"args": args, "search": method, "sampler_seed": int(settings.seed), "trials_per_loss": trials,
               "objective": f"final {OBJECTIVE} (maximised)", "losses": {}}  # fmt: skip
-    final_user = [line for line in user if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]
     for name in names:
         folder = directory / TUNING_DIR / name
         searched = ", ".join(f"{key} {rng}" for key, rng in spaces[name].items())
@@ -286,8 +304,55 @@ def tune(args: list[str], trials: int, out: str | None) -> int:
                                   "chosen": chosen and {"trial": chosen["trial"], "setting": chosen["setting"],
                                                         OBJECTIVE: chosen[OBJECTIVE]}}  # fmt: skip
         write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def tune(args: list[str], trials: int | None, out: str | None, source: str | None = None) -> int:
+    """`lossbench tune`: trials per loss on val (or, with source, the settings an earlier tune chose), then the
+    seeds at each loss's setting and the report. Returns the exit code: that of the report, or 1 when a loss had
+    no finished trial (it is left out)."""
+    require(trials is None or trials >= 1, f"--trials must be >= 1, not {trials}")
+    require(not any(a in ("-m", "--multirun") for a in args), "tune runs its own sweeps: drop -m")
+    tune_lines, user = split_args(list(args))
+    require(source is None or (trials is None and not tune_lines),
+            f"--from reuses the settings chosen in {source}: it takes no --trials and no tune.* settings")  # fmt: skip
+    settings = load_settings(tune_lines)
+    overrides = parse_overrides(user)
+    sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
+    require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
+    require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
+    cfg = compose_config(overrides)
+    names = checked_losses(cfg)
+    checked_seeds(cfg)
+    require(source is not None or cfg.data.get("val_size") not in (None, 0),
+            "tune selects on the validation split: set data.val_size (it is null)")  # fmt: skip
+    preflight(cfg)
+    loss_cfgs = {name: compose_config(parse_overrides([*user, f"loss={name}"])) for name in names}
+    if source is None:
+        search_method(str(settings.search))  # a missing plugin fails before anything runs
+        spaces = {name: search_space(c.loss, float(cfg.optim.lr), settings) for name, c in loss_cfgs.items()}
+        for name, loss_cfg in loss_cfgs.items():
+            check_range_ends(loss_cfg, spaces[name])
+    else:
+        path = Path(source)
+        earlier = read_source(path)
+        reused = {name: reused_choice(path, earlier, loss_cfg) for name, loss_cfg in loss_cfgs.items()}
+
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
+    require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
+            f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
+    if source is None:
+        record = search(names, spaces, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
+    else:
+        # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
+        record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
+                  "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
     write_atomic(directory / TUNED_FILE, tuned_markdown(record))
 
+    final_user = [line for line in user if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]
     untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
     for name, entry in record["losses"].items():
         if entry["chosen"] is not None:
