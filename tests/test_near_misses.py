@@ -1,0 +1,58 @@
+"""scripts/near_misses.py: the share of mistakes that are near misses, on rows that offer one."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import make_cfg
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "near_misses.py"
+spec = importlib.util.spec_from_file_location("near_misses", SCRIPT)
+near_misses = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(near_misses)
+
+# rows: a (near miss: b), b (near miss: a), c (no near miss: every wrong answer scores -1)
+S = np.array([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+
+
+def counts(table: list[list[int]]) -> pd.DataFrame:
+    return pd.DataFrame(table, index=list("abc"), columns=list("abc"))
+
+
+def test_share_counts_only_rows_that_offer_a_near_miss():
+    # row a: 3 near (b), 1 far (c); row b: 1 near, 3 far; row c's 10 mistakes are left out
+    assert near_misses.near_miss_share(counts([[50, 3, 1], [1, 50, 3], [5, 5, 40]]), S) == pytest.approx(4 / 8)
+    assert math.isnan(near_misses.near_miss_share(counts([[50, 0, 0], [0, 50, 0], [5, 5, 40]]), S))
+
+
+def fake_run(root: Path, loss: str, seed: int, table: list[list[int]]) -> None:
+    run = root / f"loss={loss},seed={seed}"
+    run.mkdir(parents=True)
+    cfg = make_cfg(f"loss={loss}", f"seed={seed}", "scores=cifar10_groups")
+    OmegaConf.save(cfg, run / "config.yaml")
+    (run / "status.json").write_text('{"status": "finished"}')
+    # a (airplane) and b (automobile) are vehicles, c (cat) an animal
+    counts(table).set_axis(["airplane", "automobile", "cat"], axis=0).set_axis(
+        ["airplane", "automobile", "cat"], axis=1).to_csv(run / "confusion.csv")
+
+
+def test_table_with_paired_difference(tmp_path, capsys):
+    for seed, near in enumerate([2, 3, 4]):
+        fake_run(tmp_path, "ce", seed, [[50, near, 4 - near], [0, 50, 4], [1, 1, 50]])
+        fake_run(tmp_path, "soft_label_ce", seed, [[50, 4, 0], [near, 50, 4 - near], [1, 1, 50]])
+    assert near_misses.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| ce | 0.375 ± 0.311 | - | 3 |" in out  # 2/8, 3/8, 4/8: SD 0.125, t(2) 4.303
+    assert "| soft_label_ce | 0.875 ± 0.311 | +0.500 ± 0.000 (p = 0) | 3 |" in out
+
+
+def test_no_runs_is_one_error_line(tmp_path, capsys):
+    assert near_misses.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no run under")
