@@ -89,11 +89,13 @@ def test_confusion_figure_row_normalised(tmp_path, classes):
 
 def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
     trials = pd.DataFrame([
-        {"loss": "ce", "lr": 0.01, "param": None, "value": np.nan, "val_score": 1.2, "chosen": False},
-        {"loss": "ce", "lr": 0.1, "param": None, "value": np.nan, "val_score": 1.5, "chosen": True},
-        {"loss": "ce", "lr": 1.0, "param": None, "value": np.nan, "val_score": np.nan, "chosen": False},
-        {"loss": "soft_label_ce", "lr": 0.05, "param": "loss.tau", "value": 0.1, "val_score": 1.4, "chosen": True},
-        {"loss": "soft_label_ce", "lr": 0.2, "param": "loss.tau", "value": 0.5, "val_score": 1.1, "chosen": False},
+        {"loss": "ce", "lr": 0.01, "param": None, "value": np.nan, "log": False, "val_score": 1.2, "chosen": False},
+        {"loss": "ce", "lr": 0.1, "param": None, "value": np.nan, "log": False, "val_score": 1.5, "chosen": True},
+        {"loss": "ce", "lr": 1.0, "param": None, "value": np.nan, "log": False, "val_score": np.nan, "chosen": False},
+        {"loss": "soft_label_ce", "lr": 0.05, "param": "loss.tau", "value": 0.1, "log": True, "val_score": 1.4,
+         "chosen": True},
+        {"loss": "soft_label_ce", "lr": 0.2, "param": "loss.tau", "value": 0.5, "log": True, "val_score": 1.1,
+         "chosen": False},
     ])  # fmt: skip
     fig = plots.tuning_figure(trials, "val_score")
     panels = [ax for ax in fig.axes if ax.get_title()]

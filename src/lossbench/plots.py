@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
@@ -166,8 +167,9 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
 
 def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
     """One panel per loss: each trial's objective against its learning rate (log x), coloured by the loss's own
-    parameter where one was searched; the chosen trial starred; trials that failed or diverged as grey crosses
-    on the panel's floor (they have no objective). trials: columns loss, lr, param, value, objective, chosen."""
+    parameter where one was searched (a log colour scale where it was searched log-uniformly); the chosen trial
+    ringed by a star; trials that failed or diverged as grey crosses on the panel's floor (they have no
+    objective). trials: columns loss, lr, param, value, log, objective, chosen."""
     losses = list(dict.fromkeys(trials["loss"]))
     columns = min(4, len(losses))
     rows = math.ceil(len(losses) / columns)
@@ -175,29 +177,27 @@ def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
     for ax, loss in zip(axes.flat, losses):
         group = trials[trials["loss"] == loss]
         done = group[group[objective].notna()]
-        param = group["param"].dropna().iloc[0] if group["param"].notna().any() else None
-        if param is None:
-            ax.scatter(done["lr"], done[objective], color=loss_colour(loss), s=28, zorder=2)
-        else:
-            points = ax.scatter(done["lr"], done[objective], c=done["value"], cmap="viridis", s=28, zorder=2)
+        if group["param"].notna().any():
+            param, log = group["param"].dropna().iloc[0], bool(group["log"].dropna().iloc[0])
+            norm = LogNorm() if log and (group["value"] > 0).all() else None
+            points = ax.scatter(done["lr"], done[objective], c=done["value"], cmap="viridis", norm=norm, s=28, zorder=2)
             fig.colorbar(points, ax=ax, label=param.removeprefix("loss."), pad=0.01)
+        else:
+            ax.scatter(done["lr"], done[objective], color=loss_colour(loss), s=28, zorder=2)
         best = done[done["chosen"]]
-        ax.scatter(best["lr"], best[objective], marker="*", s=220, facecolor="none", edgecolor="red", lw=1.4,
-                   zorder=3, label="chosen")  # fmt: skip
+        ax.scatter(best["lr"], best[objective], marker="*", s=220, facecolor="none", edgecolor="red", lw=1.4, zorder=3)
         failed = group[group[objective].isna()]
-        if len(failed):
-            floor = done[objective].min() if len(done) else 0.0
-            ax.scatter(failed["lr"], [floor] * len(failed), marker="x", color="grey", zorder=1,
-                       label="failed or diverged")  # fmt: skip
+        floor = done[objective].min() if len(done) else 0.0
+        ax.scatter(failed["lr"], [floor] * len(failed), marker="x", color="grey", zorder=1)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels its minor ticks on top of each other
-        ax.legend(fontsize=7, loc="best")
         _style(ax, "learning rate", f"final {objective}", f"{loss} ({len(done)} of {len(group)} trials finished)")
         ax.title.set_color(loss_colour(loss))
         ax.title.set_fontsize(10)
     for ax in axes.flat[len(losses):]:
         ax.axis("off")
-    fig.suptitle(f"Tuning: each trial's final {objective} (validation split) against its learning rate")
+    fig.suptitle(f"Tuning: each trial's final {objective} (validation split) against its learning rate\n"
+                 "red star: the chosen trial; grey cross: a trial that failed or diverged")  # fmt: skip
     return fig
 
 

@@ -83,8 +83,8 @@ def tuned_note(root: Path) -> str:
 
 
 def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
-    """Every trial in `lossbench tune`'s tune.json, one row each (loss, lr, the loss's searched parameter and its
-    value, objective, chosen), for tuning.png; None for a comparison, or (with a warning) a damaged file."""
+    """Every trial in `lossbench tune`'s tune.json, one row each (loss, lr, the loss's searched parameter, its
+    value and whether it was searched log-uniformly, objective, chosen), for tuning.png; None for a comparison, or (with a warning) a damaged file."""
     path = Path(root) / TUNE_FILE
     if not path.exists():
         return None
@@ -97,7 +97,8 @@ def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
                 setting = dict(trial["setting"])
                 lr = float(setting.pop("optim.lr"))
                 param, value = next(iter(setting.items()), (None, math.nan))
-                rows.append({"loss": loss, "lr": lr, "param": param, "value": float(value),
+                log = bool(entry["space"][param]["log"]) if param else False
+                rows.append({"loss": loss, "lr": lr, "param": param, "value": float(value), "log": log,
                              "val_score": float("nan") if trial["val_score"] is None else float(trial["val_score"]),
                              "chosen": trial["trial"] == chosen})  # fmt: skip
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
