@@ -116,9 +116,17 @@ def test_summary_over_seeds_with_a_diverged_run_and_n1_formatting(tmp_path):
     row = next(li for li in report.markdown.splitlines() if li.startswith("| soft_label_ce |"))
     assert "| 0.400 (n=1) |" in row and "±" not in row
     assert "not reached" in row
-    assert "not tested (1 paired seed)" in report.markdown
+    assert "No paired comparison: no loss has 2 seeds paired" in report.markdown
     assert "tau" not in report.curves.columns  # a loss parameter is not a swept parameter
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_one_seed_per_loss_gives_one_line_not_a_table_of_untested_cells(tmp_path):
+    fake_run(tmp_path, "a", "ce", 0, [0.5, 0.8])
+    fake_run(tmp_path, "b", "soft_label_ce", 0, [0.3, 0.4], extra={"tau": 0.5})
+    markdown = build_report(tmp_path).markdown
+    assert "No paired comparison: no loss has 2 seeds paired with ce's" in markdown
+    assert "not tested" not in markdown
 
 
 def test_score_target_does_not_move_when_a_loss_is_added(tmp_path):

@@ -462,6 +462,8 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
     others = chosen[chosen["loss"] != REFERENCE]
     if REFERENCE not in set(chosen["loss"]) or others.empty:
         return [f"No paired comparison: the comparison has no {REFERENCE} runs or no other loss.", ""]
+    if (others["final_test_score_pairs"].fillna(0) < 2).all():  # a table of "not tested" cells says nothing
+        return [f"No paired comparison: no loss has 2 seeds paired with {REFERENCE}'s (run seeds=[0,1,2] or more).", ""]
     measures = shown_measures(chosen)
     labels = [setting_label(r["loss"], {k: r[k] for k in swept}) for _, r in others.iterrows()]
     lines = [
