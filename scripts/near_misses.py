@@ -1,5 +1,7 @@
 """Which mistakes does each loss make? Per loss of a comparison, from each run's test confusion.csv and its score
-table: the share of its mistakes that are near misses, counted only on the true classes that have one.
+table, counted only on the true classes that offer a near miss: the share of its mistakes that are near misses,
+and the share of those classes' test examples answered with a far mistake (what a better-mistakes loss must lower,
+not just shift: a loss that errs twice as often can have a higher near-miss share and more far mistakes).
 
 A mistake (pred != y) is a near miss when S[y, pred] is above the lowest score of row y's wrong answers; a row
 whose wrong answers all score the same (e.g. a non-dog class in dogs20_groups) offers no near miss and is left
@@ -23,19 +25,22 @@ from lossbench.scores import build_scores
 from lossbench.stats import paired, summarise
 
 
-def near_miss_share(counts: pd.DataFrame, scores: np.ndarray) -> float:
-    """Near misses / mistakes over the rows that offer a near miss (NaN when there are no such mistakes)."""
+def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float]:
+    """Over the rows that offer a near miss: (near misses / mistakes, far mistakes / examples); NaN where the
+    denominator is 0."""
     off = ~np.eye(len(scores), dtype=bool)
     worst = np.where(off, scores, np.inf).min(axis=1, keepdims=True)
     near = off & (scores > worst)
     rows = near.any(axis=1)
-    n = counts.to_numpy(float)
-    mistakes = (n * off)[rows].sum()
-    return float((n * near)[rows].sum() / mistakes) if mistakes > 0 else float("nan")
+    n = counts.to_numpy(float)[rows]
+    mistakes, near_misses, examples = (n * off[rows]).sum(), (n * near[rows]).sum(), n.sum()
+    share = near_misses / mistakes if mistakes > 0 else np.nan
+    far = (mistakes - near_misses) / examples if examples > 0 else np.nan
+    return float(share), float(far)
 
 
 def run_shares(root: Path) -> pd.DataFrame:
-    """One row per run with a confusion.csv: loss, seed, near-miss share."""
+    """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate."""
     rows = []
     for run_dir in find_runs(root):
         path = run_dir / CONFUSION_FILE
@@ -44,23 +49,32 @@ def run_shares(root: Path) -> pd.DataFrame:
         cfg = read_config(run_dir)
         counts = pd.read_csv(path, index_col=0)
         matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
-        rows.append({"loss": str(cfg.loss.name), "seed": int(cfg.seed), "share": near_miss_share(counts, matrix)})
+        share, far = near_and_far(counts, matrix)
+        rows.append({"loss": str(cfg.loss.name), "seed": int(cfg.seed), "share": share, "far": far})
     return pd.DataFrame(rows)
 
 
+def cell(values: pd.Series) -> str:
+    s = summarise(values)
+    return f"{s.mean:.3f} ± {s.ci95:.3f}" if s.n > 1 else f"{s.mean:.3f}"
+
+
+def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
+    """The paired difference with ce over the seeds both have."""
+    mine, theirs = group.set_index("seed")[column], reference.set_index("seed")[column]
+    seeds = sorted(set(mine.index) & set(theirs.index))
+    p = paired(mine[seeds].to_numpy(), theirs[seeds].to_numpy())
+    return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
+
+
 def markdown(shares: pd.DataFrame) -> str:
-    reference = shares[shares["loss"] == "ce"].set_index("seed")["share"]
-    lines = ["| loss | near misses among mistakes | difference with ce (paired) | seeds |", "|---|---|---|---|"]
+    reference = shares[shares["loss"] == "ce"]
+    lines = ["| loss | near misses among mistakes | vs ce (paired) | far mistakes per example | vs ce (paired) | seeds |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for loss, group in shares.groupby("loss", sort=False):
-        s = summarise(group["share"])
-        cell = f"{s.mean:.3f} ± {s.ci95:.3f}" if s.n > 1 else f"{s.mean:.3f}"
-        versus = "-"
-        if loss != "ce" and len(reference):
-            by_seed = group.set_index("seed")["share"]
-            seeds = sorted(set(by_seed.index) & set(reference.index))
-            p = paired(by_seed[seeds].to_numpy(), reference[seeds].to_numpy())
-            versus = f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.3g})" if p.n > 1 else f"{p.diff:+.3f}"
-        lines.append(f"| {loss} | {cell} | {versus} | {s.n} |")
+        compare = loss != "ce" and len(reference)
+        share_vs, far_vs = (versus(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
+        lines.append(f"| {loss} | {cell(group['share'])} | {share_vs} | {cell(group['far'])} | {far_vs} | {len(group)} |")
     return "\n".join(lines)
 
 

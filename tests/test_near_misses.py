@@ -28,8 +28,10 @@ def counts(table: list[list[int]]) -> pd.DataFrame:
 
 def test_share_counts_only_rows_that_offer_a_near_miss():
     # row a: 3 near (b), 1 far (c); row b: 1 near, 3 far; row c's 10 mistakes are left out
-    assert near_misses.near_miss_share(counts([[50, 3, 1], [1, 50, 3], [5, 5, 40]]), S) == pytest.approx(4 / 8)
-    assert math.isnan(near_misses.near_miss_share(counts([[50, 0, 0], [0, 50, 0], [5, 5, 40]]), S))
+    share, far = near_misses.near_and_far(counts([[50, 3, 1], [1, 50, 3], [5, 5, 40]]), S)
+    assert share == pytest.approx(4 / 8) and far == pytest.approx(4 / 108)
+    share, far = near_misses.near_and_far(counts([[50, 0, 0], [0, 50, 0], [5, 5, 40]]), S)
+    assert math.isnan(share) and far == 0
 
 
 def fake_run(root: Path, loss: str, seed: int, table: list[list[int]]) -> None:
@@ -49,8 +51,9 @@ def test_table_with_paired_difference(tmp_path, capsys):
         fake_run(tmp_path, "soft_label_ce", seed, [[50, 4, 0], [near, 50, 4 - near], [1, 1, 50]])
     assert near_misses.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| ce | 0.375 ± 0.311 | - | 3 |" in out  # 2/8, 3/8, 4/8: SD 0.125, t(2) 4.303
-    assert "| soft_label_ce | 0.875 ± 0.311 | +0.500 ± 0.000 (p = 0) | 3 |" in out
+    # near: 2/8, 3/8, 4/8 (SD 0.125, t(2) 4.303); far: 6, 5, 4 of 108
+    assert "| ce | 0.375 ± 0.311 | - | 0.046 ± 0.023 | - | 3 |" in out
+    assert "| soft_label_ce | 0.875 ± 0.311 | +0.500 ± 0.000 (p = 0) | 0.009 ± 0.023 | -0.037 ± 0.000 (p = 0) | 3 |" in out
 
 
 def test_no_runs_is_one_error_line(tmp_path, capsys):
