@@ -12,8 +12,9 @@
 #   cifar10_lr_sweep  every loss at 5 learning rates spanning 100x (1 seed, shorter runs)
 #   offdiag4          4 real CIFAR-10 classes; the automobile row of the table peaks off the diagonal (answering
 #                     truck for an automobile scores 3, the right answer 2): every loss x 3 seeds
-#   cifar10_long      ce, expected_score and soft_label_ce at a constant learning rate (after warmup) for 40 epochs
-#                     on a 10,000-image CIFAR-10 pool: is the linear loss slow (still rising) or stuck?
+#   cifar10_long      ce, expected_score, soft_label_ce and ce_expected_score at a constant learning rate (after
+#                     warmup) for 40 epochs on a 10,000-image CIFAR-10 pool: is the linear loss slow (still
+#                     rising) or stuck?
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them, in this order)
 # CIFAR10_ARCHIVE (default ../shared/data/cifar10-jpeg.tar.gz) and DOGS20_ARCHIVE (../shared/data/dogs20-64.tar.gz)
 # are extracted into the git-ignored data/ once. cifar10 and dogs20 need cifar10_tuning's tune.json.
@@ -67,7 +68,7 @@ run_part() {
     cifar10_long)
       cifar10_folder
       part cifar10_long compare experiment=cifar10_folder "data.root=$root" data.train_size=10000 train.epochs=40 \
-        schedule=constant "losses=[ce,expected_score,soft_label_ce]" ;;
+        schedule=constant "losses=[ce,expected_score,soft_label_ce,ce_expected_score]" ;;
     *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10, dogs20, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long)" >&2
        exit 2 ;;
   esac
