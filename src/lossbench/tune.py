@@ -122,6 +122,11 @@ def make_range(where: str, bounds: object, log: bool) -> Range:
     return Range(low, high, log)
 
 
+def loss_params(loss: DictConfig) -> list[str]:
+    """The loss's own parameters (tau, lam, ...): its config keys less the name and the target."""
+    return [k for k in loss if k not in ("name", "_target_")]
+
+
 def search_space(loss: DictConfig, lr: float, settings: DictConfig) -> dict[str, Range]:
     """The ranges searched for one loss: optim.lr, then the loss's own parameters listed in tune.params."""
     if settings.lr is not None:
@@ -131,7 +136,7 @@ def search_space(loss: DictConfig, lr: float, settings: DictConfig) -> dict[str,
         require(isinstance(factors, ListConfig) and len(factors) == 2, f"tune.lr_factors must be [low, high], not {factors}")
         space = {LR: make_range(f"tune.lr_factors x optim.lr={lr:g}", [f * lr for f in factors], log=True)}
     name = str(loss.name)
-    params = [k for k in loss if k not in ("name", "_target_")]
+    params = loss_params(loss)
     for param, node in (settings.params.get(name) or {}).items():
         where = f"tune.params.{name}.{param}"
         require(param in params, f"{where}: loss {name} has no parameter '{param}' (it has: {', '.join(params) or 'none'})")
@@ -277,7 +282,7 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
     chosen = entry.get("chosen") if ok else None
     require(isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
             f"--from {path}: no chosen setting for loss {name} (it has: {', '.join(record['losses']) or 'none'})")  # fmt: skip
-    params = [f"loss.{k}" for k in cfg.loss if k not in ("name", "_target_")]
+    params = [f"loss.{k}" for k in loss_params(cfg.loss)]
     for key, value in chosen["setting"].items():
         where = f"--from {path}: {name} {key}={value}"
         require(key in (LR, *params), f"{where}: not a searched key ({', '.join((LR, *params))})")
@@ -287,10 +292,9 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
     return entry
 
 
-def search(names: list[str], spaces: dict[str, dict[str, Range]], settings: DictConfig, trials: int,
+def search(names: list[str], spaces: dict[str, dict[str, Range]], method: str, settings: DictConfig, trials: int,
            args: list[str], user: list[str], directory: Path) -> dict:  # fmt: skip
     """Each loss's trials into directory/tuning/<loss>/, recorded in directory/tune.json as each loss finishes."""
-    method = search_method(str(settings.search))
     record = {"args": args, "search": method, "sampler_seed": int(settings.seed), "trials_per_loss": trials,
               "objective": f"final {OBJECTIVE} (maximised)", "losses": {}}  # fmt: skip
     for name in names:
@@ -329,7 +333,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     preflight(cfg)
     loss_cfgs = {name: compose_config(parse_overrides([*user, f"loss={name}"])) for name in names}
     if source is None:
-        search_method(str(settings.search))  # a missing plugin fails before anything runs
+        method = search_method(str(settings.search))  # a missing plugin fails before anything runs
         spaces = {name: search_space(c.loss, float(cfg.optim.lr), settings) for name, c in loss_cfgs.items()}
         for name, loss_cfg in loss_cfgs.items():
             check_range_ends(loss_cfg, spaces[name])
@@ -343,7 +347,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
             f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
     if source is None:
-        record = search(names, spaces, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
+        record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
     else:
         # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
         record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
