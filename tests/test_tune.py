@@ -223,3 +223,22 @@ def test_bad_from_is_one_error_line(tmp_path, edit, args, fragment):
 def test_from_a_missing_file(tmp_path):
     result = lossbench("tune", *TINY, "losses=[ce]", "--from", "nope.json", "--out", "t", cwd=tmp_path)
     assert result.returncode == 2 and "--from nope.json: not a readable tune.json" in result.stderr
+
+
+def test_from_into_a_users_folder_is_refused_and_the_folder_kept(tmp_path):
+    name = edited_record(tmp_path, json.dumps)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "summary.md").write_text("my notes")
+    result = lossbench("tune", *TINY, "losses=[ce]", "--from", name, "--out", "mine", cwd=tmp_path)
+    assert result.returncode == 2 and "not empty and not made by lossbench (it holds summary.md)" in result.stderr
+    assert (tmp_path / "mine" / "summary.md").read_text() == "my notes"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["summary.md"]
+
+
+def test_resume_of_a_tune_directory_names_the_way_out(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "tune.json").write_text("{}")
+    result = lossbench("resume", "t", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "t was made by `lossbench tune`, which cannot be resumed as a whole" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr

@@ -32,7 +32,7 @@ from lossbench.data import load_dataset
 from lossbench.errors import LossbenchError, debug_enabled, one_line, require
 from lossbench.report import build_report
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, adopt_for_report, claim, find_runs, locked, read_config,
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, TUNE_FILE, adopt_for_report, claim, find_runs, locked, read_config,
     read_record, read_status, write_record,
 )  # fmt: skip
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_run
@@ -329,6 +329,11 @@ def resume(directory: str) -> int:
     require(path.is_dir(), f"{path}: directory not found")
     if (path / COMPARE_FILE).exists():
         return resume_comparison(path)
+    # A tune's seeds are several sweeps (one per loss at its own setting), which compare.json cannot replay.
+    require(not (path / TUNE_FILE).exists(),
+            f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
+            f"(`lossbench resume {path}/<run>`) and rebuild the report (`lossbench report {path}`); runs that never "
+            f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`")  # fmt: skip
     require((path / CONFIG_FILE).exists(), f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")
     status = train_run(read_config(path), path, resume=True)
     return 0 if status == "finished" else 1

@@ -30,7 +30,7 @@ from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import checked_losses, checked_seeds, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
-from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, read_status
+from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, claim, find_runs, locked, read_status
 from lossbench.train import absolute_paths, prepare, train_run
 
 log = logging.getLogger("lossbench")
@@ -344,24 +344,28 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
-    require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
-            f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
-    if source is None:
-        record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
-    else:
-        # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
-        record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
-                  "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
-    write_atomic(directory / TUNED_FILE, tuned_markdown(record))
+    # As compare: lossbench's own, new or empty directory only (never a user's folder), one process at a time.
+    require("${" not in str(directory), f"--out {directory}: a directory name with '${{' cannot pass through Hydra, "
+                                        "which would interpolate it; choose another name")  # fmt: skip
+    claim(directory, "comparison")
+    with locked(directory):
+        require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
+                f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
+        if source is None:
+            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
+        else:
+            # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
+            record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
+                      "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
+            write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
+        write_atomic(directory / TUNED_FILE, tuned_markdown(record))
 
-    final_user = [line for line in user if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]
-    untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
-    for name, entry in record["losses"].items():
-        if entry["chosen"] is not None:
-            launch_hydra(final_args(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user, directory))
-    for name in untuned:
-        print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out", file=sys.stderr)
-    require(len(untuned) < len(names), f"no trial of any loss finished; see {directory / TUNING_DIR}")
-    return max(report_comparison(directory), 1 if untuned else 0)
+        final_user = [line for line in user if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]
+        untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
+        for name, entry in record["losses"].items():
+            if entry["chosen"] is not None:
+                launch_hydra(final_args(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user, directory))
+        for name in untuned:
+            print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out", file=sys.stderr)
+        require(len(untuned) < len(names), f"no trial of any loss finished; see {directory / TUNING_DIR}")
+        return max(report_comparison(directory), 1 if untuned else 0)
