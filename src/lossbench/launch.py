@@ -246,11 +246,7 @@ def compare(args: list[str], out: str | None = None) -> int:
     sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     comparison = Path(out) if out is not None else Path("comparisons") / f"{cfg.name}_{stamp}"
-    # Hydra resolves a job's output directory twice (its log file's name interpolates it again), so no
-    # escaping carries a literal '${' through: refuse it rather than let Hydra interpolate the user's name.
-    require("${" not in str(comparison), f"--out {comparison}: a directory name with '${{' cannot pass through "
-                                         "Hydra, which would interpolate it; choose another name")  # fmt: skip
-    claim(comparison, "comparison")
+    claim_comparison(comparison)
     with locked(comparison):
         require(
             not find_runs(comparison) and not (comparison / COMPARE_FILE).exists(),
@@ -260,6 +256,15 @@ def compare(args: list[str], out: str | None = None) -> int:
         record = {"version": LAYOUT_VERSION, "args": without_multirun_flag(args), "cwd": str(cwd), "created": stamp}
         write_record(comparison, record)
         return launch_comparison(comparison, record["args"], overrides, sweep, resume=False)
+
+
+def claim_comparison(comparison: Path) -> None:
+    """Make `comparison` lossbench's comparison directory (new, empty or its own; never a user's folder)."""
+    # Hydra resolves a job's output directory twice (its log file's name interpolates it again), so no
+    # escaping carries a literal '${' through: refuse it rather than let Hydra interpolate the user's name.
+    require("${" not in str(comparison), f"--out {comparison}: a directory name with '${{' cannot pass through "
+                                         "Hydra, which would interpolate it; choose another name")  # fmt: skip
+    claim(comparison, "comparison")
 
 
 def launch_comparison(comparison: Path, args: list[str], overrides: list[Override], sweep: list[str],

@@ -29,8 +29,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.launch import checked_losses, checked_seeds, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
-from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, claim, find_runs, locked, read_status
+from lossbench.launch import checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
+from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status
 from lossbench.train import absolute_paths, prepare, train_run
 
 log = logging.getLogger("lossbench")
@@ -344,10 +344,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
-    # As compare: lossbench's own, new or empty directory only (never a user's folder), one process at a time.
-    require("${" not in str(directory), f"--out {directory}: a directory name with '${{' cannot pass through Hydra, "
-                                        "which would interpolate it; choose another name")  # fmt: skip
-    claim(directory, "comparison")
+    claim_comparison(directory)  # as compare: never a user's folder, and one process at a time
     with locked(directory):
         require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
                 f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
