@@ -19,7 +19,7 @@ from lossbench.errors import LossbenchError
 from lossbench.data import Dataset
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
 from lossbench.rundir import CHECKPOINT_FILE, read_status
-from lossbench.train import evaluate, train_run
+from lossbench.train import evaluate, resolve_device, train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -166,3 +166,12 @@ def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, t
     (run / "status.json").write_text(json.dumps({**status, "status": "running"}))
     assert train_run(tiny_cfg, run, resume=True) == "finished"
     assert (run / "confusion.csv").read_text() == before
+
+
+def test_device_auto_is_cuda_when_present_and_only_cuda_autotunes_cudnn(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert torch.backends.cudnn.benchmark is False  # CPU runs keep cuDNN's settings untouched
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert torch.backends.cudnn.benchmark is torch.cuda.is_available()
