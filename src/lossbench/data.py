@@ -381,7 +381,7 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
 
 def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -> Dataset:
     """Decode the chosen files of root/{train,test}/<class>/* once, resized to image_size; cached on disk."""
-    root = Path(source.root)
+    root = Path(source.root).resolve()  # once, so that the listed paths are canonical without a resolve each
     size = int(source.image_size)
     require(size > 0, f"data.image_size must be > 0, not {size}")
     files = {}
@@ -424,11 +424,16 @@ def _list_images(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, in
     files = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        images = sorted(p for p in class_dir.iterdir()
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p) and p.is_file())  # fmt: skip
+        # scandir knows each entry's type from the directory listing: no stat per file (60,000 for CIFAR-10).
+        with os.scandir(class_dir) as entries:
+            images = [class_dir / name for name in sorted(entry.name for entry in entries if _is_image(entry))]
         require(images, f"{class_dir}: no image files (class directory is empty)")
         files += [(p, label) for p in images]
     return files
+
+
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.is_file() and not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb(img):
@@ -472,7 +477,7 @@ def _cache_path(source: ImageFolder, files: dict[str, list[tuple[Path, int]]], s
     for split in ("train", "test"):
         for path, label in files[split]:
             stat = path.stat()
-            digest.update(f"{path.resolve()}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     base = Path(source.cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lossbench"
     return base / f"imagefolder-{digest.hexdigest()[:16]}.pt"
 
