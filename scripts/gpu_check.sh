@@ -16,11 +16,14 @@
 #       about 25 MB in all.
 #   scripts/gpu_check.sh run                 there, e.g. with the device tool:
 #       run(command="bash scripts/gpu_check.sh run", carry=[".gpu"], timeout_s=540)
-#   scripts/gpu_check.sh compare             the comparison alone (a variant on a machine still warm: the
-#       decoded images are kept in /tmp between calls), e.g. COMPARE_ARGS="hydra/launcher=joblib hydra.launcher.n_jobs=11"
+#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, bench,
+#       tests; startup times a job's start-up phase by phase),
+#       e.g. "tests decode compare": the decoded images are kept in /tmp while the machine stays warm.
 #
 # Knobs (environment): COMPARE_ARGS (the comparison's launcher overrides, default: 7 runs at a time through the
 # joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=true to try torch.compile),
+# COMPARE_NAME (its directory, log and archive name, default comparison), MPS=1 (run the comparison under
+# CUDA MPS, so that the runs' kernels share the GPU's multiprocessors instead of taking turns),
 # BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile --batch-size 512"),
 # GPU_CHECK_SMOKE=1 (the same steps on the CPU, tiny and on synthetic data: checks this script without a GPU).
 set -uo pipefail
@@ -60,9 +63,8 @@ setup() {
   out=${OUT:-gpu_check_out}
   mkdir -p "$out"
   log="$out/gpu_check.log"
-  : >"$log"
   work=${TMPDIR:-/tmp}/lossbench_gpu_check
-  mkdir -p "$work" && rm -rf "$work/site" "$work/comparison"
+  mkdir -p "$work" && rm -rf "$work/site"
   export PYTHONUNBUFFERED=1 XDG_CACHE_HOME="$work/cache" LOSSBENCH_DEBUG=1
   python=python3 device=cuda
   if [ -n "${GPU_CHECK_SMOKE:-}" ]; then python=${PYTHON:-.venv/bin/python} device=cpu; fi
@@ -98,25 +100,81 @@ print(f"decoded {len(data.train_y)} training and {len(data.test_y)} test images 
 PY
 }
 
+# Where a job's start-up goes, phase by phase, in a fresh process: what each of a comparison's processes pays
+# before its first step.
+startup() {
+  [ -n "${GPU_CHECK_SMOKE:-}" ] && return 0
+  step startup 60 "$python" - "$work/data/cifar10" "$device" <<'PY'
+import sys, time
+began = last = time.perf_counter()
+def phase(name):
+    global last
+    now = time.perf_counter()
+    print(f"{name:<34} {now - last:6.2f} s")
+    last = now
+import torch; phase("import torch")
+from hydra import compose, initialize_config_module
+from lossbench.data import load_dataset
+from lossbench.train import absolute_paths, build_training, prepare, resolve_device; phase("import hydra, lossbench")
+with initialize_config_module("lossbench.configs", version_base="1.3"):
+    cfg = compose("config", overrides=["experiment=cifar10_folder", f"data.root={sys.argv[1]}", "data.train_size=null"])
+cfg = absolute_paths(cfg); phase("compose")
+scores = prepare(cfg); phase("prepare (classes, scores, loss)")
+data = load_dataset(cfg.data, scores.classes, scores.matrix); phase("load_dataset (decoded cache)")
+model = build_training(cfg, data, 1)[0]; phase("build_training (CPU, probe forward)")
+device = resolve_device(sys.argv[2]); on = data.to(device)
+if device.type == "cuda": torch.cuda.synchronize()
+phase(f"data to {device} (CUDA init)")
+x = on.train_x[:256].float().contiguous(memory_format=torch.channels_last)
+model = model.to(device, memory_format=torch.channels_last)
+with torch.autocast(device.type, dtype=torch.bfloat16):
+    model(x).float().sum().backward()
+if device.type == "cuda": torch.cuda.synchronize()
+phase("first step (cuDNN autotuning)")
+print(f"{'total':<34} {time.perf_counter() - began:6.2f} s")
+PY
+}
+
 compare() {
-  local data launcher
+  local name=${COMPARE_NAME:-comparison} data launcher
   data=(experiment=cifar10_folder "data.root=$work/data/cifar10" data.train_size=null "seeds=[0,1,2]" train.epochs=10)
   launcher=(${COMPARE_ARGS:-hydra/launcher=joblib hydra.launcher.n_jobs=7})
   if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
     data=("losses=[ce,expected_score]" data.train_size=512 data.test_size=256 "model.widths=[8,8,8]" train.epochs=1)
     launcher=(${COMPARE_ARGS:-hydra/launcher=joblib hydra.launcher.n_jobs=2})
   fi
-  local comparison="$work/comparison" began=$SECONDS monitor=""
+  [ -n "${MPS:-}" ] && start_mps
+  local comparison="$work/$name" began=$SECONDS monitor=""
+  rm -rf "$comparison"
   if command -v nvidia-smi >/dev/null; then
-    nvidia-smi dmon -s u -d 1 >"$out/gpu_util.log" 2>&1 &
+    nvidia-smi dmon -s u -d 1 >"$work/$name-gpu.log" 2>&1 &
     monitor=$!
   fi
   # Each job drives the GPU from one thread; torch's 16 CPU threads per job would only contend.
-  OMP_NUM_THREADS=2 step compare 180 "$python" -m lossbench.cli compare "${data[@]}" device="$device" \
+  OMP_NUM_THREADS=2 step "$name" 180 "$python" -m lossbench.cli compare "${data[@]}" device="$device" \
     train.progress=false "${launcher[@]}" --out "$comparison"
-  echo "comparison wall time: $((SECONDS - began)) s (${data[*]} ${launcher[*]}, $device)" | tee -a "$log"
-  [ -n "$monitor" ] && kill "$monitor"
-  tar -czf "$out/comparison.tar.gz" -C "$work" --exclude=checkpoint.pt comparison 2>/dev/null
+  echo "$name wall time: $((SECONDS - began)) s (${data[*]} ${launcher[*]}, $device${MPS:+, MPS})" | tee -a "$log"
+  if [ -n "$monitor" ]; then
+    kill "$monitor"
+    { echo "== GPU load during the comparison (nvidia-smi dmon, one line a second)"; cat "$work/$name-gpu.log"; } >>"$out/$name.log"
+  fi
+  [ -n "${MPS:-}" ] && stop_mps
+  tar -czf "$out/$name.tar.gz" -C "$work" --exclude=checkpoint.pt "$name" 2>/dev/null
+}
+
+# CUDA MPS: one server process runs the kernels of every CUDA process of this user side by side.
+start_mps() {
+  export CUDA_MPS_PIPE_DIRECTORY="$work/mps/pipe" CUDA_MPS_LOG_DIRECTORY="$work/mps/log"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then echo "MPS: control daemon started" | tee -a "$log"
+  else echo "MPS: could not start nvidia-cuda-mps-control; running without" | tee -a "$log"; fi
+}
+
+stop_mps() {
+  echo "MPS servers: $(echo get_server_list | timeout 5 nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')" | tee -a "$log"
+  echo quit | timeout 10 nvidia-cuda-mps-control
+  tail -n 5 "$CUDA_MPS_LOG_DIRECTORY/control.log" >>"$log" 2>/dev/null
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 }
 
 bench() {
@@ -125,16 +183,26 @@ bench() {
   step bench 75 "$python" scripts/bench_throughput.py "${args[@]}" ${BENCH_ARGS:-}
 }
 
-# The whole suite with device=auto, i.e. on the GPU, plus the CUDA-only tests, 8 at a time.
+# The whole suite with device=auto, i.e. on the GPU, plus the CUDA-only tests, 8 at a time; -v names each test
+# as it ends, so a suite cut off by its limit still says which failed.
 tests() {
   local targets=(tests)
   [ -n "${GPU_CHECK_SMOKE:-}" ] && targets=(tests/test_precision.py)
-  step tests 150 "$python" -m pytest -q -n 8 -p no:cacheprovider "${targets[@]}"
+  step tests 200 "$python" -m pytest -v -n 8 -p no:cacheprovider --tb=line -rf "${targets[@]}"
+  grep -E "FAILED|ERROR" "$out/tests.log" | cut -c1-300 >>"$log"
 }
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
-  run) setup && decode && { compare; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
-  compare) setup && decode && compare ;;
-  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | compare" >&2; exit 2 ;;
+  run) setup && decode && { startup; compare; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
+  decode | startup | compare | bench | tests)
+    setup || exit 1
+    for name in "$@"; do
+      case "$name" in
+        decode) decode || exit 1 ;;
+        startup | compare | bench | tests) "$name" ;;
+        *) echo "unknown step '$name' (decode, startup, compare, bench, tests)" >&2; exit 2 ;;
+      esac
+    done ;;
+  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | STEP... (decode, startup, compare, bench, tests)" >&2; exit 2 ;;
 esac

@@ -11,7 +11,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+# Tiny runs train on the CPU, where a seed repeats bit for bit, wherever the suite runs; tests/test_cuda.py covers
+# the GPU. LOSSBENCH_TEST_DEVICE=cuda runs them on the GPU instead (repeat-exactly tests then fail by design).
 TINY = [
+    f"device={os.environ.get('LOSSBENCH_TEST_DEVICE', 'cpu')}",
     "train.epochs=2",
     "train.batch_size=64",
     "train.progress=false",

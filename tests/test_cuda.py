@@ -1,0 +1,74 @@
+"""The CUDA path, on a machine with a GPU (skipped elsewhere): a run trains, is interrupted and resumes there,
+evaluation on the GPU computes what it computes on the CPU, and a comparison shares one GPU between processes.
+The rest of the suite pins device=cpu where it asserts what only the CPU guarantees (bit-for-bit repeats)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import lossbench.train as T
+from conftest import TINY, lossbench, make_cfg
+from lossbench.data import Dataset
+from lossbench.rundir import read_status
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ON_GPU = [*TINY, "device=cuda"]
+
+
+def test_interrupted_cuda_run_resumes_on_cuda(tmp_path, monkeypatch):
+    """Ctrl-C in epoch 2 (after epoch 1's checkpoint), then `resume`: it continues from the CUDA checkpoint."""
+    run = tmp_path / "run"
+    append = T.append_metrics
+
+    def interrupt_in_epoch_2(run_dir, row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+        append(run_dir, row)
+
+    monkeypatch.setattr(T, "append_metrics", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_run(make_cfg(*ON_GPU, "train.epochs=3"), run)
+    assert read_status(run)["status"] == "interrupted" and read_status(run)["epoch"] == 1
+    monkeypatch.setattr(T, "append_metrics", append)
+    assert T.train_run(make_cfg(*ON_GPU, "train.epochs=3"), run, resume=True) == "finished"
+    frame = pd.read_csv(run / "metrics.csv")
+    assert frame["epoch"].tolist() == [1, 2, 3] and frame["test_acc"].notna().all()
+    assert json.loads((run / "run.json").read_text())["device"] == torch.cuda.get_device_name()
+
+
+def test_evaluation_on_the_gpu_matches_the_cpu():
+    """Metrics are sums accumulated on the device: the GPU's must equal the CPU's (fp32, up to rounding)."""
+    generator = torch.Generator().manual_seed(0)
+    images = lambda n: torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator)  # noqa: E731
+    labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
+    data = Dataset(images(8), labels(8), images(300), labels(300), ["a", "b", "c"], images(100), labels(100))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+    mean, std = torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
+    cpu_row, cpu_confusion = T.evaluate(model, data, scores, 64, mean, std, None)
+    gpu = torch.device("cuda")
+    on_gpu = (model.to(gpu), data.to(gpu), scores.to(gpu), 64, mean.to(gpu), std.to(gpu), None)
+    gpu_row, gpu_confusion = T.evaluate(*on_gpu)
+    assert torch.equal(cpu_confusion, gpu_confusion)
+    for key, value in cpu_row.items():
+        assert gpu_row[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), key
+
+
+def test_comparison_shares_one_gpu_between_processes(tmp_path):
+    """Two losses x two seeds through the joblib launcher: four processes on one GPU, one report."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = tmp_path / "cmp"
+    result = lossbench("compare", *ON_GPU, "losses=[ce,expected_score]", "seeds=[0,1]", "hydra/launcher=joblib",
+                       "hydra.launcher.n_jobs=4", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = sorted(out.glob("loss=*"))
+    assert len(runs) == 4
+    for run in runs:
+        assert read_status(run)["status"] == "finished"
+        assert json.loads((run / "run.json").read_text())["device"] == torch.cuda.get_device_name()
+    assert (out / "summary.md").is_file() and (out / "test_score.png").is_file()
