@@ -66,6 +66,7 @@ def test_unknown_tune_setting_is_refused():
 
 
 def test_grid_when_the_optuna_plugin_is_absent(monkeypatch):
+    monkeypatch.setattr(tune, "optuna_installed", lambda: True)
     assert search_method("auto") == "tpe"
     monkeypatch.setattr(tune, "optuna_installed", lambda: False)
     assert search_method("auto") == "grid"
