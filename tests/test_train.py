@@ -175,3 +175,20 @@ def test_device_auto_is_cuda_when_present_and_only_cuda_autotunes_cudnn(monkeypa
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert torch.backends.cudnn.benchmark is torch.cuda.is_available()
+
+
+def test_a_checkpoint_from_another_device_resumes_with_a_warning(tmp_path, tiny_cfg, caplog):
+    """A GPU run resumed on a CPU: a CUDA generator's state (16 bytes) cannot drive a CPU generator, so the data
+    order goes on from a seed of its own, with a warning, instead of calling the checkpoint damaged."""
+    run = tmp_path / "run"
+    train_run(tiny_cfg, run)
+    state = torch.load(run / CHECKPOINT_FILE, weights_only=True)
+    assert state["data_rng_device"] == "cpu"
+    state.update(data_rng=torch.arange(16, dtype=torch.uint8), data_rng_device="cuda", epoch=1)  # as CUDA writes it
+    torch.save(state, run / CHECKPOINT_FILE)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted", "epoch": 1}))
+    with caplog.at_level("WARNING", logger="lossbench"):
+        assert train_run(tiny_cfg, run, resume=True) == "finished"
+    assert "written on cuda, resumed on cpu" in caplog.text
+    assert metrics(run)["epoch"].tolist() == [1, 2]

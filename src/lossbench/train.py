@@ -7,6 +7,7 @@ from which `resume` continues bit-for-bit on CPU.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import sys
@@ -285,19 +286,35 @@ def non_finite(row: dict[str, float], has_val: bool, num_classes: int) -> list[s
 
 
 def load_checkpoint(path: Path, device: torch.device, model, optimizer, scheduler, generator) -> tuple[int, int, float]:
-    """Restore the training state from checkpoint.pt; returns (epoch, step, elapsed_s)."""
+    """Restore the training state from checkpoint.pt; returns (epoch, step, elapsed_s). The weights and the
+    optimiser's state move to `device`, whichever device wrote them."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["data_rng"].cpu())
+        restore_data_order(generator, state, path)
         return int(state["epoch"]), int(state["step"]), float(state["elapsed_s"])
     except OSError:
         raise
     except Exception as err:  # truncated, not a checkpoint, or from another model
         raise LossbenchError(f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to "
                              "restart this run from epoch 1") from None  # fmt: skip
+
+
+def restore_data_order(generator: torch.Generator, state: dict, path: Path) -> None:
+    """Continue the data order where the checkpoint left it. A checkpoint from another kind of device (a GPU
+    run resumed on a CPU: a CUDA generator's state cannot drive a CPU one) continues with a data order of its
+    own, seeded from the saved state (so runs of different seeds still differ), and says so: the run is then no
+    longer the uninterrupted one's twin."""
+    saved = state["data_rng"].cpu()
+    written_on = state.get("data_rng_device", generator.device.type)  # older checkpoints: written here
+    if written_on == generator.device.type:
+        generator.set_state(saved)
+        return
+    generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))
+    log.warning("%s: written on %s, resumed on %s; the data order from here on differs from an uninterrupted "
+                "run's", path, written_on, generator.device.type)  # fmt: skip
 
 
 def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
@@ -360,6 +377,7 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
             if cfg.train.checkpoint:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
+                         "data_rng_device": device.type,
                          "epoch": epoch, "step": step, "elapsed_s": elapsed}  # fmt: skip
                 with atomic_path(checkpoint) as tmp:
                     torch.save(state, tmp)
