@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+from lossbench.data import Dataset
 
 # Tiny runs train on the CPU, where a seed repeats bit for bit, wherever the suite runs; tests/test_cuda.py covers
 # the GPU. LOSSBENCH_TEST_DEVICE=cuda runs them on the GPU instead (repeat-exactly tests then fail by design).
@@ -27,6 +30,21 @@ TINY = [
 def make_cfg(*overrides: str) -> DictConfig:
     with initialize_config_module("lossbench.configs", version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def evaluation_case(side: int, sizes: tuple[int, int, int]):
+    """What `evaluate` takes, small and seeded: a linear model on random 3-class `side`x`side` images (train,
+    test, val sizes), a score table with a near miss, and the normalisation. Returns (model, data, scores, mean,
+    std)."""
+    generator = torch.Generator().manual_seed(0)
+    images = lambda n: torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=generator)  # noqa: E731
+    labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
+    train, test, val = sizes
+    data = Dataset(images(train), labels(train), images(test), labels(test), ["a", "b", "c"], images(val),
+                   labels(val))  # fmt: skip
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * side * side, 3))
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+    return model, data, scores, torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
 
 
 def lossbench(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import lossbench.train as T
-from conftest import TINY, lossbench, make_cfg
-from lossbench.data import Dataset
+from conftest import TINY, evaluation_case, lossbench, make_cfg
 from lossbench.rundir import read_status
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -43,13 +42,7 @@ def test_interrupted_cuda_run_resumes_on_cuda(tmp_path, monkeypatch):
 
 def test_evaluation_on_the_gpu_matches_the_cpu():
     """Metrics are sums accumulated on the device: the GPU's must equal the CPU's (fp32, up to rounding)."""
-    generator = torch.Generator().manual_seed(0)
-    images = lambda n: torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator)  # noqa: E731
-    labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
-    data = Dataset(images(8), labels(8), images(300), labels(300), ["a", "b", "c"], images(100), labels(100))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
-    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
-    mean, std = torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
+    model, data, scores, mean, std = evaluation_case(8, (8, 300, 100))
     cpu_row, cpu_confusion = T.evaluate(model, data, scores, 64, mean, std, None)
     gpu = torch.device("cuda")
     on_gpu = (model.to(gpu), data.to(gpu), scores.to(gpu), 64, mean.to(gpu), std.to(gpu), None)

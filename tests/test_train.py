@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, make_cfg
+from conftest import TINY, evaluation_case, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.data import Dataset
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
@@ -131,13 +131,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
 
 def test_evaluate_fits_the_temperature_on_val_only():
     """evaluate equals the metric functions applied to all logits at once, with T fit on the val logits."""
-    generator = torch.Generator().manual_seed(0)
-    images = lambda n: torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=generator)  # noqa: E731
-    labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
-    data = Dataset(images(8), labels(8), images(50), labels(50), ["a", "b", "c"], images(30), labels(30))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
-    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
-    mean, std = torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
+    model, data, scores, mean, std = evaluation_case(4, (8, 50, 30))
     row, confusion = evaluate(model, data, scores, 16, mean, std, None)  # batches of 16: test is streamed
     with torch.no_grad():
         val_logits, test_logits = (model((x.float() - mean) / std) for x in (data.val_x, data.test_x))
