@@ -433,7 +433,9 @@ def _list_images(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, in
 
 
 def _is_image(entry: os.DirEntry) -> bool:
-    return entry.is_file() and not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+    """A file (or a link to one) with an image's extension, not hidden."""
+    name = Path(entry.name)
+    return name.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(name) and entry.is_file()
 
 
 def to_rgb(img):
