@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check (issue 12), as one prepared script: the full comparison (every loss x 3 seeds, all 50,000 CIFAR-10
 # training images, 10 epochs) with its wall time, report and figures, the throughput benchmark with --device cuda,
-# and the test suite on CUDA (device=auto picks the GPU). Most important first, each step under its own time
-# limit, so that whatever the lease allows comes back. Everything lands in $OUT (the device tool's output folder;
-# gpu_check_out/ elsewhere), at most 8 files: gpu_check.log (the steps' tails and times), decode.log, compare.log,
-# gpu_util.log (nvidia-smi dmon during the comparison: is the GPU busy?), bench.log, tests.log and
-# comparison.tar.gz (the report, its figures and every run's metrics, no checkpoints).
+# and the test suite there (tests/test_cuda.py and the CUDA precision tests; LOSSBENCH_TEST_DEVICE=cuda moves the
+# tiny test runs to the GPU too). Most important first, each step under its own time limit, so that whatever the
+# lease allows comes back. Everything lands in $OUT (the device tool's output folder; gpu_check_out/ elsewhere),
+# at most 8 files: gpu_check.log (the steps' tails and times), decode.log, startup.log, comparison.log (with the
+# GPU's load during it, from nvidia-smi dmon, appended), bench.log, tests.log and comparison.tar.gz (the report,
+# its figures and every run's metrics, no checkpoints).
 #
 # The GPU machine has python3 with torch, pandas, matplotlib, typer, joblib and pytest(-xdist), no network, and
 # lacks Hydra. So:
@@ -190,12 +191,14 @@ bench() {
   step bench 75 "$python" scripts/bench_throughput.py "${args[@]}" ${BENCH_ARGS:-}
 }
 
-# The whole suite with device=auto, i.e. on the GPU, plus the CUDA-only tests, 8 at a time; -v names each test
+# The whole suite, with its CUDA-only tests, 8 at a time where pytest-xdist is installed; -v names each test
 # as it ends, so a suite cut off by its limit still says which failed.
 tests() {
   local targets=(tests)
   [ -n "${GPU_CHECK_SMOKE:-}" ] && targets=(tests/test_precision.py)
-  step tests 200 "$python" -m pytest -v -n 8 -p no:cacheprovider --tb=line -rf "${targets[@]}"
+  local parallel=()
+  "$python" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+  step tests 200 "$python" -m pytest -v "${parallel[@]}" -p no:cacheprovider --tb=line -rf "${targets[@]}"
   grep -E "FAILED|ERROR" "$out/tests.log" | cut -c1-300 >>"$log"
 }
 
