@@ -84,7 +84,8 @@ def tuned_note(root: Path) -> str:
 
 def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
     """Every trial in `lossbench tune`'s tune.json, one row each (loss, lr, the loss's searched parameter, its
-    value and whether it was searched log-uniformly, objective, chosen), for tuning.png; None for a comparison, or (with a warning) a damaged file."""
+    value and whether it was searched log-uniformly, objective, chosen), for tuning.png; None for a comparison,
+    or (with a warning) a damaged file."""
     path = Path(root) / TUNE_FILE
     if not path.exists():
         return None
@@ -213,7 +214,7 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
                 "rows and columns do not name the same classes")  # fmt: skip
         require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
     except Exception as err:
-        return None, f"{path}: unreadable ({one_line(err)}); left out of confusion.png"
+        return None, f"{path}: unreadable ({one_line(err)})"
     return table.astype(float), None
 
 
@@ -543,7 +544,7 @@ def summed_confusions(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]
         for run_dir in runs_of(runs, setting, swept)["run_dir"]:
             counts, warning = read_confusion(Path(run_dir) / CONFUSION_FILE)
             if warning:
-                warnings.append(warning)
+                warnings.append(f"{warning}; left out of confusion.png")
             elif counts is not None and total is not None and not counts.index.equals(total.index):
                 warnings.append(f"{Path(run_dir) / CONFUSION_FILE}: other classes than its loss's other runs; left out")
             elif counts is not None:
