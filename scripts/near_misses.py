@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf.errors import OmegaConfBaseException
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, one_line
+from lossbench.report import read_confusion
 from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
 from lossbench.scores import build_scores
 from lossbench.stats import paired, summarise
@@ -40,17 +42,24 @@ def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float
 
 
 def run_shares(root: Path) -> pd.DataFrame:
-    """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate."""
+    """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate. A run whose
+    confusion.csv, config or score table is damaged is left out with a warning, as the report does."""
     rows = []
     for run_dir in find_runs(root):
-        path = run_dir / CONFUSION_FILE
-        if not path.exists():
+        counts, warning = read_confusion(run_dir / CONFUSION_FILE)
+        if warning or counts is None:
+            if warning:
+                print(f"warning: {warning}; run left out", file=sys.stderr)
             continue
-        cfg = read_config(run_dir)
-        counts = pd.read_csv(path, index_col=0)
-        matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
+        try:
+            cfg = read_config(run_dir)
+            loss, seed = str(cfg.loss.name), int(cfg.seed)
+            matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
+        except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
+            print(f"warning: {run_dir}: {one_line(err)}; run left out", file=sys.stderr)
+            continue
         share, far = near_and_far(counts, matrix)
-        rows.append({"loss": str(cfg.loss.name), "seed": int(cfg.seed), "share": share, "far": far})
+        rows.append({"loss": loss, "seed": seed, "share": share, "far": far})
     return pd.DataFrame(rows)
 
 
@@ -63,6 +72,8 @@ def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
     """The paired difference with ce over the seeds both have."""
     mine, theirs = group.set_index("seed")[column], reference.set_index("seed")[column]
     seeds = sorted(set(mine.index) & set(theirs.index))
+    if not seeds:
+        return "no shared seed"
     p = paired(mine[seeds].to_numpy(), theirs[seeds].to_numpy())
     return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
 

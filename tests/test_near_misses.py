@@ -59,3 +59,19 @@ def test_table_with_paired_difference(tmp_path, capsys):
 def test_no_runs_is_one_error_line(tmp_path, capsys):
     assert near_misses.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no run under")
+
+
+def test_damaged_runs_are_left_out_with_a_warning(tmp_path, capsys):
+    fake_run(tmp_path, "ce", 0, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
+    fake_run(tmp_path, "ce", 5, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
+    fake_run(tmp_path, "soft_label_ce", 0, [[50, 4, 0], [2, 50, 2], [1, 1, 50]])
+    fake_run(tmp_path, "soft_label_ce", 1, [[50, 4, 0], [2, 50, 2], [1, 1, 50]])
+    (tmp_path / "loss=ce,seed=0" / "confusion.csv").write_text('a,"unterminated\n')
+    (tmp_path / "loss=soft_label_ce,seed=1" / "config.yaml").write_text("seed: 1\n")
+    assert near_misses.main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and all("run left out" in w for w in warnings)
+    assert "Traceback" not in captured.err
+    # 6 of 8 mistakes near; ce's seed 0 is gone, so the two losses share no seed
+    assert "| soft_label_ce | 0.750 | no shared seed | 0.019 | no shared seed | 1 |" in captured.out
