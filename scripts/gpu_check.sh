@@ -73,6 +73,7 @@ setup() {
   if [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"; fi
   mkdir -p "$work/site" && cp -r src/lossbench "$work/site/" || return 1
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+  write_probe
   { nvidia-smi -L 2>/dev/null; nproc; } | tee -a "$log"
   "$python" - <<'PY' 2>&1 | tee -a "$log"
 import torch, lossbench, hydra
@@ -81,38 +82,16 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {name}; hydra {hyd
 PY
 }
 
-# The JPEGs extracted and decoded once into lossbench's tensor cache, outside the comparison's wall time.
-decode() {
-  [ -n "${GPU_CHECK_SMOKE:-}" ] && return 0
-  if [ ! -d "$work/data/cifar10" ]; then
-    mkdir -p "$work/data" && tar -xzf .gpu/cifar10-jpeg.tar.gz -C "$work/data" || return 1
-  fi
-  step decode 120 "$python" - "$work/data/cifar10" <<'PY'
-import sys, time
-from hydra import compose, initialize_config_module
-from lossbench.data import load_dataset
-from lossbench.train import absolute_paths, prepare
-began = time.perf_counter()
-with initialize_config_module("lossbench.configs", version_base="1.3"):
-    cfg = compose("config", overrides=["experiment=cifar10_folder", f"data.root={sys.argv[1]}", "data.train_size=null"])
-cfg = absolute_paths(cfg)
-scores = prepare(cfg)
-data = load_dataset(cfg.data, scores.classes, scores.matrix)
-print(f"decoded {len(data.train_y)} training and {len(data.test_y)} test images in {time.perf_counter() - began:.1f} s")
-PY
-}
-
-# Where a job's start-up goes, phase by phase, in a fresh process: what each of a comparison's processes pays
-# before its first step.
-startup() {
-  [ -n "${GPU_CHECK_SMOKE:-}" ] && return 0
-  step startup 60 "$python" - "$work/data/cifar10" "$device" <<'PY'
+# A fresh process that times a job's start-up, phase by phase, up to its first training step. Its load phase
+# decodes the JPEGs the first time (into lossbench's tensor cache) and reads that cache afterwards.
+write_probe() {
+  cat >"$work/probe.py" <<'PY'
 import sys, time
 began = last = time.perf_counter()
 def phase(name):
     global last
     now = time.perf_counter()
-    print(f"{name:<34} {now - last:6.2f} s")
+    print(f"{name:<40} {now - last:6.2f} s")
     last = now
 import torch; phase("import torch")
 from hydra import compose, initialize_config_module
@@ -122,7 +101,8 @@ with initialize_config_module("lossbench.configs", version_base="1.3"):
     cfg = compose("config", overrides=["experiment=cifar10_folder", f"data.root={sys.argv[1]}", "data.train_size=null"])
 cfg = absolute_paths(cfg); phase("compose")
 scores = prepare(cfg); phase("prepare (classes, scores, loss)")
-data = load_dataset(cfg.data, scores.classes, scores.matrix); phase("load_dataset (decoded cache)")
+data = load_dataset(cfg.data, scores.classes, scores.matrix)
+phase(f"load_dataset ({len(data.train_y)} train, {len(data.test_y)} test)")
 model = build_training(cfg, data, 1)[0]; phase("build_training (CPU, probe forward)")
 device = resolve_device(sys.argv[2]); on = data.to(device)
 if device.type == "cuda": torch.cuda.synchronize()
@@ -133,8 +113,23 @@ with torch.autocast(device.type, dtype=torch.bfloat16):
     model(x).float().sum().backward()
 if device.type == "cuda": torch.cuda.synchronize()
 phase("first step (cuDNN autotuning)")
-print(f"{'total':<34} {time.perf_counter() - began:6.2f} s")
+print(f"{'total':<40} {time.perf_counter() - began:6.2f} s")
 PY
+}
+
+# The JPEGs extracted and decoded once, outside the comparison's wall time.
+decode() {
+  [ -n "${GPU_CHECK_SMOKE:-}" ] && return 0
+  if [ ! -d "$work/data/cifar10" ]; then
+    mkdir -p "$work/data" && tar -xzf .gpu/cifar10-jpeg.tar.gz -C "$work/data" || return 1
+  fi
+  step decode 120 "$python" "$work/probe.py" "$work/data/cifar10" "$device"
+}
+
+# The same probe on the decoded cache: what each of a comparison's processes pays before its first step.
+startup() {
+  [ -n "${GPU_CHECK_SMOKE:-}" ] && return 0
+  step startup 60 "$python" "$work/probe.py" "$work/data/cifar10" "$device"
 }
 
 compare() {
