@@ -13,6 +13,12 @@ augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-ch
 After --warmup untimed steps of each loop, the two alternate for --rounds rounds; in each round a loop runs one
 untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
 start-up is paid once, in the warmup, outside the timings.
+
+--pack M adds a third loop, `packed`: M SmallCNNs trained side by side as one network (each convolution a grouped
+convolution, each batch norm over all members' channels, the heads one batched matmul), each member with its own
+data order, augmentation and loss, the way one process could train M runs of a comparison at once. Its rate
+counts every member's images. On a GPU, where one run is bound by kernel launches, this measures whether packing
+the runs (M times the work per kernel) beats running them side by side in separate processes.
 Each round line also gives the CPU seconds used (the workers' included): a round with far less CPU time than
 2 x wall time on 2 cores was slowed by other work on the machine.
 
@@ -25,7 +31,8 @@ machine lowers both alike. The last lines are `efficiency: X.XX` (the median ove
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
-    python scripts/bench_throughput.py --device cuda --compile --batch-size 512
+    python scripts/bench_throughput.py --device cuda --compile reduce-overhead --batch-size 512
+    python scripts/bench_throughput.py --device cuda --pack 7 --no-cudnn-benchmark
     python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
 """
 
@@ -43,6 +50,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hydra import compose, initialize_config_module
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -54,7 +62,7 @@ from lossbench.losses import build_loss
 from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import resolve_precision
-from lossbench.train import prepare, resolve_device, train_one_epoch
+from lossbench.train import COMPILE_MODES, configure_cudnn, prepare, resolve_device, train_one_epoch
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -138,7 +146,7 @@ def load_images(args, n_train: int):
 class LossbenchLoop:
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, compile_model):
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, compile_model: str | None):
         self.device, self.dtype, self.batch = device, dtype, batch
         images, labels = images.to(device), labels.to(device)
         mean, std = feature_stats(images)
@@ -151,7 +159,7 @@ class LossbenchLoop:
         assert len(self.timed) == steps
         torch.manual_seed(0)
         self.model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
-        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.step_model = torch.compile(self.model, mode=compile_model) if compile_model else self.model
         self.loss_fn = build_loss("ce", scores.matrix).to(device)
         x, y = next(iter(self.warm))
         self.flops_per_image = training_flops_per_image(self.model, self.loss_fn, x, y)
@@ -173,6 +181,122 @@ class LossbenchLoop:
         self.epoch(self.timed)
         sync(self.device)
         return len(self.timed) * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
+
+
+def packed_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
+    """The members' convolutions as one grouped convolution over their stacked channels."""
+    first, m = convs[0], len(convs)
+    conv = nn.Conv2d(first.in_channels * m, first.out_channels * m, first.kernel_size, first.stride, first.padding,
+                     groups=first.groups * m, bias=first.bias is not None)  # fmt: skip
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([c.weight for c in convs]))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.cat([c.bias for c in convs]))
+    return conv
+
+
+def packed_batch_norm(norms: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """Batch norm's statistics are per channel, so one over all members' channels is each member's own."""
+    norm = nn.BatchNorm2d(norms[0].num_features * len(norms), norms[0].eps, norms[0].momentum)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(norm, name).copy_(torch.cat([getattr(n, name) for n in norms]))
+    return norm
+
+
+class PackedSmallCNN(nn.Module):
+    """M SmallCNNs side by side as one network, computing what the M members compute (their weights are copied).
+    Input [B, M*C, H, W] (member m's image in channels mC..mC+C-1), output [M, B, classes]."""
+
+    def __init__(self, members: list[SmallCNN]):
+        super().__init__()
+        layers = []
+        for group in zip(*(m.features for m in members)):
+            block = []
+            for layer in (group[0] if isinstance(group[0], nn.Sequential) else [group[0]]):
+                index = len(block)
+                same = [g[index] if isinstance(g, nn.Sequential) else g for g in group]
+                if isinstance(layer, nn.Conv2d):
+                    block.append(packed_conv(same))
+                elif isinstance(layer, nn.BatchNorm2d):
+                    block.append(packed_batch_norm(same))
+                else:  # ReLU, MaxPool2d: per channel already
+                    block.append(layer)
+            layers.extend(block)
+        self.features = nn.Sequential(*layers)
+        self.members = len(members)
+        self.head_weight = nn.Parameter(torch.stack([m.head.weight.detach() for m in members]))  # [M, out, in]
+        self.head_bias = nn.Parameter(torch.stack([m.head.bias.detach() for m in members]))  # [M, out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3))  # [B, M*in]
+        per_member = pooled.view(len(x), self.members, -1).transpose(0, 1)  # [M, B, in]
+        return torch.baddbmm(self.head_bias.unsqueeze(1), per_member, self.head_weight.transpose(1, 2))
+
+
+def pack_batches(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """M members' batches ([B, C, H, W] each) as the packed network's input [B, M*C, H, W] and labels [M, B]."""
+    x = torch.stack([x for x, _ in batches], dim=1).flatten(1, 2)
+    return x.contiguous(memory_format=torch.channels_last), torch.stack([y for _, y in batches])
+
+
+class PackedLoop:
+    """M runs trained as one packed network: each member draws its own batch (its own generator, so its own
+    order and augmentation) and has its own loss; one backward and one optimiser step serve all (SGD is
+    elementwise, so one optimiser over the packed weights is M optimisers)."""
+
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int):
+        self.device, self.dtype, self.batch, self.steps, self.members = device, dtype, batch, steps, members
+        images, labels = images.to(device), labels.to(device)
+        mean, std = feature_stats(images)
+        augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
+        self.batches = [Batches(images, labels, batch, mean, std, torch.Generator(device=device).manual_seed(m),
+                                *augment) for m in range(members)]  # fmt: skip
+        self.streams = [iter(b) for b in self.batches]
+        singles = []
+        for m in range(members):
+            torch.manual_seed(m)
+            singles.append(SmallCNN(num_classes))
+        self.model = PackedSmallCNN(singles).to(device, memory_format=torch.channels_last)
+        self.loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(self.batches[0]), 1_000)
+
+    def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each member's next batch; a member at the end of its epoch starts the next one."""
+        drawn = []
+        for m, stream in enumerate(self.streams):
+            try:
+                drawn.append(next(stream))
+            except StopIteration:
+                self.streams[m] = iter(self.batches[m])
+                drawn.append(next(self.streams[m]))
+        return drawn
+
+    def step(self) -> None:
+        x, y = pack_batches(self.next_batches())
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.model(x)
+        z = logits.float()
+        loss = sum(self.loss_fn(z[m], y[m]) for m in range(self.members))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def warmup(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step()
+
+    def round(self) -> tuple[int, float, float]:
+        """Images (all members'), wall seconds and CPU seconds of `steps` timed steps."""
+        self.warmup(1)
+        sync(self.device)
+        began, cpu = time.perf_counter(), cpu_seconds()
+        for _ in range(self.steps):
+            self.step()
+        sync(self.device)
+        return self.steps * self.batch * self.members, time.perf_counter() - began, cpu_seconds() - cpu
 
 
 class NaiveLoop:
@@ -230,7 +354,12 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32")
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size of both loops (default 256)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile lossbench's model (train.compile=true)")
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
+                        help="torch.compile lossbench's model in this mode (default: default), as train.compile does")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="CUDA: no cuDNN autotuning (train.cudnn_benchmark=false)")
+    parser.add_argument("--pack", type=int, default=0, metavar="M",
+                        help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
@@ -238,8 +367,8 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
                         "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        parser.error("--rounds, --steps and --batch-size must be >= 1 and --warmup >= 0")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.pack < 0:
+        parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup and --pack >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
     return args
@@ -247,6 +376,7 @@ def parse_args(argv=None):
 
 def main(args) -> None:
     device, batch = resolve_device(args.device), args.batch_size
+    configure_cudnn(device, not args.no_cudnn_benchmark)
     n_train = (1 + args.steps) * batch  # one epoch = 1 untimed + `steps` timed steps
     images, labels, scores, cfg = load_images(args, n_train)
     if len(labels) < n_train:
@@ -261,12 +391,18 @@ def main(args) -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
     print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), channels_last"
-          f"{', torch.compile' if args.compile else ''}; naive fp32, contiguous")  # fmt: skip
+          f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
+          f"{', cuDNN autotuning' if device.type == 'cuda' and not args.no_cudnn_benchmark else ''}; "
+          "naive fp32, contiguous")  # fmt: skip
     print(f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 
     lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile)
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
+    loops = {"lossbench": lossbench, "naive": naive}
+    if args.pack:
+        loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.pack)
+        print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
@@ -277,14 +413,18 @@ def main(args) -> None:
     began = time.perf_counter()
     naive.warmup(args.warmup)  # includes starting the workers
     print(f"warmup naive     {time.perf_counter() - began:.1f} s", flush=True)
+    if args.pack:
+        began = time.perf_counter()
+        loops["packed"].warmup(args.warmup)
+        print(f"warmup packed    {time.perf_counter() - began:.1f} s", flush=True)
 
     memory = {}
     resident = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    results = {"lossbench": [], "naive": []}
+    results = {name: [] for name in loops}
     peaks, efficiencies = [], []
     peak_dtype = dtype or torch.float32
     for r in range(args.rounds):
-        for name, loop in (("lossbench", lossbench), ("naive", naive)):
+        for name, loop in loops.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             count, wall, cpu = loop.round()
@@ -304,9 +444,9 @@ def main(args) -> None:
     for name, rates in results.items():
         print(f"median {name:<9} {medians[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in rates)})")
     if device.type == "cuda":
-        print(f"peak CUDA memory allocated during the rounds: lossbench {memory['lossbench']:.0f} MiB, naive "
-              f"{memory['naive']:.0f} MiB (both include {resident:.0f} MiB held throughout: lossbench's dataset on the "
-              f"device, both models and optimiser states)")  # fmt: skip
+        print(f"peak CUDA memory allocated during the rounds: {', '.join(f'{n} {m:.0f} MiB' for n, m in memory.items())} "
+              f"(each includes {resident:.0f} MiB held throughout: lossbench's dataset on the device, the models and "
+              "optimiser states built before the rounds)")  # fmt: skip
     else:
         del naive.loader  # shut the workers down so that RUSAGE_CHILDREN counts them
         gc.collect()
@@ -317,6 +457,8 @@ def main(args) -> None:
           f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median")  # fmt: skip
     print(f"efficiency: {statistics.median(efficiencies):.2f}")
     print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
+    if args.pack:  # above 1: packing M runs into one process trains them faster than one run at a time
+        print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, {args.pack} members)")
 
 
 if __name__ == "__main__":

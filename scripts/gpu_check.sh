@@ -96,7 +96,8 @@ def phase(name):
 import torch; phase("import torch")
 from hydra import compose, initialize_config_module
 from lossbench.data import load_dataset
-from lossbench.train import absolute_paths, build_training, prepare, resolve_device; phase("import hydra, lossbench")
+from lossbench.train import absolute_paths, build_training, configure_cudnn, prepare, resolve_device
+phase("import hydra, lossbench")
 with initialize_config_module("lossbench.configs", version_base="1.3"):
     cfg = compose("config", overrides=["experiment=cifar10_folder", f"data.root={sys.argv[1]}", "data.train_size=null"])
 cfg = absolute_paths(cfg); phase("compose")
@@ -104,7 +105,7 @@ scores = prepare(cfg); phase("prepare (classes, scores, loss)")
 data = load_dataset(cfg.data, scores.classes, scores.matrix)
 phase(f"load_dataset ({len(data.train_y)} train, {len(data.test_y)} test)")
 model = build_training(cfg, data, 1)[0]; phase("build_training (CPU, probe forward)")
-device = resolve_device(sys.argv[2]); on = data.to(device)
+device = resolve_device(sys.argv[2]); configure_cudnn(device, True); on = data.to(device)
 if device.type == "cuda": torch.cuda.synchronize()
 phase(f"data to {device} (CUDA init)")
 x = on.train_x[:256].float().contiguous(memory_format=torch.channels_last)

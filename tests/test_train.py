@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from lossbench.errors import LossbenchError
 from lossbench.data import Dataset
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
 from lossbench.rundir import CHECKPOINT_FILE, read_status
-from lossbench.train import evaluate, resolve_device, train_run
+from lossbench.train import compile_mode, configure_cudnn, evaluate, resolve_device, train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -162,13 +163,52 @@ def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, t
     assert (run / "confusion.csv").read_text() == before
 
 
-def test_device_auto_is_cuda_when_present_and_only_cuda_autotunes_cudnn(monkeypatch):
+def test_device_auto_is_cuda_when_present_and_only_cuda_runs_touch_cudnn(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     assert resolve_device("cpu") == torch.device("cpu")
-    assert torch.backends.cudnn.benchmark is False  # CPU runs keep cuDNN's settings untouched
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
-    assert torch.backends.cudnn.benchmark is torch.cuda.is_available()
+    configure_cudnn(torch.device("cpu"), True)
+    assert torch.backends.cudnn.benchmark is False  # CPU runs keep cuDNN's settings untouched
+    configure_cudnn(torch.device("cuda"), True)
+    assert torch.backends.cudnn.benchmark is True
+    configure_cudnn(torch.device("cuda"), False)
+    assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize(("value", "mode"), [(False, None), (True, "default"), ("reduce-overhead", "reduce-overhead"),
+                                             ("max-autotune", "max-autotune")])  # fmt: skip
+def test_train_compile_names_a_torch_compile_mode(value, mode):
+    assert compile_mode(value) == mode
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.compile=fast", "train.compile must be true, false or one of default, reduce-overhead"),
+    ("train.compile=1", "train.compile must be true, false or one of"),
+    ("train.cudnn_benchmark=maybe", "train.cudnn_benchmark must be true or false, not 'maybe'"),
+])  # fmt: skip
+def test_bad_compile_and_cudnn_settings_are_refused_before_training(tmp_path, override, message):
+    with pytest.raises(LossbenchError, match=re.escape(message)):
+        train_run(make_cfg(*TINY, override), tmp_path / "run")
+    assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_resumes_like_an_eager_one(tmp_path):
+    """train.compile=reduce-overhead on the CPU (no CUDA graphs there, so torch.compile's code path only): the
+    run finishes, its checkpoint holds the model's own parameter names (not the compiled wrapper's), and a resume
+    continues from it."""
+    cfg = make_cfg(*TINY, "train.compile=reduce-overhead", "train.epochs=1")
+    run = tmp_path / "run"
+    assert train_run(cfg, run) == "finished"
+    state = torch.load(run / CHECKPOINT_FILE, weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("epochs: 1", "epochs: 2"))
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    assert train_run(cfg, run, resume=True) == "finished"
+    assert metrics(run)["epoch"].tolist() == [1, 2]
 
 
 def test_a_checkpoint_from_another_device_resumes_with_a_warning(tmp_path, tiny_cfg, caplog):

@@ -38,6 +38,7 @@ from lossbench.scores import ScoreMatrix, build_scores
 log = logging.getLogger("lossbench")
 
 PATH_KEYS = ("scores.path", "data.root", "data.path", "data.cache_dir")  # resolved once, recorded absolute
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 FINAL_STATUSES = ("finished", "diverged")  # resuming a diverged run would only diverge again
 
 
@@ -57,6 +58,9 @@ def validate(cfg: DictConfig) -> None:
             require_int(value, f"data.{key}", positive=True, note=" (or null for all)")
     require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not '{cfg.device}'")
     require(cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not '{cfg.precision}'")
+    compile_mode(cfg.train.compile)
+    autotune = cfg.train.get("cudnn_benchmark", True)
+    require(isinstance(autotune, bool), f"train.cudnn_benchmark must be true or false, not {autotune!r}")
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
 
@@ -95,15 +99,28 @@ def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
     return model.train(), optimizer, scheduler
 
 
+def compile_mode(value: Any) -> str | None:
+    """The torch.compile mode that `train.compile` asks for: None (false, eager), "default" (true) or a mode by
+    name; "reduce-overhead" captures the steps in CUDA graphs, the cure for a GPU starved by kernel launches."""
+    if value is False or value is True:
+        return "default" if value else None
+    require(value in COMPILE_MODES, f"train.compile must be true, false or one of {', '.join(COMPILE_MODES)}, "
+                                    f"not {value!r}")  # fmt: skip
+    return value
+
+
 def resolve_device(name: str) -> torch.device:
-    """The device of `device=name`. On CUDA it also lets cuDNN time its convolution algorithms once per shape:
-    a run's training batches all have one shape (the last partial batch is dropped), so the timing pays off."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """The device of `device=name`."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def configure_cudnn(device: torch.device, benchmark: bool) -> None:
+    """On CUDA, whether cuDNN times its convolution algorithms once per shape (`train.cudnn_benchmark`). A run's
+    training batches all have one shape (the last partial batch is dropped), so the timing pays off over a run;
+    it costs seconds at the first step, which all processes sharing a GPU pay at once. A CPU run leaves cuDNN's
+    settings as they are."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return device
+        torch.backends.cudnn.benchmark = benchmark
 
 
 # ---------------------------------------------------------------- paths
@@ -320,6 +337,7 @@ def restore_data_order(generator: torch.Generator, state: dict, path: Path) -> N
 def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
+    configure_cudnn(device, cfg.train.get("cudnn_benchmark", True))  # absent from older runs' configs
     host_data = load_dataset(cfg.data, scores.classes, scores.matrix)
     data = host_data.to(device)
     mean, std = feature_stats(data.train_x)
@@ -336,7 +354,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
     dtype = precision.dtype
     write_provenance(run_dir, device, precision)
-    step_model = torch.compile(model) if cfg.train.compile else model
+    mode = compile_mode(cfg.train.compile)
+    step_model = torch.compile(model, mode=mode) if mode else model
 
     start_epoch, step, elapsed = 0, 0, 0.0
     checkpoint = run_dir / CHECKPOINT_FILE
