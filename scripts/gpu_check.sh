@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check (issue 12), as one prepared script: the full comparison (every loss x 3 seeds, all 50,000 CIFAR-10
-# training images, 10 epochs) with its wall time, report and figures, the throughput benchmark with --device cuda,
+# training images, 10 epochs) with its wall time, report and figures, the levers not yet measured on a GPU
+# (packing runs into one network, CUDA graphs, cuDNN autotuning off), the throughput benchmark with --device cuda,
 # and the test suite there (tests/test_cuda.py and the CUDA precision tests; LOSSBENCH_TEST_DEVICE=cuda moves the
 # tiny test runs to the GPU too). Most important first, each step under its own time limit, so that whatever the
 # lease allows comes back. Everything lands in $OUT (the device tool's output folder; gpu_check_out/ elsewhere),
-# at most 8 files: gpu_check.log (the steps' tails and times), decode.log, startup.log, comparison.log (with the
-# GPU's load during it, from nvidia-smi dmon, appended), bench.log, tests.log and comparison.tar.gz (the report,
-# its figures and every run's metrics, no checkpoints).
+# at most 9 files: gpu_check.log (the steps' tails and times), decode.log, startup.log, comparison.log (with the
+# GPU's load during it, from nvidia-smi dmon, appended), levers.log, bench.log, tests.log and comparison.tar.gz
+# (the report, its figures and every run's metrics, no checkpoints).
 #
 # The GPU machine has python3 with torch, pandas, matplotlib, typer, joblib and pytest(-xdist), no network, and
 # lacks Hydra. So:
@@ -17,16 +18,18 @@
 #       about 25 MB in all.
 #   scripts/gpu_check.sh run                 there, e.g. with the device tool:
 #       run(command="bash scripts/gpu_check.sh run", carry=[".gpu"], timeout_s=540)
-#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, bench,
-#       tests; startup times a job's start-up phase by phase),
+#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, levers,
+#       bench, tests; startup times a job's start-up phase by phase),
 #       e.g. "tests decode compare": the decoded images are kept in /tmp while the machine stays warm.
+#       All steps take about 10 minutes, more than one call may run: choose, e.g. "decode compare levers".
 #
 # Knobs (environment): COMPARE_ARGS (the comparison's launcher overrides, default: all 21 runs at once through the
-# joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=true to try torch.compile),
+# joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=reduce-overhead for CUDA graphs or
+# train.cudnn_benchmark=false),
 # COMPARE_NAME (its directory, log and archive name, default comparison), MPS (1, the default: run the comparison
 # under CUDA MPS, so that the runs' kernels share the GPU's multiprocessors instead of taking turns; 0: without).
 # Measured on an H200: 112 s with 7 runs at a time without MPS, 91 s with all 21 under MPS (README, Performance).
-# BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile --batch-size 512"),
+# BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile reduce-overhead --batch-size 512"),
 # GPU_CHECK_SMOKE=1 (the same steps on the CPU, tiny and on synthetic data: checks this script without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -187,6 +190,25 @@ bench() {
   step bench 75 "$python" scripts/bench_throughput.py "${args[@]}" ${BENCH_ARGS:-}
 }
 
+# The levers not yet measured on a GPU, each as one benchmark run against lossbench's one-run loop in the same
+# process: M runs packed into one network (--pack: is one process with M-fold kernels faster than M processes?),
+# CUDA graphs (--compile reduce-overhead) and cuDNN autotuning off. All land in levers.log.
+levers() {
+  local args=(--device "$device" --steps 40 --rounds 3 --warmup 10) variants=("--pack 7" "--pack 21"
+    "--compile reduce-overhead" "--no-cudnn-benchmark") variant began rc
+  [ -n "${GPU_CHECK_SMOKE:-}" ] && args=(--device "$device" --rounds 1 --steps 1 --warmup 0 --batch-size 16)
+  : >"$out/levers.log"
+  for variant in "${variants[@]}"; do
+    began=$SECONDS
+    echo "== levers: $variant" | tee -a "$log" >>"$out/levers.log"
+    timeout 120 "$python" scripts/bench_throughput.py "${args[@]}" $variant >"$work/lever.log" 2>&1
+    rc=$?
+    grep -E "^(warmup|median|efficiency|ratio|pack):?" "$work/lever.log" >>"$log"
+    cat "$work/lever.log" >>"$out/levers.log"
+    echo "== levers: $variant exit $rc after $((SECONDS - began)) s" | tee -a "$log" >>"$out/levers.log"
+  done
+}
+
 # The whole suite, with its CUDA-only tests, 8 at a time where pytest-xdist is installed; -v names each test
 # as it ends, so a suite cut off by its limit still says which failed.
 tests() {
@@ -200,15 +222,16 @@ tests() {
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
-  run) setup && decode && { startup; compare; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
-  decode | startup | compare | bench | tests)
+  run) setup && decode && { startup; compare; levers; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
+  decode | startup | compare | bench | levers | tests)
     setup || exit 1
     for name in "$@"; do
       case "$name" in
         decode) decode || exit 1 ;;
-        startup | compare | bench | tests) "$name" ;;
-        *) echo "unknown step '$name' (decode, startup, compare, bench, tests)" >&2; exit 2 ;;
+        startup | compare | bench | levers | tests) "$name" ;;
+        *) echo "unknown step '$name' (decode, startup, compare, bench, levers, tests)" >&2; exit 2 ;;
       esac
     done ;;
-  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | STEP... (decode, startup, compare, bench, tests)" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | STEP... (decode, startup, compare, bench, levers, tests)" >&2
+     exit 2 ;;
 esac
