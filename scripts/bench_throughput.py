@@ -14,9 +14,9 @@ After --warmup untimed steps of each loop, the two alternate for --rounds rounds
 untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
 start-up is paid once, in the warmup, outside the timings.
 
---pack M adds a third loop, `packed`: M SmallCNNs trained side by side as one network (each convolution a grouped
-convolution, each batch norm over all members' channels, the heads one batched matmul), each member with its own
-data order, augmentation and loss, the way one process could train M runs of a comparison at once. Its rate
+--pack M adds a third loop, `packed`: M SmallCNNs trained side by side as one network (`lossbench.pack`: each
+convolution a grouped convolution, each batch norm over all members' channels, the heads one batched matmul), each
+member with its own data order, augmentation and loss, the way one process could train M runs of a comparison at once. Its rate
 counts every member's images. On a GPU, where one run is bound by kernel launches, this measures whether packing
 the runs (M times the work per kernel) beats running them side by side in separate processes.
 Each round line also gives the CPU seconds used (the workers' included): a round with far less CPU time than
@@ -50,7 +50,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from hydra import compose, initialize_config_module
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -61,6 +60,7 @@ from lossbench.data import Batches, feature_stats, load_dataset
 from lossbench.losses import build_loss
 from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.pack import PackedNetwork, pack_inputs
 from lossbench.precision import resolve_precision
 from lossbench.train import COMPILE_MODES, configure_cudnn, prepare, resolve_device, train_one_epoch
 
@@ -183,63 +183,6 @@ class LossbenchLoop:
         return len(self.timed) * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
 
 
-def packed_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
-    """The members' convolutions as one grouped convolution over their stacked channels."""
-    first, m = convs[0], len(convs)
-    conv = nn.Conv2d(first.in_channels * m, first.out_channels * m, first.kernel_size, first.stride, first.padding,
-                     groups=first.groups * m, bias=first.bias is not None)  # fmt: skip
-    with torch.no_grad():
-        conv.weight.copy_(torch.cat([c.weight for c in convs]))
-        if conv.bias is not None:
-            conv.bias.copy_(torch.cat([c.bias for c in convs]))
-    return conv
-
-
-def packed_batch_norm(norms: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
-    """Batch norm's statistics are per channel, so one over all members' channels is each member's own."""
-    norm = nn.BatchNorm2d(norms[0].num_features * len(norms), norms[0].eps, norms[0].momentum)
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(norm, name).copy_(torch.cat([getattr(n, name) for n in norms]))
-    return norm
-
-
-class PackedSmallCNN(nn.Module):
-    """M SmallCNNs side by side as one network, computing what the M members compute (their weights are copied).
-    Input [B, M*C, H, W] (member m's image in channels mC..mC+C-1), output [M, B, classes]."""
-
-    def __init__(self, members: list[SmallCNN]):
-        super().__init__()
-        layers = []
-        for group in zip(*(m.features for m in members)):
-            block = []
-            for layer in (group[0] if isinstance(group[0], nn.Sequential) else [group[0]]):
-                index = len(block)
-                same = [g[index] if isinstance(g, nn.Sequential) else g for g in group]
-                if isinstance(layer, nn.Conv2d):
-                    block.append(packed_conv(same))
-                elif isinstance(layer, nn.BatchNorm2d):
-                    block.append(packed_batch_norm(same))
-                else:  # ReLU, MaxPool2d: per channel already
-                    block.append(layer)
-            layers.extend(block)
-        self.features = nn.Sequential(*layers)
-        self.members = len(members)
-        self.head_weight = nn.Parameter(torch.stack([m.head.weight.detach() for m in members]))  # [M, out, in]
-        self.head_bias = nn.Parameter(torch.stack([m.head.bias.detach() for m in members]))  # [M, out]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(x).mean(dim=(2, 3))  # [B, M*in]
-        per_member = pooled.view(len(x), self.members, -1).transpose(0, 1)  # [M, B, in]
-        return torch.baddbmm(self.head_bias.unsqueeze(1), per_member, self.head_weight.transpose(1, 2))
-
-
-def pack_batches(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """M members' batches ([B, C, H, W] each) as the packed network's input [B, M*C, H, W] and labels [M, B]."""
-    x = torch.stack([x for x, _ in batches], dim=1).flatten(1, 2)
-    return x.contiguous(memory_format=torch.channels_last), torch.stack([y for _, y in batches])
-
-
 class PackedLoop:
     """M runs trained as one packed network: each member draws its own batch (its own generator, so its own
     order and augmentation) and has its own loss; one backward and one optimiser step serve all (SGD is
@@ -256,8 +199,9 @@ class PackedLoop:
         singles = []
         for m in range(members):
             torch.manual_seed(m)
-            singles.append(SmallCNN(num_classes))
-        self.model = PackedSmallCNN(singles).to(device, memory_format=torch.channels_last)
+            singles.append(SmallCNN(num_classes).to(device))
+        probe = next(iter(self.batches[0]))[0][:4]
+        self.model = PackedNetwork(singles, probe).to(memory_format=torch.channels_last)
         self.loss_fn = build_loss("ce", scores.matrix).to(device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(self.batches[0]), 1_000)
@@ -274,7 +218,8 @@ class PackedLoop:
         return drawn
 
     def step(self) -> None:
-        x, y = pack_batches(self.next_batches())
+        drawn = self.next_batches()
+        x, y = pack_inputs([x for x, _ in drawn]), [y for _, y in drawn]
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = self.model(x)
         z = logits.float()
