@@ -12,6 +12,8 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,14 +222,16 @@ class Progress:
         if self.bar is not None:
             self.bar.advance(self.task)
 
-    def epoch(self, row: dict[str, float], epochs: int) -> None:
-        text = (f"{self.name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
+    def epoch(self, row: dict[str, float], epochs: int, name: str | None = None) -> None:
+        """Log an epoch's line, for this bar's run or, in a pack, for the member `name`."""
+        name = name or self.name
+        text = (f"{name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
                 f"train_acc {row['train_acc']:.3f} test_acc {row['test_acc']:.3f} "
                 f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} ({row['elapsed_s']:.1f}s)")  # fmt: skip
         if self.bar is None:
             log.info(text)
             return
-        self.bar.update(self.task, description=f"{self.name} ep {row['epoch']}/{epochs} "
+        self.bar.update(self.task, description=f"{name} ep {row['epoch']}/{epochs} "
                         f"loss {row['train_loss']:.3f} acc {row['test_acc']:.3f}")  # fmt: skip
         # The bar is transient: take it down while the log line prints, so the two never overwrite each other.
         self.bar.stop()
@@ -246,38 +250,66 @@ def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
     run_dir = Path(run_dir)
     claim(run_dir, "run")
     with locked(run_dir):
-        if run_has_results(run_dir):
-            require(resume, f"run directory {run_dir} already has results; continue it with "
-                            f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
-            status = read_status(run_dir)
-            if status["status"] in FINAL_STATUSES:
-                log.info("%s: already %s", run_dir, status["status"])
-                return status["status"]
-            if status["status"] == "unknown" and (run_dir / STATUS_FILE).exists():
-                log.warning("warning: %s; continuing from the checkpoint", status["message"])
-        try:
-            if resume and (run_dir / CONFIG_FILE).exists():
-                cfg = read_config(run_dir)
-            else:
-                cfg = absolute_paths(cfg)
-                write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        done = final_status(run_dir, resume)
+        if done:
+            return done
+        with recorded_failures([run_dir]):
+            cfg = run_config(cfg, run_dir, resume)
             return _train(cfg, run_dir, int(cfg.train.epochs))
-        except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (the CLI raises it as a KeyboardInterrupt)
+
+
+def final_status(run_dir: Path, resume: bool) -> str | None:
+    """The status of a run that must not train again (finished, diverged), or None. A directory with results is
+    refused unless resuming. The caller holds the directory's lock."""
+    if not run_has_results(run_dir):
+        return None
+    require(resume, f"run directory {run_dir} already has results; continue it with "
+                    f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
+    status = read_status(run_dir)
+    if status["status"] in FINAL_STATUSES:
+        log.info("%s: already %s", run_dir, status["status"])
+        return status["status"]
+    if status["status"] == "unknown" and (run_dir / STATUS_FILE).exists():
+        log.warning("warning: %s; continuing from the checkpoint", status["message"])
+    return None
+
+
+def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
+    """The config a run trains with: the one it recorded when resuming, else cfg with absolute paths, recorded."""
+    if resume and (run_dir / CONFIG_FILE).exists():
+        return read_config(run_dir)
+    cfg = absolute_paths(cfg)
+    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+    return cfg
+
+
+@contextmanager
+def recorded_failures(run_dirs: list[Path]):
+    """Whatever stops the runs of run_dirs is recorded in their status.json, then raised: Ctrl-C and SIGTERM (the
+    CLI raises it as a KeyboardInterrupt) as interrupted, anything else as failed, with one line saying why."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for run_dir in run_dirs:
             _record_end(run_dir, "interrupted", "interrupted by the user")
             log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
-            raise
-        except LossbenchError as err:
+        raise
+    except LossbenchError as err:
+        for run_dir in run_dirs:
             _record_end(run_dir, "failed", str(err))
-            raise
-        except (OSError, MemoryError, torch.OutOfMemoryError) as err:
-            failure = os_failure(err) if isinstance(err, OSError) else EnvironmentFailure(f"out of memory ({err})")
+        raise
+    except (OSError, MemoryError, torch.OutOfMemoryError) as err:
+        failure = os_failure(err) if isinstance(err, OSError) else EnvironmentFailure(f"out of memory ({err})")
+        for run_dir in run_dirs:
             _record_end(run_dir, "failed", str(failure))
-            raise failure from err
-        except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
-            # AdamW betas out of range, a network deeper than the image allows
-            message = f"run {run_dir}: {type(err).__name__}: {one_line(err)}"
+        raise failure from err
+    except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
+        # AdamW betas out of range, a network deeper than the image allows
+        where = f"run {run_dirs[0]}" if len(run_dirs) == 1 else f"{len(run_dirs)} packed runs"
+        message = f"{where}: {type(err).__name__}: {one_line(err)}"
+        for run_dir in run_dirs:
             _record_end(run_dir, "failed", message)
-            raise LossbenchError(message) from err
+        raise LossbenchError(message) from err
 
 
 def _record_end(run_dir: Path, status: str, message: str) -> None:
@@ -334,17 +366,43 @@ def restore_data_order(generator: torch.Generator, state: dict, path: Path) -> N
                 "run's", path, written_on, generator.device.type)  # fmt: skip
 
 
-def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
+@dataclass
+class Run:
+    """A run while it trains: its config and directory, and everything built from them."""
+
+    cfg: DictConfig
+    run_dir: Path
+    name: str
+    epochs: int
+    classes: list[str]
+    data: Dataset  # on the training device
+    scores: torch.Tensor  # S, on the training device
+    mean: torch.Tensor
+    std: torch.Tensor
+    loss_fn: torch.nn.Module
+    generator: torch.Generator  # data order and augmentation only
+    batches: Batches
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dtype: torch.dtype | None  # autocast's, or None for fp32
+    epoch: int = 0  # the last epoch done
+    step: int = 0
+    elapsed: float = 0.0
+    confusion: torch.Tensor | None = None  # the test confusion counts of the latest evaluation
+
+
+def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
+    """Everything a run builds before its first step, continuing from its checkpoint when there is one; its
+    status says running from here on."""
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
     configure_cudnn(device, cfg.train.get("cudnn_benchmark", True))  # absent from older runs' configs
     host_data = load_dataset(cfg.data, scores.classes, scores.matrix)
-    data = host_data.to(device)
+    data = on_device(host_data, device)
     mean, std = feature_stats(data.train_x)
-    s = scores.matrix.to(device)
-
     loss_fn = build_loss_from_config(cfg.loss, scores.matrix).to(device)
-    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))  # data order and augmentation only
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     augment = cfg.data.get("augment") or {}
     batches = Batches(data.train_x, data.train_y, int(cfg.train.batch_size), mean, std, generator,
                       int(augment.get("crop_padding", 0)), bool(augment.get("flip", False)))  # fmt: skip
@@ -352,59 +410,99 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     # .to() moves the parameters in place, so the optimiser built on the host copy still holds them.
     model = model.to(device, memory_format=torch.channels_last)
     precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
-    dtype = precision.dtype
     write_provenance(run_dir, device, precision)
-    mode = compile_mode(cfg.train.compile)
-    step_model = torch.compile(model, mode=mode) if mode else model
-
-    start_epoch, step, elapsed = 0, 0, 0.0
+    run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
+              scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
+              precision.dtype)  # fmt: skip
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
-        start_epoch, step, elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
-        log.info("%s: resuming after epoch %d", run_dir, start_epoch)
-    truncate_metrics(run_dir, start_epoch)
+        run.epoch, run.step, run.elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
+        log.info("%s: resuming after epoch %d", run_dir, run.epoch)
+    truncate_metrics(run_dir, run.epoch)
+    write_status(run_dir, "running", run.epoch, epochs)
+    return run
 
-    name = f"{cfg.loss.name} seed {cfg.seed}"
-    progress = Progress(name, epochs * len(batches), start_epoch * len(batches), bool(cfg.train.progress))
-    batches.on_step = progress.step
-    write_status(run_dir, "running", start_epoch, epochs)
-    confusion = None  # the test confusion counts of the latest evaluation
+
+_device_copies: dict[tuple[int, str], tuple[Dataset, Dataset]] = {}  # (id, device) -> (host dataset, its copy)
+
+
+def on_device(data: Dataset, device: torch.device) -> Dataset:
+    """The dataset on `device`, copied once per process: the runs of a pack share one copy (load_dataset's own
+    cache hands them the same host dataset)."""
+    key = (id(data), str(device))
+    if key not in _device_copies or _device_copies[key][0] is not data:
+        _device_copies.clear()  # one dataset at a time: a process moves on to other data, never back
+        _device_copies[key] = (data, data.to(device))
+    return _device_copies[key][1]
+
+
+def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress) -> str | None:
+    """An epoch's bookkeeping after its training steps: the divergence checks, evaluation, the metrics row, the
+    checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the steps' wall time.
+    Returns "diverged" when the run stops here, else None."""
+    began = time.perf_counter()
+    epoch, epochs, run_dir = run.epoch + 1, run.epochs, run.run_dir
+    loss_sum, correct, grad_sum = sums
+    count = len(run.batches) * run.batches.batch_size
+    run.step += len(run.batches)
+    if not math.isfinite(loss_sum):
+        write_status(run_dir, "diverged", epoch - 1, epochs, f"training loss became {loss_sum} in epoch {epoch}")
+        log.warning("%s: diverged in epoch %d (loss %s)", run.name, epoch, loss_sum)
+        return "diverged"
+    row = {"epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+           "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
+    metrics, run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
+                                      run.std, run.dtype)  # fmt: skip
+    row.update(metrics)
+    run.elapsed += trained_s + time.perf_counter() - began
+    row["elapsed_s"] = run.elapsed
+    bad = non_finite(row, run.data.val_y is not None, len(run.classes))
+    if bad:
+        write_status(run_dir, "diverged", epoch - 1, epochs, f"non-finite {', '.join(bad)} in epoch {epoch}")
+        log.warning("%s: diverged in epoch %d (%s)", run.name, epoch, ", ".join(bad))
+        return "diverged"
+    append_metrics(run_dir, row)
+    progress.epoch(row, epochs, run.name)
+    run.epoch = epoch
+    if run.cfg.train.checkpoint:
+        state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "data_rng": run.generator.get_state(),
+                 "data_rng_device": run.generator.device.type,
+                 "epoch": epoch, "step": run.step, "elapsed_s": run.elapsed}  # fmt: skip
+        with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
+            torch.save(state, tmp)
+    write_status(run_dir, "running", epoch, epochs)
+    return None
+
+
+def finish_run(run: Run) -> str:
+    """The test confusion matrix and the finished status, after the last epoch."""
+    if run.confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
+        run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
+                                 run.std, run.dtype)[1]  # fmt: skip
+    write_confusion(run.run_dir / CONFUSION_FILE, run.confusion, run.classes)
+    write_status(run.run_dir, "finished", run.epochs, run.epochs)
+    return "finished"
+
+
+def compiled(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """The model as its training steps call it: torch.compile'd in train.compile's mode, or itself."""
+    mode = compile_mode(cfg.train.compile)
+    return torch.compile(model, mode=mode) if mode else model
+
+
+def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
+    run = start_run(cfg, run_dir, epochs)
+    step_model = compiled(run.model, cfg)
+    steps = len(run.batches)
+    progress = Progress(run.name, epochs * steps, run.epoch * steps, bool(cfg.train.progress))
+    run.batches.on_step = progress.step
     try:
-        for epoch in range(start_epoch + 1, epochs + 1):
+        while run.epoch < epochs:
             began = time.perf_counter()
-            sums = train_one_epoch(step_model, loss_fn, batches, optimizer, scheduler, dtype)
-            loss_sum, correct, grad_sum = sums.tolist()  # the one host sync of the epoch
-            count = len(batches) * batches.batch_size
-            step += len(batches)
-            if not math.isfinite(loss_sum):
-                write_status(run_dir, "diverged", epoch - 1, epochs, f"training loss became {loss_sum} in epoch {epoch}")
-                log.warning("%s: diverged in epoch %d (loss %s)", name, epoch, loss_sum)
+            sums = train_one_epoch(step_model, run.loss_fn, run.batches, run.optimizer, run.scheduler, run.dtype)
+            if end_epoch(run, sums.tolist(), time.perf_counter() - began, progress):  # tolist: the epoch's one sync
                 return "diverged"
-            row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
-            metrics, confusion = evaluate(model, data, s, int(cfg.train.eval_batch_size), mean, std, dtype)
-            row.update(metrics)
-            elapsed += time.perf_counter() - began
-            row["elapsed_s"] = elapsed
-            bad = non_finite(row, data.val_y is not None, len(scores.classes))
-            if bad:
-                write_status(run_dir, "diverged", epoch - 1, epochs, f"non-finite {', '.join(bad)} in epoch {epoch}")
-                log.warning("%s: diverged in epoch %d (%s)", name, epoch, ", ".join(bad))
-                return "diverged"
-            append_metrics(run_dir, row)
-            progress.epoch(row, epochs)
-            if cfg.train.checkpoint:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
-                         "data_rng_device": device.type,
-                         "epoch": epoch, "step": step, "elapsed_s": elapsed}  # fmt: skip
-                with atomic_path(checkpoint) as tmp:
-                    torch.save(state, tmp)
-            write_status(run_dir, "running", epoch, epochs)
     finally:
         progress.close()
-    if confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
-        confusion = evaluate(model, data, s, int(cfg.train.eval_batch_size), mean, std, dtype)[1]
-    write_confusion(run_dir / CONFUSION_FILE, confusion, scores.classes)
-    write_status(run_dir, "finished", epochs, epochs)
-    return "finished"
+    return finish_run(run)
