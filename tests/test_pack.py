@@ -1,17 +1,27 @@
-"""lossbench.pack: M models as one network compute what the M models compute, and state moves both ways."""
+"""Packing: M models as one network compute what the M models compute, state moves both ways, and runs trained
+as one pack (hydra/launcher=packed) match the same runs trained alone, resume, diverge and fail on their own."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lossbench.train as train_module
+from conftest import TINY, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
 from lossbench.pack import PackedNetwork, pack_inputs, pack_optimizer_state, unpack_optimizer_state
+from lossbench.metrics import TIMING_COLUMNS
+from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
+from lossbench.train import pack_groups, start_run, train_pack, train_packed, train_run
 
 MODELS = {
     "small_cnn": (lambda: SmallCNN(5, widths=(4, 8)), (3, 16, 16)),
@@ -115,3 +125,187 @@ class Mixing(nn.Module):
 def test_a_model_that_cannot_be_packed_is_refused_by_name(model, message):
     with pytest.raises(LossbenchError, match=re.escape(message)):
         PackedNetwork([model(), model()], torch.randn(4, 6))
+
+
+# ---------------------------------------------------------------- training runs as one pack
+
+
+def jobs_for(tmp_path, specs, *extra: str) -> list[tuple]:
+    """(config, run directory) per (loss, seed), tiny and in fp32 (packed and alone then agree closely)."""
+    return [(make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"seed={seed}", *extra), tmp_path / f"{loss}_{seed}")
+            for loss, seed in specs]  # fmt: skip
+
+
+SPECS = [("ce", 0), ("expected_score", 1), ("soft_label_ce", 2)]
+
+
+def test_packed_runs_train_as_the_same_runs_trained_alone(tmp_path):
+    packed = jobs_for(tmp_path / "packed", SPECS)
+    assert train_packed(packed, size=0) == ["finished"] * 3
+    for (cfg, run_dir), (loss, seed) in zip(packed, SPECS):
+        alone = tmp_path / "alone" / f"{loss}_{seed}"
+        assert train_run(cfg, alone) == "finished"
+        mine, theirs = pd.read_csv(run_dir / METRICS_FILE), pd.read_csv(alone / METRICS_FILE)
+        assert mine["epoch"].tolist() == theirs["epoch"].tolist() == [1, 2]
+        for column in ("train_loss", "grad_norm", "test_nll", "test_expected_score", "val_nll", "lr"):
+            assert mine[column].tolist() == pytest.approx(theirs[column].tolist(), rel=1e-3, abs=1e-5), column
+        assert (mine["test_acc"] - theirs["test_acc"]).abs().max() <= 1 / 128  # at most one test image flips
+        a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True) for d in (run_dir, alone))
+        for key, value in b["model"].items():
+            torch.testing.assert_close(a["model"][key], value, atol=2e-3, rtol=1e-3, msg=key)  # rounding, over 6 steps
+        assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+        assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(b["optimizer"]["param_groups"][0]["lr"])
+        assert torch.equal(a["data_rng"], b["data_rng"])  # the same data order and augmentation
+        assert (run_dir / "confusion.csv").exists() and read_status(run_dir)["status"] == "finished"
+
+
+def test_a_pack_of_one_is_its_run_trained_alone_to_the_last_bits(tmp_path):
+    """With one member the grouped convolutions are plain ones (only the head's batched matmul rounds otherwise),
+    so the whole pipeline (data order, optimiser, schedule, statistics, checkpoint) must repeat the lone run to
+    float32 rounding. Several members drift further apart, by rounding amplified over the steps (above)."""
+    (cfg, run_dir), = jobs_for(tmp_path / "packed", SPECS[1:2])
+    assert train_packed([(cfg, run_dir)], size=0) == ["finished"]
+    assert train_run(cfg, tmp_path / "alone") == "finished"
+    mine, theirs = (pd.read_csv(d / METRICS_FILE).drop(columns=TIMING_COLUMNS) for d in (run_dir, tmp_path / "alone"))
+    pd.testing.assert_frame_equal(mine, theirs, rtol=1e-6)
+    a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True) for d in (run_dir, tmp_path / "alone"))
+    for key, value in b["model"].items():
+        torch.testing.assert_close(a["model"][key], value, atol=1e-6, rtol=1e-5, msg=key)
+    for i, state in b["optimizer"]["state"].items():
+        torch.testing.assert_close(a["optimizer"]["state"][i]["momentum_buffer"], state["momentum_buffer"], atol=1e-6,
+                                   rtol=1e-5)  # fmt: skip
+    assert torch.equal(a["data_rng"], b["data_rng"]) and a["scheduler"] == b["scheduler"]
+
+
+def test_a_packed_runs_checkpoint_resumes_alone_and_a_lone_runs_in_a_pack(tmp_path):
+    jobs = jobs_for(tmp_path, SPECS[:2], "train.epochs=3")
+    for cfg, run_dir in jobs:  # stopped after epoch 1: the first in a pack, the second alone
+        cfg.train.epochs = 1
+    train_packed(jobs[:1], size=0)
+    train_run(jobs[1][0], jobs[1][1])
+    for cfg, run_dir in jobs:
+        cfg.train.epochs = 3
+        config = (run_dir / "config.yaml").read_text()
+        (run_dir / "config.yaml").write_text(config.replace("epochs: 1", "epochs: 3"))
+        status = json.loads((run_dir / "status.json").read_text())
+        (run_dir / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+        cfg.resume = True
+    assert train_run(jobs[0][0], jobs[0][1], resume=True) == "finished"
+    assert train_packed(jobs[1:], size=0) == ["finished"]
+    for _, run_dir in jobs:
+        assert pd.read_csv(run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2, 3]
+
+
+def test_runs_at_different_epochs_resume_in_separate_packs_and_finished_runs_stay(tmp_path):
+    jobs = jobs_for(tmp_path, SPECS, "resume=true")
+    train_run(jobs[0][0], jobs[0][1])  # finished
+    cfg, run_dir = jobs[1]
+    train_run(cfg, run_dir)
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    torch.save({**state, "epoch": 1}, run_dir / CHECKPOINT_FILE)  # as if stopped after epoch 1
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "status": "interrupted", "epoch": 1}))
+    finished_at = (jobs[0][1] / METRICS_FILE).stat().st_mtime_ns
+    assert train_packed(jobs, size=0) == ["finished"] * 3
+    assert (jobs[0][1] / METRICS_FILE).stat().st_mtime_ns == finished_at  # not trained again
+    for _, run_dir in jobs:
+        assert pd.read_csv(run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2]
+
+
+def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_them(tmp_path):
+    runs = [SimpleNamespace(cfg=cfg, epoch=0) for cfg, _ in jobs_for(tmp_path, SPECS)]
+    runs += [SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0),
+             SimpleNamespace(cfg=runs[0].cfg, epoch=1)]  # fmt: skip
+    groups = pack_groups(runs, size=0)
+    assert [[runs.index(r) for r in group] for group in groups] == [[0, 1, 2], [3], [4]]
+    assert [[runs.index(r) for r in group] for group in pack_groups(runs, size=2)] == [[0, 1], [2], [3], [4]]
+
+
+def test_a_member_that_diverges_leaves_the_pack_and_the_others_finish(tmp_path):
+    runs = []
+    for cfg, run_dir in jobs_for(tmp_path, SPECS):
+        run_dir.mkdir(parents=True)
+        runs.append(start_run(cfg, run_dir, 2))
+    runs[1].loss_fn = lambda z, y: z.sum() * math.inf  # a loss gone to infinity
+    statuses = train_pack(runs)
+    assert statuses == {runs[0].run_dir: "finished", runs[1].run_dir: "diverged", runs[2].run_dir: "finished"}
+    assert "loss became" in read_status(runs[1].run_dir)["message"]
+    assert pd.read_csv(runs[2].run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2]
+
+
+def test_ctrl_c_stops_every_run_of_the_packs_as_interrupted_and_resume_finishes_them(tmp_path, monkeypatch):
+    jobs = jobs_for(tmp_path, SPECS[:2]) + jobs_for(tmp_path, [("ce", 3)], "optim.lr=0.01")  # two packs
+
+    def interrupted(runs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_pack", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(jobs, size=0)
+    assert [read_status(run_dir)["status"] for _, run_dir in jobs] == ["interrupted"] * 3
+    monkeypatch.undo()
+    for cfg, _ in jobs:
+        cfg.resume = True
+    assert train_packed(jobs, size=0) == ["finished"] * 3
+
+
+def test_a_run_refused_before_training_fails_alone_and_the_pack_trains_the_others(tmp_path):
+    jobs = jobs_for(tmp_path, SPECS[:2])
+    jobs[0][1].mkdir(parents=True)
+    (jobs[0][1] / "notes.txt").write_text("a user's folder")
+    assert train_packed(jobs, size=0) == ["failed", "finished"]
+    assert (jobs[0][1] / "notes.txt").read_text() == "a user's folder"
+
+
+def test_a_model_that_cannot_pack_fails_its_runs_with_one_line(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("model.")]
+    jobs = [(make_cfg(*tiny, "model=custom", "model._target_=test_pack.normed_net", f"seed={seed}"), tmp_path / str(seed))
+            for seed in (0, 1)]  # fmt: skip
+    assert train_packed(jobs, size=0) == ["failed", "failed"]
+    message = read_status(jobs[0][1])["message"]
+    assert "Net cannot be packed: its LayerNorm" in message and "\n" not in message
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes: int, input_shape):
+        super().__init__()
+        self.flat, self.norm = nn.Flatten(), nn.LayerNorm(math.prod(input_shape))
+        self.head = nn.Linear(math.prod(input_shape), num_classes)
+
+    def forward(self, x):
+        return self.head(self.norm(self.flat(x)))
+
+
+def normed_net(num_classes: int, input_shape) -> nn.Module:
+    return Net(num_classes, input_shape)
+
+
+@pytest.mark.slow
+def test_compare_through_the_packed_launcher_trains_every_run_and_reports(tmp_path):
+    out = tmp_path / "cmp"
+    done = lossbench("compare", "losses=[ce,expected_score]", "seeds=[0,1]", *TINY, "hydra/launcher=packed",
+                     "hydra.launcher.size=3", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "packed 3 at a time" in done.stdout + done.stderr
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.startswith("loss="))
+    assert runs == ["loss=ce,seed=0", "loss=ce,seed=1", "loss=expected_score,seed=0", "loss=expected_score,seed=1"]
+    assert all(read_status(out / name)["status"] == "finished" for name in runs)
+    assert (out / "summary.md").exists() and (out / "test_score.png").exists()
+    again = lossbench("resume", str(out), cwd=tmp_path)  # every run finished: nothing trains again
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["hydra.launcher.size=-1"], "hydra.launcher.size must be >= 0 (0: all runs that can pack together), not -1"),
+    (["hydra.launcher.size=2.5"], "hydra.launcher.size must be an integer (0: all runs that can pack together), not 2.5"),
+])  # fmt: skip
+def test_a_bad_pack_size_is_one_line_before_anything_runs(tmp_path, args, message):
+    done = lossbench("compare", *TINY, "hydra/launcher=packed", *args, "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_tune_refuses_the_packed_launcher(tmp_path):
+    done = lossbench("tune", *TINY, "hydra/launcher=packed", "--out", str(tmp_path / "t"), cwd=tmp_path)
+    assert done.returncode == 2 and "tune: hydra/launcher=packed trains a comparison's runs" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "t").exists()

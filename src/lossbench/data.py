@@ -576,7 +576,7 @@ class Batches:
         self.generator = generator
         self.images = inputs.dtype == torch.uint8 and inputs.ndim == 4
         self.padding, self.flip = (crop_padding, flip) if self.images else (0, False)
-        self.padded = F.pad(inputs, (self.padding,) * 4) if self.padding > 0 else inputs
+        self.padded = padded_images(inputs, self.padding) if self.padding > 0 else inputs
         self.on_step: Callable[[], None] | None = None  # e.g. a progress bar; must not sync with the device
 
     def __len__(self) -> int:
@@ -606,6 +606,28 @@ class Batches:
         # [n, h, w, C] gathered, then viewed as NCHW: this is exactly the channels_last layout.
         crops = self.padded[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return normalise(crops.permute(0, 3, 1, 2), self.mean, self.std)
+
+
+class Latest:
+    """One derived value, kept for the latest source (the same object, with the same detail): the runs of a pack,
+    and a process's successive runs over the same data, share it instead of holding one copy each."""
+
+    def __init__(self) -> None:
+        self.entry: tuple[object, object, Any] | None = None
+
+    def get(self, source: object, detail: object, make: Callable[[], Any]) -> Any:
+        if self.entry is None or self.entry[0] is not source or self.entry[1] != detail:
+            self.entry = None  # free the old value before making the new one
+            self.entry = (source, detail, make())
+        return self.entry[2]
+
+
+_padded = Latest()
+
+
+def padded_images(images: Tensor, padding: int) -> Tensor:
+    """images zero-padded by `padding` pixels on every side, made once per image tensor."""
+    return _padded.get(images, padding, lambda: F.pad(images, (padding,) * 4))
 
 
 def normalise(inputs: Tensor, mean: Tensor, std: Tensor) -> Tensor:

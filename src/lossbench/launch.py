@@ -20,6 +20,7 @@ from typing import Callable
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, QuotedString
 from hydra.errors import MissingConfigException
@@ -35,7 +36,9 @@ from lossbench.rundir import (
     COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, TUNE_FILE, adopt_for_report, claim, find_runs, locked, read_config,
     read_record, read_status, write_record,
 )  # fmt: skip
-from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_run
+from lossbench.train import (
+    PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_packed, train_run,
+)  # fmt: skip
 
 log = logging.getLogger("lossbench")
 
@@ -66,6 +69,36 @@ def hydra_job(cfg: DictConfig) -> str:
         status = "failed"
     finished_jobs.append((run_dir, status))
     return status
+
+
+def packed_job(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
+    """hydra/launcher=packed's task function, called by Hydra once per job: it claims the job's directory as
+    hydra_job does and hands the job back (None when its directory is refused); train_jobs then trains them."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        claim(Path(hydra_cfg.sweep.dir), "comparison")
+        return cfg, claim_job_dir(hydra_cfg)
+    except LossbenchError as err:
+        if debug_enabled():
+            raise
+        log.error("%s: %s", run_dir, err)
+        finished_jobs.append((run_dir, "failed"))
+        return None
+
+
+def train_jobs(returns: list[JobReturn], size: int) -> None:
+    """Train the jobs that packed_job handed back, packed `size` at a time, and make each job's return value its
+    run's final status (failed for a job whose directory was refused)."""
+    jobs = [ret.return_value for ret in returns if isinstance(ret.return_value, tuple)]
+    statuses = iter(train_packed(jobs, size))
+    for ret in returns:
+        if isinstance(ret.return_value, tuple):
+            run_dir = ret.return_value[1]
+            ret.return_value = next(statuses)
+            finished_jobs.append((run_dir, ret.return_value))
+        else:
+            ret.return_value = "failed"
 
 
 def claim_job_dir(hydra_cfg: DictConfig) -> Path:
@@ -138,6 +171,7 @@ def is_task_override(override: Override) -> bool:
 
 def compose_config(overrides: list[Override]) -> DictConfig:
     """The job config for the plain (non-sweep, non-hydra) overrides, as a preflight check."""
+    check_pack_size(overrides)
     lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -147,6 +181,15 @@ def compose_config(overrides: list[Override]) -> DictConfig:
         raise LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}") from None
     except Exception as err:  # other composition errors (an unknown key ...) are user input errors too
         raise LossbenchError(one_line(err)) from None
+
+
+def check_pack_size(overrides: list[Override]) -> None:
+    """hydra/launcher=packed's size, which Hydra passes on unchecked: an integer >= 0."""
+    for override in overrides:
+        if override.key_or_group == "hydra.launcher.size":
+            size = override.value()
+            require_int(size, "hydra.launcher.size", note=" (0: all runs that can pack together)")
+            require(size >= 0, f"hydra.launcher.size must be >= 0 (0: all runs that can pack together), not {size}")
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -325,6 +325,9 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
     require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
     require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
+    require(not any(o.key_or_group == "hydra/launcher" and o.value() == "packed" for o in overrides),
+            "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score to the "
+            "search); use compare for it, or another launcher")  # fmt: skip
     cfg = compose_config(overrides)
     names = checked_losses(cfg)
     checked_seeds(cfg)

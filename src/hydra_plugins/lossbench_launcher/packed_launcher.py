@@ -1,0 +1,51 @@
+"""lossbench's Hydra launcher `packed` (hydra/launcher=packed): the sweep's runs train in this process, and those
+that differ only in loss and seed train together as one packed network (lossbench.pack), `size` at a time.
+
+Hydra sets each job up as its basic launcher does (its directory, .hydra/ files, log file); lossbench claims the
+directory as it does for any job; then all of them train at once (lossbench.train.train_packed). Each job's return
+value is its run's final status, as with the other launchers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, size: int = 0) -> None:
+        super().__init__()
+        self.size = size
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context  # the task function is lossbench's, known
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # Imported here: Hydra imports every plugin whenever it starts, and lossbench imports torch.
+        from lossbench.launch import packed_job, train_jobs
+
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Training {len(job_overrides)} jobs in this process, packed {self.size or 'all'} at a time")
+        returns = []
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=packed_job, config=sweep_config,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        train_jobs(returns, self.size)
+        return returns
