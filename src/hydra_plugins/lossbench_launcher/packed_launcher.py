@@ -1,9 +1,9 @@
 """lossbench's Hydra launcher `packed` (hydra/launcher=packed): the sweep's runs train in this process, and those
 that differ only in loss and seed train together as one packed network (lossbench.pack), `size` at a time.
 
-Hydra sets each job up as its basic launcher does (its directory, .hydra/ files, log file); lossbench claims the
-directory as it does for any job; then all of them train at once (lossbench.train.train_packed). Each job's return
-value is its run's final status, as with the other launchers.
+Hydra sets each job up as its basic launcher does (its directory, .hydra/ files); lossbench claims the directory as
+it does for any job; then all of them train at once (lossbench.train.train_packed), logging to the console and to
+the sweep directory's log file. Each job's return value is its run's final status, as with the other launchers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -47,5 +47,13 @@ class PackedLauncher(Launcher):
             returns.append(run_job(hydra_context=self.hydra_context, task_function=packed_job, config=sweep_config,
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        train_jobs(returns, self.size)
+        # The runs' lines (each names its run) are logged as a job's are, to the console and to one file for the
+        # pack, DIR/<job name>.log: one job's log file would hold the others' lines too.
+        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = str(Path(str(self.config.hydra.sweep.dir)).resolve())
+        configure_log(sweep_config.hydra.job_logging, sweep_config.hydra.verbose)
+        try:
+            train_jobs(returns, self.size)
+        finally:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
