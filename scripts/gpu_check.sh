@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check (issue 12), as one prepared script: the full comparison (every loss x 3 seeds, all 50,000 CIFAR-10
-# training images, 10 epochs) with its wall time, report and figures, the levers not yet measured on a GPU
-# (packing runs into one network, CUDA graphs, cuDNN autotuning off), the throughput benchmark with --device cuda,
+# training images, 10 epochs) with its wall time, report and figures, once with 21 processes and once with all
+# runs packed into one network in one process (hydra/launcher=packed), the levers not yet measured on a GPU
+# (packing in the benchmark, CUDA graphs, cuDNN autotuning off), the throughput benchmark with --device cuda,
 # and the test suite there (tests/test_cuda.py and the CUDA precision tests; LOSSBENCH_TEST_DEVICE=cuda moves the
 # tiny test runs to the GPU too). Most important first, each step under its own time limit, so that whatever the
 # lease allows comes back. Everything lands in $OUT (the device tool's output folder; gpu_check_out/ elsewhere),
-# at most 9 files: gpu_check.log (the steps' tails and times), decode.log, startup.log, comparison.log (with the
-# GPU's load during it, from nvidia-smi dmon, appended), levers.log, bench.log, tests.log and comparison.tar.gz
-# (the report, its figures and every run's metrics, no checkpoints).
+# at most 11 files: gpu_check.log (the steps' tails and times), decode.log, startup.log, comparison.log and
+# comparison_packed.log (with the GPU's load during each, from nvidia-smi dmon, appended), levers.log, bench.log,
+# tests.log, comparison.tar.gz and comparison_packed.tar.gz (the reports, their figures and every run's metrics,
+# no checkpoints).
 #
 # The GPU machine has python3 with torch, pandas, matplotlib, typer, joblib and pytest(-xdist), no network, and
 # lacks Hydra. So:
@@ -18,10 +20,10 @@
 #       about 25 MB in all.
 #   scripts/gpu_check.sh run                 there, e.g. with the device tool:
 #       run(command="bash scripts/gpu_check.sh run", carry=[".gpu"], timeout_s=540)
-#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, levers,
-#       bench, tests; startup times a job's start-up phase by phase),
+#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, packed,
+#       levers, bench, tests; startup times a job's start-up phase by phase),
 #       e.g. "tests decode compare": the decoded images are kept in /tmp while the machine stays warm.
-#       All steps take about 10 minutes, more than one call may run: choose, e.g. "decode compare levers".
+#       All steps take over 10 minutes, more than one call may run: choose, e.g. "decode packed compare levers".
 #
 # Knobs (environment): COMPARE_ARGS (the comparison's launcher overrides, default: all 21 runs at once through the
 # joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=reduce-overhead for CUDA graphs or
@@ -29,6 +31,8 @@
 # COMPARE_NAME (its directory, log and archive name, default comparison), MPS (1, the default: run the comparison
 # under CUDA MPS, so that the runs' kernels share the GPU's multiprocessors instead of taking turns; 0: without).
 # Measured on an H200: 112 s with 7 runs at a time without MPS, 91 s with all 21 under MPS (README, Performance).
+# PACKED_ARGS (the packed comparison's launcher overrides, default hydra/launcher=packed; e.g. add
+# hydra.launcher.size=7 for three packs of 7), PACKED_NAME (default comparison_packed),
 # BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile reduce-overhead --batch-size 512"),
 # GPU_CHECK_SMOKE=1 (the same steps on the CPU, tiny and on synthetic data: checks this script without a GPU).
 set -uo pipefail
@@ -74,7 +78,8 @@ setup() {
   python=python3 device=cuda
   if [ -n "${GPU_CHECK_SMOKE:-}" ]; then python=${PYTHON:-.venv/bin/python} device=cpu; fi
   if [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"; fi
-  mkdir -p "$work/site" && cp -r src/lossbench "$work/site/" || return 1
+  mkdir -p "$work/site/hydra_plugins" && cp -r src/lossbench "$work/site/" || return 1
+  cp -r src/hydra_plugins/lossbench_launcher "$work/site/hydra_plugins/" || return 1
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
   write_probe
   { nvidia-smi -L 2>/dev/null; nproc; } | tee -a "$log"
@@ -164,6 +169,12 @@ compare() {
   tar -czf "$out/$name.tar.gz" -C "$work" --exclude=checkpoint.pt "$name" 2>/dev/null
 }
 
+# The same comparison with every run in one process, packed into one network (hydra/launcher=packed): one start-up
+# instead of 21, and kernels that each work on all the runs.
+packed() {
+  COMPARE_NAME=${PACKED_NAME:-comparison_packed} COMPARE_ARGS=${PACKED_ARGS:-hydra/launcher=packed} MPS=0 compare
+}
+
 # CUDA MPS: one server process runs the kernels of every CUDA process of this user side by side.
 start_mps() {
   export CUDA_MPS_PIPE_DIRECTORY="$work/mps/pipe" CUDA_MPS_LOG_DIRECTORY="$work/mps/log"
@@ -222,16 +233,16 @@ tests() {
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
-  run) setup && decode && { startup; compare; levers; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
-  decode | startup | compare | bench | levers | tests)
+  run) setup && decode && { startup; compare; packed; levers; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
+  decode | startup | compare | packed | bench | levers | tests)
     setup || exit 1
     for name in "$@"; do
       case "$name" in
         decode) decode || exit 1 ;;
-        startup | compare | bench | levers | tests) "$name" ;;
-        *) echo "unknown step '$name' (decode, startup, compare, bench, levers, tests)" >&2; exit 2 ;;
+        startup | compare | packed | bench | levers | tests) "$name" ;;
+        *) echo "unknown step '$name' (decode, startup, compare, packed, bench, levers, tests)" >&2; exit 2 ;;
       esac
     done ;;
-  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | STEP... (decode, startup, compare, bench, levers, tests)" >&2
+  *) echo "usage: scripts/gpu_check.sh prepare [ARCHIVE] | run | STEP... (decode, startup, compare, packed, bench, levers, tests)" >&2
      exit 2 ;;
 esac
