@@ -179,7 +179,13 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum,
     )  # fmt: skip
     wait_for(run_dir / CHECKPOINT_FILE, process)
     process.send_signal(signum)
-    out, err = process.communicate(timeout=60)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it was: still training, or stuck on the way out
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"no exit 60 s after the signal; status {read_status(run_dir)}; stdout ends {out[-1500:]!r}; "
+                    f"stderr ends {err[-1500:]!r}")  # fmt: skip
     assert process.returncode == code
     assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
     assert read_status(run_dir)["status"] == "interrupted"
