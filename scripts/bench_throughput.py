@@ -10,17 +10,18 @@ augmentation (random crop with 4 pixels of zero padding, horizontal flip, per-ch
              Normalize), a DataLoader with num_workers = os.cpu_count() and shuffle, fp32, F.cross_entropy, SGD.
              Its PIL images are held decoded in memory (no JPEG decoding per step), in its favour.
 
-After --warmup untimed steps of each loop, the two alternate for --rounds rounds; in each round a loop runs one
+After --warmup untimed steps of each loop, the loops alternate for --rounds rounds; in each round a loop runs one
 untimed step and then times --steps steps. The DataLoader is created once with persistent workers, so worker
 start-up is paid once, in the warmup, outside the timings.
 
---pack M adds a third loop, `packed`: M SmallCNNs trained side by side as one network (`lossbench.pack`: each
-convolution a grouped convolution, each batch norm over all members' channels, the heads one batched matmul), each
-member with its own data order, augmentation and loss, the way one process could train M runs of a comparison at once. Its rate
-counts every member's images. On a GPU, where one run is bound by kernel launches, this measures whether packing
-the runs (M times the work per kernel) beats running them side by side in separate processes.
 Each round line also gives the CPU seconds used (the workers' included): a round with far less CPU time than
 2 x wall time on 2 cores was slowed by other work on the machine.
+
+--pack M adds a third loop, `packed`: M SmallCNNs trained side by side as one network (`lossbench.pack`: each
+convolution a grouped convolution, each batch norm over all members' channels, the heads one batched matmul), each
+member with its own data order, augmentation and loss, the way hydra/launcher=packed trains a comparison's runs.
+Its rate counts every member's images. On a GPU, where one run is bound by kernel launches, this measures whether
+packing the runs (M times the work per kernel) pays; the last line, `pack: X.XX`, is its rate over lossbench's.
 
 Efficiency, in the same run: the model's FLOPs per training image (forward + backward, counted once by
 torch.utils.flop_counter), and in every round, right after lossbench's timed steps, this machine's dense peak at
@@ -146,7 +147,8 @@ def load_images(args, n_train: int):
 class LossbenchLoop:
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, compile_model: str | None):
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
+                 compile_model: str | None):  # fmt: skip
         self.device, self.dtype, self.batch = device, dtype, batch
         images, labels = images.to(device), labels.to(device)
         mean, std = feature_stats(images)
@@ -346,7 +348,8 @@ def main(args) -> None:
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
-        loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.pack)
+        loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
+                                     args.pack)  # fmt: skip
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")

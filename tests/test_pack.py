@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lossbench.train as train_module
+import lossbench.pack as pack_module
 from conftest import TINY, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
-from lossbench.pack import PackedNetwork, pack_inputs, pack_optimizer_state, unpack_optimizer_state
+from lossbench.pack import (
+    PackedNetwork, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed, unpack_optimizer_state,
+)  # fmt: skip
 from lossbench.metrics import TIMING_COLUMNS
 from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
-from lossbench.train import pack_groups, start_run, train_pack, train_packed, train_run
+from lossbench.train import start_run, train_run
 
 MODELS = {
     "small_cnn": (lambda: SmallCNN(5, widths=(4, 8)), (3, 16, 16)),
@@ -64,7 +66,8 @@ def test_a_packed_network_computes_each_members_logits_gradients_and_statistics(
     grads = dict(packed.net.named_parameters())
     for key, param in nets[1].named_parameters():
         packed_grad = grads[key].grad
-        part = packed_grad[1] if packed_grad.ndim == param.ndim + 1 else packed_grad.narrow(0, param.shape[0], param.shape[0])
+        rows = param.shape[0]
+        part = packed_grad[1] if packed_grad.ndim == param.ndim + 1 else packed_grad.narrow(0, rows, rows)
         torch.testing.assert_close(part, param.grad, **close, msg=key)
 
 
@@ -239,7 +242,7 @@ def test_ctrl_c_stops_every_run_of_the_packs_as_interrupted_and_resume_finishes_
     def interrupted(runs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train_pack", interrupted)
+    monkeypatch.setattr(pack_module, "train_pack", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_packed(jobs, size=0)
     assert [read_status(run_dir)["status"] for _, run_dir in jobs] == ["interrupted"] * 3
@@ -259,8 +262,8 @@ def test_a_run_refused_before_training_fails_alone_and_the_pack_trains_the_other
 
 def test_a_model_that_cannot_pack_fails_its_runs_with_one_line(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.")]
-    jobs = [(make_cfg(*tiny, "model=custom", "model._target_=test_pack.normed_net", f"seed={seed}"), tmp_path / str(seed))
-            for seed in (0, 1)]  # fmt: skip
+    model = ["model=custom", "model._target_=test_pack.normed_net"]
+    jobs = [(make_cfg(*tiny, *model, f"seed={seed}"), tmp_path / str(seed)) for seed in (0, 1)]
     assert train_packed(jobs, size=0) == ["failed", "failed"]
     message = read_status(jobs[0][1])["message"]
     assert "Net cannot be packed: its LayerNorm" in message and "\n" not in message
@@ -299,7 +302,8 @@ def test_compare_through_the_packed_launcher_trains_every_run_and_reports(tmp_pa
 
 @pytest.mark.parametrize(("args", "message"), [
     (["hydra.launcher.size=-1"], "hydra.launcher.size must be >= 0 (0: all runs that can pack together), not -1"),
-    (["hydra.launcher.size=2.5"], "hydra.launcher.size must be an integer (0: all runs that can pack together), not 2.5"),
+    (["hydra.launcher.size=2.5"],
+     "hydra.launcher.size must be an integer (0: all runs that can pack together), not 2.5"),
 ])  # fmt: skip
 def test_a_bad_pack_size_is_one_line_before_anything_runs(tmp_path, args, message):
     done = lossbench("compare", *TINY, "hydra/launcher=packed", *args, "--out", str(tmp_path / "cmp"), cwd=tmp_path)

@@ -36,9 +36,8 @@ from lossbench.rundir import (
     COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, TUNE_FILE, adopt_for_report, claim, find_runs, locked, read_config,
     read_record, read_status, write_record,
 )  # fmt: skip
-from lossbench.train import (
-    PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_packed, train_run,
-)  # fmt: skip
+from lossbench.pack import train_packed
+from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_run
 
 log = logging.getLogger("lossbench")
 

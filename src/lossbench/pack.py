@@ -1,4 +1,5 @@
-"""Several runs' models as one network, side by side, so that every kernel works on all of them at once.
+"""Several runs trained as one network, side by side, so that every kernel works on all of them at once
+(hydra/launcher=packed).
 
 One run of a small model cannot keep a GPU busy: it is bound by launching kernels, not by arithmetic. Packed,
 M models of one architecture launch the kernels of one: each convolution becomes a grouped convolution over the
@@ -11,18 +12,32 @@ A forward that mixes channels between members (a layer norm over features, a res
 compute something else: `PackedNetwork` compares its output with each member's on a probe batch and refuses such
 a model. Tensors move between the members and the packed network by one rule (`pack_tensor`, `member_part`), so
 weights, batch-norm statistics and optimiser state all travel the same way, and a member's checkpoint is an
-ordinary run's.
+ordinary run's. `train_packed` trains the jobs of a sweep this way: each run keeps its own data order, loss,
+metrics, checkpoint and status, and its life (start, epochs, end) is lossbench.train's.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import time
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from lossbench.data import normalise
 from lossbench.errors import LossbenchError, require
+from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.rundir import claim, locked
+from lossbench.train import (
+    Progress, Run, compiled, end_epoch, final_status, finish_run, record_end, recorded_failures, run_config, start_run,
+)  # fmt: skip
+
+log = logging.getLogger("lossbench")
 
 PACKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Linear)
 
@@ -54,6 +69,11 @@ def packed_layer(layers: Sequence[nn.Module]) -> nn.Module:
                            first.padding, first.dilation, first.groups * m, first.bias is not None,
                            first.padding_mode)  # fmt: skip
     return type(first)(first.num_features * m, first.eps, first.momentum, first.affine, first.track_running_stats)
+
+
+def has_own_tensors(module: nn.Module) -> bool:
+    """Whether the module holds parameters or buffers itself (not only through its children)."""
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
 def pack_tensor(shape: torch.Size, parts: Sequence[Tensor]) -> Tensor:
@@ -88,10 +108,11 @@ class PackedNetwork(nn.Module):
         for name, module in members[0].named_modules():
             if isinstance(module, PACKABLE):
                 self.net.set_submodule(name, packed_layer([m.get_submodule(name) for m in members]))
-            elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            elif has_own_tensors(module):
+                kinds = ", ".join(t.__name__ for t in PACKABLE)
                 raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {type(module).__name__} "
-                                     f"({name or 'the model itself'}) has weights of a kind only {', '.join(t.__name__ for t in PACKABLE)} "
-                                     "can be packed; train these runs with another launcher")  # fmt: skip
+                                     f"({name or 'the model itself'}) has weights of a kind only {kinds} can be packed; "
+                                     "train these runs with another launcher")  # fmt: skip
         self.to(next(members[0].parameters()).device)
         self.load_members(members)
         self.check(members, probe)
@@ -103,8 +124,8 @@ class PackedNetwork(nn.Module):
     def load_members(self, members: Sequence[nn.Module]) -> None:
         """Set the packed weights and statistics from the members'."""
         states = [m.state_dict() for m in members]
-        packed = {key: pack_tensor(value.shape, [s[key] for s in states]) for key, value in self.net.state_dict().items()}
-        self.net.load_state_dict(packed)
+        self.net.load_state_dict({key: pack_tensor(value.shape, [s[key] for s in states])
+                                  for key, value in self.net.state_dict().items()})  # fmt: skip
 
     def unpack_into(self, members: Sequence[nn.Module]) -> None:
         """Copy the packed weights and statistics back into the members (for evaluation and checkpoints)."""
@@ -166,3 +187,144 @@ def unpack_optimizer_state(packed: torch.optim.Optimizer, members: Sequence[torc
         groups = [{**own_group, **{k: v for k, v in group.items() if k != "params"}}
                   for own_group, group in zip(own["param_groups"], state["param_groups"])]  # fmt: skip
         member.load_state_dict({"state": member_state, "param_groups": groups})
+
+
+# ---------------------------------------------------------------- runs trained as one pack
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """Runs pack together when everything but their loss and seed is the same: one network architecture, data,
+    batch size, epochs, optimiser and schedule (one optimiser serves the pack)."""
+    rest = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("loss", "seed", "resume")}
+    return OmegaConf.to_yaml(OmegaConf.create(rest))
+
+
+def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, scheduler, dtype) -> torch.Tensor:
+    """One pass over the members' training batches: each member draws its own (its own order and augmentation)
+    and scores its own loss; one backward pass and one optimiser step serve all. Returns train_one_epoch's
+    device-side sums per member, [M, 3]."""
+    packed.train()
+    device = runs[0].batches.labels.device
+    sums = torch.zeros(len(runs), 3, device=device)
+    for drawn in zip(*(run.batches for run in runs)):
+        x, y = pack_inputs([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = packed(x)
+        z = logits.float()
+        z.retain_grad()
+        losses = torch.stack([run.loss_fn(z[m], y[m]) for m, run in enumerate(runs)])
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # member m's weights see only its own loss
+        optimizer.step()
+        scheduler.step()
+        n = y.shape[1]
+        correct = (z.detach().argmax(2) == y).sum(1).float()
+        sums += torch.stack([losses.detach() * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
+    return sums
+
+
+class Pack:
+    """Runs at the same epoch trained as one PackedNetwork, with one optimiser and schedule over its weights.
+    The members' own models, optimisers and schedules receive the packed state after every epoch, so each
+    member evaluates and checkpoints exactly as a run trained alone does."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        cfg, first = runs[0].cfg, runs[0]
+        probe = normalise(first.data.train_x[:4], first.mean, first.std)  # not from the batches: their order stays
+        self.network = PackedNetwork([run.model for run in runs], probe).to(memory_format=torch.channels_last)
+        self.step_network = compiled(self.network, cfg)
+        self.optimizer = build_optimizer(cfg.optim, self.network)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(first.batches), first.epochs)
+        # After the schedule is built (which sets the learning rate of its first step), as a checkpoint loads.
+        pack_optimizer_state(self.optimizer, [run.optimizer for run in runs])
+        self.scheduler.load_state_dict(first.scheduler.state_dict())
+
+    def train_epoch(self) -> list[list[float]]:
+        sums = train_packed_epoch(self.step_network, self.runs, self.optimizer, self.scheduler, self.runs[0].dtype)
+        return sums.tolist()  # the epoch's one sync
+
+    def unpack(self) -> None:
+        self.network.unpack_into([run.model for run in self.runs])
+        unpack_optimizer_state(self.optimizer, [run.optimizer for run in self.runs])
+        for run in self.runs:
+            run.scheduler.load_state_dict(self.scheduler.state_dict())
+
+
+def train_pack(runs: list[Run]) -> dict[Path, str]:
+    """Train runs that share everything but loss and seed, and start at the same epoch, as one packed network
+    (see lossbench.pack); returns each run directory's final status. A member that diverges leaves the pack,
+    which goes on with the others."""
+    statuses: dict[Path, str] = {}
+    epochs, steps = runs[0].epochs, len(runs[0].batches)
+    progress = Progress(f"pack of {len(runs)} runs", epochs * steps, runs[0].epoch * steps,
+                        bool(runs[0].cfg.train.progress))  # fmt: skip
+    runs[0].batches.on_step = progress.step
+    try:
+        pack = Pack(runs)
+        while runs and runs[0].epoch < epochs:
+            began = time.perf_counter()
+            sums = pack.train_epoch()
+            trained_s = time.perf_counter() - began
+            pack.unpack()
+            diverged = [run for run, own in zip(runs, sums) if end_epoch(run, own, trained_s, progress)]
+            if diverged:
+                statuses.update({run.run_dir: "diverged" for run in diverged})
+                runs = [run for run in runs if run not in diverged]
+                if runs:
+                    runs[0].batches.on_step = progress.step
+                    pack = Pack(runs)
+    finally:
+        progress.close()
+    statuses.update({run.run_dir: finish_run(run) for run in runs})
+    return statuses
+
+
+def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:
+    """Train the jobs (config, run directory) in this process, those that share everything but loss and seed (and
+    stand at the same epoch) packed `size` at a time (0: all together); returns each job's final status. Each job
+    resumes when its config says `resume` (as train_run's resume). Like a sweep of train_run calls, a job that
+    fails is logged and the others go on; Ctrl-C stops them all, each recorded as interrupted."""
+    statuses: dict[Path, str] = {}
+    opened: list[Run] = []
+    with ExitStack() as locks:
+        for cfg, run_dir in jobs:
+            try:
+                claim(run_dir, "run")
+                locks.enter_context(locked(run_dir))
+                resume = bool(cfg.get("resume", False))
+                done = final_status(run_dir, resume)
+                if done:
+                    statuses[run_dir] = done
+                    continue
+                with recorded_failures([run_dir]):
+                    cfg = run_config(cfg, run_dir, resume)
+                    opened.append(start_run(cfg, run_dir, int(cfg.train.epochs)))
+            except LossbenchError as err:
+                log.error("%s: %s", run_dir, err)
+                statuses[run_dir] = "failed"
+        try:
+            for group in pack_groups(opened, size):
+                dirs = [run.run_dir for run in group]
+                try:
+                    with recorded_failures(dirs):
+                        statuses.update(train_pack(group))
+                except LossbenchError as err:
+                    log.error("%s: %s", ", ".join(map(str, dirs)), err)
+                    statuses.update({run_dir: "failed" for run_dir in dirs})
+        except KeyboardInterrupt:  # the packs not yet trained stop too
+            for run in opened:
+                if run.run_dir not in statuses:
+                    record_end(run.run_dir, "interrupted", "interrupted by the user")
+            raise
+    return [statuses[run_dir] for _, run_dir in jobs]
+
+
+def pack_groups(runs: list[Run], size: int) -> list[list[Run]]:
+    """The runs in packs: by pack_key and epoch (a resumed comparison's runs may stand at different epochs), at
+    most `size` runs each (0: no limit), in the jobs' order."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((pack_key(run.cfg), run.epoch), []).append(run)
+    limit = size or len(runs) or 1
+    return [group[i : i + limit] for group in groups.values() for i in range(0, len(group), limit)]

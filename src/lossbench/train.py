@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path, write_atomic
-from lossbench.data import (
-    Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset, normalise,
-)  # fmt: skip
+from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import (
@@ -31,7 +29,6 @@ from lossbench.metrics import (
 )  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.pack import PackedNetwork, pack_inputs, pack_optimizer_state, unpack_optimizer_state
 from lossbench.precision import resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
@@ -294,28 +291,28 @@ def recorded_failures(run_dirs: list[Path]):
         yield
     except KeyboardInterrupt:
         for run_dir in run_dirs:
-            _record_end(run_dir, "interrupted", "interrupted by the user")
+            record_end(run_dir, "interrupted", "interrupted by the user")
             log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
         raise
     except LossbenchError as err:
         for run_dir in run_dirs:
-            _record_end(run_dir, "failed", str(err))
+            record_end(run_dir, "failed", str(err))
         raise
     except (OSError, MemoryError, torch.OutOfMemoryError) as err:
         failure = os_failure(err) if isinstance(err, OSError) else EnvironmentFailure(f"out of memory ({err})")
         for run_dir in run_dirs:
-            _record_end(run_dir, "failed", str(failure))
+            record_end(run_dir, "failed", str(failure))
         raise failure from err
     except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
         # AdamW betas out of range, a network deeper than the image allows
         where = f"run {run_dirs[0]}" if len(run_dirs) == 1 else f"{len(run_dirs)} packed runs"
         message = f"{where}: {type(err).__name__}: {one_line(err)}"
         for run_dir in run_dirs:
-            _record_end(run_dir, "failed", message)
+            record_end(run_dir, "failed", message)
         raise LossbenchError(message) from err
 
 
-def _record_end(run_dir: Path, status: str, message: str) -> None:
+def record_end(run_dir: Path, status: str, message: str) -> None:
     """Record why a run stopped; a status that cannot be written (disk full) must not hide the first error."""
     previous = read_status(run_dir)
     try:
@@ -505,144 +502,3 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     finally:
         progress.close()
     return finish_run(run)
-
-
-# ---------------------------------------------------------------- several runs as one network
-
-
-def pack_key(cfg: DictConfig) -> str:
-    """Runs pack together when everything but their loss and seed is the same: one network architecture, data,
-    batch size, epochs, optimiser and schedule (one optimiser serves the pack)."""
-    rest = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("loss", "seed", "resume")}
-    return OmegaConf.to_yaml(OmegaConf.create(rest))
-
-
-def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, scheduler, dtype) -> torch.Tensor:
-    """One pass over the members' training batches: each member draws its own (its own order and augmentation)
-    and scores its own loss; one backward pass and one optimiser step serve all. Returns train_one_epoch's
-    device-side sums per member, [M, 3]."""
-    packed.train()
-    device = runs[0].batches.labels.device
-    sums = torch.zeros(len(runs), 3, device=device)
-    for drawn in zip(*(run.batches for run in runs)):
-        x, y = pack_inputs([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = packed(x)
-        z = logits.float()
-        z.retain_grad()
-        losses = torch.stack([run.loss_fn(z[m], y[m]) for m, run in enumerate(runs)])
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # member m's weights see only its own loss
-        optimizer.step()
-        scheduler.step()
-        n = y.shape[1]
-        correct = (z.detach().argmax(2) == y).sum(1).float()
-        sums += torch.stack([losses.detach() * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
-    return sums
-
-
-class Pack:
-    """Runs at the same epoch trained as one PackedNetwork, with one optimiser and schedule over its weights.
-    The members' own models, optimisers and schedules receive the packed state after every epoch, so each
-    member evaluates and checkpoints exactly as a run trained alone does."""
-
-    def __init__(self, runs: list[Run]):
-        self.runs = runs
-        cfg, first = runs[0].cfg, runs[0]
-        probe = normalise(first.data.train_x[:4], first.mean, first.std)  # not from the batches: their order stays
-        self.network = PackedNetwork([run.model for run in runs], probe).to(memory_format=torch.channels_last)
-        self.step_network = compiled(self.network, cfg)
-        self.optimizer = build_optimizer(cfg.optim, self.network)
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(first.batches), first.epochs)
-        # After the schedule is built (which sets the learning rate of its first step), as a checkpoint loads.
-        pack_optimizer_state(self.optimizer, [run.optimizer for run in runs])
-        self.scheduler.load_state_dict(first.scheduler.state_dict())
-
-    def train_epoch(self) -> list[list[float]]:
-        sums = train_packed_epoch(self.step_network, self.runs, self.optimizer, self.scheduler, self.runs[0].dtype)
-        return sums.tolist()  # the epoch's one sync
-
-    def unpack(self) -> None:
-        self.network.unpack_into([run.model for run in self.runs])
-        unpack_optimizer_state(self.optimizer, [run.optimizer for run in self.runs])
-        for run in self.runs:
-            run.scheduler.load_state_dict(self.scheduler.state_dict())
-
-
-def train_pack(runs: list[Run]) -> dict[Path, str]:
-    """Train runs that share everything but loss and seed, and start at the same epoch, as one packed network
-    (see lossbench.pack); returns each run directory's final status. A member that diverges leaves the pack,
-    which goes on with the others."""
-    statuses: dict[Path, str] = {}
-    epochs, steps = runs[0].epochs, len(runs[0].batches)
-    progress = Progress(f"pack of {len(runs)} runs", epochs * steps, runs[0].epoch * steps,
-                        bool(runs[0].cfg.train.progress))  # fmt: skip
-    runs[0].batches.on_step = progress.step
-    try:
-        pack = Pack(runs)
-        while runs and runs[0].epoch < epochs:
-            began = time.perf_counter()
-            sums = pack.train_epoch()
-            trained_s = time.perf_counter() - began
-            pack.unpack()
-            diverged = [run for run, own in zip(runs, sums) if end_epoch(run, own, trained_s, progress)]
-            if diverged:
-                statuses.update({run.run_dir: "diverged" for run in diverged})
-                runs = [run for run in runs if run not in diverged]
-                if runs:
-                    runs[0].batches.on_step = progress.step
-                    pack = Pack(runs)
-    finally:
-        progress.close()
-    statuses.update({run.run_dir: finish_run(run) for run in runs})
-    return statuses
-
-
-def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:
-    """Train the jobs (config, run directory) in this process, those that share everything but loss and seed (and
-    stand at the same epoch) packed `size` at a time (0: all together); returns each job's final status. Each job
-    resumes when its config says `resume` (as train_run's resume). Like a sweep of train_run calls, a job that
-    fails is logged and the others go on; Ctrl-C stops them all, each recorded as interrupted."""
-    statuses: dict[Path, str] = {}
-    opened: list[Run] = []
-    with ExitStack() as locks:
-        for cfg, run_dir in jobs:
-            try:
-                claim(run_dir, "run")
-                locks.enter_context(locked(run_dir))
-                resume = bool(cfg.get("resume", False))
-                done = final_status(run_dir, resume)
-                if done:
-                    statuses[run_dir] = done
-                    continue
-                with recorded_failures([run_dir]):
-                    cfg = run_config(cfg, run_dir, resume)
-                    opened.append(start_run(cfg, run_dir, int(cfg.train.epochs)))
-            except LossbenchError as err:
-                log.error("%s: %s", run_dir, err)
-                statuses[run_dir] = "failed"
-        try:
-            for group in pack_groups(opened, size):
-                dirs = [run.run_dir for run in group]
-                try:
-                    with recorded_failures(dirs):
-                        statuses.update(train_pack(group))
-                except LossbenchError as err:
-                    log.error("%s: %s", ", ".join(map(str, dirs)), err)
-                    statuses.update({run_dir: "failed" for run_dir in dirs})
-        except KeyboardInterrupt:  # the packs not yet trained stop too
-            for run in opened:
-                if run.run_dir not in statuses:
-                    _record_end(run.run_dir, "interrupted", "interrupted by the user")
-            raise
-    return [statuses[run_dir] for _, run_dir in jobs]
-
-
-def pack_groups(runs: list[Run], size: int) -> list[list[Run]]:
-    """The runs in packs: by pack_key and epoch (a resumed comparison's runs may stand at different epochs), at
-    most `size` runs each (0: no limit), in the jobs' order."""
-    groups: dict[tuple[str, int], list[Run]] = {}
-    for run in runs:
-        groups.setdefault((pack_key(run.cfg), run.epoch), []).append(run)
-    limit = size or len(runs) or 1
-    return [group[i : i + limit] for group in groups.values() for i in range(0, len(group), limit)]
