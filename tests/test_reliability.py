@@ -173,9 +173,12 @@ def wait_for(path, process, timeout=120.0) -> None:
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum, code):
     run_dir = tmp_path / "run"
+    # As a terminal starts it. A suite started in the background by a non-interactive shell (`pytest &`) ignores
+    # SIGINT, its children inherit that, and Python then leaves SIGINT ignored: the run would rightly train on.
     process = subprocess.Popen(
         [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=100000", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     wait_for(run_dir / CHECKPOINT_FILE, process)
     process.send_signal(signum)
