@@ -1,5 +1,6 @@
 """The CUDA path, on a machine with a GPU (skipped elsewhere): a run trains, is interrupted and resumes there,
-evaluation on the GPU computes what it computes on the CPU, and a comparison shares one GPU between processes.
+evaluation on the GPU computes what it computes on the CPU, a comparison shares one GPU between processes, and a
+pack of runs trains there as its runs do alone.
 The rest of the suite pins device=cpu where it asserts what only the CPU guarantees (bit-for-bit repeats)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 import lossbench.train as T
 from conftest import TINY, evaluation_case, lossbench, make_cfg
+from lossbench.pack import train_packed
 from lossbench.rundir import read_status
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -65,3 +67,19 @@ def test_comparison_shares_one_gpu_between_processes(tmp_path):
         assert read_status(run)["status"] == "finished"
         assert json.loads((run / "run.json").read_text())["device"] == torch.cuda.get_device_name()
     assert (out / "summary.md").is_file() and (out / "test_score.png").is_file()
+
+
+def test_a_pack_trains_on_the_gpu_as_its_runs_do_alone(tmp_path):
+    """hydra/launcher=packed's core on the GPU: grouped convolutions through cuDNN, channels_last, in fp32. The
+    packed runs' first-epoch losses match the same runs trained alone there (rounding, TF32 convolutions and
+    cuDNN's choice of algorithm differ, so the tolerance is looser than on the CPU)."""
+    specs = [("ce", 0), ("expected_score", 1)]
+    jobs = [(make_cfg(*ON_GPU, "precision=fp32", f"loss={loss}", f"seed={seed}"), tmp_path / f"{loss}_{seed}")
+            for loss, seed in specs]  # fmt: skip
+    assert train_packed(jobs, size=0) == ["finished", "finished"]
+    for cfg, run_dir in jobs:
+        alone = tmp_path / "alone" / run_dir.name
+        assert T.train_run(cfg, alone) == "finished"
+        mine, theirs = pd.read_csv(run_dir / "metrics.csv"), pd.read_csv(alone / "metrics.csv")
+        assert mine["train_loss"].iloc[0] == pytest.approx(theirs["train_loss"].iloc[0], rel=1e-2)
+        assert json.loads((run_dir / "run.json").read_text())["device"] == torch.cuda.get_device_name()
