@@ -252,6 +252,21 @@ def test_ctrl_c_stops_every_run_of_the_packs_as_interrupted_and_resume_finishes_
     assert train_packed(jobs, size=0) == ["finished"] * 3
 
 
+def test_ctrl_c_while_the_runs_start_leaves_none_of_them_running(tmp_path, monkeypatch):
+    jobs = jobs_for(tmp_path, SPECS)
+    start = pack_module.start_run
+
+    def interrupted_at_the_third(cfg, run_dir, epochs):
+        if run_dir == jobs[2][1]:
+            raise KeyboardInterrupt
+        return start(cfg, run_dir, epochs)
+
+    monkeypatch.setattr(pack_module, "start_run", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(jobs, size=0)
+    assert [read_status(run_dir)["status"] for _, run_dir in jobs] == ["interrupted"] * 3
+
+
 def test_a_run_refused_before_training_fails_alone_and_the_pack_trains_the_others(tmp_path):
     jobs = jobs_for(tmp_path, SPECS[:2])
     jobs[0][1].mkdir(parents=True)

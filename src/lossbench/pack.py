@@ -252,8 +252,8 @@ class Pack:
 
 
 def train_pack(runs: list[Run]) -> dict[Path, str]:
-    """Train runs that share everything but loss and seed, and start at the same epoch, as one packed network
-    (see lossbench.pack); returns each run directory's final status. A member that diverges leaves the pack,
+    """Train runs that share everything but loss and seed, and start at the same epoch, as one PackedNetwork;
+    returns each run directory's final status. A member that diverges leaves the pack,
     which goes on with the others."""
     statuses: dict[Path, str] = {}
     epochs, steps = runs[0].epochs, len(runs[0].batches)
@@ -288,22 +288,11 @@ def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:
     statuses: dict[Path, str] = {}
     opened: list[Run] = []
     with ExitStack() as locks:
-        for cfg, run_dir in jobs:
-            try:
-                claim(run_dir, "run")
-                locks.enter_context(locked(run_dir))
-                resume = bool(cfg.get("resume", False))
-                done = final_status(run_dir, resume)
-                if done:
-                    statuses[run_dir] = done
-                    continue
-                with recorded_failures([run_dir]):
-                    cfg = run_config(cfg, run_dir, resume)
-                    opened.append(start_run(cfg, run_dir, int(cfg.train.epochs)))
-            except LossbenchError as err:
-                log.error("%s: %s", run_dir, err)
-                statuses[run_dir] = "failed"
         try:
+            for cfg, run_dir in jobs:
+                run = open_job(cfg, run_dir, locks, statuses)
+                if run is not None:
+                    opened.append(run)
             for group in pack_groups(opened, size):
                 dirs = [run.run_dir for run in group]
                 try:
@@ -312,12 +301,32 @@ def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:
                 except LossbenchError as err:
                     log.error("%s: %s", ", ".join(map(str, dirs)), err)
                     statuses.update({run_dir: "failed" for run_dir in dirs})
-        except KeyboardInterrupt:  # the packs not yet trained stop too
+        except KeyboardInterrupt:  # the runs opened but not yet trained stop too
             for run in opened:
                 if run.run_dir not in statuses:
                     record_end(run.run_dir, "interrupted", "interrupted by the user")
             raise
     return [statuses[run_dir] for _, run_dir in jobs]
+
+
+def open_job(cfg: DictConfig, run_dir: Path, locks: ExitStack, statuses: dict[Path, str]) -> Run | None:
+    """A job's run, locked and started (from its checkpoint when resuming), as train_run starts it; None when it
+    must not train (finished or diverged already: its status goes into `statuses`) or cannot (failed, logged)."""
+    try:
+        claim(run_dir, "run")
+        locks.enter_context(locked(run_dir))
+        resume = bool(cfg.get("resume", False))
+        done = final_status(run_dir, resume)
+        if done:
+            statuses[run_dir] = done
+            return None
+        with recorded_failures([run_dir]):
+            cfg = run_config(cfg, run_dir, resume)
+            return start_run(cfg, run_dir, int(cfg.train.epochs))
+    except LossbenchError as err:
+        log.error("%s: %s", run_dir, err)
+        statuses[run_dir] = "failed"
+        return None
 
 
 def pack_groups(runs: list[Run], size: int) -> list[list[Run]]:
