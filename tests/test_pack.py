@@ -309,6 +309,9 @@ def test_compare_through_the_packed_launcher_trains_every_run_and_reports(tmp_pa
     assert runs == ["loss=ce,seed=0", "loss=ce,seed=1", "loss=expected_score,seed=0", "loss=expected_score,seed=1"]
     assert all(read_status(out / name)["status"] == "finished" for name in runs)
     assert (out / "summary.md").exists() and (out / "test_score.png").exists()
+    summary = (out / "summary.md").read_text()  # the report says the runs shared their training time
+    assert "Training: packed (3 runs), alone (1 run)." in summary  # size 3: a pack of 3, and one run alone
+    assert "3 run(s) trained packed with others" in summary
     log = (out / "lossbench.log").read_text()  # the pack's log: every run's epochs
     assert all(f"{loss} seed {seed} epoch 2/2" in log for loss in ("ce", "expected_score") for seed in (0, 1))
     again = lossbench("resume", str(out), cwd=tmp_path)  # every run finished: nothing trains again

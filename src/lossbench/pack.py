@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from lossbench.data import normalise
 from lossbench.errors import LossbenchError, require
 from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.provenance import write_provenance
 from lossbench.rundir import claim, locked
 from lossbench.train import (
     Progress, Run, compiled, end_epoch, final_status, finish_run, record_end, recorded_failures, run_config, start_run,
@@ -110,9 +111,9 @@ class PackedNetwork(nn.Module):
                 self.net.set_submodule(name, packed_layer([m.get_submodule(name) for m in members]))
             elif has_own_tensors(module):
                 kinds = ", ".join(t.__name__ for t in PACKABLE)
-                raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {type(module).__name__} "
-                                     f"({name or 'the model itself'}) has weights of a kind only {kinds} can be packed; "
-                                     "train these runs with another launcher")  # fmt: skip
+                where = f"{type(module).__name__} ({name or 'the model itself'})"
+                raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {where} has weights of a "
+                                     f"kind only {kinds} can be packed; train these runs with another launcher")  # fmt: skip
         self.to(next(members[0].parameters()).device)
         self.load_members(members)
         self.check(members, probe)
@@ -239,9 +240,12 @@ class Pack:
         # After the schedule is built (which sets the learning rate of its first step), as a checkpoint loads.
         pack_optimizer_state(self.optimizer, [run.optimizer for run in runs])
         self.scheduler.load_state_dict(first.scheduler.state_dict())
+        for run in runs:  # the report says which runs shared their training time
+            write_provenance(run.run_dir, run.scores.device, run.precision, pack=len(runs))
 
     def train_epoch(self) -> list[list[float]]:
-        sums = train_packed_epoch(self.step_network, self.runs, self.optimizer, self.scheduler, self.runs[0].dtype)
+        dtype = self.runs[0].precision.dtype
+        sums = train_packed_epoch(self.step_network, self.runs, self.optimizer, self.scheduler, dtype)
         return sums.tolist()  # the epoch's one sync
 
     def unpack(self) -> None:

@@ -40,7 +40,8 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, precision: Precision) -> dict[str, Any]:
+def provenance(device: torch.device, precision: Precision, pack: int = 1) -> dict[str, Any]:
+    """What produced a run. `pack`: how many runs trained together in its packed network (1: alone)."""
     try:
         version = metadata.version("lossbench")
     except metadata.PackageNotFoundError:
@@ -53,8 +54,9 @@ def provenance(device: torch.device, precision: Precision) -> dict[str, Any]:
         "device": device_name(device),
         "precision": precision.name,
         "precision_reason": precision.reason,
+        "pack": pack,
     }
 
 
-def write_provenance(run_dir: Path, device: torch.device, precision: Precision) -> None:
-    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, precision), indent=2) + "\n")
+def write_provenance(run_dir: Path, device: torch.device, precision: Precision, pack: int = 1) -> None:
+    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, precision, pack), indent=2) + "\n")

@@ -191,15 +191,18 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     return table, f"{path}: {'; '.join(problems)}; {used}"
 
 
-def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[str, str]:
-    """(device, precision) the run used, from run.json; else as requested in config.yaml; else unknown."""
+def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[str, str, str]:
+    """(device, precision, training) the run used, from run.json; else as requested in config.yaml; else unknown.
+    training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed)."""
     try:
         info = json.loads((run_dir / PROVENANCE_FILE).read_text())
-        return str(info.get("device", "unknown")), str(info.get("precision", "unknown"))
+        training = "packed" if isinstance(info.get("pack", 1), int) and info.get("pack", 1) > 1 else "alone"
+        return str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training
     except (OSError, ValueError, AttributeError):
         pass
     device, precision = config.get("device"), config.get("precision")
-    return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown")
+    return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown",
+            "alone")  # fmt: skip
 
 
 def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -248,7 +251,12 @@ def load_runs(root: Path) -> Runs:
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
     provenance = [read_provenance(d, c) for d, c in zip(kept, configs)]
-    runs["device"], runs["precision"] = [p[0] for p in provenance], [p[1] for p in provenance]
+    runs["device"], runs["precision"], runs["training"] = ([p[i] for p in provenance] for i in range(3))
+    packed = int((runs["training"] == "packed").sum())
+    if packed:
+        warnings.append(f"{packed} run(s) trained packed with others (hydra/launcher=packed): their seconds to a "
+                        "target share their pack's training time, so they compare epochs, not what each loss "
+                        "costs")  # fmt: skip
     frames = []
     for _, run in runs.iterrows():
         rows, warning = read_metrics(Path(run["run_dir"]) / METRICS_FILE)
@@ -491,7 +499,8 @@ def provenance_line(runs: pd.DataFrame) -> str:
     def counted(column: str) -> str:
         return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in runs[column].value_counts().items())
 
-    return f"Device: {counted('device')}. Precision: {counted('precision')}."
+    line = f"Device: {counted('device')}. Precision: {counted('precision')}."
+    return line + (f" Training: {counted('training')}." if (runs["training"] == "packed").any() else "")
 
 
 def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str],

@@ -29,7 +29,7 @@ from lossbench.metrics import (
 )  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.precision import resolve_precision
+from lossbench.precision import Precision, resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
@@ -385,7 +385,7 @@ class Run:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    dtype: torch.dtype | None  # autocast's, or None for fp32
+    precision: Precision  # its dtype is autocast's, or None for fp32
     epoch: int = 0  # the last epoch done
     step: int = 0
     elapsed: float = 0.0
@@ -413,7 +413,7 @@ def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
     write_provenance(run_dir, device, precision)
     run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
               scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
-              precision.dtype)  # fmt: skip
+              precision)  # fmt: skip
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         run.epoch, run.step, run.elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
@@ -448,7 +448,7 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress)
     row = {"epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
            "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
     metrics, run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
-                                      run.std, run.dtype)  # fmt: skip
+                                      run.std, run.precision.dtype)  # fmt: skip
     row.update(metrics)
     run.elapsed += trained_s + time.perf_counter() - began
     row["elapsed_s"] = run.elapsed
@@ -475,7 +475,7 @@ def finish_run(run: Run) -> str:
     """The test confusion matrix and the finished status, after the last epoch."""
     if run.confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
         run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
-                                 run.std, run.dtype)[1]  # fmt: skip
+                                 run.std, run.precision.dtype)[1]  # fmt: skip
     write_confusion(run.run_dir / CONFUSION_FILE, run.confusion, run.classes)
     write_status(run.run_dir, "finished", run.epochs, run.epochs)
     return "finished"
@@ -496,7 +496,8 @@ def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
     try:
         while run.epoch < epochs:
             began = time.perf_counter()
-            sums = train_one_epoch(step_model, run.loss_fn, run.batches, run.optimizer, run.scheduler, run.dtype)
+            sums = train_one_epoch(step_model, run.loss_fn, run.batches, run.optimizer, run.scheduler,
+                                   run.precision.dtype)  # fmt: skip
             if end_epoch(run, sums.tolist(), time.perf_counter() - began, progress):  # tolist: the epoch's one sync
                 return "diverged"
     finally:
