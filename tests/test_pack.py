@@ -26,6 +26,7 @@ from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
 from lossbench.train import start_run, train_run
 
 MODELS = {
+    "linear": (lambda: nn.Linear(12, 5), (12,)),  # a model that is itself one packable layer
     "small_cnn": (lambda: SmallCNN(5, widths=(4, 8)), (3, 16, 16)),
     "mlp": (lambda: MLP(5, (12,), hidden=(16, 8), dropout=0.0), (12,)),
     "resnet18": (lambda: resnet18_cifar(5), (3, 8, 8)),

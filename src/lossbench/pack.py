@@ -108,7 +108,12 @@ class PackedNetwork(nn.Module):
         self.net = copy.deepcopy(members[0])
         for name, module in members[0].named_modules():
             if isinstance(module, PACKABLE):
-                self.net.set_submodule(name, packed_layer([m.get_submodule(name) for m in members]))
+                layer = packed_layer([m.get_submodule(name) for m in members])
+                parent, _, child = name.rpartition(".")
+                if name:
+                    setattr(self.net.get_submodule(parent), child, layer)
+                else:  # the model is one such layer
+                    self.net = layer
             elif has_own_tensors(module):
                 kinds = ", ".join(t.__name__ for t in PACKABLE)
                 where = f"{type(module).__name__} ({name or 'the model itself'})"
