@@ -230,6 +230,7 @@ def test_a_member_that_diverges_leaves_the_pack_and_the_others_finish(tmp_path):
     for cfg, run_dir in jobs_for(tmp_path, SPECS):
         run_dir.mkdir(parents=True)
         runs.append(start_run(cfg, run_dir, 2))
+    assert runs[1].data is runs[0].data and runs[1].batches.padded is runs[0].batches.padded  # one copy each
     runs[1].loss_fn = lambda z, y: z.sum() * math.inf  # a loss gone to infinity
     statuses = train_pack(runs)
     assert statuses == {runs[0].run_dir: "finished", runs[1].run_dir: "diverged", runs[2].run_dir: "finished"}
