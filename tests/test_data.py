@@ -136,7 +136,8 @@ def test_batches_without_augmentation_return_the_images_channels_last():
 def test_crop_and_flip_are_shifted_or_mirrored_copies():
     images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding is recognisable
     index = torch.arange(64)
-    out = batches(images).augment(index)
+    loader = batches(images)
+    out = loader.examples(index, loader.draw(len(index)))
     padded = torch.nn.functional.pad(images.float(), (4, 4, 4, 4))
     flips = 0
     for i in range(64):

@@ -19,8 +19,11 @@ from conftest import TINY, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
 from lossbench.pack import (
-    PackedNetwork, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed, unpack_optimizer_state,
+    PackedNetwork, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
+    unpack_optimizer_state,
 )  # fmt: skip
+from lossbench.data import Batches, feature_stats, packed_batches
+from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
 from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
 from lossbench.train import start_run, train_run
@@ -144,9 +147,10 @@ SPECS = [("ce", 0), ("expected_score", 1), ("soft_label_ce", 2)]
 
 
 def test_packed_runs_train_as_the_same_runs_trained_alone(tmp_path):
-    packed = jobs_for(tmp_path / "packed", SPECS)
-    assert train_packed(packed, size=0) == ["finished"] * 3
-    for (cfg, run_dir), (loss, seed) in zip(packed, SPECS):
+    specs = [*SPECS, ("ce", 3)]  # two ce runs: scored by one loss call
+    packed = jobs_for(tmp_path / "packed", specs)
+    assert train_packed(packed, size=0) == ["finished"] * 4
+    for (cfg, run_dir), (loss, seed) in zip(packed, specs):
         alone = tmp_path / "alone" / f"{loss}_{seed}"
         assert train_run(cfg, alone) == "finished"
         mine, theirs = pd.read_csv(run_dir / METRICS_FILE), pd.read_csv(alone / METRICS_FILE)
@@ -161,6 +165,40 @@ def test_packed_runs_train_as_the_same_runs_trained_alone(tmp_path):
         assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(b["optimizer"]["param_groups"][0]["lr"])
         assert torch.equal(a["data_rng"], b["data_rng"])  # the same data order and augmentation
         assert (run_dir / "confusion.csv").exists() and read_status(run_dir)["status"] == "finished"
+
+
+@pytest.mark.parametrize("kind", ["images", "vectors"])
+def test_packed_batches_are_each_members_own_batches_bit_for_bit(kind):
+    inputs = (torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8) if kind == "images"
+              else torch.randn(40, 6))  # fmt: skip
+    labels = torch.randint(0, 5, (40,))
+    mean, std = feature_stats(inputs)
+
+    def loaders():
+        return [Batches(inputs, labels, 16, mean, std, torch.Generator().manual_seed(seed), 4, True) for seed in (0, 7)]
+
+    packed, alone = loaders(), loaders()
+    for _ in range(2):  # two epochs: the generators go on as they would alone
+        steps = list(packed_batches(packed))
+        assert len(steps) == 2
+        for (x, y), *own in zip(steps, *alone):
+            assert torch.equal(x, pack_inputs([xm for xm, _ in own])) and torch.equal(y, torch.stack([ym for _, ym in own]))
+            assert x.ndim == 2 or x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_runs_with_one_loss_are_scored_in_one_call_with_their_own_values():
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+    cfgs = [make_cfg(f"loss={name}") for name in ("ce", "expected_score", "ce", "expected_score", "ce")]
+    runs = [SimpleNamespace(cfg=cfg, loss_fn=build_loss_from_config(cfg.loss, scores),
+                            batches=SimpleNamespace(labels=torch.zeros(1))) for cfg in cfgs]  # fmt: skip
+    z = torch.randn(5, 6, 3, requires_grad=True)
+    y = torch.randint(0, 3, (5, 6))
+    together = member_losses(runs)(z, y)
+    (grad_together,) = torch.autograd.grad(together.sum(), z)
+    alone = torch.stack([run.loss_fn(z[m], y[m]) for m, run in enumerate(runs)])
+    (grad_alone,) = torch.autograd.grad(alone.sum(), z)
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad_together, grad_alone, rtol=1e-6, atol=1e-8)
 
 
 def test_a_pack_of_one_is_its_run_trained_alone_to_the_last_bits(tmp_path):

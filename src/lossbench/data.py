@@ -583,29 +583,67 @@ class Batches:
         return len(self.labels) // self.batch_size  # drop the ragged last batch: every step has the same shape
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        device = self.inputs.device
-        order = torch.randperm(len(self.labels), generator=self.generator, device=device)
-        for step in range(len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            x = self.augment(index) if self.images else normalise(self.inputs[index], self.mean, self.std)
-            yield x, self.labels[index]
+        for index in self.indexes():
+            yield self.examples(index, self.draw(len(index))), self.labels[index]
             if self.on_step is not None:
                 self.on_step()
 
-    def augment(self, index: Tensor) -> Tensor:
-        n, (h, w) = len(index), self.inputs.shape[2:]
-        device, p = index.device, self.padding
+    def indexes(self) -> Iterator[Tensor]:
+        """The example indexes of this epoch's batches, cut from one fresh permutation."""
+        order = torch.randperm(len(self.labels), generator=self.generator, device=self.inputs.device)
+        for step in range(len(self)):
+            yield order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """A step's random augmentation for n images, from the generator in a fixed order: crop offsets dy, dx
+        ([n, 1] each) and uniform draws for the flips (or None); None for feature vectors."""
+        if not self.images:
+            return None
+        device, p = self.inputs.device, self.padding
         dy = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator, device=device)
         dx = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator, device=device)
+        flips = torch.rand(n, 1, generator=self.generator, device=device) if self.flip else None
+        return dy, dx, flips
+
+    def examples(self, index: Tensor, draws: tuple[Tensor, Tensor, Tensor | None] | None) -> Tensor:
+        """The examples at `index`, augmented by `draws` (random crop with zero padding and horizontal flip as
+        one gather: each example gets a row and column index grid, shifted by its crop offset and mirrored by its
+        flip), standardised; images come channels_last."""
+        if draws is None:
+            return normalise(self.inputs[index], self.mean, self.std)
+        dy, dx, flips = draws
+        n, (h, w), device = len(index), self.inputs.shape[2:], index.device
         cols = torch.arange(w, device=device).expand(n, w)
-        if self.flip:
-            mirror = torch.rand(n, 1, generator=self.generator, device=device) < 0.5
-            cols = torch.where(mirror, w - 1 - cols, cols)
+        if flips is not None:
+            cols = torch.where(flips < 0.5, w - 1 - cols, cols)
         rows = dy + torch.arange(h, device=device)
         cols = dx + cols
         # [n, h, w, C] gathered, then viewed as NCHW: this is exactly the channels_last layout.
         crops = self.padded[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return normalise(crops.permute(0, 3, 1, 2), self.mean, self.std)
+
+
+def packed_batches(members: Sequence[Batches]) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of several runs' batches over the same data, as a packed network takes them: inputs [B, M*C, ...]
+    (member m's examples in channels m*C..(m+1)*C-1) and labels [M, B]. Each member's order, crops and flips come
+    from its own generator exactly as its own iteration draws them, so its examples are bit for bit the ones it
+    would see alone; the gather and the standardisation run once for all members, not once per member."""
+    first, m = members[0], len(members)
+    shared = all(b.inputs is first.inputs and b.padded is first.padded and b.batch_size == first.batch_size
+                 and b.flip == first.flip for b in members)  # fmt: skip
+    require(shared, "the packed runs' batches must come from the same data, batch size and augmentation")
+    for indexes in zip(*(b.indexes() for b in members)):
+        draws = [b.draw(len(index)) for b, index in zip(members, indexes)]
+        index = torch.cat(indexes)
+        together = None if draws[0] is None else tuple(
+            None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))  # fmt: skip
+        x = first.examples(index, together)
+        x = x.unflatten(0, (m, -1)).movedim(0, 1).flatten(1, 2)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, first.labels[index].view(m, -1)
+        if first.on_step is not None:
+            first.on_step()
 
 
 class Latest:

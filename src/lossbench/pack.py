@@ -23,14 +23,15 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from lossbench.data import normalise
+from lossbench.data import normalise, packed_batches
 from lossbench.errors import LossbenchError, require
+from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.provenance import write_provenance
 from lossbench.rundir import claim, locked
@@ -212,13 +213,13 @@ def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, sche
     packed.train()
     device = runs[0].batches.labels.device
     sums = torch.zeros(len(runs), 3, device=device)
-    for drawn in zip(*(run.batches for run in runs)):
-        x, y = pack_inputs([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
+    losses_of = member_losses(runs)
+    for x, y in packed_batches([run.batches for run in runs]):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = packed(x)
         z = logits.float()
         z.retain_grad()
-        losses = torch.stack([run.loss_fn(z[m], y[m]) for m, run in enumerate(runs)])
+        losses = losses_of(z, y)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # member m's weights see only its own loss
         optimizer.step()
@@ -227,6 +228,34 @@ def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, sche
         correct = (z.detach().argmax(2) == y).sum(1).float()
         sums += torch.stack([losses.detach() * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
     return sums
+
+
+def member_losses(runs: list[Run]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The function from the pack's logits [M, B, C] and labels [M, B] to each member's loss [M]. Members whose
+    losses are one and the same (same loss, parameters and score table, seeds apart) are scored by one call over
+    all their examples, one batch mean per member: the same values, in fewer kernels."""
+    groups: dict[str, list[int]] = {}
+    for m, run in enumerate(runs):
+        same = isinstance(run.loss_fn, ScoreLoss) and run.loss_fn.reduction == "mean"
+        groups.setdefault(OmegaConf.to_yaml(run.cfg.loss) if same else f"own {m}", []).append(m)
+    device = runs[0].batches.labels.device
+    members = list(groups.values())
+    at = {tuple(group): torch.tensor(group, device=device) for group in members}  # index tensors made once
+    order = torch.argsort(torch.tensor([m for group in members for m in group], device=device))
+
+    def losses_of(z: Tensor, y: Tensor) -> Tensor:
+        parts = []
+        for group in members:
+            fn = runs[group[0]].loss_fn
+            if len(group) == 1:
+                parts.append(fn(z[group[0]], y[group[0]]).reshape(1))
+            else:
+                index = at[tuple(group)]
+                values = fn.per_example(z[index].flatten(0, 1), y[index].flatten())
+                parts.append(values.view(len(group), -1).mean(1))
+        return torch.cat(parts)[order]
+
+    return losses_of
 
 
 class Pack:
