@@ -182,7 +182,8 @@ def test_packed_batches_are_each_members_own_batches_bit_for_bit(kind):
         steps = list(packed_batches(packed))
         assert len(steps) == 2
         for (x, y), *own in zip(steps, *alone):
-            assert torch.equal(x, pack_inputs([xm for xm, _ in own])) and torch.equal(y, torch.stack([ym for _, ym in own]))
+            assert torch.equal(x, pack_inputs([xm for xm, _ in own]))
+            assert torch.equal(y, torch.stack([ym for _, ym in own]))
             assert x.ndim == 2 or x.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -118,8 +118,9 @@ class PackedNetwork(nn.Module):
             elif has_own_tensors(module):
                 kinds = ", ".join(t.__name__ for t in PACKABLE)
                 where = f"{type(module).__name__} ({name or 'the model itself'})"
-                raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {where} has weights of a "
-                                     f"kind only {kinds} can be packed; train these runs with another launcher")  # fmt: skip
+                raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {where} has weights of "
+                                     f"a kind only {kinds} can be packed; train these runs with another "
+                                     "launcher")  # fmt: skip
         self.to(next(members[0].parameters()).device)
         self.load_members(members)
         self.check(members, probe)
