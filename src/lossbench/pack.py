@@ -37,6 +37,7 @@ from lossbench.provenance import write_provenance
 from lossbench.rundir import claim, locked
 from lossbench.train import (
     Progress, Run, compiled, end_epoch, final_status, finish_run, record_end, recorded_failures, run_config, start_run,
+    train_step,
 )  # fmt: skip
 
 log = logging.getLogger("lossbench")
@@ -212,22 +213,13 @@ def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, sche
     and scores its own loss; one backward pass and one optimiser step serve all. Returns train_one_epoch's
     device-side sums per member, [M, 3]."""
     packed.train()
-    device = runs[0].batches.labels.device
-    sums = torch.zeros(len(runs), 3, device=device)
+    sums = torch.zeros(len(runs), 3, device=runs[0].batches.labels.device)
     losses_of = member_losses(runs)
     for x, y in packed_batches([run.batches for run in runs]):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = packed(x)
-        z = logits.float()
-        z.retain_grad()
-        losses = losses_of(z, y)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # member m's weights see only its own loss
-        optimizer.step()
-        scheduler.step()
+        z, losses = train_step(packed, x, lambda z: losses_of(z, y), optimizer, scheduler, dtype)
         n = y.shape[1]
         correct = (z.detach().argmax(2) == y).sum(1).float()
-        sums += torch.stack([losses.detach() * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
+        sums += torch.stack([losses * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
     return sums
 
 

@@ -150,23 +150,30 @@ def train_one_epoch(model, loss_fn, batches: Batches, optimizer, scheduler, dtyp
     """One pass over the training batches. Returns device-side sums [loss, correct, grad norm] over its
     len(batches) * batches.batch_size examples: nothing is read back to the host inside the loop."""
     model.train()
-    device = batches.labels.device
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(3, device=batches.labels.device)
     for x, y in batches:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-        z = logits.float()
-        z.retain_grad()
-        loss = loss_fn(z, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        z, loss = train_step(model, x, lambda z: loss_fn(z, y), optimizer, scheduler, dtype)
         n = len(y)
         # d loss_i / d z_i = n * d mean-loss / d z_i.
         correct = (z.detach().argmax(1) == y).sum().float()
-        sums += torch.stack([loss.detach() * n, correct, z.grad.norm(dim=1).sum() * n])
+        sums += torch.stack([loss * n, correct, z.grad.norm(dim=1).sum() * n])
     return sums
+
+
+def train_step(model, x: torch.Tensor, score, optimizer, scheduler, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: the forward pass under autocast, `score` of the float32 logits (a loss, or one per
+    packed run, summed for the backward pass), backward, the optimiser's and the schedule's steps. Returns the
+    logits, whose .grad holds d loss / d logits, and the detached loss."""
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(x)
+    z = logits.float()
+    z.retain_grad()
+    loss = score(z)
+    optimizer.zero_grad(set_to_none=True)
+    (loss if loss.ndim == 0 else loss.sum()).backward()  # packed runs: each run's weights see only its loss
+    optimizer.step()
+    scheduler.step()
+    return z, loss.detach()
 
 
 @torch.inference_mode()
