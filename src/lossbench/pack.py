@@ -229,7 +229,8 @@ def member_losses(runs: list[Run]) -> Callable[[Tensor, Tensor], Tensor]:
     all their examples, one batch mean per member: the same values, in fewer kernels."""
     groups: dict[str, list[int]] = {}
     for m, run in enumerate(runs):
-        same = isinstance(run.loss_fn, ScoreLoss) and run.loss_fn.reduction == "mean"
+        fn = run.loss_fn  # a loss that is the batch mean of its per_example values, as ScoreLoss's forward makes it
+        same = isinstance(fn, ScoreLoss) and type(fn).forward is ScoreLoss.forward and fn.reduction == "mean"
         groups.setdefault(OmegaConf.to_yaml(run.cfg.loss) if same else f"own {m}", []).append(m)
     device = runs[0].batches.labels.device
     members = list(groups.values())
