@@ -57,11 +57,11 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from lossbench.data import Batches, feature_stats, load_dataset
+from lossbench.data import Batches, feature_stats, load_dataset, normalise
 from lossbench.losses import build_loss
 from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.pack import PackedNetwork, pack_inputs
+from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision
 from lossbench.train import COMPILE_MODES, configure_cudnn, prepare, resolve_device, train_one_epoch
 
@@ -186,62 +186,44 @@ class LossbenchLoop:
 
 
 class PackedLoop:
-    """M runs trained as one packed network: each member draws its own batch (its own generator, so its own
-    order and augmentation) and has its own loss; one backward and one optimiser step serve all (SGD is
-    elementwise, so one optimiser over the packed weights is M optimisers)."""
+    """M runs trained as one packed network, by the code hydra/launcher=packed runs (`lossbench.pack`): each member
+    draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
+    and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int):
         self.device, self.dtype, self.batch, self.steps, self.members = device, dtype, batch, steps, members
         images, labels = images.to(device), labels.to(device)
         mean, std = feature_stats(images)
         augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
-        self.batches = [Batches(images, labels, batch, mean, std, torch.Generator(device=device).manual_seed(m),
-                                *augment) for m in range(members)]  # fmt: skip
-        self.streams = [iter(b) for b in self.batches]
+        generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
+        # As LossbenchLoop's: an "epoch" of `warm` is one step, one of `timed` is `steps` steps. The members share
+        # one tensor of each (packed_batches gathers from it once for all).
+        warm, timed = (images[:batch], labels[:batch]), (images[batch:], labels[batch:])
+        self.warm = [Batches(*warm, batch, mean, std, g, *augment) for g in generators]
+        self.timed = [Batches(*timed, batch, mean, std, g, *augment) for g in generators]
         singles = []
         for m in range(members):
             torch.manual_seed(m)
             singles.append(SmallCNN(num_classes).to(device))
-        probe = next(iter(self.batches[0]))[0][:4]
-        self.model = PackedNetwork(singles, probe).to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.model = PackedNetwork(singles, normalise(images[:4], mean, std)).to(memory_format=torch.channels_last)
+        loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.losses_of = member_losses([loss_fn] * members, ["ce"] * members, device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(self.batches[0]), 1_000)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, steps, 1_000)
 
-    def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each member's next batch; a member at the end of its epoch starts the next one."""
-        drawn = []
-        for m, stream in enumerate(self.streams):
-            try:
-                drawn.append(next(stream))
-            except StopIteration:
-                self.streams[m] = iter(self.batches[m])
-                drawn.append(next(self.streams[m]))
-        return drawn
-
-    def step(self) -> None:
-        drawn = self.next_batches()
-        x, y = pack_inputs([x for x, _ in drawn]), [y for _, y in drawn]
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            logits = self.model(x)
-        z = logits.float()
-        loss = sum(self.loss_fn(z[m], y[m]) for m in range(self.members))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+    def epoch(self, batches: list[Batches]) -> None:
+        train_packed_epoch(self.model, batches, self.losses_of, self.optimizer, self.scheduler, self.dtype).tolist()
 
     def warmup(self, steps: int) -> None:
         for _ in range(steps):
-            self.step()
+            self.epoch(self.warm)
 
     def round(self) -> tuple[int, float, float]:
         """Images (all members'), wall seconds and CPU seconds of `steps` timed steps."""
         self.warmup(1)
         sync(self.device)
         began, cpu = time.perf_counter(), cpu_seconds()
-        for _ in range(self.steps):
-            self.step()
+        self.epoch(self.timed)
         sync(self.device)
         return self.steps * self.batch * self.members, time.perf_counter() - began, cpu_seconds() - cpu
 

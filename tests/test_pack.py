@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 import lossbench.pack as pack_module
@@ -190,11 +191,11 @@ def test_packed_batches_are_each_members_own_batches_bit_for_bit(kind):
 def test_runs_with_one_loss_are_scored_in_one_call_with_their_own_values():
     scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
     cfgs = [make_cfg(f"loss={name}") for name in ("ce", "expected_score", "ce", "expected_score", "ce")]
-    runs = [SimpleNamespace(cfg=cfg, loss_fn=build_loss_from_config(cfg.loss, scores),
-                            batches=SimpleNamespace(labels=torch.zeros(1))) for cfg in cfgs]  # fmt: skip
+    runs = [SimpleNamespace(cfg=cfg, loss_fn=build_loss_from_config(cfg.loss, scores)) for cfg in cfgs]
     z = torch.randn(5, 6, 3, requires_grad=True)
     y = torch.randint(0, 3, (5, 6))
-    together = member_losses(runs)(z, y)
+    keys = [OmegaConf.to_yaml(run.cfg.loss) for run in runs]
+    together = member_losses([run.loss_fn for run in runs], keys, torch.device("cpu"))(z, y)
     (grad_together,) = torch.autograd.grad(together.sum(), z)
     alone = torch.stack([run.loss_fn(z[m], y[m]) for m, run in enumerate(runs)])
     (grad_alone,) = torch.autograd.grad(alone.sum(), z)

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from lossbench.data import normalise, packed_batches
+from lossbench.data import Batches, normalise, packed_batches
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler
@@ -208,14 +208,14 @@ def pack_key(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(rest))
 
 
-def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, scheduler, dtype) -> torch.Tensor:
+def train_packed_epoch(packed: torch.nn.Module, batches: Sequence[Batches], losses_of, optimizer, scheduler,
+                       dtype) -> torch.Tensor:  # fmt: skip
     """One pass over the members' training batches: each member draws its own (its own order and augmentation)
-    and scores its own loss; one backward pass and one optimiser step serve all. Returns train_one_epoch's
-    device-side sums per member, [M, 3]."""
+    and scores its own loss (`losses_of`, from member_losses); one backward pass and one optimiser step serve all.
+    Returns train_one_epoch's device-side sums per member, [M, 3]."""
     packed.train()
-    sums = torch.zeros(len(runs), 3, device=runs[0].batches.labels.device)
-    losses_of = member_losses(runs)
-    for x, y in packed_batches([run.batches for run in runs]):
+    sums = torch.zeros(len(batches), 3, device=batches[0].labels.device)
+    for x, y in packed_batches(batches):
         z, losses = train_step(packed, x, lambda z: losses_of(z, y), optimizer, scheduler, dtype)
         n = y.shape[1]
         correct = (z.detach().argmax(2) == y).sum(1).float()
@@ -223,16 +223,16 @@ def train_packed_epoch(packed: torch.nn.Module, runs: list[Run], optimizer, sche
     return sums
 
 
-def member_losses(runs: list[Run]) -> Callable[[Tensor, Tensor], Tensor]:
+def member_losses(loss_fns: Sequence[nn.Module], keys: Sequence[str], device: torch.device
+                  ) -> Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
     """The function from the pack's logits [M, B, C] and labels [M, B] to each member's loss [M]. Members whose
-    losses are one and the same (same loss, parameters and score table, seeds apart) are scored by one call over
-    all their examples, one batch mean per member: the same values, in fewer kernels."""
+    losses are one and the same (equal `keys`: the same loss, parameters and score table, seeds apart) are scored
+    by one call over all their examples, one batch mean per member: the same values, in fewer kernels."""
     groups: dict[str, list[int]] = {}
-    for m, run in enumerate(runs):
-        fn = run.loss_fn  # a loss that is the batch mean of its per_example values, as ScoreLoss's forward makes it
+    for m, (fn, key) in enumerate(zip(loss_fns, keys)):
+        # a loss that is the batch mean of its per_example values, as ScoreLoss's forward makes it
         same = isinstance(fn, ScoreLoss) and type(fn).forward is ScoreLoss.forward and fn.reduction == "mean"
-        groups.setdefault(OmegaConf.to_yaml(run.cfg.loss) if same else f"own {m}", []).append(m)
-    device = runs[0].batches.labels.device
+        groups.setdefault(key if same else f"own {m}", []).append(m)
     members = list(groups.values())
     at = {tuple(group): torch.tensor(group, device=device) for group in members}  # index tensors made once
     order = torch.argsort(torch.tensor([m for group in members for m in group], device=device))
@@ -240,7 +240,7 @@ def member_losses(runs: list[Run]) -> Callable[[Tensor, Tensor], Tensor]:
     def losses_of(z: Tensor, y: Tensor) -> Tensor:
         parts = []
         for group in members:
-            fn = runs[group[0]].loss_fn
+            fn = loss_fns[group[0]]
             if len(group) == 1:
                 parts.append(fn(z[group[0]], y[group[0]]).reshape(1))
             else:
@@ -268,12 +268,14 @@ class Pack:
         # After the schedule is built (which sets the learning rate of its first step), as a checkpoint loads.
         pack_optimizer_state(self.optimizer, [run.optimizer for run in runs])
         self.scheduler.load_state_dict(first.scheduler.state_dict())
+        self.losses_of = member_losses([run.loss_fn for run in runs], [OmegaConf.to_yaml(run.cfg.loss) for run in runs],
+                                       first.scores.device)  # fmt: skip
         for run in runs:  # the report says which runs shared their training time
             write_provenance(run.run_dir, run.scores.device, run.precision, pack=len(runs))
 
     def train_epoch(self) -> list[list[float]]:
-        dtype = self.runs[0].precision.dtype
-        sums = train_packed_epoch(self.step_network, self.runs, self.optimizer, self.scheduler, dtype)
+        sums = train_packed_epoch(self.step_network, [run.batches for run in self.runs], self.losses_of,
+                                  self.optimizer, self.scheduler, self.runs[0].precision.dtype)  # fmt: skip
         return sums.tolist()  # the epoch's one sync
 
     def unpack(self) -> None:

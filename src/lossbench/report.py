@@ -196,7 +196,8 @@ def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[str, str,
     training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed)."""
     try:
         info = json.loads((run_dir / PROVENANCE_FILE).read_text())
-        training = "packed" if isinstance(info.get("pack", 1), int) and info.get("pack", 1) > 1 else "alone"
+        pack = info.get("pack", 1)
+        training = "packed" if isinstance(pack, int) and pack > 1 else "alone"
         return str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training
     except (OSError, ValueError, AttributeError):
         pass
