@@ -256,6 +256,16 @@ def test_runs_at_different_epochs_resume_in_separate_packs_and_finished_runs_sta
         assert pd.read_csv(run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2]
 
 
+def test_a_sweep_over_data_packs_each_dataset_apart_whatever_the_job_order(tmp_path):
+    """Jobs alternating two datasets: each pack trains on its own data (the runs are opened in job order, so the
+    members of one pack do not hold the same data tensors)."""
+    jobs = [(make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"data.train_size={size}"), tmp_path / f"{loss}_{size}")
+            for loss in ("ce", "expected_score") for size in (256, 192)]  # fmt: skip
+    assert train_packed(jobs, size=0) == ["finished"] * 4
+    for cfg, run_dir in jobs:  # 90% of the images train, in batches of 64: 3 steps for 256, 2 for 192
+        assert pd.read_csv(run_dir / METRICS_FILE)["step"].tolist() == ([3, 6] if "256" in run_dir.name else [2, 4])
+
+
 def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_them(tmp_path):
     runs = [SimpleNamespace(cfg=cfg, epoch=0) for cfg, _ in jobs_for(tmp_path, SPECS)]
     runs += [SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0),

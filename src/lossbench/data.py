@@ -627,11 +627,13 @@ def packed_batches(members: Sequence[Batches]) -> Iterator[tuple[Tensor, Tensor]
     """One epoch of several runs' batches over the same data, as a packed network takes them: inputs [B, M*C, ...]
     (member m's examples in channels m*C..(m+1)*C-1) and labels [M, B]. Each member's order, crops and flips come
     from its own generator exactly as its own iteration draws them, so its examples are bit for bit the ones it
-    would see alone; the gather and the standardisation run once for all members, not once per member."""
+    would see alone; the gather and the standardisation run once for all members, from the first member's tensors.
+    The members' data must be equal (a pack's runs share their data config); their shapes and settings are checked."""
     first, m = members[0], len(members)
-    shared = all(b.inputs is first.inputs and b.padded is first.padded and b.batch_size == first.batch_size
-                 and b.flip == first.flip for b in members)  # fmt: skip
-    require(shared, "the packed runs' batches must come from the same data, batch size and augmentation")
+    alike = all(b.inputs.shape == first.inputs.shape and b.inputs.dtype == first.inputs.dtype
+                and (b.batch_size, b.padding, b.flip) == (first.batch_size, first.padding, first.flip)
+                for b in members)  # fmt: skip
+    require(alike, "the packed runs' batches must come from the same data, batch size and augmentation")
     for indexes in zip(*(b.indexes() for b in members)):
         draws = [b.draw(len(index)) for b, index in zip(members, indexes)]
         index = torch.cat(indexes)
