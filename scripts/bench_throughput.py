@@ -144,12 +144,38 @@ def load_images(args, n_train: int):
     return data.train_x[:n_train], data.train_y[:n_train], scores, cfg
 
 
-class LossbenchLoop:
+class EpochLoop:
+    """A loop timed as `epoch` calls on its `warm` batches (one untimed step) and its `timed` batches (the timed
+    steps, `images` images in all)."""
+
+    device: torch.device
+    warm: object
+    timed: object
+    images: int
+
+    def epoch(self, batches) -> None:
+        raise NotImplementedError
+
+    def warmup(self, steps: int) -> None:
+        for _ in range(steps):
+            self.epoch(self.warm)
+
+    def round(self) -> tuple[int, float, float]:
+        """Images, wall seconds and CPU seconds of the timed steps."""
+        self.warmup(1)
+        sync(self.device)
+        began, cpu = time.perf_counter(), cpu_seconds()
+        self.epoch(self.timed)
+        sync(self.device)
+        return self.images, time.perf_counter() - began, cpu_seconds() - cpu
+
+
+class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
                  compile_model: str | None):  # fmt: skip
-        self.device, self.dtype, self.batch = device, dtype, batch
+        self.device, self.dtype = device, dtype
         images, labels = images.to(device), labels.to(device)
         mean, std = feature_stats(images)
         generator = torch.Generator(device=device).manual_seed(0)
@@ -159,6 +185,7 @@ class LossbenchLoop:
         self.warm = Batches(images[:batch], labels[:batch], batch, mean, std, generator, *augment)
         self.timed = Batches(images[batch:], labels[batch:], batch, mean, std, generator, *augment)
         assert len(self.timed) == steps
+        self.images = steps * batch
         torch.manual_seed(0)
         self.model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model, mode=compile_model) if compile_model else self.model
@@ -171,27 +198,15 @@ class LossbenchLoop:
     def epoch(self, batches: Batches) -> None:
         train_one_epoch(self.step_model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
 
-    def warmup(self, steps: int) -> None:
-        for _ in range(steps):
-            self.epoch(self.warm)
-
-    def round(self) -> tuple[int, float, float]:
-        """Images, wall seconds and CPU seconds of `steps` timed steps."""
-        self.warmup(1)
-        sync(self.device)
-        began, cpu = time.perf_counter(), cpu_seconds()
-        self.epoch(self.timed)
-        sync(self.device)
-        return len(self.timed) * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
 
 
-class PackedLoop:
+class PackedLoop(EpochLoop):
     """M runs trained as one packed network, by the code hydra/launcher=packed runs (`lossbench.pack`): each member
     draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
     and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int):
-        self.device, self.dtype, self.batch, self.steps, self.members = device, dtype, batch, steps, members
+        self.device, self.dtype = device, dtype
         images, labels = images.to(device), labels.to(device)
         mean, std = feature_stats(images)
         augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
@@ -201,6 +216,7 @@ class PackedLoop:
         warm, timed = (images[:batch], labels[:batch]), (images[batch:], labels[batch:])
         self.warm = [Batches(*warm, batch, mean, std, g, *augment) for g in generators]
         self.timed = [Batches(*timed, batch, mean, std, g, *augment) for g in generators]
+        self.images = steps * batch * members  # every member's
         singles = []
         for m in range(members):
             torch.manual_seed(m)
@@ -214,18 +230,6 @@ class PackedLoop:
     def epoch(self, batches: list[Batches]) -> None:
         train_packed_epoch(self.model, batches, self.losses_of, self.optimizer, self.scheduler, self.dtype).tolist()
 
-    def warmup(self, steps: int) -> None:
-        for _ in range(steps):
-            self.epoch(self.warm)
-
-    def round(self) -> tuple[int, float, float]:
-        """Images (all members'), wall seconds and CPU seconds of `steps` timed steps."""
-        self.warmup(1)
-        sync(self.device)
-        began, cpu = time.perf_counter(), cpu_seconds()
-        self.epoch(self.timed)
-        sync(self.device)
-        return self.steps * self.batch * self.members, time.perf_counter() - began, cpu_seconds() - cpu
 
 
 class NaiveLoop:
