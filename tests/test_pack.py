@@ -135,6 +135,29 @@ def test_a_model_that_cannot_be_packed_is_refused_by_name(model, message):
         PackedNetwork([model(), model()], torch.randn(4, 6))
 
 
+def test_the_probe_check_computes_float32_exactly_and_restores_the_settings(monkeypatch):
+    """On a GPU, TF32 and autotuned algorithms round a grouped and a plain convolution differently; the check must
+    see structure, not rounding, and leave the user's settings as they were."""
+    def settings() -> tuple:
+        return (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+                torch.backends.cudnn.deterministic)  # fmt: skip
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    nets, shape = members("small_cnn", 2)
+    seen = []
+    # on the member and on its copy inside the packed network: both forwards of the check
+    nets[0].register_forward_hook(lambda module, args, out: seen.append(settings()))
+    torch.set_float32_matmul_precision("medium")
+    try:
+        PackedNetwork(nets, torch.randn(4, *shape))
+        after = settings()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert seen == [("highest", False, False, True)] * 2
+    assert after == ("medium", True, True, False)
+
+
 # ---------------------------------------------------------------- training runs as one pack
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -150,8 +150,9 @@ class PackedNetwork(nn.Module):
         modes = [m.training for m in members]
         inputs = [probe.roll(m, dims=0) for m in range(self.size)]
         try:
-            packed = self.eval()(pack_inputs(inputs))
-            own = torch.stack([member.eval()(x) for member, x in zip(members, inputs)])
+            with exact_float32():
+                packed = self.eval()(pack_inputs(inputs))
+                own = torch.stack([member.eval()(x) for member, x in zip(members, inputs)])
         finally:
             self.train()
             for member, mode in zip(members, modes):
@@ -161,6 +162,21 @@ class PackedNetwork(nn.Module):
             raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its forward mixes the packed models' "
                                  "channels (the packed output differs from each model's own); train these runs with "
                                  "another launcher")  # fmt: skip
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 computed as float32. On a GPU, convolutions and matmuls may round their inputs to TF32 and autotune
+    different algorithms for a grouped and a plain convolution: rounding the probe check must not mistake for a
+    forward that mixes channels."""
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True,
+                                        allow_tf32=False):  # fmt: skip
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
 
 
 def pack_inputs(inputs: Sequence[Tensor]) -> Tensor:
