@@ -34,6 +34,8 @@
 # PACKED_ARGS (the packed comparison's launcher overrides, default hydra/launcher=packed; e.g. add
 # hydra.launcher.size=7 for three packs of 7), PACKED_NAME (default comparison_packed),
 # BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile reduce-overhead --batch-size 512"),
+# TESTS (the tests step's pytest targets, default the whole suite, e.g. "tests/test_cuda.py tests/test_pack.py"),
+# LEVER_LIMIT (seconds each levers variant may take, default 120),
 # GPU_CHECK_SMOKE=1 (the same steps on the CPU, tiny and on synthetic data: checks this script without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -212,7 +214,7 @@ levers() {
   for variant in "${variants[@]}"; do
     began=$SECONDS
     echo "== levers: $variant" | tee -a "$log" >>"$out/levers.log"
-    timeout 120 "$python" scripts/bench_throughput.py "${args[@]}" $variant >"$work/lever.log" 2>&1
+    timeout "${LEVER_LIMIT:-120}" "$python" scripts/bench_throughput.py "${args[@]}" $variant >"$work/lever.log" 2>&1
     rc=$?
     grep -E "^(warmup|median|efficiency|ratio|pack):?" "$work/lever.log" >>"$log"
     cat "$work/lever.log" >>"$out/levers.log"
@@ -223,8 +225,8 @@ levers() {
 # The whole suite, with its CUDA-only tests, 8 at a time where pytest-xdist is installed; -v names each test
 # as it ends, so a suite cut off by its limit still says which failed.
 tests() {
-  local targets=(tests)
-  [ -n "${GPU_CHECK_SMOKE:-}" ] && targets=(tests/test_precision.py)
+  local targets=(${TESTS:-tests})
+  [ -n "${GPU_CHECK_SMOKE:-}" ] && targets=(${TESTS:-tests/test_precision.py})
   local parallel=()
   "$python" -c "import xdist" 2>/dev/null && parallel=(-n 8)
   step tests 200 "$python" -m pytest -v "${parallel[@]}" -p no:cacheprovider --tb=line -rf "${targets[@]}"
