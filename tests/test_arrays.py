@@ -79,6 +79,13 @@ def test_bad_arrays_are_one_clear_error(tmp_path, replace, message):
         load_dataset(cfg, dataset_classes(cfg), torch.eye(4))
 
 
+def test_classes_absent_from_the_test_split_are_one_clear_error(tmp_path):
+    only_esters = make_npz(tmp_path / "d.npz", y_test=np.full(80, 3))
+    cfg = make_cfg("data=arrays", f"data.path={only_esters}", "data.classes=[alkane,alkene]").data
+    with pytest.raises(LossbenchError, match=r"the test split has no examples of the classes \['alkane', 'alkene'\]"):
+        load_dataset(cfg, dataset_classes(cfg), torch.eye(2))
+
+
 def test_not_an_npz_file(tmp_path):
     (tmp_path / "d.npz").write_text("hello")
     result = lossbench("run", *VECTOR_ARGS, f"data.path={tmp_path / 'd.npz'}", f"scores.path={score_csv(tmp_path / 's.csv')}",

@@ -254,6 +254,8 @@ def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset
         return stratified_subset(labels, sizes[split], len(classes), generator, f"data.{split}_size")
 
     data = source.read(classes, scores, select)
+    # every run is scored on the test split; an empty one leaves nothing to compare
+    require(len(data.test_y) > 0, f"data {source.name}: the test split has no examples of the classes {classes}")
     return validation_split(data, source.val_size, generator)
 
 
