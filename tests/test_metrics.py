@@ -84,6 +84,26 @@ def test_batches_add_up_to_the_whole():
     torch.testing.assert_close(parts, whole, equal_nan=True)  # top-5 is NaN (3 classes) in both
 
 
+@pytest.mark.parametrize("classes", [3, 12])  # 12: top-5 is computed
+def test_models_stacked_in_leading_dimensions_are_each_scored_as_alone(classes):
+    """A pack's members are scored in one call on logits [..., N, C]: each model's sums, temperature and
+    confusion are those it gets alone."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 40, classes, generator=generator) * torch.tensor([0.5, 2.0, 6.0])[:, None, None]
+    targets = torch.randint(0, classes, (40,), generator=generator)
+    scores = torch.randn(classes, classes, generator=generator)
+    temperature = fit_temperature(logits, targets)
+    assert temperature.shape == (2, 3)
+    sums, counts = split_sums(logits, targets, scores, temperature), confusion_counts(logits, targets)
+    assert sums.shape[:2] == (2, 3) and counts.shape == (2, 3, classes, classes)
+    for i in range(2):
+        for j in range(3):
+            alone = fit_temperature(logits[i, j], targets)
+            assert alone.shape == () and float(alone) == pytest.approx(float(temperature[i, j]), rel=1e-5)
+            torch.testing.assert_close(sums[i, j], split_sums(logits[i, j], targets, scores, alone), equal_nan=True)
+            assert torch.equal(counts[i, j], confusion_counts(logits[i, j], targets))
+
+
 def test_empty_split_is_all_nan_with_val_names():
     m = split_metrics(torch.zeros_like(split_sums(LOGITS, TARGETS, S, None)).tolist(), "val")
     assert list(m) == [c for c in METRIC_COLUMNS if c.startswith("val_")]

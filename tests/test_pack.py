@@ -16,18 +16,18 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import lossbench.pack as pack_module
-from conftest import TINY, lossbench, make_cfg
+from conftest import TINY, evaluation_case, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
 from lossbench.pack import (
-    PackedNetwork, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
+    PackedNetwork, SharedBatch, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
     unpack_optimizer_state,
 )  # fmt: skip
 from lossbench.data import Batches, feature_stats, packed_batches
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
 from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
-from lossbench.train import start_run, train_run
+from lossbench.train import evaluate, evaluate_models, start_run, train_run
 
 MODELS = {
     "linear": (lambda: nn.Linear(12, 5), (12,)),  # a model that is itself one packable layer
@@ -156,6 +156,25 @@ def test_the_probe_check_computes_float32_exactly_and_restores_the_settings(monk
         torch.set_float32_matmul_precision("highest")
     assert seen == [("highest", False, False, True)] * 2
     assert after == ("medium", True, True, False)
+
+
+def test_a_pack_evaluates_its_members_at_once_as_each_evaluates_alone():
+    """One evaluation of the packed network, every member fed the same batches, gives each member the metrics
+    and confusion of its own evaluation (with a validation split, so each fits its own temperature)."""
+    _, data, scores, mean, std = evaluation_case(16, (8, 70, 40))
+    nets = [SmallCNN(3, widths=(4, 8)) for _ in range(3)]
+    with torch.no_grad():
+        for i, net in enumerate(nets):  # running statistics that differ between members
+            net(torch.randn(8, 3, 16, 16) * (1 + i))
+    network = PackedNetwork(nets, torch.randn(4, 3, 16, 16))
+    together = evaluate_models(SharedBatch(network), data, scores, 32, mean, std, None)  # test streamed in 3 batches
+    assert len(together) == 3
+    for net, (row, confusion) in zip(nets, together):
+        alone_row, alone_confusion = evaluate(net, data, scores, 32, mean, std, None)
+        assert row.keys() == alone_row.keys()
+        for key, value in alone_row.items():
+            assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), key
+        assert torch.equal(confusion, alone_confusion)
 
 
 # ---------------------------------------------------------------- training runs as one pack

@@ -53,46 +53,58 @@ LOG_T_RANGE, T_ITERATIONS = (-math.log(100.0), math.log(100.0)), 40  # 40 steps:
 
 def bayes_decision(q: Tensor, scores: Tensor) -> Tensor:
     """argmax_k sum_i q_i S[i, k]: the answer with the highest expected score under the belief q."""
-    return (q @ scores).argmax(dim=1)
+    return (q @ scores).argmax(dim=-1)
 
 
 def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Tensor | None) -> Tensor:
     """The sums of SUM_FIELDS and the ECE bins over this batch (float32, stays on the device; add batches up).
-    `temperature` (a 0-d tensor) is the one fit on val; None makes score_bayes_cal NaN."""
-    logits = logits.float()
-    n, c = logits.shape
-    q = logits.softmax(dim=1)
-    predicted = logits.argmax(dim=1)  # the same argmax as confusion_counts
-    confidence = q.gather(1, predicted[:, None]).squeeze(1)
+    `logits` [..., N, C]: leading dimensions are models scored on the same N examples (a pack's members, in one
+    set of kernels); the result is [..., SUM_SIZE]. `temperature` ([...], one per model) is the one fit on val;
+    None makes score_bayes_cal NaN."""
+    lead, (n, c) = logits.shape[:-2], logits.shape[-2:]
+    logits = logits.float().reshape(-1, n, c)
+    m = len(logits)
+    q = logits.softmax(dim=-1)
+    predicted = logits.argmax(dim=-1)  # the same argmax as confusion_counts
+    confidence = q.gather(-1, predicted[..., None]).squeeze(-1)
     correct = (predicted == targets).float()
     rows = scores[targets]
-    score = rows.gather(1, predicted[:, None]).squeeze(1)
+    score = rows.expand(m, n, c).gather(-1, predicted[..., None]).squeeze(-1)
+    nan = logits.new_full((m,), math.nan)
     if c >= TOP_K_MIN_CLASSES:
-        top5 = (logits.topk(TOP_K, dim=1).indices == targets[:, None]).any(dim=1).float().sum()
+        top5 = (logits.topk(TOP_K, dim=-1).indices == targets[:, None]).any(dim=-1).float().sum(dim=-1)
     else:
-        top5 = logits.new_tensor(math.nan)
+        top5 = nan
     if temperature is None:
-        calibrated = logits.new_tensor(math.nan)
+        calibrated = nan
     else:
-        calibrated = rows.gather(1, bayes_decision((logits / temperature).softmax(dim=1), scores)[:, None]).sum()
+        decision = bayes_decision((logits / temperature.reshape(m, 1, 1)).softmax(dim=-1), scores)
+        calibrated = rows.expand(m, n, c).gather(-1, decision[..., None]).sum(dim=(1, 2))
     mistake = 1 - correct
+    nll = F.cross_entropy(logits.reshape(m * n, c), targets.repeat(m), reduction="none").view(m, n)
+    totals = torch.stack([
+        logits.new_full((m,), float(n)),
+        nll.sum(dim=-1),
+        correct.sum(dim=-1),
+        top5,
+        score.sum(dim=-1),
+        rows.expand(m, n, c).gather(-1, bayes_decision(q, scores)[..., None]).sum(dim=(1, 2)),
+        calibrated,
+        (rows * q).sum(dim=(1, 2)),
+        ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(dim=-1),
+        mistake.sum(dim=-1),
+    ], dim=-1)  # fmt: skip
     # bins (k/15, (k+1)/15]; a confidence is at least 1/C > 0, so the clamp only guards rounding at 1
     bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-    totals = torch.stack([
-        logits.new_tensor(float(n)),
-        F.cross_entropy(logits, targets, reduction="sum"),
-        correct.sum(),
-        top5,
-        score.sum(),
-        rows.gather(1, bayes_decision(q, scores)[:, None]).sum(),
-        calibrated,
-        (rows * q).sum(),
-        ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(),
-        mistake.sum(),
-    ])  # fmt: skip
-    confidence_sums = torch.zeros(ECE_BINS, device=logits.device).index_add_(0, bins, confidence)
-    correct_sums = torch.zeros(ECE_BINS, device=logits.device).index_add_(0, bins, correct)
-    return torch.cat([totals, confidence_sums, correct_sums])
+    sums = torch.cat([totals, per_model_bins(bins, confidence), per_model_bins(bins, correct)], dim=-1)
+    return sums.view(*lead, SUM_SIZE)
+
+
+def per_model_bins(bins: Tensor, values: Tensor) -> Tensor:
+    """[M, ECE_BINS]: each model's values ([M, N]) summed by their bins ([M, N]), in one index_add."""
+    m = len(bins)
+    cells = (bins + ECE_BINS * torch.arange(m, device=bins.device)[:, None]).flatten()
+    return torch.zeros(m * ECE_BINS, device=values.device).index_add_(0, cells, values.flatten()).view(m, ECE_BINS)
 
 
 def split_metrics(sums: Sequence[float], split: str) -> dict[str, float]:
@@ -119,16 +131,21 @@ def split_metrics(sums: Sequence[float], split: str) -> dict[str, float]:
 
 
 def fit_temperature(logits: Tensor, targets: Tensor) -> Tensor:
-    """The T minimising the mean NLL of softmax(logits / T) (temperature scaling, Guo et al. 2017), as a 0-d
-    tensor on the logits' device: a fixed number of golden-section steps on log T, so it is deterministic and
-    never syncs with the host. Fit it on validation logits only."""
-    logits = logits.float()
+    """The T minimising the mean NLL of softmax(logits / T) (temperature scaling, Guo et al. 2017), as a tensor
+    on the logits' device, one per model: logits [..., N, C] give T [...] (0-d for one model's [N, C]). A fixed
+    number of golden-section steps on log T, so it is deterministic and never syncs with the host. Fit it on
+    validation logits only."""
+    lead, (n, classes) = logits.shape[:-2], logits.shape[-2:]
+    logits = logits.float().reshape(-1, n, classes)
+    m = len(logits)
+    flat_targets = targets.repeat(m)
 
     def nll(log_t: Tensor) -> Tensor:
-        return F.cross_entropy(logits / log_t.exp(), targets)
+        scaled = (logits / log_t.exp()[:, None, None]).reshape(m * n, classes)
+        return F.cross_entropy(scaled, flat_targets, reduction="none").view(m, n).mean(dim=-1)
 
     ratio = (math.sqrt(5) - 1) / 2
-    a, b = (logits.new_tensor(bound) for bound in LOG_T_RANGE)
+    a, b = (logits.new_full((m,), bound) for bound in LOG_T_RANGE)
     c, d = b - ratio * (b - a), a + ratio * (b - a)
     f_c, f_d = nll(c), nll(d)
     for _ in range(T_ITERATIONS):
@@ -138,16 +155,19 @@ def fit_temperature(logits: Tensor, targets: Tensor) -> Tensor:
         c, d = torch.where(left, b - ratio * (b - a), d), torch.where(left, c, a + ratio * (b - a))
         value = nll(torch.where(left, c, d))
         f_c, f_d = torch.where(left, value, f_d), torch.where(left, f_c, value)
-    return ((a + b) / 2).exp()
+    return ((a + b) / 2).exp().view(lead)
 
 
 def confusion_counts(logits: Tensor, targets: Tensor) -> Tensor:
-    """C x C counts of (true class, argmax prediction): rows true, columns predicted (int64, on the device)."""
-    c = logits.shape[1]
-    cells = targets * c + logits.argmax(dim=1)
+    """C x C counts of (true class, argmax prediction): rows true, columns predicted (int64, on the device).
+    Logits [..., N, C] of several models on the same examples give [..., C, C]."""
+    lead, (n, c) = logits.shape[:-2], logits.shape[-2:]
+    predicted = logits.reshape(-1, n, c).argmax(dim=-1)
+    m = len(predicted)
+    cells = (targets * c + predicted + c * c * torch.arange(m, device=logits.device)[:, None]).flatten()
     # index_add_ rather than bincount, which reads its input's maximum back to the host on CUDA
-    counts = torch.zeros(c * c, dtype=torch.int64, device=logits.device)
-    return counts.index_add_(0, cells, torch.ones_like(cells)).view(c, c)
+    counts = torch.zeros(m * c * c, dtype=torch.int64, device=logits.device)
+    return counts.index_add_(0, cells, torch.ones_like(cells)).view(*lead, c, c)
 
 
 def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:

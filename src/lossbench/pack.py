@@ -36,8 +36,8 @@ from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.provenance import write_provenance
 from lossbench.rundir import claim, locked
 from lossbench.train import (
-    Progress, Run, compiled, end_epoch, final_status, finish_run, record_end, recorded_failures, run_config, start_run,
-    train_step,
+    Progress, Run, compiled, end_epoch, evaluate_models, final_status, finish_run, record_end, recorded_failures,
+    run_config, start_run, train_step,
 )  # fmt: skip
 
 log = logging.getLogger("lossbench")
@@ -179,6 +179,18 @@ def exact_float32() -> Iterator[None]:
         torch.set_float32_matmul_precision(matmul)
 
 
+class SharedBatch(nn.Module):
+    """A packed network that feeds one batch to every member (evaluation: all members score the same examples);
+    output [M, batch, classes]."""
+
+    def __init__(self, network: PackedNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(pack_inputs([x] * self.network.size))
+
+
 def pack_inputs(inputs: Sequence[Tensor]) -> Tensor:
     """The members' batches ([B, C, ...] each) as the packed network's input [B, M*C, ...]. Concatenating
     channels_last images keeps them channels_last."""
@@ -294,6 +306,17 @@ class Pack:
                                   self.optimizer, self.scheduler, self.runs[0].precision.dtype)  # fmt: skip
         return sums.tolist()  # the epoch's one sync
 
+    def evaluate(self) -> list[tuple[dict[str, float], Tensor]]:
+        """Each member's metrics and test confusion, from the packed network fed the same batches: one set of
+        kernels for all members, as in training (evaluating each member's own model costs M times the launches)."""
+        first = self.runs[0]
+        shared = SharedBatch(self.network)
+        try:
+            return evaluate_models(shared, first.data, first.scores, int(first.cfg.train.eval_batch_size), first.mean,
+                                   first.std, first.precision.dtype)  # fmt: skip
+        finally:
+            self.network.train()
+
     def unpack(self) -> None:
         self.network.unpack_into([run.model for run in self.runs])
         unpack_optimizer_state(self.optimizer, [run.optimizer for run in self.runs])
@@ -315,9 +338,11 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
         while runs and runs[0].epoch < epochs:
             began = time.perf_counter()
             sums = pack.train_epoch()
-            trained_s = time.perf_counter() - began
             pack.unpack()
-            diverged = [run for run, own in zip(runs, sums) if end_epoch(run, own, trained_s, progress)]
+            evaluated = pack.evaluate()
+            spent = time.perf_counter() - began  # each member's epoch: the pack's training and evaluation
+            diverged = [run for run, own, result in zip(runs, sums, evaluated)
+                        if end_epoch(run, own, spent, progress, result)]  # fmt: skip
             if diverged:
                 statuses.update({run.run_dir: "diverged" for run in diverged})
                 runs = [run for run in runs if run not in diverged]

@@ -176,38 +176,51 @@ def train_step(model, x: torch.Tensor, score, optimizer, scheduler, dtype) -> tu
     return z, loss.detach()
 
 
-@torch.inference_mode()
 def evaluate(
     model, data: Dataset, scores: torch.Tensor, batch_size: int, mean, std, dtype
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """The val_* and test_* metrics of the model, and the test confusion counts (rows true, on the host).
+    """The val_* and test_* metrics of the model, and the test confusion counts (rows true, on the host)."""
+    return evaluate_models(model, data, scores, batch_size, mean, std, dtype)[0]
 
-    The validation logits (N_val x C) are kept to fit the temperature for *_score_bayes_cal; the test set is
-    streamed batch by batch with that temperature, so its logits are never held. Without a validation split the
-    val_* columns and test_score_bayes_cal are NaN (never fit on test). One host sync, at the end."""
+
+@torch.inference_mode()
+def evaluate_models(
+    model, data: Dataset, scores: torch.Tensor, batch_size: int, mean, std, dtype
+) -> list[tuple[dict[str, float], torch.Tensor]]:
+    """Per model, the val_* and test_* metrics and the test confusion counts (rows true, on the host). `model`
+    maps a batch to logits [B, C], or to [M, B, C] for M models on the same batch (a pack's members, evaluated
+    in one set of kernels).
+
+    The validation logits (N_val x C per model) are kept to fit the temperature for *_score_bayes_cal; the test
+    set is streamed batch by batch with that temperature, so its logits are never held. Without a validation split
+    the val_* columns and test_score_bayes_cal are NaN (never fit on test). One host sync, at the end."""
     model.eval()
-    device = data.test_y.device
 
     def logits_of(x: torch.Tensor, y: torch.Tensor):
         for xb, yb in eval_batches(x, y, batch_size, mean, std):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                yield model(xb).float(), yb
+            with torch.autocast(xb.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                z = model(xb).float()
+            yield z.view(-1, *z.shape[-2:]), yb  # [M, B, C]
 
-    temperature = None
-    val = torch.zeros(SUM_SIZE, device=device)
+    temperature, val = None, None
     if data.val_y is not None:
-        val_logits = torch.cat([z for z, _ in logits_of(data.val_x, data.val_y)])
+        val_logits = torch.cat([z for z, _ in logits_of(data.val_x, data.val_y)], dim=1)
         temperature = fit_temperature(val_logits, data.val_y)
         val = split_sums(val_logits, data.val_y, scores, temperature)
-    test = torch.zeros(SUM_SIZE, device=device)
-    confusion = torch.zeros(len(scores), len(scores), dtype=torch.int64, device=device)
+    test, confusion = 0, 0
     for z, y in logits_of(data.test_x, data.test_y):
-        test += split_sums(z, y, scores, temperature)
-        confusion += confusion_counts(z, y)
-    values = torch.cat([val, test, confusion.flatten().float()]).cpu()  # the one host sync (counts < 2^24: exact)
-    row = split_metrics(values[:SUM_SIZE].tolist(), "val")
-    row.update(split_metrics(values[SUM_SIZE : 2 * SUM_SIZE].tolist(), "test"))
-    return row, values[2 * SUM_SIZE :].round().long().view_as(confusion)
+        test = test + split_sums(z, y, scores, temperature)
+        confusion = confusion + confusion_counts(z, y)
+    if val is None:
+        val = torch.full_like(test, 0.0)  # a zero count: split_metrics gives NaN
+    # the one host sync (counts < 2^24: exact in float32)
+    values = torch.cat([val, test, confusion.flatten(1).float()], dim=1).cpu()
+    results = []
+    for own, counts in zip(values, confusion):
+        row = split_metrics(own[:SUM_SIZE].tolist(), "val")
+        row.update(split_metrics(own[SUM_SIZE : 2 * SUM_SIZE].tolist(), "test"))
+        results.append((row, own[2 * SUM_SIZE :].round().long().view_as(counts)))
+    return results
 
 
 class Progress:
@@ -439,9 +452,11 @@ def on_device(data: Dataset, device: torch.device) -> Dataset:
     return _device_copy.get(data, str(device), lambda: data.to(device))
 
 
-def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress) -> str | None:
+def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
+              evaluated: tuple[dict[str, float], torch.Tensor] | None = None) -> str | None:  # fmt: skip
     """An epoch's bookkeeping after its training steps: the divergence checks, evaluation, the metrics row, the
-    checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the steps' wall time.
+    checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the steps' wall time;
+    `evaluated` the run's metrics and confusion when already computed (a pack evaluates its members at once).
     Returns "diverged" when the run stops here, else None."""
     began = time.perf_counter()
     epoch, epochs, run_dir = run.epoch + 1, run.epochs, run.run_dir
@@ -454,8 +469,8 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress)
         return "diverged"
     row = {"epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
            "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
-    metrics, run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
-                                      run.std, run.precision.dtype)  # fmt: skip
+    metrics, run.confusion = evaluated or evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size),
+                                                   run.mean, run.std, run.precision.dtype)  # fmt: skip
     row.update(metrics)
     run.elapsed += trained_s + time.perf_counter() - began
     row["elapsed_s"] = run.elapsed
