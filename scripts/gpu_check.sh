@@ -229,7 +229,10 @@ tests() {
   [ -n "${GPU_CHECK_SMOKE:-}" ] && targets=(${TESTS:-tests/test_precision.py})
   local parallel=()
   "$python" -c "import xdist" 2>/dev/null && parallel=(-n 8)
-  step tests 200 "$python" -m pytest -v "${parallel[@]}" -p no:cacheprovider --tb=line -rf "${targets[@]}"
+  # The cores shared out between the workers: 8 workers of torch's one thread per core each slowed the suite
+  # past its limit on a 16-core machine.
+  OMP_NUM_THREADS=$(( $(nproc) / 8 > 0 ? $(nproc) / 8 : 1 )) step tests 200 "$python" -m pytest -v "${parallel[@]}" \
+    -p no:cacheprovider --tb=short -rf "${targets[@]}"
   grep -E "FAILED|ERROR" "$out/tests.log" | cut -c1-300 >>"$log"
 }
 
