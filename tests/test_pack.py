@@ -263,6 +263,24 @@ def test_a_pack_of_one_is_its_run_trained_alone_to_the_last_bits(tmp_path):
     assert torch.equal(a["data_rng"], b["data_rng"]) and a["scheduler"] == b["scheduler"]
 
 
+def test_on_a_cpu_the_members_evaluate_their_own_models_and_on_a_gpu_the_pack_evaluates_them(tmp_path, monkeypatch):
+    """Where packed evaluation pays is measured, not assumed: on a CPU oneDNN's grouped convolutions are slower
+    than its plain ones, on a GPU one set of kernels for all members beats M sets."""
+    runs = []
+    for cfg, run_dir in jobs_for(tmp_path, SPECS[:2]):
+        run_dir.mkdir(parents=True)
+        runs.append(start_run(cfg, run_dir, 2))
+    pack = pack_module.Pack(runs)
+    assert pack.evaluate() == [None, None]
+    calls = []
+    monkeypatch.setattr(pack_module, "evaluate_models", lambda model, *args: calls.append(model.eval()) or ["a", "b"])
+    for run in runs:  # what the pack checks: the device its runs' tensors live on
+        monkeypatch.setattr(run, "scores", SimpleNamespace(device=torch.device("cuda")))
+    assert pack.evaluate() == ["a", "b"]
+    assert isinstance(calls[0], SharedBatch) and calls[0].network is pack.network
+    assert pack.network.training  # left ready for the next epoch's steps
+
+
 def test_a_packed_runs_checkpoint_resumes_alone_and_a_lone_runs_in_a_pack(tmp_path):
     jobs = jobs_for(tmp_path, SPECS[:2], "train.epochs=3")
     for cfg, run_dir in jobs:  # stopped after epoch 1: the first in a pack, the second alone
