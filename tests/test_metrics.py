@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 from lossbench.metrics import (
     METRIC_COLUMNS,
+    SUM_FIELDS,
     confusion_counts,
     fit_temperature,
     split_metrics,
@@ -102,6 +104,22 @@ def test_models_stacked_in_leading_dimensions_are_each_scored_as_alone(classes):
             assert alone.shape == () and float(alone) == pytest.approx(float(temperature[i, j]), rel=1e-5)
             torch.testing.assert_close(sums[i, j], split_sums(logits[i, j], targets, scores, alone), equal_nan=True)
             assert torch.equal(counts[i, j], confusion_counts(logits[i, j], targets))
+
+
+def test_a_lone_models_sums_are_reduced_as_the_plain_formulas_reduce_them():
+    """bf16 logits tie often, so rounding another way moves the Bayes decision (it moved test_score_bayes_cal by
+    0.012 on the demo): a lone model's NLL and Bayes scores are exactly the plain one-model computations."""
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(1024, 10, generator=generator) * 4).bfloat16().float()  # one evaluation batch
+    targets = torch.randint(0, 10, (1024,), generator=generator)
+    scores = torch.randint(-1, 3, (10, 10), generator=generator).float()
+    t = fit_temperature(logits, targets)
+    sums = dict(zip(SUM_FIELDS, split_sums(logits, targets, scores, t).tolist()))
+    rows = scores[targets]
+    assert sums["nll"] == F.cross_entropy(logits, targets, reduction="sum").item()
+    assert sums["score_bayes"] == rows.gather(1, (logits.softmax(1) @ scores).argmax(1)[:, None]).sum().item()
+    calibrated = ((logits / t).softmax(1) @ scores).argmax(1)
+    assert sums["score_bayes_cal"] == rows.gather(1, calibrated[:, None]).sum().item()
 
 
 def test_empty_split_is_all_nan_with_val_names():

@@ -60,7 +60,9 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
     """The sums of SUM_FIELDS and the ECE bins over this batch (float32, stays on the device; add batches up).
     `logits` [..., N, C]: leading dimensions are models scored on the same N examples (a pack's members, in one
     set of kernels); the result is [..., SUM_SIZE]. `temperature` ([...], one per model) is the one fit on val;
-    None makes score_bayes_cal NaN."""
+    None makes score_bayes_cal NaN. Each model is reduced exactly as the one-model formulas reduce it (one
+    F.cross_entropy sum per model, one matrix product for q @ S): bf16-trained logits tie often, and rounding
+    another way would break their ties another way."""
     lead, (n, c) = logits.shape[:-2], logits.shape[-2:]
     logits = logits.float().reshape(-1, n, c)
     m = len(logits)
@@ -75,20 +77,20 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
         top5 = (logits.topk(TOP_K, dim=-1).indices == targets[:, None]).any(dim=-1).float().sum(dim=-1)
     else:
         top5 = nan
-    if temperature is None:
-        calibrated = nan
-    else:
-        decision = bayes_decision((logits / temperature.reshape(m, 1, 1)).softmax(dim=-1), scores)
-        calibrated = rows.expand(m, n, c).gather(-1, decision[..., None]).sum(dim=(1, 2))
+
+    def bayes_scores(beliefs: Tensor) -> Tensor:  # [M]: the summed S[y, k*], one matrix product for all models
+        decision = bayes_decision(beliefs.reshape(m * n, c), scores).view(m, n, 1)
+        return rows.expand(m, n, c).gather(-1, decision).sum(dim=(1, 2))
+
+    calibrated = nan if temperature is None else bayes_scores((logits / temperature.reshape(m, 1, 1)).softmax(dim=-1))
     mistake = 1 - correct
-    nll = F.cross_entropy(logits.reshape(m * n, c), targets.repeat(m), reduction="none").view(m, n)
     totals = torch.stack([
         logits.new_full((m,), float(n)),
-        nll.sum(dim=-1),
+        torch.stack([F.cross_entropy(own, targets, reduction="sum") for own in logits]),
         correct.sum(dim=-1),
         top5,
         score.sum(dim=-1),
-        rows.expand(m, n, c).gather(-1, bayes_decision(q, scores)[..., None]).sum(dim=(1, 2)),
+        bayes_scores(q),
         calibrated,
         (rows * q).sum(dim=(1, 2)),
         ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(dim=-1),
@@ -138,11 +140,10 @@ def fit_temperature(logits: Tensor, targets: Tensor) -> Tensor:
     lead, (n, classes) = logits.shape[:-2], logits.shape[-2:]
     logits = logits.float().reshape(-1, n, classes)
     m = len(logits)
-    flat_targets = targets.repeat(m)
 
-    def nll(log_t: Tensor) -> Tensor:
-        scaled = (logits / log_t.exp()[:, None, None]).reshape(m * n, classes)
-        return F.cross_entropy(scaled, flat_targets, reduction="none").view(m, n).mean(dim=-1)
+    def nll(log_t: Tensor) -> Tensor:  # one mean per model, each reduced as a lone model's (see split_sums)
+        t = log_t.exp()
+        return torch.stack([F.cross_entropy(logits[i] / t[i], targets) for i in range(m)])
 
     ratio = (math.sqrt(5) - 1) / 2
     a, b = (logits.new_full((m,), bound) for bound in LOG_T_RANGE)
