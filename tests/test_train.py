@@ -21,6 +21,7 @@ from lossbench.data import Dataset
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
 from lossbench.rundir import CHECKPOINT_FILE, read_status
 from lossbench.train import compile_mode, configure_cudnn, evaluate, resolve_device, train_run
+import lossbench.train as T
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -149,6 +150,22 @@ def test_evaluate_fits_the_temperature_on_val_only():
     assert all(math.isnan(row[c]) for c in METRIC_COLUMNS if c.startswith("val_"))
     assert math.isnan(row["test_score_bayes_cal"])
     assert row["test_score_bayes"] == pytest.approx(expected["test_score_bayes"])
+
+
+def test_evaluation_computes_its_metrics_in_float32_under_a_bf16_run(monkeypatch):
+    """Only the model runs under autocast: the metrics (the Bayes decision's product q @ S among them) compute in
+    float32. They once ran inside the autocast block of the batch generator, so in bf16 for the test split."""
+    model, data, scores, mean, std = evaluation_case(4, (8, 50, 30))
+    products = []
+    own = T.split_sums
+
+    def spy(*args, **kwargs):
+        products.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)  # bf16 while autocast is on
+        return own(*args, **kwargs)
+
+    monkeypatch.setattr(T, "split_sums", spy)
+    evaluate(model, data, scores, 16, mean, std, torch.bfloat16)
+    assert products == [torch.float32] * (1 + 4)  # val at once, then the 4 test batches
 
 
 def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, tiny_cfg):
