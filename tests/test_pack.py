@@ -23,7 +23,7 @@ from lossbench.pack import (
     PackedNetwork, SharedBatch, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
     unpack_optimizer_state,
 )  # fmt: skip
-from lossbench.data import Batches, feature_stats, packed_batches
+from lossbench.data import Batches, Dataset, feature_stats, packed_batches
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
 from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
@@ -158,15 +158,24 @@ def test_the_probe_check_computes_float32_exactly_and_restores_the_settings(monk
     assert after == ("medium", True, True, False)
 
 
-def test_a_pack_evaluates_its_members_at_once_as_each_evaluates_alone():
+@pytest.mark.parametrize("kind", ["images", "vectors"])
+def test_a_pack_evaluates_its_members_at_once_as_each_evaluates_alone(kind):
     """One evaluation of the packed network, every member fed the same batches, gives each member the metrics
     and confusion of its own evaluation (with a validation split, so each fits its own temperature)."""
     _, data, scores, mean, std = evaluation_case(16, (8, 70, 40))
-    nets = [SmallCNN(3, widths=(4, 8)) for _ in range(3)]
+    if kind == "images":
+        make, shape = (lambda: SmallCNN(3, widths=(4, 8))), (3, 16, 16)
+    else:  # feature vectors: the images' pixels as floats, standardised per feature
+        flat = lambda x: x.flatten(1).float()  # noqa: E731
+        data = Dataset(flat(data.train_x), data.train_y, flat(data.test_x), data.test_y, data.classes, flat(data.val_x),
+                       data.val_y)  # fmt: skip
+        mean, std = feature_stats(data.train_x)
+        make, shape = (lambda: MLP(3, (768,), hidden=(16, 8), dropout=0.0)), (768,)
+    nets = [make() for _ in range(3)]
     with torch.no_grad():
         for i, net in enumerate(nets):  # running statistics that differ between members
-            net(torch.randn(8, 3, 16, 16) * (1 + i))
-    network = PackedNetwork(nets, torch.randn(4, 3, 16, 16))
+            net(torch.randn(8, *shape) * (1 + i))
+    network = PackedNetwork(nets, torch.randn(4, *shape))
     together = evaluate_models(SharedBatch(network), data, scores, 32, mean, std, None)  # test streamed in 3 batches
     assert len(together) == 3
     for net, (row, confusion) in zip(nets, together):

@@ -59,7 +59,7 @@ def bayes_decision(q: Tensor, scores: Tensor) -> Tensor:
 def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Tensor | None) -> Tensor:
     """The sums of SUM_FIELDS and the ECE bins over this batch (float32, stays on the device; add batches up).
     `logits` [..., N, C]: leading dimensions are models scored on the same N examples (a pack's members, in one
-    set of kernels); the result is [..., SUM_SIZE]. `temperature` ([...], one per model) is the one fit on val;
+    call); the result is [..., SUM_SIZE]. `temperature` ([...], one per model) is the one fit on val;
     None makes score_bayes_cal NaN. Each model is reduced exactly as the one-model formulas reduce it (one
     F.cross_entropy sum per model, one matrix product for q @ S): bf16-trained logits tie often, and rounding
     another way would break their ties another way."""

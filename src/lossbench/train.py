@@ -455,8 +455,9 @@ def on_device(data: Dataset, device: torch.device) -> Dataset:
 def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
               evaluated: tuple[dict[str, float], torch.Tensor] | None = None) -> str | None:  # fmt: skip
     """An epoch's bookkeeping after its training steps: the divergence checks, evaluation, the metrics row, the
-    checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the steps' wall time;
-    `evaluated` the run's metrics and confusion when already computed (a pack evaluates its members at once).
+    checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the epoch's wall time so far
+    (its steps; a pack's also its evaluation); `evaluated` the run's metrics and confusion when already computed
+    (a pack on a GPU evaluates its members at once).
     Returns "diverged" when the run stops here, else None."""
     began = time.perf_counter()
     epoch, epochs, run_dir = run.epoch + 1, run.epochs, run.run_dir
