@@ -170,20 +170,26 @@ class EpochLoop:
         return self.images, time.perf_counter() - began, cpu_seconds() - cpu
 
 
+def step_batches(images, labels, cfg, batch: int, generators: list[torch.Generator]
+                 ) -> tuple[list[Batches], list[Batches]]:  # fmt: skip
+    """Per generator, Batches whose "epoch" is exactly the wanted number of steps (len = images // batch size), so
+    that the training loops run unchanged: `warm` is one step, `timed` the rest. The data's statistics are computed
+    once; Batches over the same tensors share them (packed_batches gathers from them once for all members)."""
+    mean, std = feature_stats(images)
+    augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
+    warm = [Batches(images[:batch], labels[:batch], batch, mean, std, g, *augment) for g in generators]
+    timed = [Batches(images[batch:], labels[batch:], batch, mean, std, g, *augment) for g in generators]
+    return warm, timed
+
+
 class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
                  compile_model: str | None):  # fmt: skip
         self.device, self.dtype = device, dtype
-        images, labels = images.to(device), labels.to(device)
-        mean, std = feature_stats(images)
         generator = torch.Generator(device=device).manual_seed(0)
-        # `train_one_epoch` runs unchanged on Batches whose "epoch" is exactly the wanted number of steps
-        # (len = images // batch size): `warm` is one step, `timed` is `steps` steps.
-        augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
-        self.warm = Batches(images[:batch], labels[:batch], batch, mean, std, generator, *augment)
-        self.timed = Batches(images[batch:], labels[batch:], batch, mean, std, generator, *augment)
+        (self.warm,), (self.timed,) = step_batches(images.to(device), labels.to(device), cfg, batch, [generator])
         assert len(self.timed) == steps
         self.images = steps * batch
         torch.manual_seed(0)
@@ -199,7 +205,6 @@ class LossbenchLoop(EpochLoop):
         train_one_epoch(self.step_model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
 
 
-
 class PackedLoop(EpochLoop):
     """M runs trained as one packed network, by the code hydra/launcher=packed runs (`lossbench.pack`): each member
     draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
@@ -207,21 +212,16 @@ class PackedLoop(EpochLoop):
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int):
         self.device, self.dtype = device, dtype
-        images, labels = images.to(device), labels.to(device)
-        mean, std = feature_stats(images)
-        augment = int(cfg.data.augment.crop_padding), bool(cfg.data.augment.flip)
         generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
-        # As LossbenchLoop's: an "epoch" of `warm` is one step, one of `timed` is `steps` steps. The members share
-        # one tensor of each (packed_batches gathers from it once for all).
-        warm, timed = (images[:batch], labels[:batch]), (images[batch:], labels[batch:])
-        self.warm = [Batches(*warm, batch, mean, std, g, *augment) for g in generators]
-        self.timed = [Batches(*timed, batch, mean, std, g, *augment) for g in generators]
+        self.warm, self.timed = step_batches(images.to(device), labels.to(device), cfg, batch, generators)
         self.images = steps * batch * members  # every member's
         singles = []
         for m in range(members):
             torch.manual_seed(m)
             singles.append(SmallCNN(num_classes).to(device))
-        self.model = PackedNetwork(singles, normalise(images[:4], mean, std)).to(memory_format=torch.channels_last)
+        first = self.warm[0]
+        probe = normalise(first.inputs[:4], first.mean, first.std)
+        self.model = PackedNetwork(singles, probe).to(memory_format=torch.channels_last)
         loss_fn = build_loss("ce", scores.matrix).to(device)
         self.losses_of = member_losses([loss_fn] * members, ["ce"] * members, device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
@@ -340,17 +340,12 @@ def main(args) -> None:
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
-    began = time.perf_counter()
-    lossbench.warmup(args.warmup)
-    print(f"warmup lossbench {time.perf_counter() - began:.1f} s", flush=True)
-    rss_lossbench = max_rss_mb()  # the process peak before the naive loop has run a step
-    began = time.perf_counter()
-    naive.warmup(args.warmup)  # includes starting the workers
-    print(f"warmup naive     {time.perf_counter() - began:.1f} s", flush=True)
-    if args.pack:
+    for name, loop in loops.items():  # the naive loop's includes starting its workers
         began = time.perf_counter()
-        loops["packed"].warmup(args.warmup)
-        print(f"warmup packed    {time.perf_counter() - began:.1f} s", flush=True)
+        loop.warmup(args.warmup)
+        print(f"warmup {name:<9} {time.perf_counter() - began:.1f} s", flush=True)
+        if name == "lossbench":
+            rss_lossbench = max_rss_mb()  # the process peak before the naive loop has run a step
 
     memory = {}
     resident = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0

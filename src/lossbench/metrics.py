@@ -71,7 +71,8 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
     confidence = q.gather(-1, predicted[..., None]).squeeze(-1)
     correct = (predicted == targets).float()
     rows = scores[targets]
-    score = rows.expand(m, n, c).gather(-1, predicted[..., None]).squeeze(-1)
+    each_rows = rows.expand(m, n, c)  # a view: every model's examples have the same true rows
+    score = each_rows.gather(-1, predicted[..., None]).squeeze(-1)
     nan = logits.new_full((m,), math.nan)
     if c >= TOP_K_MIN_CLASSES:
         top5 = (logits.topk(TOP_K, dim=-1).indices == targets[:, None]).any(dim=-1).float().sum(dim=-1)
@@ -80,7 +81,7 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
 
     def bayes_scores(beliefs: Tensor) -> Tensor:  # [M]: the summed S[y, k*], one matrix product for all models
         decision = bayes_decision(beliefs.reshape(m * n, c), scores).view(m, n, 1)
-        return rows.expand(m, n, c).gather(-1, decision).sum(dim=(1, 2))
+        return each_rows.gather(-1, decision).sum(dim=(1, 2))
 
     calibrated = nan if temperature is None else bayes_scores((logits / temperature.reshape(m, 1, 1)).softmax(dim=-1))
     mistake = 1 - correct

@@ -212,7 +212,7 @@ def evaluate_models(
         test = test + split_sums(z, y, scores, temperature)
         confusion = confusion + confusion_counts(z, y)
     if val is None:
-        val = torch.full_like(test, 0.0)  # a zero count: split_metrics gives NaN
+        val = torch.zeros_like(test)  # a zero count: split_metrics gives NaN
     # the one host sync (counts < 2^24: exact in float32)
     values = torch.cat([val, test, confusion.flatten(1).float()], dim=1).cpu()
     results = []
