@@ -182,7 +182,8 @@ def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
     small = load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
     assert len(small.train_y) == 2 and len(decoded) == 4  # 2 train + 2 test, not the whole folder
     decoded.clear()
-    monkeypatch.setattr(data_module, "_last_loaded", None)  # as a new process: only the disk cache remains
+    # as a new process: only the disk cache remains
+    monkeypatch.setattr(data_module, "_last_loaded", data_module.Latest())
     load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
     assert decoded == []  # the disk cache
     full = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))

@@ -233,17 +233,11 @@ def _folder_classes(root: Path) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
-_last_loaded: tuple[str, Dataset] | None = None  # jobs of a sweep in one process share the data they agree on
-
-
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
     """Load the configured source restricted to `classes` (relabelled 0..C-1), subsampled and split.
     The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""
-    global _last_loaded
     key = repr((OmegaConf.to_yaml(cfg), list(classes), scores.tolist()))
-    if _last_loaded is None or _last_loaded[0] != key:
-        _last_loaded = (key, _load_dataset(build_source(cfg), list(classes), scores))
-    return _last_loaded[1]
+    return _last_loaded.get(None, key, lambda: _load_dataset(build_source(cfg), list(classes), scores))
 
 
 def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset:
@@ -651,8 +645,9 @@ def packed_batches(members: Sequence[Batches]) -> Iterator[tuple[Tensor, Tensor]
 
 
 class Latest:
-    """One derived value, kept for the latest source (the same object, with the same detail): the runs of a pack,
-    and a process's successive runs over the same data, share it instead of holding one copy each."""
+    """One derived value, kept for the latest source (the same object, with the same detail; None as the source
+    when the detail says it all): the runs of a pack, and a process's successive runs over the same data, share it
+    instead of holding one copy each. The old value is dropped before the new one is made, so two never coexist."""
 
     def __init__(self) -> None:
         self.entry: tuple[object, object, Any] | None = None
@@ -665,6 +660,7 @@ class Latest:
 
 
 _padded = Latest()
+_last_loaded = Latest()  # load_dataset's: jobs of a sweep in one process share the data they agree on
 
 
 def padded_images(images: Tensor, padding: int) -> Tensor:
