@@ -23,6 +23,11 @@ member with its own data order, augmentation and loss, the way hydra/launcher=pa
 Its rate counts every member's images. On a GPU, where one run is bound by kernel launches, this measures whether
 packing the runs (M times the work per kernel) pays; the last line, `pack: X.XX`, is its rate over lossbench's.
 
+--contiguous runs lossbench's and the packed model in contiguous NCHW instead of channels_last (their batches are
+made contiguous first), to see which layout the convolution library serves best on this device. --profile N
+profiles N steps of the packed loop (of lossbench's without --pack) after the rounds, with torch.profiler, and
+prints the ops that took the most time on the device (on a CPU, on the CPU): where a step's time goes.
+
 Efficiency, in the same run: the model's FLOPs per training image (forward + backward, counted once by
 torch.utils.flop_counter), and in every round, right after lossbench's timed steps, this machine's dense peak at
 the precision lossbench trains in (the best of 3 large square products, each as a matmul and as a 1x1
@@ -34,6 +39,7 @@ machine lowers both alike. The last lines are `efficiency: X.XX` (the median ove
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
     python scripts/bench_throughput.py --device cuda --compile reduce-overhead --batch-size 512
     python scripts/bench_throughput.py --device cuda --pack 7 --no-cudnn-benchmark
+    python scripts/bench_throughput.py --device cuda --pack 21 --contiguous --profile 10
     python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
 """
 
@@ -64,6 +70,24 @@ from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision
 from lossbench.train import COMPILE_MODES, configure_cudnn, prepare, resolve_device, train_one_epoch
+
+
+class ContiguousInput(torch.nn.Module):
+    """A model fed contiguous NCHW batches (lossbench's Batches make them channels_last)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous())
+
+
+def in_layout(model: torch.nn.Module, contiguous: bool) -> torch.nn.Module:
+    """The model in the layout it is timed in: channels_last (as lossbench trains), or contiguous NCHW."""
+    if not contiguous:
+        return model.to(memory_format=torch.channels_last)
+    return ContiguousInput(model.to(memory_format=torch.contiguous_format))
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -186,15 +210,16 @@ class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
-                 compile_model: str | None):  # fmt: skip
+                 compile_model: str | None, contiguous: bool):  # fmt: skip
         self.device, self.dtype = device, dtype
         generator = torch.Generator(device=device).manual_seed(0)
         (self.warm,), (self.timed,) = step_batches(images.to(device), labels.to(device), cfg, batch, [generator])
         assert len(self.timed) == steps
         self.images = steps * batch
         torch.manual_seed(0)
-        self.model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
-        self.step_model = torch.compile(self.model, mode=compile_model) if compile_model else self.model
+        self.model = SmallCNN(num_classes).to(device)
+        laid_out = in_layout(self.model, contiguous)
+        self.step_model = torch.compile(laid_out, mode=compile_model) if compile_model else laid_out
         self.loss_fn = build_loss("ce", scores.matrix).to(device)
         x, y = next(iter(self.warm))
         self.flops_per_image = training_flops_per_image(self.model, self.loss_fn, x, y)
@@ -210,7 +235,8 @@ class PackedLoop(EpochLoop):
     draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
     and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int):
+    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int,
+                 contiguous: bool):  # fmt: skip
         self.device, self.dtype = device, dtype
         generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
         self.warm, self.timed = step_batches(images.to(device), labels.to(device), cfg, batch, generators)
@@ -221,10 +247,11 @@ class PackedLoop(EpochLoop):
             singles.append(SmallCNN(num_classes).to(device))
         first = self.warm[0]
         probe = normalise(first.inputs[:4], first.mean, first.std)
-        self.model = PackedNetwork(singles, probe).to(memory_format=torch.channels_last)
+        self.network = PackedNetwork(singles, probe)
+        self.model = in_layout(self.network, contiguous)
         loss_fn = build_loss("ce", scores.matrix).to(device)
         self.losses_of = member_losses([loss_fn] * members, ["ce"] * members, device)
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.optimizer = build_optimizer(cfg.optim, self.network)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, steps, 1_000)
 
     def epoch(self, batches: list[Batches]) -> None:
@@ -281,6 +308,23 @@ class NaiveLoop:
         return self.steps * self.batch, time.perf_counter() - began, cpu_seconds() - cpu
 
 
+def profile_steps(loop: EpochLoop, steps: int) -> None:
+    """Profile `steps` steps of the loop (torch.profiler) and print the ops that took the most time on the device
+    (on a CPU, the CPU): the kernels a step's time goes to."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = loop.device.type == "cuda"
+    loop.warmup(1)
+    sync(loop.device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(steps):
+            loop.epoch(loop.warm)
+        sync(loop.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(f"profile: {steps} steps of the {type(loop).__name__}, the ops by their own {'CUDA' if cuda else 'CPU'} time")
+    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
@@ -293,6 +337,11 @@ def parse_args(argv=None):
                         help="CUDA: no cuDNN autotuning (train.cudnn_benchmark=false)")
     parser.add_argument("--pack", type=int, default=0, metavar="M",
                         help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="lossbench's and the packed model in contiguous NCHW instead of channels_last")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the rounds, profile N steps of the packed loop (else lossbench's) and print the "
+                             "ops that took the most device time (default 0: no profile)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
@@ -300,8 +349,8 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
                         "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.pack < 0:
-        parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup and --pack >= 0")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or min(args.pack, args.profile) < 0:
+        parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup, --pack and --profile >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
     return args
@@ -323,19 +372,21 @@ def main(args) -> None:
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
-    print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), channels_last"
+    layout = "contiguous NCHW" if args.contiguous else "channels_last"
+    print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
           f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
           f"{', cuDNN autotuning' if device.type == 'cuda' and not args.no_cudnn_benchmark else ''}; "
           "naive fp32, contiguous")  # fmt: skip
     print(f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 
-    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile)
+    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile,
+                              args.contiguous)  # fmt: skip
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
         loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
-                                     args.pack)  # fmt: skip
+                                     args.pack, args.contiguous)  # fmt: skip
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
@@ -386,6 +437,8 @@ def main(args) -> None:
           f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median")  # fmt: skip
     print(f"efficiency: {statistics.median(efficiencies):.2f}")
     print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
+    if args.profile:
+        profile_steps(loops.get("packed", lossbench), args.profile)
     if args.pack:  # above 1: packing M runs into one process trains them faster than one run at a time
         print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, {args.pack} members)")
 

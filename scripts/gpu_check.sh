@@ -35,6 +35,7 @@
 # hydra.launcher.size=7 for three packs of 7), PACKED_NAME (default comparison_packed),
 # BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile reduce-overhead --batch-size 512"),
 # TESTS (the tests step's pytest targets, default the whole suite, e.g. "tests/test_cuda.py tests/test_pack.py"),
+# LEVERS (the levers step's benchmark variants, separated by ';', e.g. "--pack 7;--compile reduce-overhead"),
 # LEVER_LIMIT (seconds each levers variant may take, default 120),
 # GPU_CHECK_SMOKE=1 (the same steps on the CPU, tiny and on synthetic data: checks this script without a GPU).
 set -uo pipefail
@@ -203,12 +204,14 @@ bench() {
   step bench 75 "$python" scripts/bench_throughput.py "${args[@]}" ${BENCH_ARGS:-}
 }
 
-# The levers not yet measured on a GPU, each as one benchmark run against lossbench's one-run loop in the same
-# process: M runs packed into one network (--pack: is one process with M-fold kernels faster than M processes?),
-# CUDA graphs (--compile reduce-overhead) and cuDNN autotuning off. All land in levers.log.
+# Levers, each as one benchmark run against lossbench's one-run loop in the same process (LEVERS: the variants'
+# bench_throughput.py options, separated by ';'). By default, what decides the packed comparison's speed: the
+# packed step of 21 runs with its kernels profiled, in channels_last and in contiguous NCHW (which layout serves
+# grouped convolutions best), and without cuDNN autotuning (what the first epoch's autotuning buys). All land in
+# levers.log.
 levers() {
-  local args=(--device "$device" --steps 40 --rounds 3 --warmup 10) variants=("--pack 7" "--pack 21"
-    "--compile reduce-overhead" "--no-cudnn-benchmark") variant began rc
+  local args=(--device "$device" --steps 40 --rounds 3 --warmup 10) variants variant began rc
+  IFS=';' read -ra variants <<<"${LEVERS:---pack 21 --profile 10;--pack 21 --contiguous --profile 10;--pack 21 --no-cudnn-benchmark}"
   [ -n "${GPU_CHECK_SMOKE:-}" ] && args=(--device "$device" --rounds 1 --steps 1 --warmup 0 --batch-size 16)
   : >"$out/levers.log"
   for variant in "${variants[@]}"; do
@@ -217,6 +220,7 @@ levers() {
     timeout "${LEVER_LIMIT:-120}" "$python" scripts/bench_throughput.py "${args[@]}" $variant >"$work/lever.log" 2>&1
     rc=$?
     grep -E "^(warmup|median|efficiency|ratio|pack):?" "$work/lever.log" >>"$log"
+    grep -A 24 "^profile:" "$work/lever.log" | cut -c1-200 >>"$log"
     cat "$work/lever.log" >>"$out/levers.log"
     echo "== levers: $variant exit $rc after $((SECONDS - began)) s" | tee -a "$log" >>"$out/levers.log"
   done

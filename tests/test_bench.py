@@ -21,6 +21,17 @@ def test_the_benchmark_runs_and_prints_its_verdict_lines(tmp_path):
     assert "packed: 2 SmallCNNs as one network" in done.stdout
 
 
-def test_the_benchmark_refuses_a_negative_pack():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--pack", "-1"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--pack" in done.stderr
+def test_the_benchmark_times_contiguous_layouts_and_profiles_the_packed_step(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--precision", "fp32", "--rounds", "1",
+                           "--steps", "1", "--warmup", "0", "--batch-size", "16", "--pack", "2", "--contiguous",
+                           "--profile", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "contiguous NCHW" in done.stdout
+    profile = done.stdout.split("profile: 1 steps of the PackedLoop")[1]
+    assert "aten::convolution_backward" in profile or "aten::mkldnn_convolution" in profile
+
+
+def test_the_benchmark_refuses_a_negative_pack_or_profile():
+    for option in ("--pack", "--profile"):
+        done = subprocess.run([sys.executable, str(SCRIPT), option, "-1"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and option in done.stderr
