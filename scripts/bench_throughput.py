@@ -38,7 +38,7 @@ machine lowers both alike. The last lines are `efficiency: X.XX` (the median ove
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
     python scripts/bench_throughput.py --device cuda --compile reduce-overhead --batch-size 512
-    python scripts/bench_throughput.py --device cuda --pack 7 --no-cudnn-benchmark
+    python scripts/bench_throughput.py --device cuda --pack 7 --cudnn-benchmark
     python scripts/bench_throughput.py --device cuda --pack 21 --contiguous --profile 10
     python scripts/bench_throughput.py --data-root data/cifar10   # an image folder: train/<class>/*.jpg
 """
@@ -333,8 +333,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size of both loops (default 256)")
     parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
                         help="torch.compile lossbench's model in this mode (default: default), as train.compile does")
-    parser.add_argument("--no-cudnn-benchmark", action="store_true",
-                        help="CUDA: no cuDNN autotuning (train.cudnn_benchmark=false)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="CUDA: cuDNN autotuning (train.cudnn_benchmark=true; off by default, as in a run)")
     parser.add_argument("--pack", type=int, default=0, metavar="M",
                         help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
     parser.add_argument("--contiguous", action="store_true",
@@ -358,7 +358,7 @@ def parse_args(argv=None):
 
 def main(args) -> None:
     device, batch = resolve_device(args.device), args.batch_size
-    configure_cudnn(device, not args.no_cudnn_benchmark)
+    configure_cudnn(device, args.cudnn_benchmark)
     n_train = (1 + args.steps) * batch  # one epoch = 1 untimed + `steps` timed steps
     images, labels, scores, cfg = load_images(args, n_train)
     if len(labels) < n_train:
@@ -375,7 +375,7 @@ def main(args) -> None:
     layout = "contiguous NCHW" if args.contiguous else "channels_last"
     print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
           f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
-          f"{', cuDNN autotuning' if device.type == 'cuda' and not args.no_cudnn_benchmark else ''}; "
+          f"{', cuDNN autotuning' if device.type == 'cuda' and args.cudnn_benchmark else ''}; "
           "naive fp32, contiguous")  # fmt: skip
     print(f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip

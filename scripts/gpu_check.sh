@@ -2,7 +2,7 @@
 # The GPU check (issue 12), as one prepared script: the full comparison (every loss x 3 seeds, all 50,000 CIFAR-10
 # training images, 10 epochs) with its wall time, report and figures, once with 21 processes and once with all
 # runs packed into one network in one process (hydra/launcher=packed), the levers not yet measured on a GPU
-# (packing in the benchmark, CUDA graphs, cuDNN autotuning off), the throughput benchmark with --device cuda,
+# (the packed step's kernels in two layouts, cuDNN autotuning), the throughput benchmark with --device cuda,
 # and the test suite there (tests/test_cuda.py and the CUDA precision tests; LOSSBENCH_TEST_DEVICE=cuda moves the
 # tiny test runs to the GPU too). Most important first, each step under its own time limit, so that whatever the
 # lease allows comes back. Everything lands in $OUT (the device tool's output folder; gpu_check_out/ elsewhere),
@@ -27,7 +27,7 @@
 #
 # Knobs (environment): COMPARE_ARGS (the comparison's launcher overrides, default: all 21 runs at once through the
 # joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=reduce-overhead for CUDA graphs or
-# train.cudnn_benchmark=false),
+# train.cudnn_benchmark=true),
 # COMPARE_NAME (its directory, log and archive name, default comparison), MPS (1, the default: run the comparison
 # under CUDA MPS, so that the runs' kernels share the GPU's multiprocessors instead of taking turns; 0: without).
 # Measured on an H200: 112 s with 7 runs at a time without MPS, 91 s with all 21 under MPS (README, Performance).
@@ -207,11 +207,11 @@ bench() {
 # Levers, each as one benchmark run against lossbench's one-run loop in the same process (LEVERS: the variants'
 # bench_throughput.py options, separated by ';'). By default, what decides the packed comparison's speed: the
 # packed step of 21 runs with its kernels profiled, in channels_last and in contiguous NCHW (which layout serves
-# grouped convolutions best), and without cuDNN autotuning (what the first epoch's autotuning buys). All land in
-# levers.log.
+# grouped convolutions best), and with cuDNN autotuning (what it costs at the first step and buys afterwards). All
+# land in levers.log.
 levers() {
   local args=(--device "$device" --steps 40 --rounds 3 --warmup 10) variants variant began rc
-  IFS=';' read -ra variants <<<"${LEVERS:---pack 21 --profile 10;--pack 21 --contiguous --profile 10;--pack 21 --no-cudnn-benchmark}"
+  IFS=';' read -ra variants <<<"${LEVERS:---pack 21 --profile 10;--pack 21 --contiguous --profile 10;--pack 21 --cudnn-benchmark}"
   [ -n "${GPU_CHECK_SMOKE:-}" ] && args=(--device "$device" --rounds 1 --steps 1 --warmup 0 --batch-size 16)
   : >"$out/levers.log"
   for variant in "${variants[@]}"; do
