@@ -316,13 +316,17 @@ def profile_steps(loop: EpochLoop, steps: int) -> None:
     cuda = loop.device.type == "cuda"
     loop.warmup(1)
     sync(loop.device)
-    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
             loop.epoch(loop.warm)
         sync(loop.device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(f"profile: {steps} steps of the {type(loop).__name__}, the ops by their own {'CUDA' if cuda else 'CPU'} time")
     print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+    print("the same ops by input shape (which layer's convolution, batch norm ... costs what):")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25, max_name_column_width=40,
+                                                             max_shapes_column_width=90))  # fmt: skip
 
 
 def parse_args(argv=None):
