@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -202,6 +205,33 @@ def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
     assert decoded == []  # the disk cache
     full = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
     assert len(decoded) == len(full.train_y) + len(full.test_y)  # another subset: another cache entry
+
+
+needs_fork_and_two_cores = pytest.mark.skipif(sys.platform != "linux" or (os.cpu_count() or 1) < 2,
+                                              reason="worker processes decode on Linux with 2+ cores")  # fmt: skip
+
+
+@needs_fork_and_two_cores
+def test_large_image_sets_are_decoded_by_worker_processes_into_the_same_tensor(tmp_path, monkeypatch):
+    """Threads take turns on the GIL, so large sets go to forked workers: same images, same order."""
+    paths = sorted((make_folder(tmp_path / "images", per_class=7) / "train").rglob("*.png"))
+    by_threads = data_module.decode_images(paths, 8)
+    pools = []
+    real_pool = data_module.ProcessPoolExecutor
+    monkeypatch.setattr(data_module, "ProcessPoolExecutor", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
+    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
+    by_processes = data_module.decode_images(paths, 8)
+    assert pools and by_processes.dtype == torch.uint8 and by_processes.shape == (14, 3, 8, 8)
+    assert torch.equal(by_processes, by_threads)
+
+
+@needs_fork_and_two_cores
+def test_a_broken_image_decoded_by_a_worker_process_is_named_in_one_line(tmp_path, monkeypatch):
+    paths = sorted((make_folder(tmp_path / "images") / "train").rglob("*.png"))
+    paths[3].write_bytes(b"not an image")
+    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
+    with pytest.raises(LossbenchError, match=f"{paths[3]}: cannot read image"):
+        data_module.decode_images(paths, 8)
 
 
 def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:
