@@ -234,6 +234,51 @@ def test_a_broken_image_decoded_by_a_worker_process_is_named_in_one_line(tmp_pat
         data_module.decode_images(paths, 8)
 
 
+INTERRUPTED_DECODE = """
+import os, signal, sys, time
+from pathlib import Path
+import lossbench.data as data_module
+real = data_module._decode
+def slow_decode(path, size):  # forked workers inherit it; each says whether stop signals are left to the parent
+    left = signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    os.write(1, f"worker leaves stop signals to the parent: {left}\\n".encode())  # one write: lines never interleave
+    time.sleep(0.2)
+    return real(path, size)
+data_module._decode = slow_decode
+data_module.PROCESS_DECODE_MIN, data_module.DECODE_CHUNK = 1, 1
+paths = sorted(Path(sys.argv[1]).rglob("*.png"))
+print("decoding", flush=True)
+try:
+    data_module.decode_images(paths, 8)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@needs_fork_and_two_cores
+def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
+    """Ctrl-C reaches the whole process group: the workers leave it to the parent (no traceback from each), and the
+    chunks not yet started are dropped (150 images at 0.2 s each on 2 workers would take 15 s)."""
+    import signal
+    import subprocess
+    import time
+
+    root = make_folder(tmp_path / "images", per_class=75)
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_DECODE, str(root)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    assert process.stdout.readline() == "decoding\n"
+    time.sleep(1.0)
+    began = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == "interrupted\n"
+    assert time.monotonic() - began < 5
+    said = stdout.splitlines()
+    assert said and set(said) == {"worker leaves stop signals to the parent: True"}
+
+
 def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:
     """A 4x1 image in `mode` holding black, two greys and white in that mode's own value range, with the
     8-bit values they must decode to."""
