@@ -20,10 +20,13 @@
 #       about 25 MB in all.
 #   scripts/gpu_check.sh run                 there, e.g. with the device tool:
 #       run(command="bash scripts/gpu_check.sh run", carry=[".gpu"], timeout_s=540)
-#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, startup, compare, packed,
-#       levers, bench, tests; startup times a job's start-up phase by phase),
-#       e.g. "tests decode compare": the decoded images are kept in /tmp while the machine stays warm.
-#       All steps take over 10 minutes, more than one call may run: choose, e.g. "decode packed compare levers".
+#   scripts/gpu_check.sh STEP...             only these steps, in this order (decode, packed, tests, levers,
+#       startup, bench, compare: `run`'s order, the target first; startup times a job's start-up phase by phase),
+#       e.g. "decode packed tests": the decoded images are kept in /tmp while the machine stays warm.
+#       All steps take over 10 minutes, more than one call may run: choose, e.g. "decode packed levers".
+#       On an H100 (2026-11-27): decode 48-60 s (with threads; worker processes decode now), packed 67 s,
+#       the CUDA tests (TESTS="tests/test_cuda.py tests/test_pack.py tests/test_precision.py") 67 s, each
+#       levers variant 20-45 s; a machine takes about 40 s to start.
 #
 # Knobs (environment): COMPARE_ARGS (the comparison's launcher overrides, default: all 21 runs at once through the
 # joblib launcher, as one run cannot keep the GPU busy; e.g. add train.compile=reduce-overhead for CUDA graphs or
@@ -242,7 +245,7 @@ tests() {
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
-  run) setup && decode && { startup; compare; packed; levers; bench; tests; ls -la "$out" | tee -a "$log"; } ;;
+  run) setup && decode && { packed; tests; levers; startup; bench; compare; ls -la "$out" | tee -a "$log"; } ;;
   decode | startup | compare | packed | bench | levers | tests)
     setup || exit 1
     for name in "$@"; do
