@@ -454,3 +454,21 @@ def test_tune_refuses_the_packed_launcher(tmp_path):
     done = lossbench("tune", *TINY, "hydra/launcher=packed", "--out", str(tmp_path / "t"), cwd=tmp_path)
     assert done.returncode == 2 and "tune: hydra/launcher=packed trains a comparison's runs" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "t").exists()
+
+
+def test_the_packed_launcher_composes_each_jobs_config_once(tmp_path, monkeypatch):
+    """Hydra's sweeper composes every job's config to check the batch; the packed launcher, in the same process,
+    trains from those configs instead of composing each again (1.2 s of 21 jobs' start-up on the 2-core EPYC)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from lossbench.launch import compare
+
+    composed = []
+    compose = ConfigLoaderImpl.load_sweep_config
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", lambda self, master_config, sweep_overrides:
+                        composed.append(tuple(sweep_overrides)) or compose(self, master_config, sweep_overrides))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "cmp"
+    assert compare(["losses=[ce,expected_score]", *TINY, "train.epochs=1", "hydra/launcher=packed"], str(out)) == 0
+    assert sorted(job[-2:] for job in composed) == [("loss=ce", "seed=0"), ("loss=expected_score", "seed=0")]
+    assert {read_status(out / f"loss={loss},seed=0")["status"] for loss in ("ce", "expected_score")} == {"finished"}

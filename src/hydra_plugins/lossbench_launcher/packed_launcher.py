@@ -26,9 +26,28 @@ class PackedLauncher(Launcher):
         self.size = size
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
+        self.checked: dict[tuple[str, ...], DictConfig] = {}  # job overrides -> the config the sweeper composed
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context  # the task function is lossbench's, known
+        self.keep_checked_configs(hydra_context)
+
+    def keep_checked_configs(self, hydra_context: HydraContext) -> None:
+        """Keep each job's config as the sweeper composes it to check the batch, so that launch() reuses it instead
+        of composing it again in this same process (for 21 jobs, 1.2 s on the 2-core AMD EPYC)."""
+        loader = hydra_context.config_loader
+        self.compose = loader.load_sweep_config
+
+        def composed(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+            config = self.compose(master_config, sweep_overrides)
+            self.checked[tuple(sweep_overrides)] = config
+            return config
+
+        loader.load_sweep_config = composed  # type: ignore[method-assign]  # this Hydra run's loader only
+
+    def job_config(self, overrides: Sequence[str]) -> DictConfig:
+        assert self.config is not None
+        return self.checked.pop(tuple(overrides), None) or self.compose(self.config, list(overrides))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Imported here: Hydra imports every plugin whenever it starts, and lossbench imports torch.
@@ -41,7 +60,7 @@ class PackedLauncher(Launcher):
         log.info(f"Training {len(job_overrides)} jobs in this process, packed {self.size or 'all'} at a time")
         returns = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = self.job_config(overrides)
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
             returns.append(run_job(hydra_context=self.hydra_context, task_function=packed_job, config=sweep_config,
