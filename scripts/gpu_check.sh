@@ -214,7 +214,8 @@ bench() {
 # land in levers.log.
 levers() {
   local args=(--device "$device" --steps 40 --rounds 3 --warmup 10) variants variant began rc
-  IFS=';' read -ra variants <<<"${LEVERS:---pack 21 --profile 10;--pack 21 --contiguous --profile 10;--pack 21 --cudnn-benchmark}"
+  local default="--pack 21 --profile 10;--pack 21 --contiguous --profile 10;--pack 21 --cudnn-benchmark"
+  IFS=';' read -ra variants <<<"${LEVERS:-$default}"
   [ -n "${GPU_CHECK_SMOKE:-}" ] && args=(--device "$device" --rounds 1 --steps 1 --warmup 0 --batch-size 16)
   : >"$out/levers.log"
   for variant in "${variants[@]}"; do
