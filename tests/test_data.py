@@ -167,19 +167,6 @@ def test_feature_stats():
     assert std.shape == (1, 3, 1, 1)
 
 
-def test_feature_stats_are_computed_once_per_input_tensor(monkeypatch):
-    """The runs of a pack (and successive runs in one process) share their dataset, so its statistics are computed
-    once; another tensor, even an equal one, is another dataset."""
-    calls = []
-    compute = data_module._feature_stats
-    monkeypatch.setattr(data_module, "_feature_stats", lambda x: calls.append(x) or compute(x))
-    images = torch.randint(0, 255, (6, 3, 4, 4), dtype=torch.uint8)
-    first = feature_stats(images)
-    assert feature_stats(images) is first and len(calls) == 1
-    other = feature_stats(images.clone())
-    assert len(calls) == 2 and torch.equal(other[0], first[0]) and torch.equal(other[1], first[1])
-
-
 def test_synthetic_generic_names():
     cfg = make_cfg("data.names=generic", "data.num_classes=3", "scores=identity", "data.train_size=30",
                    "data.test_size=30").data  # fmt: skip
