@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issue 12), as one prepared script: the full comparison (every loss x 3 seeds, all 50,000 CIFAR-10
 # training images, 10 epochs) with its wall time, report and figures, once with 21 processes and once with all
-# runs packed into one network in one process (hydra/launcher=packed), the levers not yet measured on a GPU
-# (the packed step's kernels in two layouts, cuDNN autotuning), the throughput benchmark with --device cuda,
+# runs packed into one network in one process (hydra/launcher=packed), the packed step's levers (its kernels
+# profiled in two layouts, cuDNN autotuning), the throughput benchmark with --device cuda,
 # and the test suite there (tests/test_cuda.py and the CUDA precision tests; LOSSBENCH_TEST_DEVICE=cuda moves the
 # tiny test runs to the GPU too). Most important first, each step under its own time limit, so that whatever the
 # lease allows comes back. Everything lands in $OUT (the device tool's output folder; gpu_check_out/ elsewhere),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import lossbench
 from hydra import compose, initialize_config_module
+from lossbench.rundir import read_status
 
 
 def test_slurm_launcher_config_extends_submitit():
@@ -78,14 +79,6 @@ def job_logs(comparison: Path) -> dict[int, str]:
     return logs
 
 
-def recorded_epoch(run_dir: Path) -> int:
-    """The last epoch the run's status.json records as checkpointed (0 before the first)."""
-    try:
-        return int(json.loads((run_dir / "status.json").read_text()).get("epoch", 0))
-    except (OSError, ValueError):
-        return 0
-
-
 def child_pids(parent: int) -> list[int]:
     """The processes whose parent is `parent` (the controller starts the job's task as its child)."""
     children = []
@@ -118,7 +111,7 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
             time.sleep(0.05)
             victim = next((pid for pid, log in job_logs(out).items() if "expected_score seed 0 epoch 1/5" in log), None)
             # the epoch's log line comes before its checkpoint; the status records the epoch after it
-            if victim is not None and recorded_epoch(out / "loss=expected_score,seed=0") < 1:
+            if victim is not None and read_status(out / "loss=expected_score,seed=0")["epoch"] < 1:
                 victim = None
         assert victim is not None, "the expected_score job never finished its first epoch"
         tasks = child_pids(victim)

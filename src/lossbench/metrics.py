@@ -99,15 +99,18 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
     ], dim=-1)  # fmt: skip
     # bins (k/15, (k+1)/15]; a confidence is at least 1/C > 0, so the clamp only guards rounding at 1
     bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-    sums = torch.cat([totals, per_model_bins(bins, confidence), per_model_bins(bins, correct)], dim=-1)
+    sums = torch.cat([totals, per_model_sums(bins, confidence, ECE_BINS), per_model_sums(bins, correct, ECE_BINS)],
+                     dim=-1)  # fmt: skip
     return sums.view(*lead, SUM_SIZE)
 
 
-def per_model_bins(bins: Tensor, values: Tensor) -> Tensor:
-    """[M, ECE_BINS]: each model's values ([M, N]) summed by their bins ([M, N]), in one index_add."""
-    m = len(bins)
-    cells = (bins + ECE_BINS * torch.arange(m, device=bins.device)[:, None]).flatten()
-    return torch.zeros(m * ECE_BINS, device=values.device).index_add_(0, cells, values.flatten()).view(m, ECE_BINS)
+def per_model_sums(cells: Tensor, values: Tensor, size: int) -> Tensor:
+    """[M, size]: each model's values ([M, N]) summed into its cells ([M, N], each in 0..size-1), in one
+    index_add_ (rather than bincount, which reads its input's maximum back to the host on CUDA)."""
+    m = len(cells)
+    flat = (cells + size * torch.arange(m, device=cells.device)[:, None]).flatten()
+    sums = torch.zeros(m * size, dtype=values.dtype, device=values.device)
+    return sums.index_add_(0, flat, values.flatten()).view(m, size)
 
 
 def split_metrics(sums: Sequence[float], split: str) -> dict[str, float]:
@@ -164,12 +167,8 @@ def confusion_counts(logits: Tensor, targets: Tensor) -> Tensor:
     """C x C counts of (true class, argmax prediction): rows true, columns predicted (int64, on the device).
     Logits [..., N, C] of several models on the same examples give [..., C, C]."""
     lead, (n, c) = logits.shape[:-2], logits.shape[-2:]
-    predicted = logits.reshape(-1, n, c).argmax(dim=-1)
-    m = len(predicted)
-    cells = (targets * c + predicted + c * c * torch.arange(m, device=logits.device)[:, None]).flatten()
-    # index_add_ rather than bincount, which reads its input's maximum back to the host on CUDA
-    counts = torch.zeros(m * c * c, dtype=torch.int64, device=logits.device)
-    return counts.index_add_(0, cells, torch.ones_like(cells)).view(*lead, c, c)
+    cells = targets * c + logits.reshape(-1, n, c).argmax(dim=-1)
+    return per_model_sums(cells, torch.ones_like(cells), c * c).view(*lead, c, c)
 
 
 def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:
