@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,6 +265,51 @@ def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
     assert time.monotonic() - began < 5
     said = stdout.splitlines()
     assert said and set(said) == {"worker leaves stop signals to the parent: True"}
+
+
+KILLED_DECODE = """
+import os, sys, time
+from pathlib import Path
+import lossbench.data as data_module
+real = data_module._decode
+def slow_decode(path, size):  # forked workers inherit it and say who they are
+    os.write(1, f"{os.getpid()}\\n".encode())
+    time.sleep(0.2)
+    return real(path, size)
+data_module._decode = slow_decode
+data_module.PROCESS_DECODE_MIN, data_module.DECODE_CHUNK = 1, 1
+data_module.decode_images(sorted(Path(sys.argv[1]).rglob("*.png")), 8)
+"""
+
+
+def is_gone(pid: int) -> bool:
+    """No such process, or a zombie (dead; a container's init may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@needs_fork_and_two_cores
+def test_decoding_workers_die_with_a_killed_parent(tmp_path):
+    """After a kill -9 of the parent, forked workers would wait forever on a queue their siblings hold open."""
+    import signal
+    import subprocess
+    import time
+
+    root = make_folder(tmp_path / "images", per_class=75)
+    process = subprocess.Popen([sys.executable, "-c", KILLED_DECODE, str(root)], stdout=subprocess.PIPE, text=True)
+    workers = {int(process.stdout.readline()) for _ in range(6)}  # both workers have started decoding
+    assert len(workers) == 2 and process.pid not in workers
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not all(is_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if not is_gone(pid)]
+    for pid in survivors:  # leave no orphan behind when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their parent"
 
 
 def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:

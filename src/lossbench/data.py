@@ -10,6 +10,7 @@ datasets live here too.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
 import multiprocessing
@@ -475,18 +476,26 @@ def decode_images(paths: Sequence[Path], size: int) -> Tensor:
         chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
         # On Ctrl-C, map cancels the chunks not started; leaving the block waits for those being decoded.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_leave_stop_signals_to_parent) as pool:  # fmt: skip
+                                 initializer=_follow_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
             arrays = list(pool.map(partial(_decode_all, size=size), chunks))
     else:
         arrays = [_decode_all(paths, size, threads=workers)]
     return torch.from_numpy(np.concatenate(arrays))
 
 
-def _leave_stop_signals_to_parent() -> None:
-    """A decoding worker ignores Ctrl-C and SIGTERM (which reach the whole process group): the parent stops the
-    pool and reports the interruption once, instead of each worker printing a traceback."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _follow_parent(parent: int) -> None:
+    """A decoding worker's set-up. It ignores Ctrl-C and SIGTERM (which reach the whole process group): the parent
+    stops the pool and reports the interruption once, instead of each worker printing a traceback. And it dies
+    with its parent: after a kill -9 of the parent, forked workers would wait forever for work on a queue whose
+    other end their siblings still hold open."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _decode_all(paths: Sequence[Path], size: int, threads: int = 1) -> np.ndarray:
