@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -418,3 +419,20 @@ def test_subset_larger_than_the_data_warns_with_the_actual_size(tmp_path):
 def test_empty_class_list_is_an_error():
     with pytest.raises(LossbenchError, match="data.classes is empty"):
         dataset_classes(make_cfg("data.classes=[]").data)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.image_size=2.5", "data.image_size must be an integer, not 2.5"),
+    ("data.image_size=abc", "data.image_size must be an integer, not 'abc'"),
+    ("data.seed=0.5", "data.seed must be an integer, not 0.5"),
+    ("data.noise=abc", "data.noise must be a number, not 'abc'"),
+])  # fmt: skip
+def test_a_sources_numbers_are_checked_not_truncated(override, message):
+    """2.5 pixels used to become 2 (then a model error about 2x2 images), 'abc' an int() error naming no key."""
+    with pytest.raises(LossbenchError, match=re.escape(message)):
+        dataset_classes(make_cfg(override).data)
+
+
+def test_an_image_folders_size_is_checked_by_the_same_rule(tmp_path):
+    with pytest.raises(LossbenchError, match=re.escape("data.image_size must be an integer, not 2.5")):
+        dataset_classes(folder_cfg(make_folder(tmp_path / "images"), "data.image_size=2.5"))

@@ -19,7 +19,7 @@ import signal
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lossbench.atomic import atomic_path
 from lossbench.components import build
-from lossbench.errors import LossbenchError, one_line, require
+from lossbench.errors import LossbenchError, one_line, require, require_int
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
@@ -110,6 +110,17 @@ class Source:
     subset_seed: int = 0
     classes: list[str] | None = None  # restrict to these classes, in this order
     augment: dict[str, Any] = field(default_factory=dict)  # images: crop_padding, flip
+
+    def __post_init__(self) -> None:
+        """Every source's settings typed as integers are integers (2.5 pixels is refused, not truncated to 2), and
+        those typed as floats are numbers: one line naming the key, not a failure deep in the reading."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.type == "int" or (spec.type == "int | None" and value is not None):
+                require_int(value, f"data.{spec.name}")
+            elif spec.type == "float":
+                require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                        f"data.{spec.name} must be a number, not {value!r}")  # fmt: skip
 
     def available_classes(self) -> list[str]:
         raise NotImplementedError

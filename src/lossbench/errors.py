@@ -26,6 +26,12 @@ def require(condition: bool, message: str) -> None:
         raise LossbenchError(message)
 
 
+def require_int(value: object, key: str, positive: bool = False, note: str = "") -> None:
+    """An integer setting must be given as one: 2.7 epochs or seed 0.7 is refused, not truncated."""
+    require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer{note}, not {value!r}")
+    require(not positive or value > 0, f"{key} must be > 0{note}, not {value}")
+
+
 def debug_enabled() -> bool:
     return bool(os.environ.get(DEBUG_ENV))
 

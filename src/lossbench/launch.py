@@ -30,14 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
-from lossbench.errors import LossbenchError, debug_enabled, one_line, require
+from lossbench.errors import LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report
 from lossbench.rundir import (
     COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, TUNE_FILE, adopt_for_report, claim, find_runs, locked, read_config,
     read_record, read_status, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
-from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, require_int, train_run
+from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
 
 log = logging.getLogger("lossbench")
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path, write_atomic
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
-from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require
+from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import (
     SUM_SIZE, confusion_counts, fit_temperature, split_metrics, split_sums, write_confusion,
@@ -65,12 +65,6 @@ def validate(cfg: DictConfig) -> None:
     require(isinstance(autotune, bool), f"train.cudnn_benchmark must be true or false, not {autotune!r}")
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
-
-
-def require_int(value: Any, key: str, positive: bool = False, note: str = "") -> None:
-    """An integer setting must be given as one: 2.7 epochs or seed 0.7 is refused, not truncated."""
-    require(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer{note}, not {value!r}")
-    require(not positive or value > 0, f"{key} must be > 0{note}, not {value}")
 
 
 def prepare(cfg: DictConfig, warn: bool = True) -> ScoreMatrix:
