@@ -24,7 +24,9 @@ Its rate counts every member's images. On a GPU, where one run is bound by kerne
 packing the runs (M times the work per kernel) pays; the last line, `pack: X.XX`, is its rate over lossbench's.
 
 --contiguous runs lossbench's and the packed model in contiguous NCHW instead of channels_last (their batches are
-made contiguous first), to see which layout the convolution library serves best on this device. --profile N
+made contiguous first), to see which layout the convolution library serves best on this device. --cpu-layout dense
+keeps a CPU's SmallCNNs in that dense layout instead of oneDNN's blocked one (model.cpu_layout, default onednn as
+in a run); the naive loop's model is always dense. --profile N
 profiles N steps of the packed loop (of lossbench's without --pack) after the rounds, with torch.profiler, and
 prints the ops that took the most time on the device (on a CPU, on the CPU): where a step's time goes.
 
@@ -37,6 +39,7 @@ machine lowers both alike. The last lines are `efficiency: X.XX` (the median ove
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
+    python scripts/bench_throughput.py --device cpu --cpu-layout dense
     python scripts/bench_throughput.py --device cuda --compile reduce-overhead --batch-size 512
     python scripts/bench_throughput.py --device cuda --pack 7 --cudnn-benchmark
     python scripts/bench_throughput.py --device cuda --pack 21 --contiguous --profile 10
@@ -65,7 +68,7 @@ from torchvision import transforms
 
 from lossbench.data import Batches, feature_stats, load_dataset, normalise
 from lossbench.losses import build_loss
-from lossbench.models import SmallCNN
+from lossbench.models import CPU_LAYOUTS, SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision
@@ -210,14 +213,14 @@ class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
-                 compile_model: str | None, contiguous: bool):  # fmt: skip
+                 compile_model: str | None, contiguous: bool, cpu_layout: str):  # fmt: skip
         self.device, self.dtype = device, dtype
         generator = torch.Generator(device=device).manual_seed(0)
         (self.warm,), (self.timed,) = step_batches(images.to(device), labels.to(device), cfg, batch, [generator])
         assert len(self.timed) == steps
         self.images = steps * batch
         torch.manual_seed(0)
-        self.model = SmallCNN(num_classes).to(device)
+        self.model = SmallCNN(num_classes, cpu_layout=cpu_layout).to(device)
         laid_out = in_layout(self.model, contiguous)
         self.step_model = torch.compile(laid_out, mode=compile_model) if compile_model else laid_out
         self.loss_fn = build_loss("ce", scores.matrix).to(device)
@@ -236,7 +239,7 @@ class PackedLoop(EpochLoop):
     and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int,
-                 contiguous: bool):  # fmt: skip
+                 contiguous: bool, cpu_layout: str):  # fmt: skip
         self.device, self.dtype = device, dtype
         generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
         self.warm, self.timed = step_batches(images.to(device), labels.to(device), cfg, batch, generators)
@@ -244,7 +247,7 @@ class PackedLoop(EpochLoop):
         singles = []
         for m in range(members):
             torch.manual_seed(m)
-            singles.append(SmallCNN(num_classes).to(device))
+            singles.append(SmallCNN(num_classes, cpu_layout=cpu_layout).to(device))
         first = self.warm[0]
         probe = normalise(first.inputs[:4], first.mean, first.std)
         self.network = PackedNetwork(singles, probe)
@@ -277,7 +280,7 @@ class NaiveLoop:
         self.loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                  persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
         torch.manual_seed(0)
-        self.model = SmallCNN(num_classes).to(device)
+        self.model = SmallCNN(num_classes, cpu_layout="dense").to(device)  # as most people's loop has it
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                                          weight_decay=5e-4)  # fmt: skip
 
@@ -343,6 +346,9 @@ def parse_args(argv=None):
                         help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
     parser.add_argument("--contiguous", action="store_true",
                         help="lossbench's and the packed model in contiguous NCHW instead of channels_last")
+    parser.add_argument("--cpu-layout", choices=CPU_LAYOUTS, default="onednn",
+                        help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default onednn, as "
+                             "in a run)")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the rounds, profile N steps of the packed loop (else lossbench's) and print the "
                              "ops that took the most device time (default 0: no profile)")  # fmt: skip
@@ -369,7 +375,7 @@ def main(args) -> None:
         sys.exit(f"error: need {n_train} training images, the data has {len(labels)}")
     num_classes = len(scores.classes)
     # As a run resolves it: precision=auto may time this very model shape in fp32 and bf16 (once per machine).
-    model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
+    model = SmallCNN(num_classes, cpu_layout=args.cpu_layout).to(device, memory_format=torch.channels_last)
     precision = resolve_precision(args.precision, device, model, (batch, *images.shape[1:]))
     dtype = precision.dtype
     source = args.data_root or "synthetic"
@@ -377,6 +383,8 @@ def main(args) -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
     layout = "contiguous NCHW" if args.contiguous else "channels_last"
+    if device.type == "cpu" and args.cpu_layout == "onednn":
+        layout += " batches, oneDNN's blocked layout inside"
     print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
           f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
           f"{', cuDNN autotuning' if device.type == 'cuda' and args.cudnn_benchmark else ''}; "
@@ -385,12 +393,12 @@ def main(args) -> None:
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 
     lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile,
-                              args.contiguous)  # fmt: skip
+                              args.contiguous, args.cpu_layout)  # fmt: skip
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
         loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
-                                     args.pack, args.contiguous)  # fmt: skip
+                                     args.pack, args.contiguous, args.cpu_layout)  # fmt: skip
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
