@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lossbench.errors import LossbenchError
 from lossbench.models import SmallCNN, conv_bn_relu
 
 
@@ -39,3 +40,67 @@ def test_pooling_before_the_relu_is_bit_for_bit_relu_before_pooling(dtype):
         assert torch.equal(a.grad, b.grad), name
     for a, b in zip(model.buffers(), textbook.buffers()):
         assert torch.equal(a, b)
+
+
+def twins(**kwargs) -> tuple[SmallCNN, SmallCNN]:
+    """The same SmallCNN (weights included) in oneDNN's blocked layout and in the dense one, channels_last."""
+    torch.manual_seed(0)
+    onednn = SmallCNN(5, widths=(8, 16), cpu_layout="onednn", **kwargs)
+    dense = SmallCNN(5, widths=(8, 16), cpu_layout="dense", **kwargs)
+    dense.load_state_dict(onednn.state_dict())
+    return onednn.to(memory_format=torch.channels_last), dense.to(memory_format=torch.channels_last)
+
+
+def images(n: int = 32, size: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_the_onednn_layout_trains_what_the_dense_layout_trains(stem_stride):
+    onednn, dense = twins(stem_stride=stem_stride)
+    x = images(size=16 * stem_stride)
+    assert onednn.in_onednn_layout(x) and not dense.in_onednn_layout(x)
+    outputs = []
+    for net in (onednn, dense):
+        out = net(x)
+        out.logsumexp(dim=1).mean().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(onednn.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+    for (name, a), b in zip(onednn.named_buffers(), dense.buffers()):  # batch norm's running statistics
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.inference_mode():  # evaluation: batch norm from its running statistics
+        torch.testing.assert_close(onednn.eval()(x), dense.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_under_bf16_autocast_the_onednn_layout_computes_in_bf16_as_the_dense_one_does():
+    onednn, dense = twins()
+    x = images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = onednn(x), dense(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in onednn.parameters())  # the optimiser's fp32 weights
+
+
+def test_an_unknown_cpu_layout_is_one_clear_error():
+    with pytest.raises(LossbenchError, match="model.cpu_layout must be one of onednn, dense, not blocked"):
+        SmallCNN(5, cpu_layout="blocked")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_gradients_through_frozen_batch_norm_fall_back_to_the_dense_layout():
+    onednn, dense = twins()
+    x = images()
+    assert not onednn.eval().in_onednn_layout(x)  # oneDNN's batch norm has no backward in eval mode
+    with torch.no_grad():
+        assert onednn.in_onednn_layout(x)  # evaluation itself keeps the fast layout
+    onednn(x).sum().backward()
+    dense.eval()(x).sum().backward()
+    for a, b in zip(onednn.parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)

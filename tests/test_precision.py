@@ -96,6 +96,7 @@ def test_cache_key_names_the_machine_and_the_model_shape():
     assert key != P.cache_key(model((8, 8, 16)), BATCH)
     assert key != P.cache_key(model(), (32, 3, 32, 32))
     assert key != P.cache_key(model(), (16, 3, 64, 64))
+    assert key != P.cache_key(SmallCNN(10, (8, 8, 8), cpu_layout="dense"), BATCH)  # other kernels
 
 
 def test_corrupt_cache_is_measured_again_and_rewritten(cpu):

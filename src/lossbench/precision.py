@@ -158,9 +158,12 @@ def cache_path() -> Path:
 
 
 def cache_key(model: nn.Module, batch_shape: tuple[int, ...]) -> str:
-    """Machine (CPU model, torch version) and model shape (class, parameter shapes, batch shape). The thread count
+    """Machine (CPU model, torch version) and model shape (class, parameter shapes, batch shape, and the layout its
+    stages compute in on a CPU where the model has that setting: other kernels, another answer). The thread count
     is left out: the measurement runs on one thread."""
     shapes = [type(model).__name__, [list(p.shape) for p in model.parameters()], list(batch_shape)]
+    if hasattr(model, "cpu_layout"):
+        shapes.append(model.cpu_layout)
     digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
     return f"{cpu_model()} | torch {torch.__version__} | model {digest}"
 
