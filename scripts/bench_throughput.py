@@ -26,7 +26,10 @@ packing the runs (M times the work per kernel) pays; the last line, `pack: X.XX`
 --contiguous runs lossbench's and the packed model in contiguous NCHW instead of channels_last (their batches are
 made contiguous first), to see which layout the convolution library serves best on this device. --cpu-layout dense
 keeps a CPU's SmallCNNs in that dense layout instead of oneDNN's blocked one (model.cpu_layout, default onednn as
-in a run); the naive loop's model is always dense. --profile N
+in a run); the naive loop's model is always dense. --vs-dense adds a loop `dense`: lossbench's loop with the dense
+layout, alternated with the others in the same process (on a machine shared with other work, separate processes
+minutes apart measure the neighbours as much as the layouts); the last line, `onednn: X.XX`, is lossbench's rate
+over it. --profile N
 profiles N steps of the packed loop (of lossbench's without --pack) after the rounds, with torch.profiler, and
 prints the ops that took the most time on the device (on a CPU, on the CPU): where a step's time goes.
 
@@ -39,7 +42,7 @@ machine lowers both alike. The last lines are `efficiency: X.XX` (the median ove
 
     python scripts/bench_throughput.py                      # synthetic data, CUDA when present
     python scripts/bench_throughput.py --device cpu --rounds 7 --steps 10
-    python scripts/bench_throughput.py --device cpu --cpu-layout dense
+    python scripts/bench_throughput.py --device cpu --vs-dense      # is oneDNN's blocked layout faster here?
     python scripts/bench_throughput.py --device cuda --compile reduce-overhead --batch-size 512
     python scripts/bench_throughput.py --device cuda --pack 7 --cudnn-benchmark
     python scripts/bench_throughput.py --device cuda --pack 21 --contiguous --profile 10
@@ -349,6 +352,8 @@ def parse_args(argv=None):
     parser.add_argument("--cpu-layout", choices=CPU_LAYOUTS, default="onednn",
                         help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default onednn, as "
                              "in a run)")  # fmt: skip
+    parser.add_argument("--vs-dense", action="store_true",
+                        help="also time lossbench's loop with model.cpu_layout=dense, alternated with the others (CPU)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the rounds, profile N steps of the packed loop (else lossbench's) and print the "
                              "ops that took the most device time (default 0: no profile)")  # fmt: skip
@@ -363,6 +368,8 @@ def parse_args(argv=None):
         parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup, --pack and --profile >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
+    if args.vs_dense and args.cpu_layout == "dense":
+        parser.error("--vs-dense compares the oneDNN layout with the dense one: leave --cpu-layout at onednn")
     return args
 
 
@@ -400,6 +407,9 @@ def main(args) -> None:
         loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
                                      args.pack, args.contiguous, args.cpu_layout)  # fmt: skip
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
+    if args.vs_dense:
+        loops["dense"] = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
+                                       args.compile, args.contiguous, "dense")  # fmt: skip
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
@@ -453,6 +463,8 @@ def main(args) -> None:
         profile_steps(loops.get("packed", lossbench), args.profile)
     if args.pack:  # above 1: packing M runs into one process trains them faster than one run at a time
         print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, {args.pack} members)")
+    if args.vs_dense:  # above 1: oneDNN's blocked layout trains faster than the dense one on this machine
+        print(f"onednn: {medians['lossbench'] / medians['dense']:.2f} (lossbench's images/s over the dense layout's)")
 
 
 if __name__ == "__main__":

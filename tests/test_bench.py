@@ -31,6 +31,20 @@ def test_the_benchmark_times_contiguous_layouts_and_profiles_the_packed_step(tmp
     assert "aten::convolution_backward" in profile or "aten::mkldnn_convolution" in profile
 
 
+def test_the_benchmark_times_the_onednn_layout_against_the_dense_one_in_one_process(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--precision", "fp32", "--rounds", "2",
+                           "--steps", "1", "--warmup", "0", "--batch-size", "16", "--vs-dense"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "oneDNN's blocked layout inside" in done.stdout
+    assert sum(line.split()[:1] == ["round"] and line.split()[2] == "dense" for line in done.stdout.splitlines()) == 2
+    line = next(line for line in done.stdout.splitlines() if line.startswith("onednn: "))
+    assert float(line.split()[1]) > 0
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--vs-dense", "--cpu-layout", "dense"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "--vs-dense" in refused.stderr
+
+
 def test_the_benchmark_refuses_a_negative_pack_or_profile():
     for option in ("--pack", "--profile"):
         done = subprocess.run([sys.executable, str(SCRIPT), option, "-1"], capture_output=True, text=True, timeout=120)
