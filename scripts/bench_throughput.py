@@ -24,12 +24,13 @@ Its rate counts every member's images. On a GPU, where one run is bound by kerne
 packing the runs (M times the work per kernel) pays; the last line, `pack: X.XX`, is its rate over lossbench's.
 
 --contiguous runs lossbench's and the packed model in contiguous NCHW instead of channels_last (their batches are
-made contiguous first), to see which layout the convolution library serves best on this device. --cpu-layout dense
-keeps a CPU's SmallCNNs in that dense layout instead of oneDNN's blocked one (model.cpu_layout, default onednn as
-in a run); the naive loop's model is always dense. --vs-dense adds a loop `dense`: lossbench's loop with the dense
-layout, alternated with the others in the same process (on a machine shared with other work, separate processes
-minutes apart measure the neighbours as much as the layouts); the last line, `onednn: X.XX`, is lossbench's rate
-over it. --profile N
+made contiguous first), to see which layout the convolution library serves best on this device. --cpu-layout is
+model.cpu_layout of a CPU's SmallCNNs: auto (as in a run: the faster on this machine, measured once and cached),
+onednn (oneDNN's blocked layout) or dense (the batches' layout); the naive loop's model is always dense.
+--vs-dense adds a loop `dense`: lossbench's loop with the dense layout, alternated with lossbench's in oneDNN's
+layout and the others in the same process (on a machine shared with other work, separate processes minutes apart
+measure the neighbours as much as the layouts); the last line, `onednn: X.XX`, is the rate of oneDNN's layout
+over the dense one's. --profile N
 profiles N steps of the packed loop (of lossbench's without --pack) after the rounds, with torch.profiler, and
 prints the ops that took the most time on the device (on a CPU, on the CPU): where a step's time goes.
 
@@ -349,8 +350,8 @@ def parse_args(argv=None):
                         help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
     parser.add_argument("--contiguous", action="store_true",
                         help="lossbench's and the packed model in contiguous NCHW instead of channels_last")
-    parser.add_argument("--cpu-layout", choices=CPU_LAYOUTS, default="onednn",
-                        help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default onednn, as "
+    parser.add_argument("--cpu-layout", choices=CPU_LAYOUTS, default="auto",
+                        help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default auto, as "
                              "in a run)")  # fmt: skip
     parser.add_argument("--vs-dense", action="store_true",
                         help="also time lossbench's loop with model.cpu_layout=dense, alternated with the others (CPU)")
@@ -384,13 +385,14 @@ def main(args) -> None:
     # As a run resolves it: precision=auto may time this very model shape in fp32 and bf16 (once per machine).
     model = SmallCNN(num_classes, cpu_layout=args.cpu_layout).to(device, memory_format=torch.channels_last)
     precision = resolve_precision(args.precision, device, model, (batch, *images.shape[1:]))
+    cpu_layout = "onednn" if args.vs_dense else precision.layout or args.cpu_layout
     dtype = precision.dtype
     source = args.data_root or "synthetic"
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
     layout = "contiguous NCHW" if args.contiguous else "channels_last"
-    if device.type == "cpu" and args.cpu_layout == "onednn":
+    if device.type == "cpu" and cpu_layout != "dense":
         layout += " batches, oneDNN's blocked layout inside"
     print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
           f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
@@ -400,12 +402,12 @@ def main(args) -> None:
           f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
 
     lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile,
-                              args.contiguous, args.cpu_layout)  # fmt: skip
+                              args.contiguous, cpu_layout)  # fmt: skip
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
         loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
-                                     args.pack, args.contiguous, args.cpu_layout)  # fmt: skip
+                                     args.pack, args.contiguous, cpu_layout)  # fmt: skip
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     if args.vs_dense:
         loops["dense"] = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,

@@ -89,7 +89,7 @@ def test_under_bf16_autocast_the_onednn_layout_computes_in_bf16_as_the_dense_one
 
 
 def test_an_unknown_cpu_layout_is_one_clear_error():
-    with pytest.raises(LossbenchError, match="model.cpu_layout must be one of onednn, dense, not blocked"):
+    with pytest.raises(LossbenchError, match="model.cpu_layout must be one of auto, onednn, dense, not blocked"):
         SmallCNN(5, cpu_layout="blocked")
 
 
@@ -104,3 +104,9 @@ def test_gradients_through_frozen_batch_norm_fall_back_to_the_dense_layout():
     dense.eval()(x).sum().backward()
     for a, b in zip(onednn.parameters(), dense.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_an_unmeasured_auto_layout_is_onednn():
+    x = images()
+    assert SmallCNN(5, widths=(8, 16), cpu_layout="auto").in_onednn_layout(x)

@@ -47,8 +47,43 @@ def model(widths=(8, 8, 8)) -> SmallCNN:
 @pytest.mark.parametrize("name, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
 def test_explicit_choice_is_kept_without_measuring(cpu, name, dtype):
     chosen = P.resolve_precision(name, cpu, model(), BATCH, timer=no_timer)
-    assert (chosen.name, chosen.dtype) == (name, dtype)
+    assert (chosen.name, chosen.dtype, chosen.layout) == (name, dtype, None)  # the model's layout is its own
     assert not P.cache_path().exists()
+
+
+def layout_timer(seconds: dict[tuple, float], calls: list) -> P.StepTimer:
+    """Step seconds by (dtype, the model's cpu_layout), as one CPU's kernels might give them."""
+    def timer(model, x, dtype):
+        calls.append((dtype, model.cpu_layout))
+        return seconds[dtype, model.cpu_layout]
+
+    return timer
+
+
+def test_an_auto_layout_is_the_faster_one_at_the_precision_chosen_and_is_cached(cpu):
+    # bf16 wins the precision (timed in the unmeasured auto layout, which computes as onednn); dense wins at bf16.
+    seconds = {(None, "auto"): 0.3, (torch.bfloat16, "auto"): 0.1, (torch.bfloat16, "onednn"): 0.1,
+               (torch.bfloat16, "dense"): 0.08}  # fmt: skip
+    calls = []
+    net = SmallCNN(10, (8, 8, 8), cpu_layout="auto")
+    chosen = P.resolve_precision("auto", cpu, net, BATCH, timer=layout_timer(seconds, calls))
+    assert (chosen.name, chosen.layout) == ("bf16", "dense")
+    assert "bf16 3.00x fp32's speed" in chosen.reason and "oneDNN's layout 0.80x the dense one's" in chosen.reason
+    layout_calls = calls[2 * (1 + P.ROUNDS):]  # after the precision's: both layouts alternating, at bf16 only
+    assert layout_calls == [(torch.bfloat16, "onednn"), (torch.bfloat16, "dense")] * (1 + P.ROUNDS)
+    assert net.cpu_layout == "auto"  # timed on a copy: the caller sets the answer on the run's model
+    again = P.resolve_precision("auto", cpu, net, BATCH, timer=no_timer)
+    assert (again.name, again.layout) == ("bf16", "dense") and "measured earlier" in again.reason
+
+
+def test_an_explicit_precision_still_measures_an_auto_layout_at_that_precision(cpu):
+    calls = []
+    seconds = {(None, "onednn"): 0.2, (None, "dense"): 0.3}
+    chosen = P.resolve_precision("fp32", cpu, SmallCNN(10, (8, 8, 8), cpu_layout="auto"), BATCH,
+                                 timer=layout_timer(seconds, calls))  # fmt: skip
+    assert (chosen.name, chosen.layout) == ("fp32", "onednn")
+    assert {dtype for dtype, _ in calls} == {None}
+    assert chosen.reason.startswith("precision=fp32; oneDNN's layout 1.50x")
 
 
 @pytest.mark.parametrize("fp32_s, bf16_s, expected", [
@@ -162,6 +197,28 @@ def test_jobs_starting_together_measure_once(cpu):
     first.join(5)
     second.join(5)
     assert calls[0].name == "bf16" and "measured earlier" in calls[0].reason
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_a_run_trains_in_the_measured_layout_and_records_it(tmp_path, monkeypatch):
+    # The run's real step timer, made to find dense faster: the run must train in the layout measured.
+    seen = []
+
+    def dense_wins(model, x, dtype):
+        return 0.1 if model.cpu_layout == "dense" else 0.2
+
+    def forward(self, x):  # the layout of each training and evaluation forward (not the 2-example fit check
+        if len(x) > 2:     # that runs before anything is measured)
+            seen.append(self.in_onednn_layout(x))
+        return original(self, x)
+
+    original = SmallCNN.forward
+    monkeypatch.setattr(P, "time_step", dense_wins)
+    monkeypatch.setattr(SmallCNN, "forward", forward)
+    assert train_run(make_cfg(*TINY, "precision=fp32"), tmp_path / "run") == "finished"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["cpu_layout"] == "dense" and "oneDNN's layout 0.50x" in record["precision_reason"]
+    assert seen and not any(seen)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,7 +16,7 @@ from lossbench.components import build
 from lossbench.errors import require
 
 
-CPU_LAYOUTS = ("onednn", "dense")
+CPU_LAYOUTS = ("auto", "onednn", "dense")
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -42,7 +42,9 @@ class SmallCNN(nn.Module):
 
     cpu_layout: on a CPU the convolutional stages compute in oneDNN's own blocked layout ("onednn", where
     convolution, batch norm, ReLU and pooling are all oneDNN kernels) or in the input's dense layout ("dense":
-    channels_last in a run, where only the convolutions are oneDNN's). Measured on a 2-core AMD EPYC: "onednn" trains 1.2x faster in bf16 and fp32. The
+    channels_last in a run, where only the convolutions are oneDNN's); "auto" (a run's default) is the faster of
+    the two on this machine, measured when a run starts and cached (lossbench.precision), and "onednn" until then.
+    Measured on a 2-core AMD EPYC: "onednn" trains 1.10x faster in bf16, 1.15x in fp32. The
     blocked tensors carry autocast's dtype themselves (a blocked input takes the dense fp32 weights), so autocast
     is off inside the stages; the result returns dense before the head. CUDA, torch.compile, a torch without
     oneDNN and eval mode with gradients on use the dense layout whatever the setting."""
@@ -77,7 +79,7 @@ class SmallCNN(nn.Module):
         """Whether this forward computes its stages in oneDNN's blocked layout (see cpu_layout). Not in eval mode
         with gradients on (frozen statistics while training something): oneDNN's batch norm has no backward there."""
         usable = self.training or not torch.is_grad_enabled()
-        return (usable and self.cpu_layout == "onednn" and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        return (usable and self.cpu_layout != "dense" and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
                 and not torch.compiler.is_compiling())  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def provenance(device: torch.device, precision: Precision, pack: int = 1) -> dic
         version = metadata.version("lossbench")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {
+    record = {
         "lossbench": version,
         "git_commit": git_commit(),
         "torch": torch.__version__,
@@ -56,6 +56,9 @@ def provenance(device: torch.device, precision: Precision, pack: int = 1) -> dic
         "precision_reason": precision.reason,
         "pack": pack,
     }
+    if precision.layout is not None:  # model.cpu_layout=auto, measured (the reason says how)
+        record["cpu_layout"] = precision.layout
+    return record
 
 
 def write_provenance(run_dir: Path, device: torch.device, precision: Precision, pack: int = 1) -> None:

@@ -423,6 +423,8 @@ def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
     # .to() moves the parameters in place, so the optimiser built on the host copy still holds them.
     model = model.to(device, memory_format=torch.channels_last)
     precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
+    if precision.layout is not None:  # the model left its CPU layout to the measurement
+        model.cpu_layout = precision.layout
     write_provenance(run_dir, device, precision)
     run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
               scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
