@@ -370,7 +370,7 @@ def parse_args(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
     if args.vs_dense and args.cpu_layout == "dense":
-        parser.error("--vs-dense compares the oneDNN layout with the dense one: leave --cpu-layout at onednn")
+        parser.error("--vs-dense compares the oneDNN layout with the dense one: leave --cpu-layout at auto or onednn")
     return args
 
 

@@ -238,3 +238,14 @@ def test_auto_on_cuda_is_bf16_where_native_without_measuring(monkeypatch):
 def test_tiny_run_trains_on_cuda_with_auto_precision(tmp_path):
     assert train_run(make_cfg(*TINY, "device=cuda"), tmp_path / "run") == "finished"
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_the_layout_decision_is_logged_once_per_process(cpu, caplog):
+    seconds = {(None, "auto"): 0.3, (torch.bfloat16, "auto"): 0.1, (torch.bfloat16, "onednn"): 0.1,
+               (torch.bfloat16, "dense"): 0.2}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="lossbench"):
+        for _ in range(3):
+            P.resolve_precision("auto", cpu, SmallCNN(10, (8, 8, 8), cpu_layout="auto"), BATCH,
+                                timer=layout_timer(seconds, []))  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.cpu_layout auto")]
+    assert len(lines) == 1 and lines[0].startswith("model.cpu_layout auto: onednn (bf16 3.00x fp32's speed")

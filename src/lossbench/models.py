@@ -69,8 +69,7 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.in_onednn_layout(x):
             return self.head(self.features(x).mean(dim=(2, 3)))
-        on = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if on else torch.float32
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         with torch.autocast("cpu", enabled=False):
             features = self.features(x.to_mkldnn(dtype)).to_dense()
         return self.head(features.mean(dim=(2, 3)))

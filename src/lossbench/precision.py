@@ -137,10 +137,7 @@ def with_cpu_layout(precision: Precision, model: nn.Module, batch_shape: tuple[i
     speed = entry["dense_s"] / entry["onednn_s"]
     chosen = Precision(precision.name, f"{precision.reason}; oneDNN's layout {speed:.2f}x the dense one's speed at "
                                        f"{precision.name} on this CPU, {how}", entry["layout"])  # fmt: skip
-    if key not in _announced:
-        _announced.add(key)
-        log.info("model.cpu_layout auto: %s (%s)", chosen.layout, chosen.reason)
-    return chosen
+    return _announce(key, chosen, "model.cpu_layout auto", chosen.layout)
 
 
 def choose(fp32_s: float, bf16_s: float) -> str:
@@ -269,9 +266,10 @@ def write_cache(path: Path, entries: dict[str, dict]) -> bool:
     return True
 
 
-def _announce(topic: str, precision: Precision) -> Precision:
-    """Log the decision for `topic` (a device, or a machine and model shape) the first time only."""
+def _announce(topic: str, precision: Precision, setting: str = "precision auto", value: str | None = None) -> Precision:
+    """Log the decision for `topic` (a device, or a machine and model shape) the first time only: the setting
+    decided, its value (the precision's name unless given) and the reason."""
     if topic not in _announced:
         _announced.add(topic)
-        log.info("precision auto: %s (%s)", precision.name, precision.reason)
+        log.info("%s: %s (%s)", setting, value or precision.name, precision.reason)
     return precision
