@@ -135,9 +135,9 @@ def with_cpu_layout(precision: Precision, model: nn.Module, batch_shape: tuple[i
             entries[key] = entry
             how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
     speed = entry["dense_s"] / entry["onednn_s"]
-    chosen = Precision(precision.name, f"{precision.reason}; oneDNN's layout {speed:.2f}x the dense one's speed at "
-                                       f"{precision.name} on this CPU, {how}", entry["layout"])  # fmt: skip
-    return _announce(key, chosen, "model.cpu_layout auto", chosen.layout)
+    why = f"oneDNN's layout {speed:.2f}x the dense one's speed at {precision.name} on this CPU, {how}"
+    _log_once(key, f"model.cpu_layout auto: {entry['layout']} ({why})")
+    return Precision(precision.name, f"{precision.reason}; {why}", entry["layout"])
 
 
 def choose(fp32_s: float, bf16_s: float) -> str:
@@ -266,10 +266,13 @@ def write_cache(path: Path, entries: dict[str, dict]) -> bool:
     return True
 
 
-def _announce(topic: str, precision: Precision, setting: str = "precision auto", value: str | None = None) -> Precision:
-    """Log the decision for `topic` (a device, or a machine and model shape) the first time only: the setting
-    decided, its value (the precision's name unless given) and the reason."""
+def _announce(topic: str, precision: Precision) -> Precision:
+    """Log the decision for `topic` (a device, or a machine and model shape) the first time only."""
+    _log_once(topic, f"precision auto: {precision.name} ({precision.reason})")
+    return precision
+
+
+def _log_once(topic: str, message: str) -> None:
     if topic not in _announced:
         _announced.add(topic)
-        log.info("%s: %s (%s)", setting, value or precision.name, precision.reason)
-    return precision
+        log.info(message)
