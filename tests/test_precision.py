@@ -142,6 +142,29 @@ def test_corrupt_cache_is_measured_again_and_rewritten(cpu):
     assert len(json.loads(P.cache_path().read_text())) == 1
 
 
+@pytest.mark.parametrize("damage", [
+    lambda e: e.pop("bf16_s" if "bf16_s" in e else "dense_s"),   # a timing missing
+    lambda e: e.update(fp32_s="fast", onednn_s="fast"),           # not a number
+    lambda e: e.update(bf16_s=0, dense_s=0),                      # a ratio would divide by zero
+    lambda e: e.update(precision="fp16", layout="blocked"),       # a decision that is not one of the options
+])  # fmt: skip
+def test_a_damaged_cache_entry_is_measured_again_not_a_failed_run(cpu, damage):
+    seconds = {(None, "auto"): 0.3, (torch.bfloat16, "auto"): 0.1, (torch.bfloat16, "onednn"): 0.1,
+               (torch.bfloat16, "dense"): 0.2}  # fmt: skip
+    net = SmallCNN(10, (8, 8, 8), cpu_layout="auto")
+    P.resolve_precision("auto", cpu, net, BATCH, timer=layout_timer(seconds, []))
+    entries = json.loads(P.cache_path().read_text())
+    assert len(entries) == 2  # the precision's and the layout's
+    for entry in entries.values():
+        damage(entry)
+    P.cache_path().write_text(json.dumps(entries))
+    calls = []
+    again = P.resolve_precision("auto", cpu, net, BATCH, timer=layout_timer(seconds, calls))
+    assert (again.name, again.layout) == ("bf16", "onednn") and calls  # measured again
+    assert all(P.usable(e, *fields) for e, fields in zip(json.loads(P.cache_path().read_text()).values(), [
+        ("precision", ("fp32", "bf16"), ("fp32_s", "bf16_s")), ("layout", P.LAYOUTS, ("onednn_s", "dense_s"))]))
+
+
 def test_unwritable_cache_does_not_fail_the_run(cpu, monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -109,7 +109,7 @@ def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], time
         entries = read_cache(cache)
         entry = entries.get(key)
         how = f"measured earlier, cached in {cache}"
-        if entry is None:
+        if not usable(entry, "precision", ("fp32", "bf16"), ("fp32_s", "bf16_s")):
             fp32_s, bf16_s = measure(model, batch_shape, timer)
             entry = {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s,
                      "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
@@ -128,7 +128,7 @@ def with_cpu_layout(precision: Precision, model: nn.Module, batch_shape: tuple[i
         entries = read_cache(cache)
         entry = entries.get(key)
         how = f"measured earlier, cached in {cache}"
-        if not isinstance(entry, dict) or entry.get("layout") not in LAYOUTS:
+        if not usable(entry, "layout", LAYOUTS, ("onednn_s", "dense_s")):
             onednn_s, dense_s = time_variants(model, batch_shape, timer, [(precision.dtype, layout) for layout in LAYOUTS])
             entry = {"layout": "onednn" if onednn_s <= dense_s else "dense", "onednn_s": onednn_s, "dense_s": dense_s,
                      "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
@@ -253,6 +253,15 @@ def read_cache(path: Path) -> dict[str, dict]:
     except (OSError, ValueError):
         return {}
     return entries if isinstance(entries, dict) else {}
+
+
+def usable(entry: object, decision: str, options: tuple[str, ...], timings: tuple[str, ...]) -> bool:
+    """Whether a cached entry holds a decision among `options` and the positive step seconds it was made from.
+    A damaged or hand-edited entry is measured again: the cache only saves time and must never fail a run."""
+    if not isinstance(entry, dict) or entry.get(decision) not in options:
+        return False
+    seconds = [entry.get(name) for name in timings]
+    return all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < float("inf") for s in seconds)
 
 
 def write_cache(path: Path, entries: dict[str, dict]) -> bool:
