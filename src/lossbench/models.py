@@ -43,11 +43,11 @@ class SmallCNN(nn.Module):
     cpu_layout: on a CPU the convolutional stages compute in oneDNN's own blocked layout ("onednn", where
     convolution, batch norm, ReLU and pooling are all oneDNN kernels) or in the input's dense layout ("dense":
     channels_last in a run, where only the convolutions are oneDNN's); "auto" (a run's default) is the faster of
-    the two on this machine, measured when a run starts and cached (lossbench.precision), and "onednn" until then.
-    Measured on a 2-core AMD EPYC: "onednn" trains 1.10x faster in bf16, 1.15x in fp32. The
-    blocked tensors carry autocast's dtype themselves (a blocked input takes the dense fp32 weights), so autocast
-    is off inside the stages; the result returns dense before the head. CUDA, torch.compile, a torch without
-    oneDNN and eval mode with gradients on use the dense layout whatever the setting."""
+    the two on this machine, measured with the precision when a run starts and cached (lossbench.precision), and
+    "onednn" until then. Measured on a 2-core AMD EPYC: "onednn" trains 1.10x faster in bf16, 1.15x in fp32.
+    The blocked tensors carry autocast's dtype themselves (a blocked input takes the dense fp32 weights), so
+    autocast is off inside the stages; the result returns dense before the head. CUDA, torch.compile, a torch
+    without oneDNN and eval mode with gradients on use the dense layout whatever the setting."""
 
     def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3,
                  stem_stride: int = 1, cpu_layout: str = "onednn"):  # fmt: skip

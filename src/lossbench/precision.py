@@ -6,9 +6,9 @@ with AMX, or AVX512-BF16 on AMD Zen 4, bf16 trains 2-3x faster than fp32; on a X
 it ran at half fp32's speed. So `auto` times a few forward+backward steps of the run's own model at its batch
 shape in each precision and keeps the faster one. The answer is cached per machine (CPU model, torch version)
 and model shape in `$XDG_CACHE_HOME/lossbench/precision.json` (default `~/.cache/lossbench`), so a comparison
-pays for the measurement once. The CPU layout is measured the same way, at the precision chosen: oneDNN's blocked
-layout trained the SmallCNN 1.10x faster than dense channels_last on a 2-core AMD EPYC, and no flag says whether
-another CPU's kernels agree.
+pays for the measurement once. For a model whose CPU layout is left to lossbench, both layouts are timed in each
+precision and the pair is decided together: oneDNN's blocked layout trained the SmallCNN 1.10x faster than dense
+channels_last on a 2-core AMD EPYC, and no flag says whether another CPU's kernels agree.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Precision:
 
     name: str
     reason: str
-    layout: str | None = None  # the CPU layout measured faster, for a model whose cpu_layout is auto
+    layout: str | None = None  # the CPU layout decided with it, for a model whose cpu_layout is auto
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -69,10 +69,9 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_s
                       timer: StepTimer | None = None) -> Precision:  # fmt: skip
     """The precision for training `model` on batches of `batch_shape` on `device` under the setting `name`, with
     the CPU layout for a model whose cpu_layout is auto (the caller sets it on the model)."""
-    precision = autocast_precision(name, device, model, batch_shape, timer)
     if device.type == "cpu" and getattr(model, "cpu_layout", None) == "auto":
-        return with_cpu_layout(precision, model, batch_shape, timer or time_step, cache_path())
-    return precision
+        return cpu_precision_and_layout(name, model, batch_shape, timer or time_step, cache_path())
+    return autocast_precision(name, device, model, batch_shape, timer)
 
 
 def autocast_precision(name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...],
@@ -119,25 +118,61 @@ def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], time
     return Precision(entry["precision"], f"bf16 {speed:.2f}x fp32's speed on this CPU; {how}")
 
 
-def with_cpu_layout(precision: Precision, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                    cache: Path) -> Precision:  # fmt: skip
-    """precision, with the faster of the model's CPU layouts at its dtype: cached under the model's key and the
-    precision, or measured as precisions are (alternating, one thread, the fastest step) and cached."""
-    key = f"{cache_key(model, batch_shape)} | layout at {precision.name}"
+def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
+                             cache: Path) -> Precision:  # fmt: skip
+    """The precision under the setting `name` and the CPU layout, decided together for a model whose cpu_layout is
+    auto: every precision the setting allows is timed in both layouts, so that bf16 is chosen only when its faster
+    layout beats fp32's faster layout (deciding the precision in one layout first could pick a bf16 slower than
+    fp32 in the other). Cached under the model's key and the setting, like cpu_precision."""
+    if name == "auto" and not cpu_has_native_bf16():
+        dtypes, given = [None], "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"
+    elif name == "auto":
+        dtypes, given = [None, torch.bfloat16], None
+    else:
+        dtypes, given = [torch.bfloat16 if name == "bf16" else None], f"precision={name}"
+    variants = [(dtype, layout) for dtype in dtypes for layout in LAYOUTS]
+    names = [f"{'bf16' if dtype else 'fp32'}_{layout}_s" for dtype, layout in variants]
+    key = f"{cache_key(model, batch_shape)} | {' '.join(names)}"
     with cache_lock(cache):
         entries = read_cache(cache)
         entry = entries.get(key)
         how = f"measured earlier, cached in {cache}"
-        if not usable(entry, "layout", LAYOUTS, ("onednn_s", "dense_s")):
-            onednn_s, dense_s = time_variants(model, batch_shape, timer, [(precision.dtype, layout) for layout in LAYOUTS])
-            entry = {"layout": "onednn" if onednn_s <= dense_s else "dense", "onednn_s": onednn_s, "dense_s": dense_s,
+        options = tuple("bf16" if dtype else "fp32" for dtype in dtypes)
+        if not usable(entry, "precision", options, tuple(names)) or entry.get("layout") not in LAYOUTS:
+            seconds = time_variants(model, batch_shape, timer, variants)
+            precision, layout = decide(dict(zip(variants, seconds)))
+            entry = {"precision": precision, "layout": layout, **dict(zip(names, seconds)),
                      "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
             entries[key] = entry
             how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
-    speed = entry["dense_s"] / entry["onednn_s"]
-    why = f"oneDNN's layout {speed:.2f}x the dense one's speed at {precision.name} on this CPU, {how}"
-    _log_once(key, f"model.cpu_layout auto: {entry['layout']} ({why})")
-    return Precision(precision.name, f"{precision.reason}; {why}", entry["layout"])
+    chosen = Precision(entry["precision"], explain(entry, len(dtypes) == 2, given, how), entry["layout"])
+    _log_once(key, f"precision {name}: {chosen.name}; model.cpu_layout auto: {chosen.layout} ({chosen.reason})")
+    return chosen
+
+
+def decide(seconds: dict[tuple[torch.dtype | None, str], float]) -> tuple[str, str]:
+    """(precision, layout) from step seconds by (autocast dtype, layout): each precision in its faster layout,
+    then bf16 only when that is clearly faster than fp32's (choose)."""
+    best: dict[torch.dtype | None, tuple[float, str]] = {}
+    for (dtype, layout), s in seconds.items():
+        if dtype not in best or s < best[dtype][0]:
+            best[dtype] = (s, layout)
+    if len(best) == 2:
+        precision = choose(best[None][0], best[torch.bfloat16][0])
+    else:
+        precision = "bf16" if torch.bfloat16 in best else "fp32"
+    return precision, best[torch.bfloat16 if precision == "bf16" else None][1]
+
+
+def explain(entry: dict, both: bool, given: str | None, how: str) -> str:
+    """Why: what fixed the precision (or bf16's speed when both were timed) and the layout's speed at it."""
+    at = entry["precision"]
+    parts = [given] if given else []
+    if both:
+        fp32, bf16 = (min(entry[f"{p}_onednn_s"], entry[f"{p}_dense_s"]) for p in ("fp32", "bf16"))
+        parts.append(f"bf16 {fp32 / bf16:.2f}x fp32's speed on this CPU, each in its faster layout")
+    parts.append(f"oneDNN's layout {entry[f'{at}_dense_s'] / entry[f'{at}_onednn_s']:.2f}x the dense one's speed at {at}")
+    return "; ".join(parts + [how])
 
 
 def choose(fp32_s: float, bf16_s: float) -> str:
