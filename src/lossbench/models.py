@@ -55,7 +55,8 @@ class SmallCNN(nn.Module):
         widths = [int(w) for w in widths]
         require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
         require(stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, not {stem_stride}")
-        require(cpu_layout in CPU_LAYOUTS, f"model.cpu_layout must be one of {', '.join(CPU_LAYOUTS)}, not {cpu_layout}")
+        require(cpu_layout in CPU_LAYOUTS,
+                f"model.cpu_layout must be one of {', '.join(CPU_LAYOUTS)}, not {cpu_layout}")  # fmt: skip
         self.cpu_layout = cpu_layout
         stages, channels = [], in_channels
         for i, width in enumerate(widths):
@@ -78,8 +79,8 @@ class SmallCNN(nn.Module):
         """Whether this forward computes its stages in oneDNN's blocked layout (see cpu_layout). Not in eval mode
         with gradients on (frozen statistics while training something): oneDNN's batch norm has no backward there."""
         usable = self.training or not torch.is_grad_enabled()
-        return (usable and self.cpu_layout != "dense" and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
-                and not torch.compiler.is_compiling())  # fmt: skip
+        return (usable and self.cpu_layout != "dense" and x.device.type == "cpu"
+                and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())  # fmt: skip
 
 
 def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:

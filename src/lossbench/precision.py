@@ -171,7 +171,8 @@ def explain(entry: dict, both: bool, given: str | None, how: str) -> str:
     if both:
         fp32, bf16 = (min(entry[f"{p}_onednn_s"], entry[f"{p}_dense_s"]) for p in ("fp32", "bf16"))
         parts.append(f"bf16 {fp32 / bf16:.2f}x fp32's speed on this CPU, each in its faster layout")
-    parts.append(f"oneDNN's layout {entry[f'{at}_dense_s'] / entry[f'{at}_onednn_s']:.2f}x the dense one's speed at {at}")
+    speed = entry[f"{at}_dense_s"] / entry[f"{at}_onednn_s"]
+    parts.append(f"oneDNN's layout {speed:.2f}x the dense one's speed at {at}")
     return "; ".join(parts + [how])
 
 
