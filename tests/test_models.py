@@ -1,4 +1,5 @@
-"""The models' own promises: SmallCNN's pool-before-ReLU stages compute exactly what ReLU-before-pool would."""
+"""The models' own promises: SmallCNN's pool-before-ReLU stages compute exactly what ReLU-before-pool would, and
+its CPU layouts (oneDNN's blocked one, the dense one) train the same network."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lossbench.models import SmallCNN, conv_bn_relu
 def relu_then_pool(model: SmallCNN) -> SmallCNN:
     """A copy of model whose every stage is conv-BN-ReLU, conv-BN-ReLU, max-pool (the textbook order), with its
     weights."""
-    other = SmallCNN(model.head.out_features, widths=(4, 8), in_channels=3)
+    other = SmallCNN(model.head.out_features, widths=(4, 8), in_channels=3, cpu_layout=model.cpu_layout)
     for i in range(1, len(other.features), 3):
         conv = other.features[i][0]
         other.features[i] = conv_bn_relu(conv.in_channels, conv.out_channels)
@@ -22,10 +23,11 @@ def relu_then_pool(model: SmallCNN) -> SmallCNN:
     return other
 
 
+@pytest.mark.parametrize("layout", ["onednn", "dense"])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_pooling_before_the_relu_is_bit_for_bit_relu_before_pooling(dtype):
+def test_pooling_before_the_relu_is_bit_for_bit_relu_before_pooling(dtype, layout):
     torch.manual_seed(0)
-    model = SmallCNN(5, widths=(4, 8)).to(memory_format=torch.channels_last)
+    model = SmallCNN(5, widths=(4, 8), cpu_layout=layout).to(memory_format=torch.channels_last)
     textbook = relu_then_pool(model).to(memory_format=torch.channels_last)
     # Integers in bf16 make ties inside pooling windows common: the pool must pick the same element in both.
     x = torch.randint(-2, 3, (16, 3, 16, 16)).float().contiguous(memory_format=torch.channels_last)
