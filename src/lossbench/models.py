@@ -68,12 +68,15 @@ class SmallCNN(nn.Module):
         self.min_size = stem_stride * 2 ** len(widths)  # each stage halves; below this a feature map is empty
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stages(x).mean(dim=(2, 3)))
+
+    def stages(self, x: Tensor) -> Tensor:
+        """The convolutional stages' output, dense, computed in the layout cpu_layout gives."""
         if not self.in_onednn_layout(x):
-            return self.head(self.features(x).mean(dim=(2, 3)))
+            return self.features(x)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         with torch.autocast("cpu", enabled=False):
-            features = self.features(x.to_mkldnn(dtype)).to_dense()
-        return self.head(features.mean(dim=(2, 3)))
+            return self.features(x.to_mkldnn(dtype)).to_dense()
 
     def in_onednn_layout(self, x: Tensor) -> bool:
         """Whether this forward computes its stages in oneDNN's blocked layout (see cpu_layout). Not in eval mode

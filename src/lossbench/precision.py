@@ -104,16 +104,15 @@ def cpu_has_native_bf16() -> bool:
 def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
                   cache: Path) -> Precision:  # fmt: skip
     """The decision cached under `key` (see cache_key), or a fresh measurement (then cached)."""
-    with cache_lock(cache):
-        entries = read_cache(cache)
-        entry = entries.get(key)
-        how = f"measured earlier, cached in {cache}"
-        if not usable(entry, "precision", ("fp32", "bf16"), ("fp32_s", "bf16_s")):
-            fp32_s, bf16_s = measure(model, batch_shape, timer)
-            entry = {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s,
-                     "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-            entries[key] = entry
-            how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
+
+    def measured() -> dict:
+        fp32_s, bf16_s = measure(model, batch_shape, timer)
+        return {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s}
+
+    def valid(entry: object) -> bool:
+        return usable(entry, "precision", ("fp32", "bf16"), ("fp32_s", "bf16_s"))
+
+    entry, how = cached_or_measured(cache, key, valid, measured)
     speed = entry["fp32_s"] / entry["bf16_s"]
     return Precision(entry["precision"], f"bf16 {speed:.2f}x fp32's speed on this CPU; {how}")
 
@@ -133,21 +132,34 @@ def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int
     variants = [(dtype, layout) for dtype in dtypes for layout in LAYOUTS]
     names = [f"{'bf16' if dtype else 'fp32'}_{layout}_s" for dtype, layout in variants]
     key = f"{cache_key(model, batch_shape)} | {' '.join(names)}"
-    with cache_lock(cache):
-        entries = read_cache(cache)
-        entry = entries.get(key)
-        how = f"measured earlier, cached in {cache}"
-        options = tuple("bf16" if dtype else "fp32" for dtype in dtypes)
-        if not usable(entry, "precision", options, tuple(names)) or entry.get("layout") not in LAYOUTS:
-            seconds = time_variants(model, batch_shape, timer, variants)
-            precision, layout = decide(dict(zip(variants, seconds)))
-            entry = {"precision": precision, "layout": layout, **dict(zip(names, seconds)),
-                     "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-            entries[key] = entry
-            how = f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
+    options = tuple("bf16" if dtype else "fp32" for dtype in dtypes)
+
+    def valid(entry: object) -> bool:
+        return usable(entry, "precision", options, tuple(names)) and entry.get("layout") in LAYOUTS
+
+    def measured() -> dict:
+        seconds = time_variants(model, batch_shape, timer, variants)
+        precision, layout = decide(dict(zip(variants, seconds)))
+        return {"precision": precision, "layout": layout, **dict(zip(names, seconds))}
+
+    entry, how = cached_or_measured(cache, key, valid, measured)
     chosen = Precision(entry["precision"], explain(entry, len(dtypes) == 2, given, how), entry["layout"])
     _log_once(key, f"precision {name}: {chosen.name}; model.cpu_layout auto: {chosen.layout} ({chosen.reason})")
     return chosen
+
+
+def cached_or_measured(cache: Path, key: str, valid: Callable[[object], bool],
+                       measured: Callable[[], dict]) -> tuple[dict, str]:  # fmt: skip
+    """The entry cached under `key` if `valid`, else a fresh `measured()` one, stamped and cached; with how it was
+    obtained. Under the cache's lock, so that the jobs of a comparison starting together measure once."""
+    with cache_lock(cache):
+        entries = read_cache(cache)
+        entry = entries.get(key)
+        if valid(entry):
+            return entry, f"measured earlier, cached in {cache}"
+        entry = {**measured(), "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        entries[key] = entry
+        return entry, f"measured, cached in {cache}" if write_cache(cache, entries) else "measured"
 
 
 def decide(seconds: dict[tuple[torch.dtype | None, str], float]) -> tuple[str, str]:
@@ -182,18 +194,19 @@ def choose(fp32_s: float, bf16_s: float) -> str:
 
 
 def measure(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer) -> tuple[float, float]:
-    """Fastest step seconds (fp32, bf16) of a copy of `model`, alternating the two so that other work on the
-    machine slows both alike, on one thread: which precision is faster is a property of the CPU's kernels, and
-    one thread is not held up waiting for another whose core other work has taken (on 2 busy cores, two threads
-    made bf16 look 0.57x fp32's speed where it is 2.3x). The minimum, since other work only ever adds time.
-    The run's model, its RNG streams, the global RNG and torch's thread count are left as they were."""
+    """Fastest step seconds (fp32, bf16) of a copy of `model` in its own layout (time_variants)."""
     fp32_s, bf16_s = time_variants(model, batch_shape, timer, [(None, None), (torch.bfloat16, None)])
     return fp32_s, bf16_s
 
 
 def time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
                   variants: list[tuple[torch.dtype | None, str | None]]) -> list[float]:  # fmt: skip
-    """Fastest step seconds of each (autocast dtype, CPU layout or None for the model's own), as measure()."""
+    """Fastest step seconds of each variant (autocast dtype, CPU layout or None for the model's own) of a copy of
+    `model`, alternating them so that other work on the machine slows all alike, on one thread: which variant is
+    faster is a property of the CPU's kernels, and one thread is not held up waiting for another whose core other
+    work has taken (on 2 busy cores, two threads made bf16 look 0.57x fp32's speed where it is 2.3x). The minimum,
+    since other work only ever adds time. The run's model, its RNG streams, the global RNG and torch's thread
+    count are left as they were."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
