@@ -70,6 +70,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, feature_stats, load_dataset, normalise
 from lossbench.losses import build_loss
 from lossbench.models import CPU_LAYOUTS, SmallCNN
@@ -377,6 +378,7 @@ def parse_args(argv=None):
 def main(args) -> None:
     device, batch = resolve_device(args.device), args.batch_size
     configure_cudnn(device, args.cudnn_benchmark)
+    fit_torch_threads()  # as a run does: no more threads than a cgroup's CPU quota pays for
     n_train = (1 + args.steps) * batch  # one epoch = 1 untimed + `steps` timed steps
     images, labels, scores, cfg = load_images(args, n_train)
     if len(labels) < n_train:

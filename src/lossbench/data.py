@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lossbench.atomic import atomic_path
 from lossbench.components import build
+from lossbench.cpus import usable_cpus
 from lossbench.errors import LossbenchError, one_line, require, require_int
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -477,10 +478,9 @@ def decode_images(paths: Sequence[Path], size: int) -> Tensor:
     Python, so threads take turns on the GIL: with a thread per core, loading CIFAR-10's 60,000 JPEGs took 32 s on
     a 16-core machine and 15 s on 2 cores. Large sets are therefore split between forked worker processes on Linux
     (a fork starts in milliseconds and imports nothing; the workers run only PIL), one per core this process may
-    use; elsewhere threads decode."""
+    use (lossbench.cpus: its affinity and cgroup quota); elsewhere threads decode."""
     linux = sys.platform == "linux"
-    cores = len(os.sched_getaffinity(0)) if linux else os.cpu_count() or 1  # affinity: what a container allows
-    workers = min(cores, max(1, len(paths)))
+    workers = min(usable_cpus(), max(1, len(paths)))
     if workers > 1 and len(paths) >= PROCESS_DECODE_MIN and linux:
         # Chunks of at most DECODE_CHUNK images: no worker waits long on another's last chunk, nor Ctrl-C on them.
         step = min(DECODE_CHUNK, math.ceil(len(paths) / workers))

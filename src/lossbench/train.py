@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path, write_atomic
+from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
 from lossbench.losses import build_loss_from_config
@@ -411,6 +412,7 @@ def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
     status says running from here on."""
     scores = prepare(cfg)
     device = resolve_device(cfg.device)
+    fit_torch_threads()
     configure_cudnn(device, cfg.train.get("cudnn_benchmark", True))  # absent from older runs' configs
     host_data = load_dataset(cfg.data, scores.classes, scores.matrix)
     data, (mean, std) = on_device(host_data, device)
