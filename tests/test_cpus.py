@@ -19,7 +19,7 @@ def fake_proc(tmp_path: Path, memberships: list[str], mounts: list[tuple[str, st
     """A /proc/self holding `cgroup` (its lines) and `mountinfo` with one line per (root, mount point, type,
     options)."""
     proc = tmp_path / "proc"
-    proc.mkdir()
+    proc.mkdir(parents=True)
     (proc / "cgroup").write_text("".join(f"{line}\n" for line in memberships))
     lines = [f"{30 + i} 23 0:{40 + i} {root} {point} rw,relatime - {kind} {kind} {options}\n"
              for i, (root, point, kind, options) in enumerate(mounts)]  # fmt: skip
@@ -75,6 +75,8 @@ def test_v1_mount_of_a_subtree_and_an_escaped_mount_point(tmp_path):
               ("/docker/zzz", str(other), "cgroup", "rw,cpu"), ("/docker/abc", str(memory), "cgroup", "rw,memory")]  # fmt: skip
     proc = fake_proc(tmp_path, ["3:cpu:/docker/abc", "2:memory:/docker/abc"], mounts)
     assert cpus.cgroup_cpu_quota(proc) == 2.0
+    outside = fake_proc(tmp_path / "ns", ["3:cpu:/docker/abc/.."], mounts)  # above the namespace's root
+    assert cpus.cgroup_cpu_quota(outside) is None
 
 
 @pytest.mark.parametrize("cpu_max", ["banana", "100000", "0 100000", "100000 0", ""])

@@ -360,6 +360,57 @@ def test_a_member_that_diverges_leaves_the_pack_and_the_others_finish(tmp_path):
     assert pd.read_csv(runs[2].run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2]
 
 
+def raising_after(calls: int, error: Exception):
+    """A loss that computes cross-entropy `calls` times, then raises `error`."""
+    count = iter(range(calls + 1))
+
+    def loss(z, y):
+        if next(count) == calls:
+            raise error
+        return F.cross_entropy(z, y)
+
+    return loss
+
+
+def test_a_member_whose_loss_raises_fails_alone_and_the_others_go_on_as_they_would_alone(tmp_path):
+    specs = [("ce", 0), ("expected_score", 1), ("soft_label_ce", 2)]
+    runs = []
+    for cfg, run_dir in jobs_for(tmp_path / "packed", specs, "model.cpu_layout=dense"):
+        run_dir.mkdir(parents=True)
+        runs.append(start_run(cfg, run_dir, 2))
+    steps = len(runs[0].batches)
+    runs[1].loss_fn = raising_after(steps + 1, ValueError("scores must be finite\nsee the table"))  # epoch 2's 2nd step
+    statuses = train_pack(runs)
+    assert statuses == {runs[0].run_dir: "finished", runs[1].run_dir: "failed", runs[2].run_dir: "finished"}
+    assert read_status(runs[1].run_dir)["message"] == f"run {runs[1].run_dir}: ValueError: scores must be finite see the table"
+    assert pd.read_csv(runs[1].run_dir / METRICS_FILE)["epoch"].tolist() == [1]  # its first epoch stands, resumable
+    for (cfg, _), run in zip(jobs_for(tmp_path / "alone", specs, "model.cpu_layout=dense"), runs):
+        if run is runs[1]:
+            continue
+        assert train_run(cfg, tmp_path / "alone" / run.run_dir.name) == "finished"
+        mine = pd.read_csv(run.run_dir / METRICS_FILE)
+        theirs = pd.read_csv(tmp_path / "alone" / run.run_dir.name / METRICS_FILE)
+        assert mine["epoch"].tolist() == theirs["epoch"].tolist() == [1, 2]
+        for column in ("train_loss", "grad_norm", "test_nll", "lr"):
+            assert mine[column].tolist() == pytest.approx(theirs[column].tolist(), rel=1e-3, abs=1e-5), column
+        a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True) for d in (run.run_dir, tmp_path / "alone" / run.run_dir.name))
+        assert torch.equal(a["data_rng"], b["data_rng"])  # epoch 2 drew its batches once, not once and a half
+        assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * steps
+
+
+def test_a_loss_error_names_the_members_of_its_call_and_the_machines_errors_stay_the_packs():
+    z, y = torch.randn(3, 4, 3), torch.randint(0, 3, (3, 4))
+    ok = lambda z, y: F.cross_entropy(z, y)  # noqa: E731
+    losses_of = member_losses([ok, raising_after(0, KeyError("k")), ok], ["a", "b", "c"], torch.device("cpu"))
+    with pytest.raises(pack_module.MemberFailure) as failure:
+        losses_of(z, y)
+    assert failure.value.members == [1] and str(failure.value) == "KeyError: 'k'"
+    for error in (torch.OutOfMemoryError("out of memory"), MemoryError(), OSError(28, "No space left on device")):
+        losses_of = member_losses([ok, raising_after(0, error)], ["a", "b"], torch.device("cpu"))
+        with pytest.raises(type(error)):
+            losses_of(z[:2], y[:2])
+
+
 def test_ctrl_c_stops_every_run_of_the_packs_as_interrupted_and_resume_finishes_them(tmp_path, monkeypatch):
     jobs = jobs_for(tmp_path, SPECS[:2]) + jobs_for(tmp_path, [("ce", 3)], "optim.lr=0.01")  # two packs
 

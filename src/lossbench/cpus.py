@@ -68,7 +68,8 @@ def cgroup_cpu_folders(memberships: list[str], mounts: list[str]) -> list[tuple[
             continue
         root, mount_point = Path(fields[3]), Path(unescape(fields[4]))
         inside = Path(paths[key])
-        if inside.is_relative_to(root):  # else this mount shows another part of the hierarchy
+        # Else this mount shows another part of the hierarchy, or the cgroup lies above this namespace's root.
+        if inside.is_relative_to(root) and ".." not in inside.parts:
             folders.append((mount_point / inside.relative_to(root), mount_point))
     return folders
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from lossbench.data import Batches, normalise, packed_batches
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.provenance import write_provenance
@@ -236,6 +236,15 @@ def pack_key(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(rest))
 
 
+class MemberFailure(Exception):
+    """A member's loss raised while the pack trained: `members` (indices in the pack) are those that loss call
+    scored. They fail, as each would alone; the others go on without them."""
+
+    def __init__(self, members: list[int], error: Exception):
+        super().__init__(f"{type(error).__name__}: {one_line(error)}")
+        self.members = members
+
+
 def train_packed_epoch(packed: torch.nn.Module, batches: Sequence[Batches], losses_of, optimizer, scheduler,
                        dtype) -> torch.Tensor:  # fmt: skip
     """One pass over the members' training batches: each member draws its own (its own order and augmentation)
@@ -265,16 +274,23 @@ def member_losses(loss_fns: Sequence[nn.Module], keys: Sequence[str], device: to
     at = {tuple(group): torch.tensor(group, device=device) for group in members}  # index tensors made once
     order = torch.argsort(torch.tensor([m for group in members for m in group], device=device))
 
+    def group_losses(group: list[int], z: Tensor, y: Tensor) -> Tensor:
+        fn = loss_fns[group[0]]
+        if len(group) == 1:
+            return fn(z[group[0]], y[group[0]]).reshape(1)
+        index = at[tuple(group)]
+        values = fn.per_example(z[index].flatten(0, 1), y[index].flatten())
+        return values.view(len(group), -1).mean(1)
+
     def losses_of(z: Tensor, y: Tensor) -> Tensor:
         parts = []
         for group in members:
-            fn = loss_fns[group[0]]
-            if len(group) == 1:
-                parts.append(fn(z[group[0]], y[group[0]]).reshape(1))
-            else:
-                index = at[tuple(group)]
-                values = fn.per_example(z[index].flatten(0, 1), y[index].flatten())
-                parts.append(values.view(len(group), -1).mean(1))
+            try:
+                parts.append(group_losses(group, z, y))
+            except (OSError, MemoryError, torch.OutOfMemoryError):
+                raise  # the machine's failure, not the loss's: every member would meet it
+            except Exception as err:
+                raise MemberFailure(group, err) from err
         return torch.cat(parts)[order]
 
     return losses_of
@@ -331,18 +347,34 @@ class Pack:
 
 def train_pack(runs: list[Run]) -> dict[Path, str]:
     """Train runs that share everything but loss and seed, and start at the same epoch, as one PackedNetwork;
-    returns each run directory's final status. A member that diverges leaves the pack,
-    which goes on with the others."""
+    returns each run directory's final status. A member that diverges leaves the pack, which goes on with the
+    others. So does a member whose loss raises: it fails with its error, as it would alone, and the others repeat
+    that epoch from its start (their models, optimisers, schedules and data order stand there until the epoch
+    ends), so each goes on as it would have alone."""
     statuses: dict[Path, str] = {}
     epochs, steps = runs[0].epochs, len(runs[0].batches)
     progress = Progress(f"pack of {len(runs)} runs", epochs * steps, runs[0].epoch * steps,
                         bool(runs[0].cfg.train.progress))  # fmt: skip
-    runs[0].batches.on_step = progress.step
     try:
-        pack = Pack(runs)
+        pack = repack(runs, progress)
         while runs and runs[0].epoch < epochs:
             began = time.perf_counter()
-            sums = pack.train_epoch()
+            data_order = [run.generator.get_state() for run in runs]
+            try:
+                sums = pack.train_epoch()
+            except MemberFailure as failure:
+                failed = [runs[m] for m in failure.members]
+                for run in failed:
+                    message = f"run {run.run_dir}: {failure}"
+                    log.error(message)
+                    record_end(run.run_dir, "failed", message)
+                    statuses[run.run_dir] = "failed"
+                for run, state in zip(runs, data_order):
+                    run.generator.set_state(state)
+                runs = [run for run in runs if run not in failed]
+                progress.at(runs[0].epoch * steps if runs else 0)
+                pack = repack(runs, progress)
+                continue
             pack.unpack()
             evaluated = pack.evaluate()
             spent = time.perf_counter() - began  # each member's epoch: the pack's training and evaluation
@@ -351,13 +383,19 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
             if diverged:
                 statuses.update({run.run_dir: "diverged" for run in diverged})
                 runs = [run for run in runs if run not in diverged]
-                if runs:
-                    runs[0].batches.on_step = progress.step
-                    pack = Pack(runs)
+                pack = repack(runs, progress)
     finally:
         progress.close()
     statuses.update({run.run_dir: finish_run(run) for run in runs})
     return statuses
+
+
+def repack(runs: list[Run], progress: Progress) -> Pack | None:
+    """The Pack of `runs` (None when none is left), the progress bar counting its steps."""
+    if not runs:
+        return None
+    runs[0].batches.on_step = progress.step
+    return Pack(runs)
 
 
 def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:

@@ -237,6 +237,11 @@ class Progress:
         if self.bar is not None:
             self.bar.advance(self.task)
 
+    def at(self, done_steps: int) -> None:
+        """Set the steps done: back to an epoch's start when it is trained again."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done_steps)
+
     def epoch(self, row: dict[str, float], epochs: int, name: str | None = None) -> None:
         """Log an epoch's line, for this bar's run or, in a pack, for the member `name`."""
         name = name or self.name
