@@ -180,6 +180,26 @@ def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, t
     assert (run / "confusion.csv").read_text() == before
 
 
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_loses_nothing(tmp_path, tiny_cfg):
+    """A config.yaml edited down to fewer epochs than the run has trained: resuming would call it finished at the
+    new count while its metrics and model hold more. Refused with one line; with the count restored it resumes."""
+    run = tmp_path / "run"
+    assert train_run(tiny_cfg, run) == "finished"
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    files = {name: (run / name).read_bytes() for name in ("metrics.csv", CHECKPOINT_FILE)}
+    config = (run / "config.yaml").read_text()
+    assert "  epochs: 2\n" in config
+    (run / "config.yaml").write_text(config.replace("  epochs: 2\n", "  epochs: 1\n"))
+    message = f"{run} has trained 2 epochs but its config.yaml asks for 1 (train.epochs): set it to 2 or more"
+    with pytest.raises(LossbenchError, match=re.escape(message)):
+        train_run(tiny_cfg, run, resume=True)
+    assert {name: (run / name).read_bytes() for name in files} == files
+    (run / "config.yaml").write_text(config)
+    assert train_run(tiny_cfg, run, resume=True) == "finished"
+    assert {name: (run / name).read_bytes() for name in files} == files
+
+
 def test_device_auto_is_cuda_when_present_and_only_cuda_runs_touch_cudnn(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     assert resolve_device("cpu") == torch.device("cpu")

@@ -439,6 +439,9 @@ def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         run.epoch, run.step, run.elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
+        # Fewer epochs than trained would pass for finished while metrics.csv and the model hold more.
+        require(run.epoch <= epochs, f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
+                                     f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
         log.info("%s: resuming after epoch %d", run_dir, run.epoch)
     truncate_metrics(run_dir, run.epoch)
     write_status(run_dir, "running", run.epoch, epochs)
