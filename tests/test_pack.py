@@ -384,6 +384,7 @@ def test_a_member_whose_loss_raises_fails_alone_and_the_others_go_on_as_they_wou
     assert statuses == {runs[0].run_dir: "finished", runs[1].run_dir: "failed", runs[2].run_dir: "finished"}
     assert read_status(runs[1].run_dir)["message"] == f"run {runs[1].run_dir}: ValueError: scores must be finite see the table"
     assert pd.read_csv(runs[1].run_dir / METRICS_FILE)["epoch"].tolist() == [1]  # its first epoch stands, resumable
+    assert [json.loads((run.run_dir / "run.json").read_text())["pack"] for run in runs] == [3, 3, 3]  # as it started
     for (cfg, _), run in zip(jobs_for(tmp_path / "alone", specs, "model.cpu_layout=dense"), runs):
         if run is runs[1]:
             continue

@@ -314,8 +314,6 @@ class Pack:
         self.scheduler.load_state_dict(first.scheduler.state_dict())
         self.losses_of = member_losses([run.loss_fn for run in runs], [OmegaConf.to_yaml(run.cfg.loss) for run in runs],
                                        first.scores.device)  # fmt: skip
-        for run in runs:  # the report says which runs shared their training time
-            write_provenance(run.run_dir, run.scores.device, run.precision, pack=len(runs))
 
     def train_epoch(self) -> list[list[float]]:
         sums = train_packed_epoch(self.step_network, [run.batches for run in self.runs], self.losses_of,
@@ -357,6 +355,10 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
                         bool(runs[0].cfg.train.progress))  # fmt: skip
     try:
         pack = repack(runs, progress)
+        # The report says which runs shared their training time: the pack they started in, which a member that
+        # fails or diverges leaves without changing what the others' earlier epochs were.
+        for run in runs:
+            write_provenance(run.run_dir, run.scores.device, run.precision, pack=len(runs))
         while runs and runs[0].epoch < epochs:
             began = time.perf_counter()
             data_order = [run.generator.get_state() for run in runs]
