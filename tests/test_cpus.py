@@ -72,7 +72,8 @@ def test_v1_mount_of_a_subtree_and_an_escaped_mount_point(tmp_path):
     memory = tmp_path / "memory"
     write(memory, cpu__cfs_quota_us="10000", cpu__cfs_period_us="100000")
     mounts = [("/docker/abc", str(mount).replace(" ", "\\040"), "cgroup", "rw,cpu"),
-              ("/docker/zzz", str(other), "cgroup", "rw,cpu"), ("/docker/abc", str(memory), "cgroup", "rw,memory")]  # fmt: skip
+              ("/docker/zzz", str(other), "cgroup", "rw,cpu"),
+              ("/docker/abc", str(memory), "cgroup", "rw,memory")]  # fmt: skip
     proc = fake_proc(tmp_path, ["3:cpu:/docker/abc", "2:memory:/docker/abc"], mounts)
     assert cpus.cgroup_cpu_quota(proc) == 2.0
     outside = fake_proc(tmp_path / "ns", ["3:cpu:/docker/abc/.."], mounts)  # above the namespace's root

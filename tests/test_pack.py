@@ -382,19 +382,20 @@ def test_a_member_whose_loss_raises_fails_alone_and_the_others_go_on_as_they_wou
     runs[1].loss_fn = raising_after(steps + 1, ValueError("scores must be finite\nsee the table"))  # epoch 2's 2nd step
     statuses = train_pack(runs)
     assert statuses == {runs[0].run_dir: "finished", runs[1].run_dir: "failed", runs[2].run_dir: "finished"}
-    assert read_status(runs[1].run_dir)["message"] == f"run {runs[1].run_dir}: ValueError: scores must be finite see the table"
+    message = f"run {runs[1].run_dir}: ValueError: scores must be finite see the table"
+    assert read_status(runs[1].run_dir)["message"] == message
     assert pd.read_csv(runs[1].run_dir / METRICS_FILE)["epoch"].tolist() == [1]  # its first epoch stands, resumable
     assert [json.loads((run.run_dir / "run.json").read_text())["pack"] for run in runs] == [3, 3, 3]  # as it started
     for (cfg, _), run in zip(jobs_for(tmp_path / "alone", specs, "model.cpu_layout=dense"), runs):
         if run is runs[1]:
             continue
-        assert train_run(cfg, tmp_path / "alone" / run.run_dir.name) == "finished"
-        mine = pd.read_csv(run.run_dir / METRICS_FILE)
-        theirs = pd.read_csv(tmp_path / "alone" / run.run_dir.name / METRICS_FILE)
+        alone = tmp_path / "alone" / run.run_dir.name
+        assert train_run(cfg, alone) == "finished"
+        mine, theirs = pd.read_csv(run.run_dir / METRICS_FILE), pd.read_csv(alone / METRICS_FILE)
         assert mine["epoch"].tolist() == theirs["epoch"].tolist() == [1, 2]
         for column in ("train_loss", "grad_norm", "test_nll", "lr"):
             assert mine[column].tolist() == pytest.approx(theirs[column].tolist(), rel=1e-3, abs=1e-5), column
-        a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True) for d in (run.run_dir, tmp_path / "alone" / run.run_dir.name))
+        a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True) for d in (run.run_dir, alone))
         assert torch.equal(a["data_rng"], b["data_rng"])  # epoch 2 drew its batches once, not once and a half
         assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * steps
 
