@@ -30,14 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from lossbench.data import Batches, normalise, packed_batches
-from lossbench.errors import LossbenchError, one_line, require
+from lossbench.errors import LossbenchError, require
 from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.provenance import write_provenance
 from lossbench.rundir import claim, locked
 from lossbench.train import (
     Progress, Run, compiled, end_epoch, evaluate_models, final_status, finish_run, record_end, recorded_failures,
-    run_config, start_run, train_step,
+    run_config, start_run, train_step, what_failed,
 )  # fmt: skip
 
 log = logging.getLogger("lossbench")
@@ -241,7 +241,7 @@ class MemberFailure(Exception):
     scored. They fail, as each would alone; the others go on without them."""
 
     def __init__(self, members: list[int], error: Exception):
-        super().__init__(f"{type(error).__name__}: {one_line(error)}")
+        super().__init__(what_failed(error))
         self.members = members
 
 
@@ -365,26 +365,24 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
             try:
                 sums = pack.train_epoch()
             except MemberFailure as failure:
-                failed = [runs[m] for m in failure.members]
-                for run in failed:
+                gone = [runs[m] for m in failure.members]
+                for run in gone:
                     message = f"run {run.run_dir}: {failure}"
                     log.error(message)
                     record_end(run.run_dir, "failed", message)
                     statuses[run.run_dir] = "failed"
-                for run, state in zip(runs, data_order):
+                for run, state in zip(runs, data_order):  # the others train this epoch again, from its start
                     run.generator.set_state(state)
-                runs = [run for run in runs if run not in failed]
-                progress.at(runs[0].epoch * steps if runs else 0)
-                pack = repack(runs, progress)
-                continue
-            pack.unpack()
-            evaluated = pack.evaluate()
-            spent = time.perf_counter() - began  # each member's epoch: the pack's training and evaluation
-            diverged = [run for run, own, result in zip(runs, sums, evaluated)
+                progress.at(runs[0].epoch * steps)
+            else:
+                pack.unpack()
+                evaluated = pack.evaluate()
+                spent = time.perf_counter() - began  # each member's epoch: the pack's training and evaluation
+                gone = [run for run, own, result in zip(runs, sums, evaluated)
                         if end_epoch(run, own, spent, progress, result)]  # fmt: skip
-            if diverged:
-                statuses.update({run.run_dir: "diverged" for run in diverged})
-                runs = [run for run in runs if run not in diverged]
+                statuses.update({run.run_dir: "diverged" for run in gone})
+            if gone:
+                runs = [run for run in runs if run not in gone]
                 pack = repack(runs, progress)
     finally:
         progress.close()

@@ -44,6 +44,7 @@ BF16_MIN_SPEEDUP = 1.1
 ROUNDS = 2  # timed (fp32, bf16) pairs after one warm-up step each: about 2-3 s for the SmallCNN at batch 256
 
 LAYOUTS = ("onednn", "dense")  # what a model's cpu_layout=auto chooses between
+EMULATED_BF16 = "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"
 
 # Seconds of one training step of `model` on `x` under autocast to the dtype (None: plain fp32).
 StepTimer = Callable[[nn.Module, torch.Tensor, "torch.dtype | None"], float]
@@ -84,7 +85,7 @@ def autocast_precision(name: str, device: torch.device, model: nn.Module, batch_
             return _announce(str(device), Precision("bf16", f"{torch.cuda.get_device_name(device)} supports bf16"))
         return _announce(str(device), Precision("fp32", f"{torch.cuda.get_device_name(device)} has no bf16"))
     if not cpu_has_native_bf16():
-        return _announce("cpu", Precision("fp32", "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"))
+        return _announce("cpu", Precision("fp32", EMULATED_BF16))
     key = cache_key(model, batch_shape)
     return _announce(key, cpu_precision(key, model, batch_shape, timer or time_step, cache_path()))
 
@@ -106,7 +107,7 @@ def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], time
     """The decision cached under `key` (see cache_key), or a fresh measurement (then cached)."""
 
     def measured() -> dict:
-        fp32_s, bf16_s = measure(model, batch_shape, timer)
+        fp32_s, bf16_s = time_variants(model, batch_shape, timer, [(None, None), (torch.bfloat16, None)])
         return {"precision": choose(fp32_s, bf16_s), "fp32_s": fp32_s, "bf16_s": bf16_s}
 
     def valid(entry: object) -> bool:
@@ -124,7 +125,7 @@ def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int
     layout beats fp32's faster layout (deciding the precision in one layout first could pick a bf16 slower than
     fp32 in the other). Cached under the model's key and the setting, like cpu_precision."""
     if name == "auto" and not cpu_has_native_bf16():
-        dtypes, given = [None], "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"
+        dtypes, given = [None], EMULATED_BF16
     elif name == "auto":
         dtypes, given = [None, torch.bfloat16], None
     else:
@@ -191,12 +192,6 @@ def explain(entry: dict, both: bool, given: str | None, how: str) -> str:
 def choose(fp32_s: float, bf16_s: float) -> str:
     """bf16 only when its step is clearly faster than fp32's."""
     return "bf16" if bf16_s * BF16_MIN_SPEEDUP <= fp32_s else "fp32"
-
-
-def measure(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer) -> tuple[float, float]:
-    """Fastest step seconds (fp32, bf16) of a copy of `model` in its own layout (time_variants)."""
-    fp32_s, bf16_s = time_variants(model, batch_shape, timer, [(None, None), (torch.bfloat16, None)])
-    return fp32_s, bf16_s
 
 
 def time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,

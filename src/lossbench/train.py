@@ -326,10 +326,15 @@ def recorded_failures(run_dirs: list[Path]):
     except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
         # AdamW betas out of range, a network deeper than the image allows
         where = f"run {run_dirs[0]}" if len(run_dirs) == 1 else f"{len(run_dirs)} packed runs"
-        message = f"{where}: {type(err).__name__}: {one_line(err)}"
+        message = f"{where}: {what_failed(err)}"
         for run_dir in run_dirs:
             record_end(run_dir, "failed", message)
         raise LossbenchError(message) from err
+
+
+def what_failed(err: Exception) -> str:
+    """An unexpected error as a failed run's status message names it: its type and its message on one line."""
+    return f"{type(err).__name__}: {one_line(err)}"
 
 
 def record_end(run_dir: Path, status: str, message: str) -> None:
