@@ -149,3 +149,13 @@ def test_a_run_fits_its_threads_and_records_them(tmp_path, monkeypatch, threads)
     cfg = make_cfg(*TINY, "device=cpu", "train.epochs=1", "precision=fp32", "model.cpu_layout=dense")
     assert train_run(cfg, tmp_path / "run") == "finished"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["device"].endswith("(1 threads)")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", " "])
+def test_an_omp_num_threads_that_torch_ignores_does_not_stop_the_fitting(monkeypatch, threads, value):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setattr(cpus, "_fitted", False)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 1)
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda proc: 1.0)
+    cpus.fit_torch_threads()
+    assert torch.get_num_threads() == 1

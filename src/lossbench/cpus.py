@@ -113,11 +113,18 @@ def folder_quota(folder: Path) -> float | None:
 _fitted = False  # threads are fitted, and logged, once a process
 
 
+def threads_chosen() -> bool:
+    """Whether the user set torch's threads: OMP_NUM_THREADS holding a positive count (or a list starting with one,
+    as OpenMP reads it). torch ignores any other value (`abc`, `0`), so such a value chooses nothing."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return first.isdigit() and int(first) > 0
+
+
 def fit_torch_threads(proc: Path = PROC) -> None:
     """Give torch no more threads than the CPUs this process can use (usable_cpus), once a process, and say so. A
     number the user chose through OMP_NUM_THREADS stands."""
     global _fitted
-    if _fitted or os.environ.get("OMP_NUM_THREADS"):
+    if _fitted or threads_chosen():
         return
     _fitted = True
     cpus, threads = usable_cpus(proc), torch.get_num_threads()
