@@ -195,6 +195,9 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_loses_nothing(tmp_
     with pytest.raises(LossbenchError, match=re.escape(message)):
         train_run(tiny_cfg, run, resume=True)
     assert {name: (run / name).read_bytes() for name in files} == files
+    (run / "config.yaml").write_text(config.replace("  epochs: 2\n", "  epochs: abc\n"))
+    with pytest.raises(LossbenchError, match=re.escape("train.epochs must be an integer, not 'abc'")):
+        train_run(tiny_cfg, run, resume=True)
     (run / "config.yaml").write_text(config)
     assert train_run(tiny_cfg, run, resume=True) == "finished"
     assert {name: (run / name).read_bytes() for name in files} == files

@@ -295,9 +295,12 @@ def final_status(run_dir: Path, resume: bool) -> str | None:
 
 
 def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
-    """The config a run trains with: the one it recorded when resuming, else cfg with absolute paths, recorded."""
+    """The config a run trains with: the one it recorded when resuming (checked: a hand-edited value is named
+    before anything reads it), else cfg with absolute paths, recorded."""
     if resume and (run_dir / CONFIG_FILE).exists():
-        return read_config(run_dir)
+        recorded = read_config(run_dir)
+        validate(recorded)
+        return recorded
     cfg = absolute_paths(cfg)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     return cfg
