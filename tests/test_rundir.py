@@ -17,7 +17,7 @@ from lossbench.atomic import atomic_path, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.rundir import (
     COMPARE_FILE, LOCK_FILE, MARKER_FILE, METRICS_FILE, adopt_for_report, claim, find_runs, locked, read_config,
-    read_record, read_status, truncate_metrics, write_status,
+    append_metrics, read_record, read_status, truncate_metrics, write_status,
 )  # fmt: skip
 
 HOLDER = textwrap.dedent(
@@ -162,6 +162,56 @@ def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
     (tmp_path / METRICS_FILE).write_text(text.format(header=header, row=row))
     with pytest.raises(LossbenchError, match=r"metrics.csv: damaged .*remove it and checkpoint.pt to restart"):
         truncate_metrics(tmp_path, 1)
+
+
+def metric_row(epoch: int) -> dict[str, float]:
+    from lossbench.metrics import METRIC_COLUMNS
+
+    return {column: epoch if column in ("epoch", "step") else 0.5 for column in METRIC_COLUMNS}
+
+
+def test_a_new_metrics_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A process that dies while making metrics.csv leaves nothing (resume would call an empty or header-only file
+    damaged); one that dies while adding a row leaves the rows before it."""
+
+    def killed(fd: int) -> None:
+        raise KeyboardInterrupt  # the process stops before its row is on disk
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        append_metrics(tmp_path, metric_row(1))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    append_metrics(tmp_path, metric_row(1))
+    append_metrics(tmp_path, metric_row(2))
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("1,1,") and lines[2].startswith("2,2,")
+
+
+@pytest.mark.parametrize("cut", [0, 5, "header"])
+def test_resume_before_the_first_row_survives_a_file_cut_by_a_kill(tmp_path, cut):
+    """What a kill left of the first row (nothing, part of the header, the header alone), with no checkpoint:
+    nothing trained is lost, so resume goes on and the next row makes a whole file."""
+    from lossbench.metrics import METRIC_COLUMNS
+
+    header = ",".join(METRIC_COLUMNS) + "\n"
+    (tmp_path / METRICS_FILE).write_text(header if cut == "header" else header[:cut])
+    truncate_metrics(tmp_path, 0)
+    append_metrics(tmp_path, metric_row(1))
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert lines[0] == header.strip() and len(lines) == 2
+
+
+def test_resume_drops_a_row_cut_by_a_kill_and_keeps_the_checkpointed_ones(tmp_path):
+    append_metrics(tmp_path, metric_row(1))
+    append_metrics(tmp_path, metric_row(2))
+    path = tmp_path / METRICS_FILE
+    whole = path.read_text()
+    path.write_text(whole + "3,3,0.")  # epoch 3's row, cut: its checkpoint was never written
+    truncate_metrics(tmp_path, 2)
+    assert path.read_text() == whole
+    truncate_metrics(tmp_path, 1)
+    assert path.read_text().splitlines() == whole.splitlines()[:2]
 
 
 def test_damaged_comparison_record(tmp_path):

@@ -190,23 +190,33 @@ def read_config(run_dir: Path) -> DictConfig:
 
 
 def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
+    """Add one row, on disk before returning. A new file appears whole, header and first row in one rename, so a
+    kill never leaves an empty or header-only metrics.csv; a later row is one small write, which a kill leaves
+    whole or, at worst, unterminated (truncate_metrics drops that)."""
     path = run_dir / METRICS_FILE
-    new = not path.exists()
-    with path.open("a", newline="") as f:
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            _write_rows(tmp, [row], "w")
+        return
+    _write_rows(path, [row], "a")
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
+    """Write `rows` (after the header, for mode "w") and fsync them."""
+    with path.open(mode, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if new:
+        if mode == "w":
             writer.writeheader()
-        writer.writerow(row)
+        writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _metric_rows(path: Path) -> list[dict[str, str]]:
-    """metrics.csv's rows, each complete with an integer epoch, or LossbenchError."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        require(reader.fieldnames == METRIC_COLUMNS, f"header is not {','.join(METRIC_COLUMNS)}")
-        rows = list(reader)
+def _metric_rows(text: str) -> list[dict[str, str]]:
+    """The rows of metrics.csv's text, each complete with an integer epoch, or LossbenchError."""
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    require(reader.fieldnames == METRIC_COLUMNS, f"header is not {','.join(METRIC_COLUMNS)}")
+    rows = list(reader)
     for number, row in enumerate(rows, start=2):
         require(None not in row and None not in row.values(), f"line {number} has a wrong number of values")
         int(row["epoch"])
@@ -214,20 +224,25 @@ def _metric_rows(path: Path) -> list[dict[str, str]]:
 
 
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop rows after the checkpoint's epoch (written after the last checkpoint by a killed process)."""
+    """Drop rows after the checkpoint's epoch (written after the last checkpoint by a killed process). An
+    unterminated last line is such a row cut by the kill: each row is on disk before its epoch's checkpoint is
+    written, so it cannot be the checkpoint's own."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return
     try:
-        rows = _metric_rows(path)
+        text = path.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        if not complete and last_epoch == 0:  # nothing trained is lost: the next row makes the file anew
+            path.unlink()
+            return
+        rows = _metric_rows(complete)
     except (ValueError, csv.Error, LossbenchError) as err:
         raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove it and {CHECKPOINT_FILE} to restart "
                              "this run from epoch 1") from None  # fmt: skip
     rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        _write_rows(tmp, rows, "w")
 
 
 # ---------------------------------------------------------------- the comparison's record
