@@ -328,6 +328,34 @@ def test_runs_at_different_epochs_resume_in_separate_packs_and_finished_runs_sta
         assert pd.read_csv(run_dir / METRICS_FILE)["epoch"].tolist() == [1, 2]
 
 
+def test_a_pack_stopped_between_epochs_resumes_as_it_would_have_trained_on(tmp_path, monkeypatch):
+    """Stopped once every member has checkpointed epoch 1, the pack resumes whole: the same pack, so the same
+    rounding, and metrics and weights equal an uninterrupted pack's to the last bit (the README says so)."""
+    straight = jobs_for(tmp_path / "straight", SPECS, "train.epochs=3")
+    assert train_packed(straight, size=0) == ["finished"] * 3
+    jobs = jobs_for(tmp_path / "stopped", SPECS, "train.epochs=3")
+    real = pack_module.end_epoch
+
+    def stop_after_epoch_1(run, *args):
+        diverged = real(run, *args)
+        if run.run_dir == jobs[-1][1] and run.epoch == 1:
+            raise KeyboardInterrupt
+        return diverged
+
+    monkeypatch.setattr(pack_module, "end_epoch", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(jobs, size=0)
+    monkeypatch.undo()
+    for cfg, _ in jobs:
+        cfg.resume = True
+    assert train_packed(jobs, size=0) == ["finished"] * 3
+    for (_, mine), (_, theirs) in zip(jobs, straight):
+        a, b = (pd.read_csv(d / METRICS_FILE).drop(columns=TIMING_COLUMNS) for d in (mine, theirs))
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+        a, b = (torch.load(d / CHECKPOINT_FILE, weights_only=True)["model"] for d in (mine, theirs))
+        assert all(torch.equal(a[key], value) for key, value in b.items())
+
+
 def test_a_sweep_over_data_packs_each_dataset_apart_whatever_the_job_order(tmp_path):
     """Jobs alternating two datasets: each pack trains on its own data (the runs are opened in job order, so the
     members of one pack do not hold the same data tensors)."""
