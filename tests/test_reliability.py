@@ -4,6 +4,7 @@ followed by `lossbench resume`, diverged runs that do not stop a comparison, ato
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -12,19 +13,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import typer
 from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import TINY, lossbench, make_cfg
 from lossbench import launch, train
-from lossbench.atomic import write_atomic
+from lossbench.atomic import save_atomic, write_atomic
 from lossbench.cli import guarded
 from lossbench.errors import EnvironmentFailure, LossbenchError
-from lossbench.rundir import CHECKPOINT_FILE, read_status, write_status
+from lossbench.rundir import CHECKPOINT_FILE, LAYOUT_VERSION, append_metrics, read_status, write_status
 from lossbench.train import train_run
 
 
@@ -348,6 +351,117 @@ def test_a_full_disk_is_an_environment_failure_and_marks_the_run_failed(tmp_path
         train_run(make_cfg(*TINY), tmp_path / "run")
     assert caught.value.exit_code == 1
     assert read_status(tmp_path / "run")["status"] == "failed"
+
+
+FULL = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full on this system")
+
+
+class Filling(io.RawIOBase):
+    """A file on a disk that fills up: it takes `room` bytes, then every write fails with ENOSPC."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = min(len(data), self.room)
+        self.room -= taken
+        return taken
+
+
+@pytest.fixture
+def full_disk_for_new_files(monkeypatch):
+    """New files (atomic writes' temporary files) fill the disk: text files at once (/dev/full), binary files
+    after 4 kB, which torch.save then reports as 'RuntimeError: [enforce fail at inline_container.cc]'."""
+    real_open = Path.open
+
+    def redirected(self, mode="r", *args, **kwargs):
+        if mode == "wb":
+            return io.BufferedWriter(Filling(4096))
+        return real_open(FULL if mode == "w" else self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", redirected)
+
+
+@needs_dev_full
+def test_a_full_disk_names_the_file_each_write_was_writing(tmp_path, full_disk_for_new_files):
+    """A failed write() carries no file name; each of lossbench's writes adds it, and leaves no temporary file."""
+    writes = {"checkpoint.pt": lambda path: save_atomic({"w": torch.zeros(100_000)}, path),
+              "status.json": lambda path: write_status(path.parent, "running", 1, 2),
+              "metrics.csv": lambda path: append_metrics(path.parent, {"epoch": 1})}  # fmt: skip
+    for name, write in writes.items():
+        with pytest.raises(OSError) as caught:
+            write(tmp_path / name)
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / name), name
+        assert list(tmp_path.iterdir()) == [], name
+
+
+@needs_dev_full
+def test_appending_to_metrics_on_a_full_disk_names_the_file(tmp_path):
+    (tmp_path / "metrics.csv").symlink_to(FULL)
+    with pytest.raises(OSError) as caught:
+        append_metrics(tmp_path, {"epoch": 2})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "metrics.csv")
+
+
+@needs_dev_full
+def test_hydras_own_files_and_log_on_a_full_disk_are_one_line_without_tracebacks(tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".lossbench").write_text('{"kind": "run", "version": %d}\n' % LAYOUT_VERSION)
+    (run_dir / ".hydra" / "config.yaml").symlink_to(FULL)
+    result = lossbench("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("error: Hydra's files in the run directory (.hydra/, the job "
+                                                      "log): No space left on device")  # fmt: skip
+    # The job log on a full disk: its lines are dropped (the console has them), not a traceback for each.
+    (run_dir / ".hydra" / "config.yaml").unlink()
+    (run_dir / "lossbench.log").unlink(missing_ok=True)
+    (run_dir / "lossbench.log").symlink_to(FULL)
+    result = lossbench("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0 and "Logging error" not in result.stderr, result.stderr
+    assert read_status(run_dir)["status"] == "finished"
+
+
+def test_a_comparison_whose_runs_all_fail_on_a_full_disk_exits_1_not_2(tmp_path, monkeypatch):
+    def full(run_dir, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.csv"))
+
+    monkeypatch.setattr(train, "append_metrics", full)
+    monkeypatch.chdir(tmp_path)
+    assert launch.compare([*TINY, "losses=[ce,expected_score]"], out="cmp") == 1  # retry once there is space
+    for name in ("ce", "expected_score"):
+        status = read_status(tmp_path / "cmp" / f"loss={name},seed=0")
+        assert status["status"] == "failed" and status["environment"] is True
+
+
+def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch, capsys):
+    """launch_hydra makes Hydra raise (HYDRA_FULL_ERROR=1, restored after): a config error is the user's (one
+    line, exit 2), anything else is printed with its traceback and exits 1, as Hydra did."""
+    from hydra.errors import ConfigCompositionException
+
+    def failing(err: Exception):
+        def job() -> None:
+            assert os.environ["HYDRA_FULL_ERROR"] == "1"
+            raise err
+
+        return job
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(LossbenchError, match="^Could not override 'x'. No match in config.$"):
+        launch.launch_hydra([], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config.")))
+    with pytest.raises(SystemExit) as caught:
+        launch.launch_hydra([], failing(RuntimeError("a launcher failed")))
+    assert caught.value.code == 1 and "RuntimeError: a launcher failed" in capsys.readouterr().err
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        launch.launch_hydra([], failing(RuntimeError("a launcher failed")))
 
 
 def test_os_errors_exit_1_with_one_line(capsys):

@@ -38,6 +38,9 @@ def guarded(action: Callable[[], int]) -> None:
     run or comparison has said how to resume). Set LOSSBENCH_DEBUG=1 to get the traceback instead."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # A log line that cannot be written (a full disk under the run's log file) is dropped, not printed as a
+    # traceback per line: the run's next write of its records fails and says so in one line.
+    logging.raiseExceptions = False
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     signal.signal(signal.SIGTERM, _terminate)
     try:

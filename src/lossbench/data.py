@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from lossbench.atomic import atomic_path
+from lossbench.atomic import save_atomic
 from lossbench.components import build
 from lossbench.cpus import usable_cpus
 from lossbench.errors import LossbenchError, one_line, require, require_int
@@ -413,8 +413,7 @@ def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -
         tensors += [decode_images(paths, size), torch.tensor([label for _, label in files[split]])]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:
-            torch.save(tensors, tmp)
+        save_atomic(tensors, cache)
     return Dataset(*tensors, list(classes))
 
 

@@ -9,9 +9,11 @@ with one clear line instead of one traceback per job.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
+import traceback
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, QuotedString
-from hydra.errors import MissingConfigException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
@@ -109,14 +112,39 @@ def claim_job_dir(hydra_cfg: DictConfig) -> Path:
     return run_dir
 
 
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"  # set to 1, Hydra raises an error that escapes a job instead of printing it
+
+
 def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None:
-    """Call a @hydra.main job (by default a run's) with `args` as its command line."""
-    saved = sys.argv
+    """Call a @hydra.main job (by default a run's) with `args` as its command line. Hydra prints an error that
+    escapes the job function (with a traceback) and exits 1; here it is raised instead, so that the CLI says in
+    one line what the user can fix: Hydra's own writes failing (its .hydra/ files on a full disk: exit 1) and
+    Hydra's config errors in a sweep's values (exit 2). Anything else (a launcher's failure) is printed with its
+    traceback, as Hydra did, and exits 1. LOSSBENCH_DEBUG=1 or HYDRA_FULL_ERROR=1 raise everything."""
+    saved_argv, full_error = sys.argv, os.environ.get(HYDRA_FULL_ERROR)
     sys.argv = ["lossbench", *args]
+    os.environ[HYDRA_FULL_ERROR] = "1"
     try:
         job()
+    except LossbenchError:
+        raise
+    except OSError as err:
+        if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
+            err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
+        raise
+    except Exception as err:
+        if debug_enabled() or full_error == "1":
+            raise
+        if isinstance(err, (HydraException, OmegaConfBaseException)):
+            raise LossbenchError(one_line(err)) from None
+        traceback.print_exc()
+        raise SystemExit(1) from None
     finally:
-        sys.argv = saved
+        sys.argv = saved_argv
+        if full_error is None:
+            del os.environ[HYDRA_FULL_ERROR]
+        else:
+            os.environ[HYDRA_FULL_ERROR] = full_error
 
 
 # ---------------------------------------------------------------- overrides and preflight
@@ -342,7 +370,8 @@ def launch_comparison(comparison: Path, args: list[str], overrides: list[Overrid
 
 def report_comparison(comparison: Path, partial_ok: bool = False, target_score: float | None = None) -> int:
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
-    2 when every run failed on bad input, 1 otherwise (all diverged, say). target_score: see build_report."""
+    2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
+    build_report."""
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
     require(statuses, f"{comparison}: no run directories found")
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
@@ -357,7 +386,7 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     if len(failed) < len(statuses) or partial_ok:
         return 0
     print(f"error: no run of {comparison} finished", file=sys.stderr)
-    return 2 if all(s["status"] == "failed" for s in failed.values()) else 1
+    return 2 if all(s["status"] == "failed" and not s.get("environment") for s in failed.values()) else 1
 
 
 def report(directory: str, target_score: float | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.atomic import FILE_MODE, atomic_path, write_atomic
+from lossbench.atomic import FILE_MODE, atomic_path, naming, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
 from lossbench.metrics import METRIC_COLUMNS
 
@@ -154,9 +154,14 @@ def locked(directory: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- files of a run
 
 
-def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "") -> None:
+def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "",
+                 environment: bool = False) -> None:  # fmt: skip
+    """environment: the run failed because of the machine (a full disk, out of memory), not its input, so that a
+    comparison whose runs all failed exits 1 (retry once it is fixed) rather than 2."""
     info = {"status": status, "epoch": epoch, "epochs": epochs, "message": message,
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    if environment:
+        info["environment"] = True
     write_atomic(run_dir / STATUS_FILE, json.dumps(info, indent=2) + "\n")
 
 
@@ -203,7 +208,7 @@ def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
     """Write `rows` (after the header, for mode "w") and fsync them."""
-    with path.open(mode, newline="") as f:
+    with naming(path), path.open(mode, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         if mode == "w":
             writer.writeheader()

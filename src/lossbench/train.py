@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.atomic import atomic_path, write_atomic
+from lossbench.atomic import save_atomic, write_atomic
 from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
@@ -319,12 +319,12 @@ def recorded_failures(run_dirs: list[Path]):
         raise
     except LossbenchError as err:
         for run_dir in run_dirs:
-            record_end(run_dir, "failed", str(err))
+            record_end(run_dir, "failed", str(err), isinstance(err, EnvironmentFailure))
         raise
     except (OSError, MemoryError, torch.OutOfMemoryError) as err:
         failure = os_failure(err) if isinstance(err, OSError) else EnvironmentFailure(f"out of memory ({err})")
         for run_dir in run_dirs:
-            record_end(run_dir, "failed", str(failure))
+            record_end(run_dir, "failed", str(failure), environment=True)
         raise failure from err
     except Exception as err:  # a setting that fails only once built or run: nesterov without momentum,
         # AdamW betas out of range, a network deeper than the image allows
@@ -340,11 +340,12 @@ def what_failed(err: Exception) -> str:
     return f"{type(err).__name__}: {one_line(err)}"
 
 
-def record_end(run_dir: Path, status: str, message: str) -> None:
-    """Record why a run stopped; a status that cannot be written (disk full) must not hide the first error."""
+def record_end(run_dir: Path, status: str, message: str, environment: bool = False) -> None:
+    """Record why a run stopped (environment: see write_status); a status that cannot be written (disk full) must
+    not hide the first error."""
     previous = read_status(run_dir)
     try:
-        write_status(run_dir, status, previous["epoch"], previous.get("epochs", 0), message)
+        write_status(run_dir, status, previous["epoch"], previous.get("epochs", 0), message, environment)
     except OSError as err:
         log.error("%s: cannot record status %s (%s)", run_dir, status, err.strerror)
 
@@ -508,8 +509,7 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
                  "scheduler": run.scheduler.state_dict(), "data_rng": run.generator.get_state(),
                  "data_rng_device": run.generator.device.type,
                  "epoch": epoch, "step": run.step, "elapsed_s": run.elapsed}  # fmt: skip
-        with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
-            torch.save(state, tmp)
+        save_atomic(state, run_dir / CHECKPOINT_FILE)
     write_status(run_dir, "running", epoch, epochs)
     return None
 
