@@ -410,6 +410,17 @@ def test_damaged_cache_warns_once_and_is_rebuilt(tmp_path):
     assert torch.load(cache, weights_only=True)[0].shape == first.train_x.shape  # rewritten whole
 
 
+def test_a_cache_that_cannot_be_written_warns_and_the_data_loads(tmp_path):
+    """The cache only saves time: on a full or read-only disk the run goes on, with one warning naming it."""
+    root = make_folder(tmp_path / "images")
+    (root / "cache").write_text("a file where the cache folder would go")
+    where = root / "cache" / "lossbench"
+    message = rf"image cache not written \({where}: Not a directory\); the next run decodes the images again"
+    with pytest.warns(UserWarning, match=message) as caught:
+        data = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
+    assert len(caught) == 1 and data.train_x.shape == (6, 3, 32, 32)
+
+
 def test_subset_larger_than_the_data_warns_with_the_actual_size(tmp_path):
     root = make_folder(tmp_path / "images")
     with pytest.warns(UserWarning, match="data.train_size=100 but the data has 6 examples; using all 6"):

@@ -33,7 +33,7 @@ from torch import Tensor
 from lossbench.atomic import save_atomic
 from lossbench.components import build
 from lossbench.cpus import usable_cpus
-from lossbench.errors import LossbenchError, one_line, require, require_int
+from lossbench.errors import LossbenchError, one_line, os_failure, require, require_int
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
@@ -412,9 +412,18 @@ def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -
         paths = [p for p, _ in files[split]]
         tensors += [decode_images(paths, size), torch.tensor([label for _, label in files[split]])]
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(tensors, cache)
+        _write_cache(cache, tensors)
     return Dataset(*tensors, list(classes))
+
+
+def _write_cache(path: Path, tensors: list[Tensor]) -> None:
+    """Keep the decoded images for the next run. The cache only saves time: a disk it does not fit on (full,
+    read-only) is one warning, and the run goes on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic(tensors, path)
+    except OSError as err:
+        warnings.warn(f"image cache not written ({os_failure(err)}); the next run decodes the images again")
 
 
 def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] | None:
