@@ -301,3 +301,11 @@ def test_the_layout_decision_is_logged_once_per_process(cpu, caplog):
             P.resolve_precision("auto", cpu, auto_layout(), BATCH, timer=layout_timer(BF16_DENSE_WINS, []))
     lines = [r.getMessage() for r in caplog.records if "model.cpu_layout auto" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("precision auto: bf16; model.cpu_layout auto: dense (bf16 3.12x")
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning_naming_it_once(tmp_path, caplog):
+    path = tmp_path / "precision.json"
+    path.mkdir()  # a directory where the file would go
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        assert P.write_cache(path, {"key": {}}) is False
+    assert [r.getMessage() for r in caplog.records] == [f"precision cache {path} not written: Is a directory"]

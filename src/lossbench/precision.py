@@ -314,7 +314,7 @@ def write_cache(path: Path, entries: dict[str, dict]) -> bool:
     try:
         write_atomic(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     except OSError as err:
-        log.warning("precision cache %s not written: %s", path, err)
+        log.warning("precision cache %s not written: %s", path, err.strerror or err)
         return False
     return True
 
