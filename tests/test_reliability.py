@@ -440,6 +440,19 @@ def test_a_comparison_whose_runs_all_fail_on_a_full_disk_exits_1_not_2(tmp_path,
         assert status["status"] == "failed" and status["environment"] is True
 
 
+def test_a_comparison_whose_runs_cannot_record_their_start_is_an_environment_failure(tmp_path, monkeypatch):
+    """No status.json anywhere after the jobs ran (the disk filled before any could write one) is the machine's
+    failure, exit 1, not 'no run directories found' (exit 2, as if the user had named the wrong folder)."""
+
+    def full(run_dir, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "status.json"))
+
+    monkeypatch.setattr(train, "write_status", full)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EnvironmentFailure, match=r"cmp: no run could record its start \(status.json\)"):
+        launch.compare([*TINY, "losses=[ce]"], out="cmp")
+
+
 def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch, capsys):
     """launch_hydra makes Hydra raise (HYDRA_FULL_ERROR=1, restored after): a config error is the user's (one
     line, exit 2), anything else is printed with its traceback and exits 1, as Hydra did."""

@@ -33,11 +33,11 @@ from omegaconf.errors import OmegaConfBaseException
 from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
-from lossbench.errors import LossbenchError, debug_enabled, one_line, require, require_int
+from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, TUNE_FILE, adopt_for_report, claim, find_runs, locked, read_config,
-    read_record, read_status, write_record,
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, find_runs, locked,
+    read_config, read_record, read_status, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
@@ -373,7 +373,9 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
     build_report."""
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
-    require(statuses, f"{comparison}: no run directories found")
+    if not statuses:  # jobs ran, and none could write even its first status.json: a full or read-only disk
+        raise EnvironmentFailure(f"{comparison}: no run could record its start ({STATUS_FILE}); the errors above "
+                                 "say why")  # fmt: skip
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
     if len(failed) < len(statuses) or any(s["epoch"] > 0 for s in statuses.values()):
         report = build_report(comparison, target_score)
