@@ -440,6 +440,14 @@ def test_a_comparison_whose_runs_all_fail_on_a_full_disk_exits_1_not_2(tmp_path,
         assert status["status"] == "failed" and status["environment"] is True
 
 
+def test_a_bad_value_in_a_users_sweep_is_one_line_exit_2(tmp_path):
+    """Hydra checks a sweep's jobs itself (lossbench's preflight composes the plain overrides only)."""
+    result = lossbench("run", "-m", *TINY, "loss=ce,nope", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert_clean_error(result, "unknown loss 'nope'; known: ce, ")
+    result = lossbench("compare", *TINY, "losses=[ce]", "optim.lrr=0.1,0.2", "--out", "cmp", cwd=tmp_path)
+    assert_clean_error(result, "Could not override 'optim.lrr'")
+
+
 def test_a_comparison_whose_runs_cannot_record_their_start_is_an_environment_failure(tmp_path, monkeypatch):
     """No status.json anywhere after the jobs ran (the disk filled before any could write one) is the machine's
     failure, exit 1, not 'no run directories found' (exit 2, as if the user had named the wrong folder)."""
@@ -456,7 +464,7 @@ def test_a_comparison_whose_runs_cannot_record_their_start_is_an_environment_fai
 def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch, capsys):
     """launch_hydra makes Hydra raise (HYDRA_FULL_ERROR=1, restored after): a config error is the user's (one
     line, exit 2), anything else is printed with its traceback and exits 1, as Hydra did."""
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
 
     def failing(err: Exception):
         def job() -> None:
@@ -468,6 +476,9 @@ def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(LossbenchError, match="^Could not override 'x'. No match in config.$"):
         launch.launch_hydra([], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config.")))
+    missing = MissingConfigException("Could not find 'loss/nope'", "loss/nope", options=["ce", "expected_score"])
+    with pytest.raises(LossbenchError, match="^unknown loss 'nope'; known: ce, expected_score$"):
+        launch.launch_hydra([], failing(missing))  # an OSError too, but not the disk's
     with pytest.raises(SystemExit) as caught:
         launch.launch_hydra([], failing(RuntimeError("a launcher failed")))
     assert caught.value.code == 1 and "RuntimeError: a launcher failed" in capsys.readouterr().err

@@ -128,15 +128,15 @@ def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None
         job()
     except LossbenchError:
         raise
-    except OSError as err:
-        if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
-            err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
-        raise
     except Exception as err:
         if debug_enabled() or full_error == "1":
             raise
-        if isinstance(err, (HydraException, OmegaConfBaseException)):
-            raise LossbenchError(one_line(err)) from None
+        if isinstance(err, (HydraException, OmegaConfBaseException)):  # before OSError: a missing config is both
+            raise config_error(err) from None
+        if isinstance(err, OSError):
+            if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
+                err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
+            raise
         traceback.print_exc()
         raise SystemExit(1) from None
     finally:
@@ -203,11 +203,16 @@ def compose_config(overrides: list[Override]) -> DictConfig:
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return compose("config", overrides=lines)
-    except MissingConfigException as err:  # e.g. loss=nope: name the group and its options on one line
+    except Exception as err:  # composition errors (an unknown key, an unknown option) are user input errors
+        raise config_error(err) from None
+
+
+def config_error(err: Exception) -> LossbenchError:
+    """A config composition error in one line; a missing option (loss=nope) names its group and the options."""
+    if isinstance(err, MissingConfigException):
         group, _, option = (err.missing_cfg_file or "").rpartition("/")
-        raise LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}") from None
-    except Exception as err:  # other composition errors (an unknown key ...) are user input errors too
-        raise LossbenchError(one_line(err)) from None
+        return LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}")
+    return LossbenchError(one_line(err))
 
 
 def check_pack_size(overrides: list[Override]) -> None:
