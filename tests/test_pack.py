@@ -281,7 +281,7 @@ def test_on_a_cpu_the_members_evaluate_their_own_models_and_on_a_gpu_the_pack_ev
     runs = []
     for cfg, run_dir in jobs_for(tmp_path, SPECS[:2]):
         run_dir.mkdir(parents=True)
-        runs.append(start_run(cfg, run_dir, 2))
+        runs.append(start_run(cfg, run_dir))
     pack = pack_module.Pack(runs)
     assert pack.evaluate() == [None, None]
     calls = []
@@ -379,7 +379,7 @@ def test_a_member_that_diverges_leaves_the_pack_and_the_others_finish(tmp_path):
     runs = []
     for cfg, run_dir in jobs_for(tmp_path, SPECS):
         run_dir.mkdir(parents=True)
-        runs.append(start_run(cfg, run_dir, 2))
+        runs.append(start_run(cfg, run_dir))
     assert runs[1].data is runs[0].data and runs[1].batches.padded is runs[0].batches.padded  # one copy each
     runs[1].loss_fn = lambda z, y: z.sum() * math.inf  # a loss gone to infinity
     statuses = train_pack(runs)
@@ -405,7 +405,7 @@ def test_a_member_whose_loss_raises_fails_alone_and_the_others_go_on_as_they_wou
     runs = []
     for cfg, run_dir in jobs_for(tmp_path / "packed", specs, "model.cpu_layout=dense"):
         run_dir.mkdir(parents=True)
-        runs.append(start_run(cfg, run_dir, 2))
+        runs.append(start_run(cfg, run_dir))
     steps = len(runs[0].batches)
     runs[1].loss_fn = raising_after(steps + 1, ValueError("scores must be finite\nsee the table"))  # epoch 2's 2nd step
     statuses = train_pack(runs)
@@ -461,10 +461,10 @@ def test_ctrl_c_while_the_runs_start_leaves_none_of_them_running(tmp_path, monke
     jobs = jobs_for(tmp_path, SPECS)
     start = pack_module.start_run
 
-    def interrupted_at_the_third(cfg, run_dir, epochs):
+    def interrupted_at_the_third(cfg, run_dir):
         if run_dir == jobs[2][1]:
             raise KeyboardInterrupt
-        return start(cfg, run_dir, epochs)
+        return start(cfg, run_dir)
 
     monkeypatch.setattr(pack_module, "start_run", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):

@@ -279,7 +279,7 @@ def test_runs_over_one_dataset_share_its_device_copy_and_statistics(tmp_path, mo
     for seed, data_seed in ((0, 0), (1, 0), (0, 1)):
         run_dir = tmp_path / f"run{seed}{data_seed}"
         run_dir.mkdir()
-        runs.append(T.start_run(make_cfg(*TINY, f"seed={seed}", f"data.seed={data_seed}"), run_dir, 2))
+        runs.append(T.start_run(make_cfg(*TINY, f"seed={seed}", f"data.seed={data_seed}"), run_dir))
     assert len(computed) == 2  # once for data seed 0 (two runs), once for data seed 1
     assert runs[1].data is runs[0].data and runs[1].mean is runs[0].mean and runs[1].std is runs[0].std
     assert runs[2].data is not runs[0].data and not torch.equal(runs[2].data.train_x, runs[0].data.train_x)

@@ -440,7 +440,7 @@ def open_job(cfg: DictConfig, run_dir: Path, locks: ExitStack, statuses: dict[Pa
             return None
         with recorded_failures([run_dir]):
             cfg = run_config(cfg, run_dir, resume)
-            return start_run(cfg, run_dir, int(cfg.train.epochs))
+            return start_run(cfg, run_dir)
     except LossbenchError as err:
         log.error("%s: %s", run_dir, err)
         statuses[run_dir] = "failed"

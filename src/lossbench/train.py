@@ -275,7 +275,7 @@ def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
             return done
         with recorded_failures([run_dir]):
             cfg = run_config(cfg, run_dir, resume)
-            return _train(cfg, run_dir, int(cfg.train.epochs))
+            return _train(cfg, run_dir)
 
 
 def final_status(run_dir: Path, resume: bool) -> str | None:
@@ -295,12 +295,10 @@ def final_status(run_dir: Path, resume: bool) -> str | None:
 
 
 def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
-    """The config a run trains with: the one it recorded when resuming (checked: a hand-edited value is named
-    before anything reads it), else cfg with absolute paths, recorded."""
+    """The config a run trains with: the one it recorded when resuming (start_run checks it, so a hand-edited
+    value is named before anything reads it), else cfg with absolute paths, recorded."""
     if resume and (run_dir / CONFIG_FILE).exists():
-        recorded = read_config(run_dir)
-        validate(recorded)
-        return recorded
+        return read_config(run_dir)
     cfg = absolute_paths(cfg)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     return cfg
@@ -421,10 +419,11 @@ class Run:
     confusion: torch.Tensor | None = None  # the test confusion counts of the latest evaluation
 
 
-def start_run(cfg: DictConfig, run_dir: Path, epochs: int) -> Run:
+def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     """Everything a run builds before its first step, continuing from its checkpoint when there is one; its
     status says running from here on."""
-    scores = prepare(cfg)
+    scores = prepare(cfg)  # first: it validates the config (a resumed run's recorded one, perhaps hand-edited)
+    epochs = int(cfg.train.epochs)
     device = resolve_device(cfg.device)
     fit_torch_threads()
     configure_cudnn(device, cfg.train.get("cudnn_benchmark", True))  # absent from older runs' configs
@@ -530,10 +529,10 @@ def compiled(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     return torch.compile(model, mode=mode) if mode else model
 
 
-def _train(cfg: DictConfig, run_dir: Path, epochs: int) -> str:
-    run = start_run(cfg, run_dir, epochs)
+def _train(cfg: DictConfig, run_dir: Path) -> str:
+    run = start_run(cfg, run_dir)
     step_model = compiled(run.model, cfg)
-    steps = len(run.batches)
+    epochs, steps = run.epochs, len(run.batches)
     progress = Progress(run.name, epochs * steps, run.epoch * steps, bool(cfg.train.progress))
     run.batches.on_step = progress.step
     try:
