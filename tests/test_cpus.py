@@ -117,8 +117,7 @@ def threads():
 def test_threads_fitted_to_the_quota_once_and_logged(tmp_path, monkeypatch, threads, caplog):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpus, "_fitted", False)
-    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 1)
-    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda proc: 0.5)
+    monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (1, 0.5))
     with caplog.at_level(logging.INFO, logger="lossbench"):
         cpus.fit_torch_threads()
         torch.set_num_threads(2)
@@ -132,12 +131,12 @@ def test_threads_fitted_to_the_quota_once_and_logged(tmp_path, monkeypatch, thre
 
 def test_threads_not_fitted_where_the_user_chose_them_or_the_cpus_suffice(monkeypatch, threads):
     monkeypatch.setattr(cpus, "_fitted", False)
-    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 1)
+    monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (1, None))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     cpus.fit_torch_threads()
     assert torch.get_num_threads() == 2
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 4)
+    monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (4, None))
     cpus.fit_torch_threads()
     assert torch.get_num_threads() == 2
 
@@ -145,7 +144,7 @@ def test_threads_not_fitted_where_the_user_chose_them_or_the_cpus_suffice(monkey
 def test_a_run_fits_its_threads_and_records_them(tmp_path, monkeypatch, threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpus, "_fitted", False)
-    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 1)
+    monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (1, None))
     cfg = make_cfg(*TINY, "device=cpu", "train.epochs=1", "precision=fp32", "model.cpu_layout=dense")
     assert train_run(cfg, tmp_path / "run") == "finished"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["device"].endswith("(1 threads)")
@@ -155,7 +154,6 @@ def test_a_run_fits_its_threads_and_records_them(tmp_path, monkeypatch, threads)
 def test_an_omp_num_threads_that_torch_ignores_does_not_stop_the_fitting(monkeypatch, threads, value):
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     monkeypatch.setattr(cpus, "_fitted", False)
-    monkeypatch.setattr(cpus, "usable_cpus", lambda proc: 1)
-    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda proc: 1.0)
+    monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (1, 1.0))
     cpus.fit_torch_threads()
     assert torch.get_num_threads() == 1

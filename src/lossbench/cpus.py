@@ -26,11 +26,16 @@ PROC = Path("/proc/self")
 
 def usable_cpus(proc: Path = PROC) -> int:
     """How many CPUs' worth of work this process can get: its affinity, less where a cgroup quota allows less."""
+    return cpu_limit(proc)[0]
+
+
+def cpu_limit(proc: Path = PROC) -> tuple[int, float | None]:
+    """(usable_cpus, the cgroup quota in CPUs or None where none applies)."""
     if sys.platform != "linux":
-        return os.cpu_count() or 1
+        return os.cpu_count() or 1, None
     cpus = len(os.sched_getaffinity(0))
     quota = cgroup_cpu_quota(proc)
-    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+    return (max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus), quota
 
 
 def cgroup_cpu_quota(proc: Path = PROC) -> float | None:
@@ -127,10 +132,9 @@ def fit_torch_threads(proc: Path = PROC) -> None:
     if _fitted or threads_chosen():
         return
     _fitted = True
-    cpus, threads = usable_cpus(proc), torch.get_num_threads()
+    (cpus, quota), threads = cpu_limit(proc), torch.get_num_threads()
     if threads > cpus:
         torch.set_num_threads(cpus)
-        quota = cgroup_cpu_quota(proc)
         limit = f"a cgroup CPU quota of {quota:.3g} CPU" if quota is not None else f"{cpus} CPUs in its affinity"
         log.info("torch threads: %d instead of %d: this process has %s (OMP_NUM_THREADS sets another number)",
                  cpus, threads, limit)  # fmt: skip
