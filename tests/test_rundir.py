@@ -236,6 +236,23 @@ def test_atomic_writes_use_unique_names_and_leave_nothing_on_failure(tmp_path):
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # a result file, not mkstemp's private mode
 
 
+def test_an_atomic_write_that_fails_names_its_target_not_the_temporary_file(tmp_path):
+    """mkstemp in a folder deleted under the run, and a rename onto a folder, both report the random temporary
+    name (.status.json.x1y2.tmp); the user should read the file lossbench was writing."""
+    gone = tmp_path / "gone" / "status.json"
+    with pytest.raises(FileNotFoundError) as caught:
+        write_atomic(gone, "{}")
+    assert caught.value.filename == str(gone)
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        write_atomic(tmp_path / "report.md", "text")
+    assert caught.value.filename == str(tmp_path / "report.md") and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(FileNotFoundError) as caught:  # another file's error keeps that file's name
+        with atomic_path(tmp_path / "a.csv"):
+            (tmp_path / "other" / "b.csv").write_text("")
+    assert caught.value.filename == str(tmp_path / "other" / "b.csv")
+
+
 def test_concurrent_atomic_writers_never_collide(tmp_path):
     target = tmp_path / "curves.csv"
     errors = []

@@ -21,14 +21,24 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _is_temporary_of(path: Path, name: str) -> bool:
+    """Whether `name` is one of atomic_path's temporary files for `path` (mkstemp's random middle included)."""
+    other = Path(name)
+    return other.parent == path.parent and other.name.startswith(_temporary_prefix(path)) and other.suffix == ".tmp"
+
+
 @contextmanager
-def naming(path: Path, *aliases: Path) -> Iterator[None]:
+def naming(path: Path) -> Iterator[None]:
     """An OSError raised in the block names `path`. A failed write() carries no file name (a full disk would
     read 'No space left on device' and nothing else), and a temporary file's name means nothing to the user."""
     try:
         yield
     except OSError as err:
-        if err.filename is None or err.filename in {str(a) for a in aliases}:
+        if err.filename is None or _is_temporary_of(path, str(err.filename)):
             err.filename = str(path)
         raise
 
@@ -39,17 +49,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     block succeeds it replaces `path` in one rename, and on failure it is removed. An OSError names `path`."""
     path = Path(path)
     with naming(path):
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        with naming(path, tmp):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
             yield tmp
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class _KeepsWriteError:
