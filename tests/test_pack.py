@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import lossbench.pack as pack_module
+import lossbench.provenance as provenance_module
 from conftest import TINY, evaluation_case, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
@@ -373,6 +375,20 @@ def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_t
     groups = pack_groups(runs, size=0)
     assert [[runs.index(r) for r in group] for group in groups] == [[0, 1, 2], [3], [4]]
     assert [[runs.index(r) for r in group] for group in pack_groups(runs, size=2)] == [[0, 1], [2], [3], [4]]
+
+
+def test_each_run_records_its_provenance_once_naming_the_pack_it_trained_in(tmp_path, monkeypatch):
+    written: list[Path] = []
+    real_write = provenance_module.write_atomic
+    monkeypatch.setattr(provenance_module, "write_atomic", lambda path, text: (written.append(path),
+                                                                              real_write(path, text)))
+    packed = jobs_for(tmp_path / "packed", SPECS[:2])
+    assert train_packed(packed, size=0) == ["finished"] * 2
+    (cfg, _), = jobs_for(tmp_path, SPECS[:1])
+    assert train_run(cfg, tmp_path / "alone") == "finished"
+    run_dirs = [run_dir for _, run_dir in packed] + [tmp_path / "alone"]
+    assert written == [run_dir / "run.json" for run_dir in run_dirs]
+    assert [json.loads((d / "run.json").read_text())["pack"] for d in run_dirs] == [2, 2, 1]
 
 
 def test_a_member_that_diverges_leaves_the_pack_and_the_others_finish(tmp_path):

@@ -440,7 +440,6 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
     if precision.layout is not None:  # the model left its CPU layout to the measurement
         model.cpu_layout = precision.layout
-    write_provenance(run_dir, device, precision)
     run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
               scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
               precision)  # fmt: skip
@@ -531,6 +530,7 @@ def compiled(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
 
 def _train(cfg: DictConfig, run_dir: Path) -> str:
     run = start_run(cfg, run_dir)
+    write_provenance(run_dir, run.scores.device, run.precision)  # a packed run's is written by its pack
     step_model = compiled(run.model, cfg)
     epochs, steps = run.epochs, len(run.batches)
     progress = Progress(run.name, epochs * steps, run.epoch * steps, bool(cfg.train.progress))
