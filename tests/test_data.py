@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,25 @@ def test_large_image_sets_are_decoded_by_worker_processes_into_the_same_tensor(t
     by_processes = data_module.decode_images(paths, 8)
     assert pools and by_processes.dtype == torch.uint8 and by_processes.shape == (14, 3, 8, 8)
     assert torch.equal(by_processes, by_threads)
+
+
+@needs_fork_and_two_cores
+def test_forking_the_decoding_workers_from_a_process_with_threads_warns_nobody(tmp_path, monkeypatch):
+    """Python 3.12+ warns at each fork of a process with threads, as torch's is once its OpenMP pool has run;
+    here os.fork warns as 3.12's does, on any Python."""
+    real_fork = os.fork
+
+    def fork_as_in_python_3_12() -> int:
+        warnings.warn(f"This process (pid={os.getpid()}) is multi-threaded, use of fork() may lead to deadlocks in "
+                      "the child.", DeprecationWarning, stacklevel=2)  # fmt: skip
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_as_in_python_3_12)
+    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
+    paths = sorted((make_folder(tmp_path / "images") / "train").rglob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data_module.decode_images(paths, 8).shape == (len(paths), 3, 8, 8)
 
 
 @needs_fork_and_two_cores
