@@ -362,7 +362,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
-                        "(default 3; oneDNN builds its kernels in the first steps, the DataLoader starts its workers)")  # fmt: skip
+                        "(default 3; oneDNN builds its kernels in the first steps, the DataLoader starts its "
+                        "workers)")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
                         "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -390,7 +391,8 @@ def main(args) -> None:
     cpu_layout = "onednn" if args.vs_dense else precision.layout or args.cpu_layout
     dtype = precision.dtype
     source = args.data_root or "synthetic"
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
+    print(f"device: {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     amp = f"{dtype} autocast" if dtype else "fp32"
     layout = "contiguous NCHW" if args.contiguous else "channels_last"
@@ -443,30 +445,34 @@ def main(args) -> None:
             if name == "lossbench":
                 peaks.append(matmul_peak(device, peak_dtype))
                 efficiencies.append(rate * flops / peaks[-1])
-                print(f"round {r + 1} peak      {peaks[-1] / 1e9:8.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} "
-                      f"dense product; lossbench {rate * flops / 1e9:.1f} GFLOP/s = efficiency {efficiencies[-1]:.2f}", flush=True)  # fmt: skip
+                print(f"round {r + 1} peak      {peaks[-1] / 1e9:8.1f} GFLOP/s "
+                      f"{str(peak_dtype).removeprefix('torch.')} dense product; lossbench {rate * flops / 1e9:.1f} "
+                      f"GFLOP/s = efficiency {efficiencies[-1]:.2f}", flush=True)  # fmt: skip
 
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
         print(f"median {name:<9} {medians[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in rates)})")
     if device.type == "cuda":
-        print(f"peak CUDA memory allocated during the rounds: {', '.join(f'{n} {m:.0f} MiB' for n, m in memory.items())} "
+        print("peak CUDA memory allocated during the rounds: "
+              f"{', '.join(f'{n} {m:.0f} MiB' for n, m in memory.items())} "
               f"(each includes {resident:.0f} MiB held throughout: lossbench's dataset on the device, the models and "
               "optimiser states built before the rounds)")  # fmt: skip
     else:
         del naive.loader  # shut the workers down so that RUSAGE_CHILDREN counts them
         gc.collect()
         print(f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
-              f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker {max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
-    print(f"dense peak {statistics.median(peaks) / 1e9:.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} (median of the "
-          f"rounds' best; rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); lossbench "
+              f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker "
+              f"{max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
+    print(f"dense peak {statistics.median(peaks) / 1e9:.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} "
+          f"(median of the rounds' best; rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); lossbench "
           f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median")  # fmt: skip
     print(f"efficiency: {statistics.median(efficiencies):.2f}")
     print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
     if args.profile:
         profile_steps(loops.get("packed", lossbench), args.profile)
     if args.pack:  # above 1: packing M runs into one process trains them faster than one run at a time
-        print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, {args.pack} members)")
+        print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, "
+              f"{args.pack} members)")  # fmt: skip
     if args.vs_dense:  # above 1: oneDNN's blocked layout trains faster than the dense one on this machine
         print(f"onednn: {medians['lossbench'] / medians['dense']:.2f} (lossbench's images/s over the dense layout's)")
 

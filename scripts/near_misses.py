@@ -80,12 +80,14 @@ def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
 
 def markdown(shares: pd.DataFrame) -> str:
     reference = shares[shares["loss"] == "ce"]
-    lines = ["| loss | near misses among mistakes | vs ce (paired) | far mistakes per example | vs ce (paired) | seeds |",
+    lines = ["| loss | near misses among mistakes | vs ce (paired) | "
+             "far mistakes per example | vs ce (paired) | seeds |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for loss, group in shares.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference)
         share_vs, far_vs = (versus(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
-        lines.append(f"| {loss} | {cell(group['share'])} | {share_vs} | {cell(group['far'])} | {far_vs} | {len(group)} |")
+        lines.append(f"| {loss} | {cell(group['share'])} | {share_vs} | {cell(group['far'])} | {far_vs} | "
+                     f"{len(group)} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -47,7 +47,8 @@ def evaluation_case(side: int, sizes: tuple[int, int, int]):
     return model, data, scores, torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
 
 
-def lossbench(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def lossbench(*args: str, cwd: Path, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the real CLI in a subprocess (as a user would), returning its output; `env` adds variables."""
     return subprocess.run(
         [sys.executable, "-m", "lossbench.cli", *args],

@@ -88,8 +88,8 @@ def test_classes_absent_from_the_test_split_are_one_clear_error(tmp_path):
 
 def test_not_an_npz_file(tmp_path):
     (tmp_path / "d.npz").write_text("hello")
-    result = lossbench("run", *VECTOR_ARGS, f"data.path={tmp_path / 'd.npz'}", f"scores.path={score_csv(tmp_path / 's.csv')}",
-                       cwd=tmp_path)  # fmt: skip
+    result = lossbench("run", *VECTOR_ARGS, f"data.path={tmp_path / 'd.npz'}",
+                       f"scores.path={score_csv(tmp_path / 's.csv')}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "not a readable .npz file" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -83,7 +83,8 @@ def test_every_data_source_instantiates(tmp_path):
 def test_every_score_table_instantiates(tmp_path, option):
     classes = {"cifar100_superclass": CIFAR100_CLASSES, "dogs20_groups": DOGS20_CLASSES}.get(option, CIFAR10_CLASSES)
     table = tmp_path / "s.csv"  # a bare numeric square, taken in the dataset's class order
-    table.write_text("\n".join(",".join("2" if i == j else "0" for j in range(len(classes))) for i in range(len(classes))))
+    table.write_text("\n".join(",".join("2" if i == j else "0" for j in range(len(classes)))
+                               for i in range(len(classes))))  # fmt: skip
     cfg = make_cfg(f"scores={option}", *([f"scores.path={table}"] if option == "file" else []))
     scores = build_scores(cfg.scores, classes, warn=False)
     assert scores.matrix.shape == (len(classes), len(classes)) and scores.classes == list(classes)

@@ -149,7 +149,8 @@ def test_crop_and_flip_are_shifted_or_mirrored_copies():
     flips = 0
     for i in range(64):
         found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]  # fmt: skip
+                 if torch.equal(out[i],
+                                (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]  # fmt: skip
         assert found, i
         flips += found[0][2]
     assert 10 < flips < 54  # about half are mirrored

@@ -157,7 +157,8 @@ def test_temperature_minimises_the_nll():
 
 
 def test_temperature_stays_in_range_for_separable_data():
-    """Perfectly separated logits want T -> 0: the fit returns a finite T in range, its NLL zero to float32 precision."""
+    """Perfectly separated logits want T -> 0: the fit returns a finite T in range, its NLL zero to float32
+    precision."""
     logits, targets = 5 * torch.eye(4), torch.arange(4)
     t = float(fit_temperature(logits, targets))
     assert 0.01 <= t < 1 and float(torch.nn.functional.cross_entropy(logits / t, targets)) < 1e-6

@@ -99,7 +99,8 @@ def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
     ])  # fmt: skip
     fig = plots.tuning_figure(trials, "val_score")
     panels = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in panels] == ["ce (2 of 3 trials finished)", "soft_label_ce (2 of 2 trials finished)"]
+    assert [ax.get_title() for ax in panels] == ["ce (2 of 3 trials finished)",
+                                                 "soft_label_ce (2 of 2 trials finished)"]  # fmt: skip
     assert any(ax.get_ylabel() == "tau" for ax in fig.axes)  # the colour bar names the loss's parameter
     plots.save_figure(fig, tmp_path / "tuning.png")
     picture(tmp_path / "tuning.png")

@@ -41,7 +41,8 @@ def hold_lock(directory) -> subprocess.Popen:
 
 def test_a_second_process_is_refused_naming_the_holder_and_may_go_on_once_it_exits(tmp_path):
     holder = hold_lock(tmp_path)
-    with pytest.raises(EnvironmentFailure, match=rf"{tmp_path} is in use by another lossbench process \(pid {holder.pid}\)"):
+    with pytest.raises(EnvironmentFailure,
+                       match=rf"{tmp_path} is in use by another lossbench process \(pid {holder.pid}\)"):  # fmt: skip
         with locked(tmp_path):
             pass
     holder.communicate("\n")

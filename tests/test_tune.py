@@ -34,7 +34,8 @@ def test_search_space_scales_the_configured_lr_and_reads_the_loss_range():
     assert space["optim.lr"] == Range(pytest.approx(0.002), pytest.approx(0.2), True)
     assert space["loss.tau"] == Range(0.03, 1.0, True)
     assert list(search_space(make_cfg("loss=ce").loss, 0.02, load_settings([]))) == ["optim.lr"]
-    custom = search_space(cfg.loss, 0.02, load_settings(["tune.lr=[0.001,0.1]", "tune.params.soft_label_ce.tau.high=0.5"]))
+    custom = search_space(cfg.loss, 0.02, load_settings(["tune.lr=[0.001,0.1]",
+                                                         "tune.params.soft_label_ce.tau.high=0.5"]))  # fmt: skip
     assert custom == {"optim.lr": Range(0.001, 0.1, True), "loss.tau": Range(0.03, 0.5, True)}
 
 
@@ -122,7 +123,8 @@ def test_tune_end_to_end_with_optuna(tmp_path):
     curves = pd.read_csv(out / "curves.csv")
     assert sorted(curves["loss"]) == ["ce", "soft_label_ce"]  # the final runs only, not the trials
     summary = (out / "summary.md").read_text()
-    assert "## Tuned settings" in summary and f"optim.lr={record['losses']['ce']['chosen']['setting']['optim.lr']:.4g}" in summary
+    assert ("## Tuned settings" in summary
+            and f"optim.lr={record['losses']['ce']['chosen']['setting']['optim.lr']:.4g}" in summary)  # fmt: skip
     assert "## Tuned settings" in result.stdout
 
 
@@ -161,10 +163,11 @@ def test_bad_input_is_one_error_line(tmp_path, args, fragment):
 def test_from_runs_the_seeds_at_the_settings_an_earlier_tune_chose(tmp_path):
     """Search on one budget, then reuse its choices on another: no trials run, the record and the note say where
     the settings came from, and both reports draw the trials."""
-    small = lossbench("tune", "losses=[ce,label_smoothing]", *QUICK, "tune.search=grid", "--trials", "2", "--out", "small",
-                      cwd=tmp_path)  # fmt: skip
+    small = lossbench("tune", "losses=[ce,label_smoothing]", *QUICK, "tune.search=grid", "--trials", "2",
+                      "--out", "small", cwd=tmp_path)  # fmt: skip
     assert small.returncode == 0, small.stderr
-    chosen = {loss: e["chosen"]["setting"] for loss, e in json.loads((tmp_path / "small" / "tune.json").read_text())["losses"].items()}
+    chosen = {loss: e["chosen"]["setting"]
+              for loss, e in json.loads((tmp_path / "small" / "tune.json").read_text())["losses"].items()}  # fmt: skip
     result = lossbench("tune", "--from", "small/tune.json", "losses=[ce,label_smoothing]", *TINY, "seeds=[0,1]",
                        "--out", "big", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr

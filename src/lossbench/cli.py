@@ -17,7 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # Rich markup mode would swallow `[...]` in examples such as losses=[ce,expected_score]
+    rich_markup_mode="markdown",  # Rich markup mode would swallow `[...]` in examples such as
+                                  # losses=[ce,expected_score]
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
@@ -72,7 +73,9 @@ def run(ctx: typer.Context) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def compare(
     ctx: typer.Context,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Comparison directory (default: comparisons/NAME_TIME)"),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", help="Comparison directory (default: comparisons/NAME_TIME)"
+    ),
 ) -> None:
     """Train every loss of `losses` for every seed of `seeds`, then write the report (curves.csv, summary.md,
     PNGs). With no arguments: the offline quick demo. Examples: `experiment=cifar10 seeds=[0,1,2]`,
@@ -85,9 +88,16 @@ def compare(
 @app.command(context_settings=HYDRA_ARGS)
 def tune(
     ctx: typer.Context,
-    trials: Optional[int] = typer.Option(None, "--trials", help="Trials per loss (default 12; a grid: floor(N^(1/d)) points per searched key)"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"),
-    source: Optional[str] = typer.Option(None, "--from", help="Skip the search: run at the settings chosen in this tune.json of an earlier tune (e.g. tuned on a smaller budget)"),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", help="Trials per loss (default 12; a grid: floor(N^(1/d)) points per searched key)"
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"
+    ),
+    source: Optional[str] = typer.Option(
+        None, "--from", help="Skip the search: run at the settings chosen in this tune.json of an earlier tune "
+                             "(e.g. tuned on a smaller budget)"
+    ),
 ) -> None:
     """A fair comparison: per loss of `losses`, search the learning rate and the loss's own parameter (tau, lam,
     alpha, eps), selected on the validation split only (the final val_score; test is never looked at), then run
@@ -142,7 +152,9 @@ def explain(
     scores: str = typer.Option(
         ..., "--scores", help="A score CSV file or a built-in: identity, cifar10_groups, cifar100_superclass"
     ),
-    tau: Optional[float] = typer.Option(None, "--tau", help="soft_label_ce temperature (default: the loss's own default)"),
+    tau: Optional[float] = typer.Option(
+        None, "--tau", help="soft_label_ce temperature (default: the loss's own default)"
+    ),
     out: str = typer.Option(".", "--out", "-o", help="Directory for explain_grad_norm.png"),
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Comma-separated class names to keep, in order (identity: or a count N)"

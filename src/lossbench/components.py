@@ -28,7 +28,8 @@ def group_options(group: str) -> list[str]:
 
 def target_of(node: DictConfig, what: str) -> Any:
     """The class or function named by node._target_, with a one-line error when it cannot be imported."""
-    require(not OmegaConf.is_missing(node, "_target_"), f"{what}._target_ is not set (e.g. {what}._target_=mypkg.MyClass)")
+    require(not OmegaConf.is_missing(node, "_target_"),
+            f"{what}._target_ is not set (e.g. {what}._target_=mypkg.MyClass)")  # fmt: skip
     path = str(node._target_)
     try:
         return get_object(path)

@@ -283,9 +283,11 @@ def validation_split(data: Dataset, size: float | int | None, generator: torch.G
     n = len(data.train_y)
     count = round(size * n) if isinstance(size, float) and size < 1 else size
     require(isinstance(count, int) and 0 < count < n,
-            f"data.val_size must be a fraction in (0, 1) or a count below the training set's {n}, not {size}")  # fmt: skip
+            f"data.val_size must be a fraction in (0, 1) or a count below the training set's {n}, "
+            f"not {size}")  # fmt: skip
     require(count >= len(data.classes), f"data.val_size {size} gives {count} examples, fewer than the "
-                                        f"{len(data.classes)} classes (a larger data.val_size, or null for none)")  # fmt: skip
+                                        f"{len(data.classes)} classes (a larger data.val_size, "
+                                        "or null for none)")  # fmt: skip
     val = stratified_subset(data.train_y, count, len(data.classes), generator, "data.val_size")
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
@@ -371,14 +373,20 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
     require(not missing, f"data.path {path}: missing array(s) {missing} (has {sorted(arrays)})")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        require(x.ndim >= 2 and len(x) > 0, f"data.path {path}: x_{split} must be [N, ...] with N > 0, not shape {x.shape}")
-        require(np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x), f"data.path {path}: x_{split} must be numeric, not {x.dtype}")
+        require(x.ndim >= 2 and len(x) > 0,
+                f"data.path {path}: x_{split} must be [N, ...] with N > 0, not shape {x.shape}")  # fmt: skip
+        require(np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x),
+                f"data.path {path}: x_{split} must be numeric, not {x.dtype}")  # fmt: skip
         require(np.isfinite(x.astype(np.float64)).all(), f"data.path {path}: x_{split} has NaN or infinite values")
         require(np.abs(x.astype(np.float64)).max() < 3.4e38, f"data.path {path}: x_{split} has values beyond float32")
-        require(y.ndim == 1 and len(y) == len(x), f"data.path {path}: y_{split} must be [N] with N = len(x_{split}) = {len(x)}, not shape {y.shape}")
-        require(np.issubdtype(y.dtype, np.integer), f"data.path {path}: y_{split} must hold integer labels, not {y.dtype}")
+        require(y.ndim == 1 and len(y) == len(x),
+                f"data.path {path}: y_{split} must be [N] with N = len(x_{split}) = {len(x)}, "
+                f"not shape {y.shape}")  # fmt: skip
+        require(np.issubdtype(y.dtype, np.integer),
+                f"data.path {path}: y_{split} must hold integer labels, not {y.dtype}")  # fmt: skip
     require(arrays["x_train"].shape[1:] == arrays["x_test"].shape[1:],
-            f"data.path {path}: x_train's feature shape {arrays['x_train'].shape[1:]} differs from x_test's {arrays['x_test'].shape[1:]}")  # fmt: skip
+            f"data.path {path}: x_train's feature shape {arrays['x_train'].shape[1:]} differs from x_test's "
+            f"{arrays['x_test'].shape[1:]}")  # fmt: skip
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if "classes" in arrays:
         names = [str(c) for c in arrays["classes"].tolist()]
@@ -387,10 +395,13 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
     else:
         names = [f"class_{i}" for i in range(int(labels.max()) + 1 if labels.min() >= 0 else 0)]
     bad = labels[(labels < 0) | (labels >= len(names))]
-    require(len(bad) == 0, f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside 0..{len(names) - 1} ({len(names)} classes)")
+    require(len(bad) == 0, f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside "
+                           f"0..{len(names) - 1} ({len(names)} classes)")  # fmt: skip
     require(len(names) >= 2, f"data.path {path}: needs at least 2 classes, has {len(names)}")
-    return Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)), torch.from_numpy(arrays["y_train"].astype(np.int64)),
-                   torch.from_numpy(arrays["x_test"].astype(np.float32)), torch.from_numpy(arrays["y_test"].astype(np.int64)), names)  # fmt: skip
+    return Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)),
+                   torch.from_numpy(arrays["y_train"].astype(np.int64)),
+                   torch.from_numpy(arrays["x_test"].astype(np.float32)),
+                   torch.from_numpy(arrays["y_test"].astype(np.int64)), names)  # fmt: skip
 
 
 def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -> Dataset:
@@ -432,7 +443,8 @@ def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] |
     the images are then decoded again and the cache rewritten."""
     try:
         tensors = torch.load(path, weights_only=True)
-        shapes = [(counts["train"], 3, size, size), (counts["train"],), (counts["test"], 3, size, size), (counts["test"],)]
+        shapes = [(counts["train"], 3, size, size), (counts["train"],),
+                  (counts["test"], 3, size, size), (counts["test"],)]  # fmt: skip
         require(isinstance(tensors, list) and [tuple(t.shape) for t in tensors] == shapes, "unexpected contents")
         return tensors
     except Exception as err:  # truncated, not a tensor file, or another layout

@@ -417,7 +417,8 @@ def resume(directory: str) -> int:
             f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
             f"(`lossbench resume {path}/<run>`) and rebuild the report (`lossbench report {path}`); runs that never "
             f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`")  # fmt: skip
-    require((path / CONFIG_FILE).exists(), f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")
+    require((path / CONFIG_FILE).exists(),
+            f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
     status = train_run(read_config(path), path, resume=True)
     return 0 if status == "finished" else 1
 

@@ -182,5 +182,6 @@ def build_loss(name: str, scores: Tensor, reduction: str = "mean", **params: Any
 def build_loss_from_config(cfg: DictConfig, scores: Tensor) -> ScoreLoss:
     """The loss of a `loss` config node: its `_target_` class with S; `name` is the run's label, not a parameter."""
     loss = build(cfg, "loss", drop=("name",), scores=scores)
-    require(isinstance(loss, nn.Module), f"loss._target_={cfg._target_} built a {type(loss).__name__}, not an nn.Module")
+    require(isinstance(loss, nn.Module),
+            f"loss._target_={cfg._target_} built a {type(loss).__name__}, not an nn.Module")  # fmt: skip
     return loss

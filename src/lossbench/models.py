@@ -124,7 +124,8 @@ def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -
     if len(shape) == 3:
         runtime["in_channels"] = shape[0]
     model = build(cfg, "model", **runtime)
-    require(isinstance(model, nn.Module), f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module")
+    require(isinstance(model, nn.Module),
+            f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module")  # fmt: skip
     size = getattr(model, "min_size", 1)
     if len(shape) == 3:
         require(min(shape[1:]) >= size, f"model: needs images of at least {size}x{size} pixels (fewer stages or "

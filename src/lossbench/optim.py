@@ -44,7 +44,8 @@ class WarmupDecay:
     warmup_epochs: float = 1.0
 
     def __post_init__(self) -> None:
-        require(self.decay in ("cosine", "linear", "constant"), f"schedule.decay must be cosine, linear or constant, not '{self.decay}'")
+        require(self.decay in ("cosine", "linear", "constant"),
+                f"schedule.decay must be cosine, linear or constant, not '{self.decay}'")  # fmt: skip
         require(self.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, not {self.warmup_epochs}")
 
     def factor(self, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -61,7 +62,8 @@ class WarmupDecay:
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                     epochs: int) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
     schedule = build(cfg, "schedule")
-    require(isinstance(schedule, WarmupDecay), f"schedule._target_ must be lossbench.optim.WarmupDecay, not {cfg._target_}")
+    require(isinstance(schedule, WarmupDecay),
+            f"schedule._target_ must be lossbench.optim.WarmupDecay, not {cfg._target_}")  # fmt: skip
     total = steps_per_epoch * epochs
     warmup = round(schedule.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, total, warmup))

@@ -24,8 +24,8 @@ from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, find_runs, read_config,
-    read_status,
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, find_runs,
+    read_config, read_status,
 )  # fmt: skip
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
@@ -170,7 +170,8 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     for number, line in enumerate(lines[1:], start=2):
         fields = next(csv.reader([line]), [])
         values = [_number(v) for v in fields]
-        if not line.endswith("\n") or len(fields) != len(header) or None in values or math.isnan(values[header.index("epoch")]):
+        if (not line.endswith("\n") or len(fields) != len(header) or None in values
+                or math.isnan(values[header.index("epoch")])):  # fmt: skip
             damaged.append(number)
         else:
             rows.append(values)
@@ -349,7 +350,8 @@ def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.Data
     return runs[mask]
 
 
-def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame, target_score: float | None) -> Targets:
+def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame,
+                   target_score: float | None) -> Targets:  # fmt: skip
     """The score target: `target_score` when given, else the runs' common report.target_score, else the
     reference loss's final mean test_score at its chosen setting (else the first registered loss present's):
     none of these move when a loss is added. The accuracy target keeps its old definition."""
@@ -371,7 +373,8 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
     return Targets(value, source, acc)
 
 
-def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame,
+                           swept: list[str]) -> pd.DataFrame:  # fmt: skip
     """Per setting and headline measure: the difference from the reference loss at its chosen setting, paired by
     seed (`_diff`, its 95% CI half-width `_diff_ci95`, `_p_value`, `_pairs`). Seeds where either has no value
     (a target never reached) are left out of the pairs."""
@@ -437,7 +440,8 @@ def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
     for _, row in table.iterrows():
         cells = [str(row["loss"]), *(str(row[k]) for k in swept), str(row["runs"]), row["status"]]
         cells += [cell(row, measure, spec[1]) for measure, spec in measures.items()]
-        slope = "" if pd.isna(row["score_slope"]) else f" ({row['score_slope']:+.3f} ± {row['score_slope_ci95']:.3f}/epoch)"
+        slope = ("" if pd.isna(row["score_slope"])
+                 else f" ({row['score_slope']:+.3f} ± {row['score_slope_ci95']:.3f}/epoch)")  # fmt: skip
         cells.append(f"{row['score_trend']}{slope}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -522,7 +526,8 @@ def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFra
         "test_score = mean S[y, argmax q]; Bayes decision k* = argmax_k sum_i q_i S[i,k]; calibrated Bayes: the "
         "same on temperature-scaled q (temperature fit on val); mistake severity = mean S[y,y] - S[y,pred] over "
         "mistakes; AUC = the mean of the metric over the evaluated epochs (1.0 = perfect from the first "
-        f"evaluation); trend = slope of the seeds' mean test_score over the last half of the evaluations (at least {SLOPE_WINDOW}): "
+        f"evaluation); trend = slope of the seeds' mean test_score over the last half of the evaluations "
+        f"(at least {SLOPE_WINDOW}): "
         "rising / falling when its 95% CI excludes 0 (still rising: more epochs would help).",
         "",
     ]

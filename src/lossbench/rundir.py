@@ -29,7 +29,8 @@ from lossbench.metrics import METRIC_COLUMNS
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
 COMPARE_FILE = "compare.json"
 CONFUSION_FILE, PROVENANCE_FILE = "confusion.csv", "run.json"
-TUNING_DIR, TUNE_FILE, TUNED_FILE = "tuning", "tune.json", "tuned.md"  # written by `lossbench tune`: trials, record, choices
+# written by `lossbench tune`: trials, record, choices
+TUNING_DIR, TUNE_FILE, TUNED_FILE = "tuning", "tune.json", "tuned.md"
 MARKER_FILE, LOCK_FILE = ".lossbench", ".lossbench.lock"
 LAYOUT_VERSION = 2  # 1: no marker, no lock
 KINDS = ("run", "comparison")
@@ -51,7 +52,8 @@ def find_runs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p.parent for p in root.rglob(STATUS_FILE)
-                  if (p.parent / CONFIG_FILE).exists() and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+                  if (p.parent / CONFIG_FILE).exists()
+                  and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
 
 
 def marker_kind(directory: Path) -> str | None:

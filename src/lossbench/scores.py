@@ -193,7 +193,8 @@ def load_scores(
         scores = ScoreMatrix(matrix, names)
     else:
         for key, value in (("exact", exact), ("near", near), ("far", far)):
-            require(isinstance(value, (int, float)) and not isinstance(value, bool), f"scores.{key} must be a number, not {value!r}")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                    f"scores.{key} must be a number, not {value!r}")  # fmt: skip
             check_score_value(float(value), f"scores.{key}")
         scores = builtin_scores(name, classes, exact, near, far)
         source = f"score table {name}"
@@ -221,5 +222,6 @@ def build_scores(cfg: DictConfig, classes: Sequence[str], warn: bool = True) -> 
     if cfg.get("name") == "file":
         require(not OmegaConf.is_missing(cfg, "path"), "scores=file needs scores.path=FILE.csv")
     scores = build(cfg, "scores", classes=list(classes), warn=warn)
-    require(isinstance(scores, ScoreMatrix), f"scores._target_={cfg._target_} must build a lossbench.scores.ScoreMatrix")
+    require(isinstance(scores, ScoreMatrix),
+            f"scores._target_={cfg._target_} must build a lossbench.scores.ScoreMatrix")  # fmt: skip
     return scores

@@ -247,7 +247,8 @@ class Progress:
         name = name or self.name
         text = (f"{name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
                 f"train_acc {row['train_acc']:.3f} test_acc {row['test_acc']:.3f} "
-                f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} ({row['elapsed_s']:.1f}s)")  # fmt: skip
+                f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} "
+                f"({row['elapsed_s']:.1f}s)")  # fmt: skip
         if self.bar is None:
             log.info(text)
             return

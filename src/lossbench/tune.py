@@ -29,8 +29,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.launch import checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides, preflight, report_comparison
-from lossbench.rundir import CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status
+from lossbench.launch import (
+    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides,
+    preflight, report_comparison,
+)  # fmt: skip
+from lossbench.rundir import (
+    CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status,
+)  # fmt: skip
 from lossbench.train import absolute_paths, prepare, train_run
 
 log = logging.getLogger("lossbench")
@@ -108,7 +113,8 @@ def search_method(choice: str) -> str:
     if choice == "auto":
         return "tpe" if optuna_installed() else "grid"
     require(choice == "grid" or optuna_installed(),
-            "tune.search=tpe needs hydra-optuna-sweeper (pip install hydra-optuna-sweeper), or use tune.search=grid")  # fmt: skip
+            "tune.search=tpe needs hydra-optuna-sweeper (pip install hydra-optuna-sweeper), "
+            "or use tune.search=grid")  # fmt: skip
     return choice
 
 
@@ -133,13 +139,15 @@ def search_space(loss: DictConfig, lr: float, settings: DictConfig) -> dict[str,
         space = {LR: make_range("tune.lr", settings.lr, log=True)}
     else:
         factors = settings.lr_factors
-        require(isinstance(factors, ListConfig) and len(factors) == 2, f"tune.lr_factors must be [low, high], not {factors}")
+        require(isinstance(factors, ListConfig) and len(factors) == 2,
+                f"tune.lr_factors must be [low, high], not {factors}")  # fmt: skip
         space = {LR: make_range(f"tune.lr_factors x optim.lr={lr:g}", [f * lr for f in factors], log=True)}
     name = str(loss.name)
     params = loss_params(loss)
     for param, node in (settings.params.get(name) or {}).items():
         where = f"tune.params.{name}.{param}"
-        require(param in params, f"{where}: loss {name} has no parameter '{param}' (it has: {', '.join(params) or 'none'})")
+        require(param in params,
+                f"{where}: loss {name} has no parameter '{param}' (it has: {', '.join(params) or 'none'})")  # fmt: skip
         require(isinstance(node, DictConfig) and set(node) == {"low", "high", "log"},
                 f"{where} must be {{low: L, high: H, log: true|false}}, not {node}")  # fmt: skip
         space[f"loss.{param}"] = make_range(where, [node.low, node.high], bool(node.log))
@@ -281,7 +289,8 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
     ok = isinstance(entry, dict) and isinstance(entry.get("trials"), list) and isinstance(entry.get("space"), dict)
     chosen = entry.get("chosen") if ok else None
     require(isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
-            f"--from {path}: no chosen setting for loss {name} (it has: {', '.join(record['losses']) or 'none'})")  # fmt: skip
+            f"--from {path}: no chosen setting for loss {name} "
+            f"(it has: {', '.join(record['losses']) or 'none'})")  # fmt: skip
     params = [f"loss.{k}" for k in loss_params(cfg.loss)]
     for key, value in chosen["setting"].items():
         where = f"--from {path}: {name} {key}={value}"
@@ -326,8 +335,8 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
     require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
     require(not any(o.key_or_group == "hydra/launcher" and o.value() == "packed" for o in overrides),
-            "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score to the "
-            "search); use compare for it, or another launcher")  # fmt: skip
+            "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score "
+            "to the search); use compare for it, or another launcher")  # fmt: skip
     cfg = compose_config(overrides)
     names = checked_losses(cfg)
     checked_seeds(cfg)
@@ -349,7 +358,8 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
     claim_comparison(directory)  # as compare: never a user's folder, and one process at a time
     with locked(directory):
-        require(not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
+        require(not find_runs(directory) and not (directory / TUNE_FILE).exists()
+                and not (directory / TUNING_DIR).exists(),
                 f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
         if source is None:
             record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
@@ -360,12 +370,15 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
             write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
 
-        final_user = [line for line in user if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]
+        final_user = [line for line in user
+                      if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]  # fmt: skip
         untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
         for name, entry in record["losses"].items():
             if entry["chosen"] is not None:
-                launch_hydra(final_args(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user, directory))
+                launch_hydra(final_args(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user,
+                                        directory))  # fmt: skip
         for name in untuned:
-            print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out", file=sys.stderr)
+            print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out",
+                  file=sys.stderr)  # fmt: skip
         require(len(untuned) < len(names), f"no trial of any loss finished; see {directory / TUNING_DIR}")
         return max(report_comparison(directory), 1 if untuned else 0)
