@@ -521,8 +521,8 @@ def _forking_from_threads() -> Iterator[None]:
     """Python 3.12+ warns at each fork of a process with threads (torch's OpenMP pool, once it has run) that the
     child may deadlock on a lock another thread held at the fork. The decoding workers run only PIL and numpy on
     their own chunk: never torch or OpenMP, whose state a fork breaks; glibc's malloc is fork-safe, and Python
-    reinitialises its interpreter's and logging's locks in a forked child. Spawn or forkserver would cost each worker an import of lossbench, torch included:
-    1.5 to 2.5 s on the 2-core AMD EPYC."""
+    reinitialises its interpreter's and logging's locks in a forked child. Spawn or forkserver would cost each
+    worker an import of lossbench, torch included: 1.5 to 2.5 s on the 2-core AMD EPYC."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*use of fork\(\) may lead to deadlocks", DeprecationWarning)
         yield
