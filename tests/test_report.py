@@ -274,6 +274,18 @@ def test_device_and_precision_come_from_run_json_then_config(tmp_path):
     assert "unknown (1 run)" in markdown and "bf16 (1 run)" in markdown and "fp32 (requested) (1 run)" in markdown
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\udcff"])
+def test_a_damaged_run_json_is_a_warning_and_the_report_shows_what_was_requested(tmp_path, text):
+    run = fake_run(tmp_path, "a", "ce", 0, [0.5], config={"device": "auto", "precision": "fp32"})
+    fake_run(tmp_path, "b", "ce", 1, [0.6], config={"device": "auto", "precision": "fp32"})  # no run.json: no warning
+    (run / "run.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    report = build_report(tmp_path)
+    assert "auto (requested) (2 runs)" in report.markdown and "fp32 (requested) (2 runs)" in report.markdown
+    damaged = [w for w in report.warnings if "run.json" in w]
+    assert len(damaged) == 1 and damaged[0].startswith(f"{run / 'run.json'}: unreadable (")
+    assert damaged[0].endswith("its device and precision are shown as requested")
+
+
 def confusion(run_dir, classes, counts):
     table = pd.DataFrame(counts, index=classes, columns=classes)
     table.index.name = "true\\pred"

@@ -192,19 +192,23 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     return table, f"{path}: {'; '.join(problems)}; {used}"
 
 
-def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[str, str, str]:
+def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str, str, str], str | None]:
     """(device, precision, training) the run used, from run.json; else as requested in config.yaml; else unknown.
-    training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed)."""
+    training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed).
+    With them, a warning naming a damaged run.json (runs of older versions have none: no warning)."""
+    path = run_dir / PROVENANCE_FILE
     try:
-        info = json.loads((run_dir / PROVENANCE_FILE).read_text())
+        info = json.loads(path.read_text(encoding="utf-8"))
         pack = info.get("pack", 1)
         training = "packed" if isinstance(pack, int) and pack > 1 else "alone"
-        return str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training
-    except (OSError, ValueError, AttributeError):
-        pass
+        return (str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training), None
+    except FileNotFoundError:
+        warning = None
+    except (OSError, ValueError, AttributeError) as err:
+        warning = f"{path}: unreadable ({one_line(err)}); its device and precision are shown as requested"
     device, precision = config.get("device"), config.get("precision")
     return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown",
-            "alone")  # fmt: skip
+            "alone"), warning  # fmt: skip
 
 
 def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -252,7 +256,11 @@ def load_runs(root: Path) -> Runs:
     runs["status"] = [read_status(d)["status"] for d in kept]
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
-    provenance = [read_provenance(d, c) for d, c in zip(kept, configs)]
+    provenance = []
+    for run_dir, config in zip(kept, configs):
+        used, warning = read_provenance(run_dir, config)
+        provenance.append(used)
+        warnings += [warning] if warning else []
     runs["device"], runs["precision"], runs["training"] = ([p[i] for p in provenance] for i in range(3))
     packed = int((runs["training"] == "packed").sum())
     if packed:
