@@ -202,15 +202,16 @@ def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
     whole or, at worst, unterminated (truncate_metrics drops that)."""
     path = run_dir / METRICS_FILE
     if not path.exists():
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # names path in its errors
             _write_rows(tmp, [row], "w")
         return
-    _write_rows(path, [row], "a")
+    with naming(path):
+        _write_rows(path, [row], "a")
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
     """Write `rows` (after the header, for mode "w") and fsync them."""
-    with naming(path), path.open(mode, newline="") as f:
+    with path.open(mode, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         if mode == "w":
             writer.writeheader()
