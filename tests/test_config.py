@@ -47,11 +47,13 @@ def test_a_data_override_takes_nothing_from_the_demo():
     assert dict(cfg.data) == group_file("data", "cifar10")
     assert cfg.data.train_size is None and "noise" not in cfg.data
     assert list(cfg.model.widths) == [32, 64, 128] and cfg.train.epochs == 10 and cfg.name == "run"
+    assert cfg.model.stem_stride == 1
 
 
 def test_compare_without_arguments_is_the_offline_demo():
     cfg = make_cfg(DEMO)
     assert cfg.name == "quick" and cfg.data.name == "synthetic" and list(cfg.model.widths) == [16, 32, 64]
+    assert cfg.model.stem_stride == 2 and cfg.train.epochs == 5  # sized for a first try on an AVX2-only CPU
     assert prepare(cfg).matrix.shape == (10, 10)
     assert list(cfg.losses) == group_options("loss") or set(cfg.losses) == set(LOSSES)
 

@@ -395,3 +395,14 @@ def test_a_recorded_bf16_that_cannot_run_here_goes_on_in_fp32_with_one_warning(c
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("runs/ce: the precision and layout it recorded when it first started cannot run here")
     assert "fp32 instead of bf16 and the dense layout instead of oneDNN's" in warning
+
+
+def test_a_onednn_layout_on_a_torch_without_onednn_is_the_dense_one_with_one_warning(cpu, monkeypatch, caplog):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    net = SmallCNN(10, (8, 8, 8), cpu_layout="onednn")
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        for _ in range(2):
+            P.resolve_precision("fp32", cpu, net, BATCH, timer=no_timer)
+    assert [r.getMessage() for r in caplog.records] == [
+        "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used"]
+    assert not net.in_onednn_layout(torch.zeros(BATCH))

@@ -77,7 +77,12 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_s
     """The precision for training `model` on batches of `batch_shape` on `device` under the setting `name`, with
     the CPU layout for a model whose cpu_layout is auto (the caller sets it on the model)."""
     name, given = runnable_setting(name, device)
-    if device.type == "cpu" and getattr(model, "cpu_layout", None) == "auto":
+    layout = getattr(model, "cpu_layout", None)
+    if device.type == "cpu" and layout == "onednn" and not torch.backends.mkldnn.is_available():
+        # SmallCNN falls back by itself; the user who asked for oneDNN's layout hears why it is not used.
+        _log_once("no oneDNN", "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used",
+                  logging.WARNING)  # fmt: skip
+    if device.type == "cpu" and layout == "auto":
         return cpu_precision_and_layout(name, model, batch_shape, timer or time_step, cache_path(), given)
     return autocast_precision(name, device, model, batch_shape, timer, given)
 
