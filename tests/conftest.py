@@ -53,7 +53,12 @@ def evaluation_case(side: int, sizes: tuple[int, int, int]):
     return model, data, scores, torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
 
 
-def lossbench(*args: str, cwd: Path, timeout: float = 300,
+# Every wait in the suite is bounded by this, against a hang, never as a speed: on a 2-core machine whose cores
+# other processes keep busy (CI's may be shared) a tiny comparison took over 300 s, and must still pass.
+HANG_S = 1800
+
+
+def lossbench(*args: str, cwd: Path, timeout: float = HANG_S,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the real CLI in a subprocess (as a user would), returning its output; `env` adds variables."""
     return subprocess.run(

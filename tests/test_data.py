@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_cfg
+from conftest import HANG_S, make_cfg
 import lossbench.data as data_module
 from lossbench.data import Batches, feature_stats, dataset_classes, load_dataset, stratified_subset, synthetic
 from lossbench.errors import LossbenchError
@@ -281,7 +281,7 @@ def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
     assert process.stdout.readline() == "decoding\n"
     first = process.stdout.readline()  # a worker has started decoding
     os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_S)
     assert process.returncode == 130 and stderr == "interrupted\n"
     said = [first.rstrip("\n"), *stdout.splitlines()]
     assert set(said) == {"worker leaves stop signals to the parent: True"}
@@ -323,8 +323,8 @@ def test_decoding_workers_die_with_a_killed_parent(tmp_path):
     workers = {int(process.stdout.readline()) for _ in range(6)}  # both workers have started decoding
     assert len(workers) == 2 and process.pid not in workers
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    deadline = time.monotonic() + 60  # a bound against a hang, not a speed: a loaded machine reaps slowly
+    process.wait(timeout=HANG_S)
+    deadline = time.monotonic() + HANG_S
     while not all(is_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     survivors = [pid for pid in workers if not is_gone(pid)]

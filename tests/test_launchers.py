@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import lossbench
+from conftest import HANG_S, lossbench
 from hydra import compose, initialize_config_module
 from lossbench.rundir import read_status
 
@@ -105,7 +105,7 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
                "data.test_size=256", "model.widths=[8,16,16]", "--out", str(out)]  # fmt: skip
     compare = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_S
         victim = None
         while victim is None and compare.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -117,7 +117,7 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
         tasks = child_pids(victim)
         assert len(tasks) == 1, f"submitit controller {victim} has tasks {tasks}"
         os.kill(tasks[0], signal.SIGKILL)
-        _, stderr = compare.communicate(timeout=240)
+        _, stderr = compare.communicate(timeout=HANG_S)
     finally:
         if compare.poll() is None:
             compare.kill()

@@ -22,7 +22,7 @@ import typer
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import TINY, lossbench, make_cfg
+from conftest import HANG_S, TINY, lossbench, make_cfg
 from lossbench import launch, train
 from lossbench.atomic import save_atomic, write_atomic
 from lossbench.cli import guarded
@@ -166,7 +166,7 @@ def test_comparison_with_no_finished_run_exits_non_zero(tmp_path):
     assert "no run of cmp finished" in result.stderr and "Traceback" not in result.stderr
 
 
-def wait_for(path, process, timeout=120.0) -> None:
+def wait_for(path, process, timeout=HANG_S) -> None:
     deadline = time.time() + timeout
     while not path.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -186,7 +186,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum,
     wait_for(run_dir / CHECKPOINT_FILE, process)
     process.send_signal(signum)
     try:
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=HANG_S)
     except subprocess.TimeoutExpired:  # say where it was: still training, or stuck on the way out
         process.kill()
         out, err = process.communicate()

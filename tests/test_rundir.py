@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from conftest import HANG_S
 
 from lossbench.atomic import atomic_path, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
@@ -81,11 +82,11 @@ def test_racing_processes_one_wins(tmp_path):
     (tmp_path / "run").mkdir()
     racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(release)],
                                stdout=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
-    deadline = time.monotonic() + 300  # against a hang only
+    deadline = time.monotonic() + HANG_S
     while sum(p.poll() is not None for p in racers) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     release.touch()
-    outputs = [p.communicate(timeout=120)[0].strip() for p in racers]
+    outputs = [p.communicate(timeout=HANG_S)[0].strip() for p in racers]
     assert sorted(o.split()[0] for o in outputs) == ["refused", "refused", "won"], outputs
     assert all("is in use by another lossbench process (pid " in o for o in outputs if o.startswith("refused"))
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, evaluation_case, layout_by_timer, make_cfg
+from conftest import HANG_S, TINY, evaluation_case, layout_by_timer, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.data import Dataset, Latest
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
@@ -117,7 +117,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
         [sys.executable, "-m", "lossbench.cli", "run", *overrides, f"hydra.run.dir={killed}"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_S
     while not (killed / CHECKPOINT_FILE).exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
@@ -126,7 +126,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     assert done < 4, "the run finished before it could be killed"
 
     result = subprocess.run([sys.executable, "-m", "lossbench.cli", "resume", str(killed)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads((killed / "status.json").read_text())["status"] == "finished"
     pd.testing.assert_frame_equal(without_timing(metrics(killed)), without_timing(metrics(tmp_path / "straight")))
@@ -307,7 +307,8 @@ def test_a_resumed_run_keeps_the_layout_it_measured_first_to_the_bit(tmp_path, m
     monkeypatch.setattr(T, "end_epoch", real)
     recorded = json.loads((tmp_path / "stopped" / "run.json").read_text())
     assert (recorded["precision_setting"], recorded["precision"], recorded["cpu_layout"]) == ("fp32", "fp32", "onednn")
-    assert torch.load(tmp_path / "stopped" / CHECKPOINT_FILE, weights_only=True)["precision_choice"]["cpu_layout"] == "onednn"
+    checkpoint = torch.load(tmp_path / "stopped" / CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["precision_choice"]["cpu_layout"] == "onednn"
 
     layout_by_timer(monkeypatch, tmp_path, "dense")  # a new measurement would now choose the dense layout
     assert train_run(cfg, tmp_path / "stopped", resume=True) == "finished"
