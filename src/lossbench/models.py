@@ -1,6 +1,7 @@
 """Models, each a `_target_` of the `model` config group built with num_classes (and in_channels or
 input_shape where the class takes them): a small CNN sized for 32x32 (or, with a stride-2 stem, 64x64) images,
-torchvision's ResNet-18 in its CIFAR form, and an MLP for feature vectors. Any importable nn.Module class taking
+torchvision's ResNet-18 in its CIFAR form, an MLP for feature vectors and a 1-D CNN for windows of a sequence
+([N, channels, positions], e.g. one-hot residues around the one to classify). Any importable nn.Module class taking
 num_classes works too (`model=custom model._target_=mypkg.MyNet`)."""
 
 from __future__ import annotations
@@ -115,6 +116,44 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+READOUTS = ("centre", "pool")
+
+
+class CNN1d(nn.Module):
+    """Conv1d-BatchNorm-ReLU layers ('same' padding, so every position keeps its place), then a readout and a
+    linear head: for windows of a sequence shaped [N, channels, positions], one-hot residues or atoms. The readout
+    is the centre position's features (`centre`: the label belongs to the middle of the window, and after the
+    convolutions it sees kernel_size // 2 positions further per layer) or their mean over the positions (`pool`:
+    a label of the whole sequence). Dropout before the head."""
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 32, 32),
+                 kernel_size: int = 5, readout: str = "centre", dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        require(len(input_shape) == 2, f"model=cnn1d needs inputs shaped [N, channels, positions], not "
+                                       f"[N, {', '.join(str(d) for d in input_shape)}]")  # fmt: skip
+        widths = [int(w) for w in widths]
+        require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
+        require(kernel_size > 0 and kernel_size % 2 == 1,
+                f"model.kernel_size must be odd and positive (a window centred on each position), "
+                f"not {kernel_size}")  # fmt: skip
+        require(readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}, not {readout}")
+        require(0 <= dropout < 1, f"model.dropout must be in [0, 1), not {dropout}")
+        layers: list[nn.Module] = []
+        channels = int(input_shape[0])
+        for width in widths:
+            layers += [nn.Conv1d(channels, width, kernel_size, padding=kernel_size // 2, bias=False),
+                       nn.BatchNorm1d(width), nn.ReLU(inplace=True)]  # fmt: skip
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.readout = readout
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.features(x)
+        pooled = features[:, :, features.shape[2] // 2] if self.readout == "centre" else features.mean(dim=2)
+        return self.head(pooled)
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
