@@ -122,11 +122,14 @@ READOUTS = ("centre", "pool")
 
 
 class CNN1d(nn.Module):
-    """Conv1d-BatchNorm-ReLU layers ('same' padding, so every position keeps its place), then a readout and a
-    linear head: for windows of a sequence shaped [N, channels, positions], one-hot residues or atoms. The readout
-    is the centre position's features (`centre`: the label belongs to the middle of the window, and after the
-    convolutions it sees kernel_size // 2 positions further per layer) or their mean over the positions (`pool`:
-    a label of the whole sequence). Dropout before the head."""
+    """Conv1d-BatchNorm-ReLU layers, then a readout and a linear head: for windows of a sequence shaped
+    [N, channels, positions], one-hot residues or atoms. Dropout before the head. Two readouts:
+    - `centre` (the label belongs to the middle of the window): the centre's output depends only on the
+      `reach` = layers x (kernel_size // 2) positions to either side, so the window is cut to those (or
+      zero-padded to them when shorter) and the convolutions run unpadded, each layer shortening it by
+      kernel_size - 1 down to the centre alone. The same network with 'same' padding computes every position
+      only to read one: 3.3x the arithmetic at 3 layers of kernel 5 on a window of 15.
+    - `pool` (a label of the whole window): 'same' padding, then the mean over the positions."""
 
     def __init__(self, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 32, 32),
                  kernel_size: int = 5, readout: str = "centre", dropout: float = 0.1):  # fmt: skip
@@ -141,19 +144,28 @@ class CNN1d(nn.Module):
         require(readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}, not {readout}")
         require(0 <= dropout < 1, f"model.dropout must be in [0, 1), not {dropout}")
         layers: list[nn.Module] = []
-        channels = int(input_shape[0])
+        channels, padding = int(input_shape[0]), 0 if readout == "centre" else kernel_size // 2
         for width in widths:
-            layers += [nn.Conv1d(channels, width, kernel_size, padding=kernel_size // 2, bias=False),
+            layers += [nn.Conv1d(channels, width, kernel_size, padding=padding, bias=False),
                        nn.BatchNorm1d(width), nn.ReLU(inplace=True)]  # fmt: skip
             channels = width
         self.features = nn.Sequential(*layers)
         self.readout = readout
+        self.reach = len(widths) * (kernel_size // 2)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.features(x)
-        pooled = features[:, :, features.shape[2] // 2] if self.readout == "centre" else features.mean(dim=2)
-        return self.head(pooled)
+        if self.readout == "pool":
+            return self.head(self.features(x).mean(dim=2))
+        return self.head(self.features(self.around_centre(x)).flatten(1))
+
+    def around_centre(self, x: Tensor) -> Tensor:
+        """The centre position of x and `reach` positions to either side, zero-padded where x is shorter."""
+        centre, reach = x.shape[2] // 2, self.reach
+        left, right = max(0, reach - centre), max(0, centre + reach + 1 - x.shape[2])
+        if left or right:
+            x, centre = nn.functional.pad(x, (left, right)), centre + left
+        return x[:, :, centre - reach : centre + reach + 1]
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
