@@ -6,10 +6,11 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from conftest import make_cfg
+from conftest import lossbench, make_cfg
 from lossbench.data import dataset_classes, load_dataset
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "prepare_ss8.py"
@@ -97,3 +98,18 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     (tmp_path / "ss8").mkdir()
     assert prepare_ss8.main([str(tmp_path / "ss8"), str(tmp_path / "out.npz")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'ss8' / 'CB513_HHblits.csv'}: file not found\n"
+
+
+def test_the_ss8_preset_trains_cnn1d_on_a_prepared_file_and_scores_it_with_the_q3_table(tmp_path):
+    rng = np.random.default_rng(0)
+    chains = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 30)) for _ in range(12)]
+    train = [row(c, "".join(rng.choice(list("HGIEBTSC"), 30)), "1" * 30) for c in chains]
+    source = write_source(tmp_path / "ss8", train, [row(chains[0], "HHHHHGGGIIEEEEBBTTSSCCCCCHHHHH", "1" * 30)])
+    assert prepare_ss8.main([str(source), str(tmp_path / "ss8.npz")]) == 0
+    table = Path(__file__).parents[1] / "scripts" / "reference" / "ss8_q3_scores.csv"
+    result = lossbench("run", "experiment=ss8", f"data.path={tmp_path / 'ss8.npz'}", f"scores.path={table}",
+                       "train.epochs=1", "train.batch_size=64", "train.progress=false", "hydra.run.dir=run",
+                       cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    confusion = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
+    assert list(confusion.columns) == ["H", "G", "I", "E", "B", "T", "S", "C"] and confusion.to_numpy().sum() == 30
