@@ -85,19 +85,22 @@ run_part() {
         schedule=constant "losses=[ce,expected_score,soft_label_ce,ce_expected_score]" ;;
     solubility)
       solubility_data
-      part solubility compare experiment=solubility "seeds=[0,1,2,3,4,5,6,7,8,9]"
+      OMP_NUM_THREADS=1 part solubility compare experiment=solubility "seeds=[0,1,2,3,4,5,6,7,8,9]"
       explain scripts/reference/solubility_scores.csv results/solubility
       # off by one (a near miss) vs off by two (low for high, high for low)
       "$python" scripts/near_misses.py results/solubility > results/solubility/near_misses.md ;;
     ss8_tuning)
       ss8_data
-      part ss8_tuning tune experiment=ss8 data.train_size=40000 train.epochs=3 "seeds=[1]" --trials 4 ;;
+      OMP_NUM_THREADS=1 part ss8_tuning tune experiment=ss8 data.train_size=40000 train.epochs=3 "seeds=[1]" --trials 4 ;;
     ss8)
       ss8_data
-      part ss8 tune --from results/ss8_tuning/tune.json experiment=ss8 "seeds=[0,1,2,3,4]"
+      # two runs at a time, one thread each
+      OMP_NUM_THREADS=1 part ss8 tune --from results/ss8_tuning/tune.json experiment=ss8 "seeds=[0,1,2,3,4]" \
+        hydra/launcher=joblib hydra.launcher.n_jobs=2
       explain scripts/reference/ss8_q3_scores.csv results/ss8
       "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md ;;
-    *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10, dogs20, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long, solubility, ss8_tuning, ss8)" >&2
+    *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10, dogs20, synthetic100, cifar10_lr_sweep, offdiag4," \
+            "cifar10_long, solubility, ss8_tuning, ss8)" >&2
        exit 2 ;;
   esac
 }

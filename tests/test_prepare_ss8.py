@@ -53,7 +53,8 @@ def test_prepare_keeps_resolved_residues_with_their_chain_as_group(tmp_path, cap
     assert list(npz["classes"]) == ["H", "G", "I", "E", "B", "T", "S", "C"]
     assert list(npz["class_groups"]) == ["H", "H", "H", "E", "E", "C", "C", "C"]
     states = "HGIEBTSC"
-    assert "".join(states[i] for i in npz["y_train"]) == "HGECCTSB" and "".join(states[i] for i in npz["y_test"]) == "IE"
+    assert "".join(states[i] for i in npz["y_train"]) == "HGECCTSB"
+    assert "".join(states[i] for i in npz["y_test"]) == "IE"
     assert npz["groups_train"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
     # the unresolved M is no example but stays K's left neighbour
     assert npz["x_train"][0].argmax(axis=0).tolist()[1] == prepare_ss8.AMINO_ACIDS.index("M")
