@@ -101,16 +101,33 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path / 'ss8' / 'CB513_HHblits.csv'}: file not found\n"
 
 
-def test_the_ss8_preset_trains_cnn1d_on_a_prepared_file_and_scores_it_with_the_q3_table(tmp_path):
+@pytest.mark.parametrize("model", ["mlp", "cnn1d"])
+def test_the_ss8_preset_trains_on_a_prepared_file_and_scores_it_with_the_q3_table(tmp_path, model):
     rng = np.random.default_rng(0)
     chains = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 30)) for _ in range(12)]
     train = [row(c, "".join(rng.choice(list("HGIEBTSC"), 30)), "1" * 30) for c in chains]
     source = write_source(tmp_path / "ss8", train, [row(chains[0], "HHHHHGGGIIEEEEBBTTSSCCCCCHHHHH", "1" * 30)])
     assert prepare_ss8.main([str(source), str(tmp_path / "ss8.npz")]) == 0
     table = Path(__file__).parents[1] / "scripts" / "reference" / "ss8_q3_scores.csv"
-    result = lossbench("run", "experiment=ss8", f"data.path={tmp_path / 'ss8.npz'}", f"scores.path={table}",
+    result = lossbench("run", "experiment=ss8", f"model={model}", f"data.path={tmp_path / 'ss8.npz'}", f"scores.path={table}",
                        "train.epochs=1", "train.batch_size=64", "train.progress=false", "hydra.run.dir=run",
                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     confusion = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
     assert list(confusion.columns) == ["H", "G", "I", "E", "B", "T", "S", "C"] and confusion.to_numpy().sum() == 30
+
+
+def test_chains_sharing_a_stretch_of_sequence_are_one_family(tmp_path):
+    """CB513 holds the same stretches of sequence in several chains: a split by chain would put copies of training
+    windows into validation. Chains linked by an identical 12-residue stretch, even through a third, share a group."""
+    a, b = "ACDEFGHIKLMN", "PQRSTVWYACDE"
+    chains = ["WW" + a + "YY", a + b, "MM" + b, "QQ" + a[:11] + "V", "H" * 14]
+    train = [row(c, "C" * len(c), "1" * len(c)) for c in chains]
+    source = write_source(tmp_path / "ss8", train, [row("A", "H", "1")])
+    assert prepare_ss8.main([str(source), str(tmp_path / "out.npz")]) == 0
+    groups = np.load(tmp_path / "out.npz")["groups_train"]
+    first = np.cumsum([0] + [len(c) for c in chains[:-1]])
+    family = [int(groups[i]) for i in first]
+    assert family[0] == family[1] == family[2]  # 0 and 2 share nothing, but each shares 12 residues with 1
+    assert len({family[0], family[3], family[4]}) == 3  # 11 shared residues are not a family
+    assert all(len(set(groups[f : f + len(c)])) == 1 for f, c in zip(first, chains))  # a chain is never cut
