@@ -17,10 +17,13 @@
 #                     rising) or stuck?
 #   solubility        aqueous solubility of 1,025 + 257 molecules in 3 ordered classes (RDKit features), scored with
 #                     scripts/reference/solubility_scores.csv: every loss at the preset's settings x 10 seeds
-#   ss8_tuning        protein secondary structure (CB513 to train, chain-level validation split): per loss, 4 trials
-#                     (Optuna TPE) of the learning rate and the loss's own parameter on a small budget (40,000
-#                     residues, 3 epochs), selected on the final val_score
+#   ss8_tuning        protein secondary structure (CB513 to train, a validation split by family of chains) with the
+#                     window MLP of experiment=ss8: per loss, 4 trials (Optuna TPE) of the learning rate and the
+#                     loss's own parameter on a small budget (40,000 residues, 3 epochs), selected on the final
+#                     val_score
 #   ss8               every loss at the setting ss8_tuning chose, on all of CB513, tested on TS115, 5 seeds
+# (results/ss8_cnn1d, ss8_cnn1d_tuning and ss8_mlp_baseline are no part: they used commit 220845b's split by chain,
+# which leaked; the README says what they show.)
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them, in this order)
 # CIFAR10_ARCHIVE (default ../shared/data/cifar10-jpeg.tar.gz) and DOGS20_ARCHIVE (../shared/data/dogs20-64.tar.gz)
 # are extracted into the git-ignored data/ once. cifar10 and dogs20 need cifar10_tuning's tune.json.
