@@ -133,3 +133,76 @@ def test_a_users_own_model_class(tmp_path):
     missing = lossbench("run", *args, "model=custom", "model._target_=mynets.Nope", cwd=tmp_path, env=env)
     assert missing.returncode == 2 and "model._target_=mynets.Nope: cannot import it" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+
+def indexed_npz(path, groups, labels=None):
+    """make_npz whose training example i has every feature equal to i, so a split's rows name their examples."""
+    x_train = np.repeat(np.arange(240, dtype=np.float32)[:, None], 12, axis=1)
+    extra = {} if labels is None else {"y_train": labels}
+    return make_npz(path, x_train=x_train, groups_train=groups, **extra)
+
+
+def split_groups(data, groups) -> tuple[set, set]:
+    """The groups of the validation and the training examples."""
+    return ({groups[int(i)] for i in data.val_x[:, 0]}, {groups[int(i)] for i in data.train_x[:, 0]})
+
+
+def test_a_grouped_validation_split_keeps_every_group_whole_and_is_stratified_as_far_as_groups_allow(tmp_path):
+    # 60 groups of 4 examples, each group of one class (as a protein chain's residues share their windows)
+    groups, labels = np.repeat(np.arange(60), 4), np.repeat(np.arange(60) % 4, 4)
+    cfg = make_cfg("data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups, labels)}",
+                   "data.val_size=0.2").data  # fmt: skip
+    data = load_dataset(cfg, dataset_classes(cfg), torch.eye(4))
+    val, train = split_groups(data, groups)
+    assert not val & train and len(val | train) == 60  # no group on both sides
+    assert len(data.val_y) == 48 and torch.bincount(data.val_y, minlength=4).tolist() == [12] * 4
+    assert len(data.train_groups) == len(data.train_y) == 192
+
+
+def test_a_grouped_split_near_stratified_when_groups_mix_classes(tmp_path):
+    # 30 groups of 8 examples with mixed classes: whole groups cannot hit the target exactly, only near it
+    groups = np.repeat(np.arange(30), 8)
+    cfg = make_cfg("data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups)}", "data.val_size=0.25").data
+    data = load_dataset(cfg, dataset_classes(cfg), torch.eye(4))
+    val, train = split_groups(data, groups)
+    assert not val & train and len(data.val_y) % 8 == 0 and abs(len(data.val_y) - 60) <= 8
+    shares = torch.bincount(data.val_y, minlength=4) / len(data.val_y)
+    assert (shares - 0.25).abs().max() < 0.1
+
+
+def test_a_grouped_split_is_seeded(tmp_path):
+    npz = indexed_npz(tmp_path / "d.npz", np.repeat(np.arange(40), 6))
+    load = lambda seed: load_dataset(  # noqa: E731
+        make_cfg("data=arrays", f"data.path={npz}", f"data.subset_seed={seed}").data, CLASSES, torch.eye(4))
+    first = load(0).val_x.clone()
+    assert not torch.equal(first, load(1).val_x) and torch.equal(first, load(0).val_x)
+
+
+def test_without_groups_the_split_is_by_example(tmp_path):
+    cfg = make_cfg("data=arrays", f"data.path={make_npz(tmp_path / 'd.npz')}").data
+    assert load_dataset(cfg, CLASSES, torch.eye(4)).train_groups is None
+
+
+def test_groups_follow_the_class_restriction_and_the_training_subset(tmp_path):
+    groups = np.array([f"chain{i // 4}" for i in range(240)])  # names work as well as numbers
+    cfg = make_cfg("data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups)}",
+                   "data.classes=[ketone,alkane]", "data.train_size=100").data  # fmt: skip
+    data = load_dataset(cfg, dataset_classes(cfg), torch.eye(2))
+    val, train = split_groups(data, groups)
+    assert not val & train and len(data.train_groups) == len(data.train_y)
+    assert len(data.train_y) + len(data.val_y) == 100
+
+
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        (np.zeros(10, dtype=np.int64), r"groups_train must be \[N\] with N = len\(x_train\) = 240"),
+        (np.zeros(240, dtype=np.float32), "groups_train must hold integers or names"),
+        (np.zeros(240, dtype=np.int64), "the training set has 1 group; a split that keeps groups whole needs at least"),
+    ],
+)
+def test_bad_groups_are_one_clear_error(tmp_path, groups, message):
+    cfg = make_cfg("data=arrays", f"data.path={make_npz(tmp_path / 'd.npz', groups_train=groups)}").data
+    with pytest.raises(LossbenchError, match=message):
+        load_dataset(cfg, dataset_classes(cfg), torch.eye(4))

@@ -30,8 +30,9 @@ def test_groups_mirror_modules():
     for group in GROUPS:
         assert group_options(group), group
     assert group_options("loss") == sorted(LOSSES)
-    assert {"quick", "cifar10", "cifar100", "synthetic100", "dogs20"} <= set(group_options("experiment"))
-    assert {"small_cnn", "resnet18", "mlp", "custom"} <= set(group_options("model"))
+    assert {"quick", "cifar10", "cifar100", "synthetic100", "dogs20", "ss8", "solubility"} <= set(
+        group_options("experiment"))
+    assert {"small_cnn", "resnet18", "mlp", "cnn1d", "custom"} <= set(group_options("model"))
 
 
 def test_no_experiment_composes_exactly_the_defaults():
@@ -94,7 +95,7 @@ def test_every_score_table_instantiates(tmp_path, option):
 
 @pytest.mark.parametrize("model", [m for m in group_options("model") if m != "custom"])
 def test_every_model_optimiser_and_schedule_instantiates(model):
-    shape = (12,) if model == "mlp" else (3, 32, 32)
+    shape = {"mlp": (12,), "cnn1d": (22, 15)}.get(model, (3, 32, 32))
     net = build_model(make_cfg(f"model={model}").model, 5, shape)
     assert net.eval()(torch.zeros(2, *shape)).shape == (2, 5)
     for optim in group_options("optim"):

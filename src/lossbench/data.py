@@ -86,6 +86,9 @@ class Dataset:
     classes: list[str]
     val_x: Tensor | None = None  # carved from the training set; None without a validation split
     val_y: Tensor | None = None
+    # int64 [N]: which group each training example belongs to (a protein chain, a scaffold); a validation split
+    # keeps each group whole on one side. None: every example is its own group.
+    train_groups: Tensor | None = None
 
     @property
     def is_image(self) -> bool:
@@ -94,7 +97,7 @@ class Dataset:
     def to(self, device: torch.device) -> "Dataset":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes,
-                       move(self.val_x), move(self.val_y))  # fmt: skip
+                       move(self.val_x), move(self.val_y), self.train_groups)  # fmt: skip
 
 
 # ---------------------------------------------------------------- sources
@@ -189,7 +192,8 @@ class ImageFolder(Source):
 @dataclass(kw_only=True)
 class Arrays(Source):
     """Feature vectors from an .npz file: x_train, y_train, x_test, y_test (float features of any shape [N, ...],
-    integer labels 0..C-1) and optionally `classes` (C names; default class_0 ... class_{C-1})."""
+    integer labels 0..C-1) and optionally `classes` (C names; default class_0 ... class_{C-1}) and `groups_train`
+    (one group per training example, integers or names: the validation split keeps each group whole)."""
 
     path: str
 
@@ -273,11 +277,15 @@ def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset
 
 def _select(data: Dataset, select: Select) -> Dataset:
     train, test = select("train", data.train_y), select("test", data.test_y)
-    return Dataset(data.train_x[train], data.train_y[train], data.test_x[test], data.test_y[test], data.classes)
+    groups = None if data.train_groups is None else data.train_groups[train]
+    return Dataset(data.train_x[train], data.train_y[train], data.test_x[test], data.test_y[test], data.classes,
+                   train_groups=groups)  # fmt: skip
 
 
 def validation_split(data: Dataset, size: float | int | None, generator: torch.Generator) -> Dataset:
-    """Carve a stratified, seeded validation set out of the training set: `size` is a fraction (< 1) or a count."""
+    """Carve a seeded validation set out of the training set: `size` is a fraction (< 1) or a count. Without
+    groups it is stratified by class; with groups (data.train_groups) each group goes whole to one side, chosen
+    to bring the validation set's class counts as close as the groups allow to a stratified set of that size."""
     if not size:
         return data
     n = len(data.train_y)
@@ -288,11 +296,42 @@ def validation_split(data: Dataset, size: float | int | None, generator: torch.G
     require(count >= len(data.classes), f"data.val_size {size} gives {count} examples, fewer than the "
                                         f"{len(data.classes)} classes (a larger data.val_size, "
                                         "or null for none)")  # fmt: skip
-    val = stratified_subset(data.train_y, count, len(data.classes), generator, "data.val_size")
+    if data.train_groups is None:
+        val = stratified_subset(data.train_y, count, len(data.classes), generator, "data.val_size")
+    else:
+        val = grouped_subset(data.train_y, data.train_groups, count, len(data.classes), generator)
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
+    groups = None if data.train_groups is None else data.train_groups[keep]
     return Dataset(data.train_x[keep], data.train_y[keep], data.test_x, data.test_y, data.classes,
-                   data.train_x[val], data.train_y[val])  # fmt: skip
+                   data.train_x[val], data.train_y[val], groups)  # fmt: skip
+
+
+def grouped_subset(labels: Tensor, groups: Tensor, size: int, num_classes: int,
+                   generator: torch.Generator) -> Tensor:  # fmt: skip
+    """Indices of whole groups holding about `size` examples, with class counts as near as the groups allow to
+    the training set's class shares at that size (the stratified target). Groups are visited in a seeded random
+    order; each joins when it brings the counts closer to the target (squared distance), so a group that would
+    overshoot a class is passed over and a smaller one later can take its place. At least one group stays in
+    training. Why: examples of one group are near copies (the overlapping windows of one protein chain), and a
+    split that cuts a group puts copies of training examples into validation."""
+    codes, inverse = torch.unique(groups, return_inverse=True)
+    require(len(codes) >= 2, f"data.val_size: the training set has {len(codes)} group; a split that keeps "
+                             "groups whole needs at least 2 (more groups, or null for no validation split)")
+    counts = torch.zeros(len(codes), num_classes, dtype=torch.float64)
+    counts.index_put_((inverse, labels), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    target = counts.sum(dim=0) * (size / len(labels))
+    taken = torch.zeros(num_classes, dtype=torch.float64)
+    chosen = torch.zeros(len(codes), dtype=torch.bool)
+    for g in torch.randperm(len(codes), generator=generator).tolist():
+        if chosen.sum() == len(codes) - 1:
+            break
+        if ((taken + counts[g] - target) ** 2).sum() < ((taken - target) ** 2).sum():
+            taken += counts[g]
+            chosen[g] = True
+    require(bool(chosen.any()), f"data.val_size {size}: every group is larger than the validation set asked "
+                                "for; a larger data.val_size, or null for none")  # fmt: skip
+    return chosen[inverse].nonzero().flatten()
 
 
 def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
@@ -308,7 +347,9 @@ def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
         keep = mapped >= 0
         return x[keep], mapped[keep]
 
-    return Dataset(*pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes))
+    groups = None if data.train_groups is None else data.train_groups[lookup[data.train_y] >= 0]
+    return Dataset(*pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes),
+                   train_groups=groups)  # fmt: skip
 
 
 def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator,
@@ -401,7 +442,21 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
     return Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)),
                    torch.from_numpy(arrays["y_train"].astype(np.int64)),
                    torch.from_numpy(arrays["x_test"].astype(np.float32)),
-                   torch.from_numpy(arrays["y_test"].astype(np.int64)), names)  # fmt: skip
+                   torch.from_numpy(arrays["y_test"].astype(np.int64)), names,
+                   train_groups=_read_groups(arrays, path))  # fmt: skip
+
+
+def _read_groups(arrays: dict[str, np.ndarray], path: Path) -> Tensor | None:
+    """The optional groups_train array as group numbers 0..G-1: any integers or names, one per training example."""
+    if "groups_train" not in arrays:
+        return None
+    groups = arrays["groups_train"]
+    require(groups.ndim == 1 and len(groups) == len(arrays["y_train"]),
+            f"data.path {path}: groups_train must be [N] with N = len(x_train) = {len(arrays['y_train'])}, "
+            f"not shape {groups.shape}")  # fmt: skip
+    require(np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind == "U",
+            f"data.path {path}: groups_train must hold integers or names, not {groups.dtype}")  # fmt: skip
+    return torch.from_numpy(np.unique(groups, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def _image_folder(source: ImageFolder, classes: Sequence[str], select: Select) -> Dataset:

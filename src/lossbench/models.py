@@ -1,6 +1,7 @@
 """Models, each a `_target_` of the `model` config group built with num_classes (and in_channels or
 input_shape where the class takes them): a small CNN sized for 32x32 (or, with a stride-2 stem, 64x64) images,
-torchvision's ResNet-18 in its CIFAR form, and an MLP for feature vectors. Any importable nn.Module class taking
+torchvision's ResNet-18 in its CIFAR form, an MLP for feature vectors and a 1-D CNN for windows of a sequence
+([N, channels, positions], e.g. one-hot residues around the one to classify). Any importable nn.Module class taking
 num_classes works too (`model=custom model._target_=mypkg.MyNet`)."""
 
 from __future__ import annotations
@@ -115,6 +116,56 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+READOUTS = ("centre", "pool")
+
+
+class CNN1d(nn.Module):
+    """Conv1d-BatchNorm-ReLU layers, then a readout and a linear head: for windows of a sequence shaped
+    [N, channels, positions], one-hot residues or atoms. Dropout before the head. Two readouts:
+    - `centre` (the label belongs to the middle of the window): the centre's output depends only on the
+      `reach` = layers x (kernel_size // 2) positions to either side, so the window is cut to those (or
+      zero-padded to them when shorter) and the convolutions run unpadded, each layer shortening it by
+      kernel_size - 1 down to the centre alone. The same network with 'same' padding computes every position
+      only to read one: 3.3x the arithmetic at 3 layers of kernel 5 on a window of 15.
+    - `pool` (a label of the whole window): 'same' padding, then the mean over the positions."""
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 32, 32),
+                 kernel_size: int = 5, readout: str = "centre", dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        require(len(input_shape) == 2, f"model=cnn1d needs inputs shaped [N, channels, positions], not "
+                                       f"[N, {', '.join(str(d) for d in input_shape)}]")  # fmt: skip
+        widths = [int(w) for w in widths]
+        require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
+        require(kernel_size > 0 and kernel_size % 2 == 1,
+                f"model.kernel_size must be odd and positive (a window centred on each position), "
+                f"not {kernel_size}")  # fmt: skip
+        require(readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}, not {readout}")
+        require(0 <= dropout < 1, f"model.dropout must be in [0, 1), not {dropout}")
+        layers: list[nn.Module] = []
+        channels, padding = int(input_shape[0]), 0 if readout == "centre" else kernel_size // 2
+        for width in widths:
+            layers += [nn.Conv1d(channels, width, kernel_size, padding=padding, bias=False),
+                       nn.BatchNorm1d(width), nn.ReLU(inplace=True)]  # fmt: skip
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.readout = readout
+        self.reach = len(widths) * (kernel_size // 2)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.readout == "pool":
+            return self.head(self.features(x).mean(dim=2))
+        return self.head(self.features(self.around_centre(x)).flatten(1))
+
+    def around_centre(self, x: Tensor) -> Tensor:
+        """The centre position of x and `reach` positions to either side, zero-padded where x is shorter."""
+        centre, reach = x.shape[2] // 2, self.reach
+        left, right = max(0, reach - centre), max(0, centre + reach + 1 - x.shape[2])
+        if left or right:
+            x, centre = nn.functional.pad(x, (left, right)), centre + left
+        return x[:, :, centre - reach : centre + reach + 1]
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
