@@ -128,12 +128,17 @@ def report(
 
 
 @app.command()
-def resume(directory: str = typer.Argument(..., help="A run directory or a comparison directory")) -> None:
+def resume(
+    directory: str = typer.Argument(..., help="A run directory or a comparison directory"),
+    trust: list[str] = typer.Option(
+        [], "--trust", help="A component of your own that the recorded config names (e.g. mypkg.MyNet, or a Hydra "
+        "key such as hydra.launcher.setup): only lossbench's own are built from a directory unless named here"),
+) -> None:  # fmt: skip
     """Continue an interrupted run from its last checkpoint, or the unfinished runs of a comparison (then
     rewrite its report)."""
     from lossbench import launch
 
-    guarded(lambda: launch.resume(directory))
+    guarded(lambda: launch.resume(directory, trust))
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import traceback
@@ -41,6 +42,7 @@ from lossbench.rundir import (
 )  # fmt: skip
 from lossbench.pack import train_packed
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
+from lossbench import trust
 
 log = logging.getLogger("lossbench")
 
@@ -406,12 +408,13 @@ def report(directory: str, target_score: float | None = None) -> int:
         return report_comparison(path, partial_ok=True, target_score=target_score)
 
 
-def resume(directory: str) -> int:
-    """Continue a run directory from its checkpoint, or the unfinished runs of a comparison directory."""
+def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
+    """Continue a run directory from its checkpoint, or the unfinished runs of a comparison directory. Only
+    lossbench's own components, and those named in `trusted` (`--trust`), are built from the recorded config."""
     path = Path(directory)
     require(path.is_dir(), f"{path}: directory not found")
     if (path / COMPARE_FILE).exists():
-        return resume_comparison(path)
+        return resume_comparison(path, trusted)
     # A tune's seeds are several sweeps (one per loss at its own setting), which compare.json cannot replay.
     require(not (path / TUNE_FILE).exists(),
             f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
@@ -419,11 +422,56 @@ def resume(directory: str) -> int:
             f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`")  # fmt: skip
     require((path / CONFIG_FILE).exists(),
             f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
-    status = train_run(read_config(path), path, resume=True)
+    cfg = read_config(path)
+    trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
+    status = train_run(cfg, path, resume=True)
     return 0 if status == "finished" else 1
 
 
-def resume_comparison(comparison: Path) -> int:
+def resume_command(path: Path) -> str:
+    return f"lossbench resume {shlex.quote(str(path))}"
+
+
+def check_recorded_overrides(overrides: list[Override], source: str, trusted: list[str] | tuple[str, ...],
+                             command: str) -> None:  # fmt: skip
+    """Refuse recorded overrides (compare.json's) that would make lossbench call what is not its own, unless the
+    user names it again (`trusted`): a `_target_` set by value, one a composed config holds that no config group
+    of lossbench's or of an installed Hydra plugin names, and the Hydra settings that run commands. Checked
+    before anything is composed into a job or launched."""
+    trusted = set(trusted)
+    for override in overrides:
+        key = override.key_or_group
+        if trust.is_code_key(key) and key not in trusted:
+            raise LossbenchError(f"{source} sets {key}, which makes Hydra run code or commands of its own; a "
+                                 f"record read from disk is resumed with it only when you name it again: "
+                                 f"`{command} --trust {key}` (only if you trust it)")  # fmt: skip
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        found = {}
+        for index, item in enumerate(values):
+            item = item.text if isinstance(item, QuotedString) else item
+            if key == trust.TARGET or key.endswith("." + trust.TARGET):
+                found[key if len(values) == 1 else f"{key}[{index}]"] = str(item)
+            found.update(trust.targets(item, key + "."))
+        bad = trust.untrusted(found, trusted)
+        if bad:
+            raise trust.refusal(source, *next(iter(bad.items())), command)
+    # What the groups the record chooses name (lossbench's, an installed launcher's): its own, as it were.
+    choices = [o.input_line for o in overrides if "." not in o.key_or_group and not o.is_sweep_override()
+               and isinstance(o.value(), str) and "${" not in o.value()]  # fmt: skip
+    lines = [o.input_line for o in overrides if not o.is_sweep_override()]
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            own = trust.targets(compose("config", overrides=choices, return_hydra_config=True)).values()
+            found = trust.targets(compose("config", overrides=lines, return_hydra_config=True))
+    except Exception as err:
+        raise config_error(err) from None
+    bad = trust.untrusted(found, trusted, own)
+    if bad:
+        raise trust.refusal(source, *next(iter(bad.items())), command)
+
+
+def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = ()) -> int:
     """Continue the unfinished runs of a comparison with the overrides compare.json recorded: its paths are
     absolute, so nothing depends on the directory resume is started from."""
     claim(comparison, "comparison")
@@ -436,6 +484,7 @@ def resume_comparison(comparison: Path) -> int:
                 warnings.warn(f"{comparison / COMPARE_FILE} records relative paths (an older lossbench); "
                               f"reading them from {Path.cwd()}")  # fmt: skip
         overrides = parse_overrides(args)
+        check_recorded_overrides(overrides, str(comparison / COMPARE_FILE), trusted, resume_command(comparison))
         cfg = compose_config(overrides)
         preflight(cfg)
         return launch_comparison(comparison, args, overrides, comparison_sweep(cfg, overrides), resume=True)

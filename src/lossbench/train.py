@@ -37,6 +37,7 @@ from lossbench.rundir import (
     read_status, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
+from lossbench.trust import check_config, targets
 
 log = logging.getLogger("lossbench")
 
@@ -299,7 +300,10 @@ def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
     """The config a run trains with: the one it recorded when resuming (start_run checks it, so a hand-edited
     value is named before anything reads it), else cfg with absolute paths, recorded."""
     if resume and (run_dir / CONFIG_FILE).exists():
-        return read_config(run_dir)
+        recorded = read_config(run_dir)
+        # Only what cfg (checked by the command that composed it) builds may be built from the recorded copy.
+        check_config(recorded, str(run_dir / CONFIG_FILE), (), f"lossbench resume {run_dir}", targets(cfg).values())
+        return recorded
     cfg = absolute_paths(cfg)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     return cfg
