@@ -4,6 +4,7 @@ folders that are not lossbench's, and numbers at the edges. Each test names the 
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 from pathlib import Path
@@ -116,3 +117,204 @@ def test_lossbench_components_and_installed_launchers_pass(tmp_path):
     cmp = comparison_record(tmp_path / "cmp", "hydra/launcher=joblib", "model=resnet18", "optim=adamw")
     launch.check_recorded_overrides(launch.parse_overrides([*TINY, "hydra/launcher=joblib", "optim=adamw"]),
                                     str(cmp), (), "lossbench resume cmp")  # fmt: skip
+
+
+# ---------------------------------------------------------------- 2. records pin what they used
+
+
+def test_recorded_overrides_hold_resolved_values(monkeypatch):
+    monkeypatch.setenv("H3DATA", "/data/h3")
+    monkeypatch.setenv("LR", "0.05")
+    got = launch.resolved_overrides(["-m", "data=imagefolder", "data.root=${oc.env:H3DATA}", "data.cache_dir='${oc.env:H3DATA}/c'",
+                                     "+data.extra=[${oc.env:H3DATA},b]", "optim.lr='${oc.decode:${oc.env:LR}}'",
+                                     "name=n${seed}", "data.subset_seed=1,${seed}", "train.epochs=2"])  # fmt: skip
+    assert got == ["data=imagefolder", "data.root='/data/h3'", "data.cache_dir='/data/h3/c'", "+data.extra=['/data/h3','b']",
+                   "optim.lr=0.05", "name='n0'", "data.subset_seed=1,0", "train.epochs=2"]  # fmt: skip
+    assert launch.resolved_overrides(["name='\\${literal}'"]) == ["name='\\${literal}'"]
+    monkeypatch.delenv("H3DATA")
+    with pytest.raises(LossbenchError, match="data.root=.*cannot resolve its interpolation now"):
+        launch.resolved_overrides(["data=imagefolder", "data.root=${oc.env:H3DATA}"])
+
+
+def score_csv(path: Path, near: float) -> Path:
+    path.write_text(f",class_000,class_001\nclass_000,2,{near}\nclass_001,{near},2\n")
+    return path
+
+
+TWO = ["data.names=generic", "data.num_classes=2", "data.classes=null", "train.epochs=1", "losses=[ce]"]
+
+
+def test_a_comparison_pins_its_score_table_and_interpolations(tmp_path):
+    table = score_csv(tmp_path / "s.csv", 1)
+    env = {"TABLE_DIR": str(tmp_path)}
+    args = [*TINY, "data.names=generic", "data.num_classes=2", "scores=file", "scores.path=${oc.env:TABLE_DIR}/s.csv",
+            "train.epochs=1", "losses=[ce,expected_score]"]  # fmt: skip
+    done = lossbench("compare", *args, "--out", "cmp", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert not any("${" in a for a in record["args"]), record["args"]
+    copies = list((tmp_path / "cmp" / "inputs").glob("scores-*.csv"))
+    assert len(copies) == 1 and copies[0].read_text() == table.read_text()
+    for run in ("loss=ce,seed=0", "loss=expected_score,seed=0"):
+        assert OmegaConf.load(tmp_path / "cmp" / run / CONFIG_FILE).scores.path == str(copies[0])
+    # The user's file replaced, the variable changed: a resume (of a run that never started) uses the copy.
+    score_csv(table, -5)
+    shutil.rmtree(tmp_path / "cmp" / "loss=expected_score,seed=0")
+    again = lossbench("resume", "cmp", cwd=tmp_path, env={"TABLE_DIR": "/nowhere"})
+    assert again.returncode == 0, again.stderr
+    assert OmegaConf.load(tmp_path / "cmp" / "loss=expected_score,seed=0" / CONFIG_FILE).scores.path == str(copies[0])
+    # The copy itself edited: refused before any job.
+    copies[0].write_text(table.read_text())
+    shutil.rmtree(tmp_path / "cmp" / "loss=expected_score,seed=0")
+    refused = lossbench("resume", "cmp", cwd=tmp_path)
+    assert "was changed after lossbench copied it" in one_error(refused)
+    assert not (tmp_path / "cmp" / "loss=expected_score,seed=0").exists()
+
+
+def npz(path: Path, permute: bool = False) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.arange(256) % 3, np.arange(96) % 3
+    x_train = rng.normal(size=(256, 5)) + y_train[:, None]
+    x_test = rng.normal(size=(96, 5)) + y_test[:, None]
+    if permute:
+        y_train = (y_train + 1) % 3
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+ARRAYS = ["data=arrays", "model=mlp", "model.hidden=[8]", "scores=identity", "device=cpu", "train.progress=false",
+          "train.batch_size=64"]  # fmt: skip
+
+
+@pytest.mark.parametrize("change", ["replace", "remove", "folder"])
+def test_a_resume_refuses_data_that_changed_since_the_run_started(tmp_path, change):
+    from lossbench.train import train_run
+
+    if change == "folder":
+        from PIL import Image
+
+        for split in ("train", "test"):
+            for name in ("cat", "dog"):
+                (tmp_path / "img" / split / name).mkdir(parents=True)
+                for j in range(4):
+                    Image.new("RGB", (8, 8), (j * 50, 0, 0)).save(tmp_path / "img" / split / name / f"{j}.png")
+        args = ["data=imagefolder", f"data.root={tmp_path / 'img'}", "data.image_size=8", "data.val_size=null",
+                "model.widths=[4]", "scores=identity", "device=cpu", "train.progress=false"]  # fmt: skip
+    else:
+        args = [*ARRAYS, f"data.path={npz(tmp_path / 'x.npz')}"]
+    cfg = make_cfg(*args, "train.epochs=2", f"data.cache_dir={tmp_path / 'cache'}" if change == "folder" else "seed=0")
+    run_dir = tmp_path / "run"
+    assert train_run(cfg, run_dir) == "finished"
+    write_status(run_dir, "interrupted", 1, 2)  # as a kill after epoch 1 leaves it
+    if change == "replace":
+        npz(tmp_path / "x.npz", permute=True)
+    elif change == "remove":
+        (tmp_path / "x.npz").unlink()
+    else:
+        (tmp_path / "img" / "train" / "cat" / "0.png").rename(tmp_path / "img" / "train" / "dog" / "9.png")
+    with pytest.raises(LossbenchError, match="resuming would train one run on two inputs"):
+        train_run(cfg, run_dir, resume=True)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_comparison_resume_refuses_a_value_that_composes_differently_now(tmp_path, monkeypatch):
+    """An older record kept `${oc.env:...}` unresolved: resumed with the variable changed, its new runs would use
+    another value than its finished ones."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUBSET", "1")
+    cmp = comparison_record(tmp_path / "cmp", "data.subset_seed=${oc.env:SUBSET}", "losses=[ce,expected_score]")
+    interrupted_run(cmp / "loss=ce,seed=0", **{"data.subset_seed": "1", "losses": ["ce", "expected_score"]})
+    monkeypatch.setenv("SUBSET", "2")
+    with pytest.raises(LossbenchError, match="records data.subset_seed=1, the record now gives 2"):
+        launch.resume(str(cmp))
+    assert not (cmp / "loss=expected_score,seed=0").exists()
+
+
+# ---------------------------------------------------------------- 3. only lossbench's folders are lossbench's
+
+
+def users_folder(path: Path, **files: str) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+FOREIGN = [
+    {"multirun.yaml": "hydra:\n  job:\n    name: my_app\n"},  # any Hydra app's sweep
+    {"multirun.yaml": "hydra:\n  job:\n    name: lossbench\n"},  # lossbench's name, but no run of lossbench's
+    {"compare.json": "{not json"},
+    {"compare.json": '{"runs": 3}'},
+    {"status.json": '{"status": "done"}', "config.yaml": "model: resnet\n"},  # a run-like folder, no loss
+]
+
+
+@pytest.mark.parametrize("files", FOREIGN)
+def test_a_file_name_alone_does_not_make_a_folder_lossbenchs(tmp_path, files):
+    folder = users_folder(tmp_path / "mine", **files, **{"summary.md": "my notes"})
+    for kind in ("comparison", "run"):
+        with pytest.raises(LossbenchError, match="not empty and not made by lossbench"):
+            claim(folder, kind)
+    with pytest.raises(LossbenchError):
+        launch.report(str(folder))
+    assert (folder / "summary.md").read_text() == "my notes" and not (folder / MARKER_FILE).exists()
+
+
+def test_compare_refuses_a_hydra_apps_sweep_folder(tmp_path):
+    folder = users_folder(tmp_path / "mine", **FOREIGN[0], **{"summary.md": "my notes"})
+    result = lossbench("compare", *TINY, "losses=[ce]", "--out", str(folder), cwd=tmp_path)
+    assert "not empty and not made by lossbench" in one_error(result)
+    assert (folder / "summary.md").read_text() == "my notes"
+
+
+def test_version_1_folders_are_still_recognised_by_their_contents(tmp_path):
+    run = users_folder(tmp_path / "sweep" / "0", **{"status.json": '{"status": "finished"}',
+                                                    "config.yaml": "loss:\n  name: ce\n"})  # fmt: skip
+    claim(run, "run")
+    users_folder(tmp_path / "sweep2", **{"multirun.yaml": "hydra:\n  job:\n    name: lossbench\n"})
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra:\n  job:\n    name: lossbench\n")
+    (run / MARKER_FILE).unlink()
+    claim(tmp_path / "sweep", "comparison")
+    cmp = users_folder(tmp_path / "cmp", **{"compare.json": '{"args": ["losses=[ce]"]}'})
+    claim(cmp, "comparison")
+
+
+def test_run_resolves_an_interpolated_output_directory_before_claiming_it(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("mine")
+    result = lossbench("run", *TINY, "hydra.run.dir=${oc.env:MYOUT}", cwd=tmp_path, env={"MYOUT": str(folder)})
+    assert "not empty and not made by lossbench" in one_error(result)
+    assert (folder / ".hydra" / "config.yaml").read_text() == "mine"
+    sweep = lossbench("run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=${oc.env:MYOUT}", cwd=tmp_path,
+                      env={"MYOUT": str(folder)})  # fmt: skip
+    assert "not empty and not made by lossbench" in one_error(sweep)
+
+
+def test_run_into_a_comparison_is_refused_while_the_comparison_is_in_use(tmp_path):
+    from lossbench.rundir import locked
+
+    cmp = tmp_path / "cmp"
+    claim(cmp, "comparison")
+    with locked(cmp):
+        result = lossbench("run", *TINY, f"hydra.run.dir='{cmp / 'loss=expected_score,seed=0'}'", cwd=tmp_path)
+        assert "is in use by another lossbench process" in one_error(result, code=1)
+        nested = lossbench("run", *TINY, f"hydra.run.dir={cmp / 'a' / 'b'}", cwd=tmp_path)
+        assert "is in use by another lossbench process" in one_error(nested, code=1)
+    assert not (cmp / "loss=expected_score,seed=0" / "metrics.csv").exists()
+
+
+def test_explain_replaces_only_its_own_figure(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "explain_grad_norm.png")
+    before = (tmp_path / "explain_grad_norm.png").read_bytes()
+    refused = lossbench("explain", "--scores", "identity", "--out", str(tmp_path), cwd=tmp_path)
+    assert "was not written by lossbench explain" in one_error(refused)
+    assert (tmp_path / "explain_grad_norm.png").read_bytes() == before
+    (tmp_path / "explain_grad_norm.png").unlink()
+    for _ in range(2):  # its own figure is replaced
+        done = lossbench("explain", "--scores", "identity", "--out", str(tmp_path), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr

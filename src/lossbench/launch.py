@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -35,14 +36,15 @@ from lossbench import multirun
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
-from lossbench.report import build_report
+from lossbench.report import build_report, flatten
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, find_runs, locked,
-    read_config, read_record, read_status, write_record,
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, comparisons_locked,
+    find_runs, locked, read_config, read_record, read_status, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
 from lossbench import trust
+from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
 
 log = logging.getLogger("lossbench")
 
@@ -194,6 +196,78 @@ def absolute_overrides(args: list[str], base: Path) -> list[str]:
     return result
 
 
+def hydra_value(value: object) -> str:
+    """A resolved config value as Hydra override text that reads back as exactly that value."""
+    if isinstance(value, str):
+        return hydra_quote(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def resolved_overrides(args: list[str]) -> list[str]:
+    """`args` (without -m) with the interpolations in task overrides' values (`${oc.env:DATA}`, `${now:...}`, a
+    reference to another key) resolved now, once, so that a record holds the values the runs use and a resume
+    with another environment or from another directory cannot change them."""
+    words = without_multirun_flag(args)
+    overrides = parse_overrides(words)
+    changing = (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD)
+    todo = [i for i, o in enumerate(overrides) if is_task_override(o) and o.type in changing and "${" in words[i]]
+    if not todo:
+        return words
+    context = OmegaConf.create(OmegaConf.to_container(compose_config(overrides)))
+    result = list(words)
+    prefixes = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+    for i in todo:
+        override = overrides[i]
+        value = override.value()
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        texts = []
+        for choice in choices:
+            probe = context.copy()
+            try:
+                OmegaConf.update(probe, override.key_or_group, choice.text if isinstance(choice, QuotedString)
+                                 else choice, force_add=True, merge=False)  # fmt: skip
+                found = OmegaConf.select(probe, override.key_or_group, throw_on_resolution_failure=True)
+                found = OmegaConf.to_container(found, resolve=True) if OmegaConf.is_config(found) else found
+            except Exception as err:  # an unset variable, an unknown resolver
+                raise LossbenchError(f"{override.input_line}: cannot resolve its interpolation now "
+                                     f"({one_line(err)}); a record must hold the value the runs use") from None
+            texts.append(hydra_value(found))
+        result[i] = f"{prefixes.get(override.type, '')}{override.key_or_group}={','.join(texts)}"
+    return result
+
+
+def pinned_scores(args: list[str], directory: Path) -> list[str]:
+    """`args` (absolute paths, no -m) with every score table file copied into directory/inputs/ and named by
+    its copy, so that every run, now or resumed, reads the table as it was when the command started. A table
+    that the config names without an override (an experiment's) gets an override naming its copy."""
+    words = without_multirun_flag(args)
+    overrides = parse_overrides(words)
+    prefixes = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+    result, named = [], False
+    for arg, override in zip(words, overrides):
+        if override.key_or_group != SCORES_KEY or override.type not in (OverrideType.CHANGE, *prefixes):
+            result.append(arg)
+            continue
+        named = True
+        value = override.value()
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        texts = [c.text if isinstance(c, QuotedString) else c for c in choices]
+        copies = [str(pin_scores(Path(t), directory)) if isinstance(t, str) and Path(t).is_file() else t
+                  for t in texts]  # fmt: skip
+        result.append(f"{prefixes.get(override.type, '')}{SCORES_KEY}={','.join(hydra_value(c) for c in copies)}")
+    if not named:
+        table = scores_file(absolute_paths(compose_config(overrides)))
+        if table is not None and table.is_file():
+            result.append(f"{SCORES_KEY}={hydra_quote(str(pin_scores(table, directory)))}")
+    return result
+
+
 def is_task_override(override: Override) -> bool:
     return not override.key_or_group.startswith("hydra")
 
@@ -241,14 +315,20 @@ def preflight(cfg: DictConfig) -> None:
         raise LossbenchError(one_line(err)) from None
 
 
-def claim_output_dirs(overrides: list[Override]) -> None:
-    """A `run` into a directory the user named (hydra.run.dir / hydra.sweep.dir) is refused before Hydra writes
-    anything there, unless the directory is new, empty or lossbench's."""
-    for override in overrides:
-        value = override.value()
-        kind = {"hydra.run.dir": "run", "hydra.sweep.dir": "comparison"}.get(override.key_or_group)
-        if kind and isinstance(value, str) and "${" not in value:
-            claim(Path(value), kind)
+def claimed_output_dir(args: list[str], overrides: list[Override], held: ExitStack) -> list[str]:
+    """A `run`'s output directory (hydra.run.dir, or hydra.sweep.dir with -m), its interpolations resolved now,
+    claimed before Hydra writes anything there (new, empty or lossbench's: never a user's folder), and the
+    comparison it lies in locked for as long as the run works (held on `held`). Returns the args pinned to that
+    directory (with -m, the score table pinned in it too: every job of the sweep reads one copy)."""
+    sweep = any(a in MULTIRUN_FLAGS for a in args)
+    directory = multirun.resolved_sweep_dir(overrides, "sweep" if sweep else "run")
+    require("${" not in str(directory), f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
+                                        "with '${' cannot pass through Hydra, which would interpolate it")  # fmt: skip
+    claim(directory, "comparison" if sweep else "run")
+    held.enter_context(comparisons_locked(directory, itself=sweep))
+    if not sweep:
+        return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"]
+    return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)]
 
 
 def checked_losses(cfg: DictConfig) -> list[str]:
@@ -295,16 +375,15 @@ def run(args: list[str]) -> int:
     failed or diverged (named on stderr), from this process or, with -m, from the sweep's run directories.
     Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
     sweep_dir = None
-    if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
-        overrides = parse_overrides(args)
-        preflight(compose_config(overrides))
-        claim_output_dirs(overrides)
-        if any(a in MULTIRUN_FLAGS for a in args):  # jobs of other processes are read from disk afterwards
-            sweep_dir = multirun.resolved_sweep_dir(overrides)
-            args = [*args, multirun.pin_sweep_dir(sweep_dir)]
-    finished_jobs.clear()
-    started = time.time()
-    launch_hydra(args)
+    with ExitStack() as held:
+        if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+            overrides = parse_overrides(args)
+            preflight(compose_config(overrides))
+            args = claimed_output_dir(args, overrides, held)
+            sweep_dir = multirun.resolved_sweep_dir(overrides) if any(a in MULTIRUN_FLAGS for a in args) else None
+        finished_jobs.clear()
+        started = time.time()
+        launch_hydra(args)
     bad = {d.resolve(): s for d, s in finished_jobs if s != "finished"}
     bad.update(multirun.unsuccessful_runs(sweep_dir, started) if sweep_dir else {})
     for run_dir, status in bad.items():
@@ -316,7 +395,7 @@ def compare(args: list[str], out: str | None = None) -> int:
     """`lossbench compare`: every loss of `losses` x every seed of `seeds` (plus any sweeps in args) as one
     Hydra multirun into one comparison directory, then the report. Returns the exit code."""
     cwd = Path.cwd()
-    args = absolute_overrides(list(args) or [DEMO], cwd)
+    args = absolute_overrides(resolved_overrides(list(args) or [DEMO]), cwd)
     overrides = parse_overrides(args)
     cfg = compose_config(overrides)
     preflight(cfg)
@@ -330,9 +409,10 @@ def compare(args: list[str], out: str | None = None) -> int:
             f"comparison directory {comparison} already has runs; continue it with "
             f"`lossbench resume {comparison}` or choose another --out",
         )
-        record = {"version": LAYOUT_VERSION, "args": without_multirun_flag(args), "cwd": str(cwd), "created": stamp}
+        args = pinned_scores(args, comparison)
+        record = {"version": LAYOUT_VERSION, "args": args, "cwd": str(cwd), "created": stamp}
         write_record(comparison, record)
-        return launch_comparison(comparison, record["args"], overrides, sweep, resume=False)
+        return launch_comparison(comparison, record["args"], parse_overrides(args), sweep, resume=False)
 
 
 def claim_comparison(comparison: Path) -> None:
@@ -424,7 +504,8 @@ def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
             f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
     cfg = read_config(path)
     trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
-    status = train_run(cfg, path, resume=True)
+    with comparisons_locked(path):  # not while its comparison is being run, resumed or reported
+        status = train_run(cfg, path, resume=True)
     return 0 if status == "finished" else 1
 
 
@@ -471,6 +552,61 @@ def check_recorded_overrides(overrides: list[Override], source: str, trusted: li
         raise trust.refusal(source, *next(iter(bad.items())), command)
 
 
+def swept_keys(overrides: list[Override], cfg: DictConfig) -> set[str]:
+    """The flattened config keys a comparison's sweeps set (a group's: every key its options change)."""
+    lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
+    swept = {"seed", "resume", "loss"}  # a comparison's own sweep (comparison_sweep)
+    base = flatten_config(cfg)
+    for override in overrides:
+        if not (is_task_override(override) and override.is_sweep_override()):
+            continue
+        key = override.key_or_group
+        swept.add(key)
+        if "." in key:
+            continue
+        choices = override.value().list if override.is_sweep_override() else [override.value()]
+        for choice in choices:
+            try:
+                with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+                    other = flatten_config(compose("config", overrides=[*lines, f"{key}={choice}"]))
+            except Exception:  # a choice that does not compose alone: its group's keys all count as swept
+                continue
+            swept |= {k for k in set(base) | set(other) if base.get(k, None) != other.get(k, None)}
+    return swept
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    return {k: str(v) for k, v in flatten(OmegaConf.to_container(absolute_paths(cfg))).items()}
+
+
+def check_unchanged(comparison: Path, overrides: list[Override], cfg: DictConfig) -> None:
+    """Refuse to resume a comparison whose inputs changed since its runs started: a pinned score table edited, a
+    data file or folder changed, or a value its recorded overrides now compose to differently (an interpolation
+    recorded by an older lossbench, a relative default path read from another directory). Its finished runs and
+    the runs this resume would start would otherwise use two different inputs."""
+    for override in overrides:
+        if override.key_or_group == SCORES_KEY:
+            value = override.value()
+            for choice in value.list if isinstance(value, ChoiceSweep) else [value]:
+                check_pinned(Path(str(choice.text if isinstance(choice, QuotedString) else choice)))
+    problems = []
+    swept = {k for k in swept_keys(overrides, cfg)}
+    now = flatten_config(cfg)
+    for run_dir in find_runs(comparison):
+        problems += [f"{run_dir.name}: {problem}" for problem in changed_inputs(run_dir)]
+        try:
+            recorded = {k: str(v) for k, v in flatten_config(read_config(run_dir)).items()}
+        except LossbenchError:
+            continue  # a damaged config.yaml: its job says so
+        differ = [k for k in sorted(set(now) & set(recorded))
+                  if now[k] != recorded[k] and not any(k == s or k.startswith(s + ".") for s in swept)]  # fmt: skip
+        problems += [f"{run_dir.name}/{CONFIG_FILE} records {k}={recorded[k]}, the record now gives {now[k]}"
+                     for k in differ[:2]]  # fmt: skip
+    require(not problems, f"{comparison}: an input changed since its runs started ({'; '.join(problems[:3])}"
+                          f"{' ...' if len(problems) > 3 else ''}); resuming would mix two inputs in one comparison: "
+                          "restore them, or start a new comparison")  # fmt: skip
+
+
 def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = ()) -> int:
     """Continue the unfinished runs of a comparison with the overrides compare.json recorded: its paths are
     absolute, so nothing depends on the directory resume is started from."""
@@ -486,5 +622,6 @@ def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = (
         overrides = parse_overrides(args)
         check_recorded_overrides(overrides, str(comparison / COMPARE_FILE), trusted, resume_command(comparison))
         cfg = compose_config(overrides)
+        check_unchanged(comparison, overrides, cfg)
         preflight(cfg)
         return launch_comparison(comparison, args, overrides, comparison_sweep(cfg, overrides), resume=True)

@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -71,11 +71,52 @@ def marker_kind(directory: Path) -> str | None:
 
 
 def _made_before_markers(directory: Path, kind: str) -> bool:
-    """A version-1 directory: a run with its status and config, a comparison with compare.json, or the sweep
-    directory of a `run -m`."""
+    """A version-1 directory, recognised only by what lossbench writes, never by a file name alone (any Hydra
+    app writes a multirun.yaml, anyone may name a file status.json): a run with a status.json holding a status and
+    a config.yaml naming a loss; a comparison with a compare.json holding its overrides, or the sweep directory
+    of a `lossbench run -m`, whose multirun.yaml names lossbench's job and which holds lossbench's runs."""
     if kind == "run":
-        return (directory / STATUS_FILE).exists() and (directory / CONFIG_FILE).exists()
-    return (directory / COMPARE_FILE).exists() or (directory / HYDRA_SWEEP_FILE).exists()
+        return _is_status(directory / STATUS_FILE) and _names_a_loss(directory / CONFIG_FILE)
+    if (directory / COMPARE_FILE).is_file():
+        try:
+            read_record(directory)
+            return True
+        except (LossbenchError, OSError):
+            return False
+    return _lossbench_sweep(directory / HYDRA_SWEEP_FILE) and any(
+        _made_before_markers(run_dir, "run") or marker_kind_or_none(run_dir) == "run" for run_dir in find_runs(directory))
+
+
+def marker_kind_or_none(directory: Path) -> str | None:
+    try:
+        return marker_kind(directory)
+    except LossbenchError:
+        return None
+
+
+def _is_status(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(info, dict) and isinstance(info.get("status"), str)
+    except (OSError, ValueError):
+        return False
+
+
+def _names_a_loss(path: Path) -> bool:
+    try:
+        cfg = OmegaConf.load(path)
+        return isinstance(cfg, DictConfig) and isinstance(OmegaConf.select(cfg, "loss.name", default=None), str)
+    except Exception:  # not YAML, not UTF-8, not readable: not lossbench's
+        return False
+
+
+def _lossbench_sweep(path: Path) -> bool:
+    """A multirun.yaml that Hydra wrote for lossbench's job (hydra.job.name: lossbench)."""
+    try:
+        cfg = OmegaConf.load(path)
+        return isinstance(cfg, DictConfig) and OmegaConf.select(cfg, "hydra.job.name", default=None) == "lossbench"
+    except Exception:
+        return False
 
 
 def is_own(directory: Path, kind: str) -> bool:
@@ -151,6 +192,19 @@ def locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, so that no two processes lock different inodes
+
+
+@contextmanager
+def comparisons_locked(path: Path, itself: bool = False) -> Iterator[None]:
+    """Hold the lock of every lossbench comparison that `path` lies in (its ancestors with a comparison marker,
+    and `path` itself when `itself`), so that a `run` into a comparison's folder is refused while `compare`,
+    `resume` or `report` works on it."""
+    path = Path(path).resolve()
+    with ExitStack() as stack:
+        for parent in [*([path] if itself else []), *path.parents]:
+            if (parent / MARKER_FILE).exists() and marker_kind_or_none(parent) == "comparison":
+                stack.enter_context(locked(parent))
+        yield
 
 
 # ---------------------------------------------------------------- files of a run

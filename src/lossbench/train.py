@@ -37,6 +37,7 @@ from lossbench.rundir import (
     read_status, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
+from lossbench.inputs import pin_run_inputs, resumed_config
 from lossbench.trust import check_config, targets
 
 log = logging.getLogger("lossbench")
@@ -303,8 +304,8 @@ def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
         recorded = read_config(run_dir)
         # Only what cfg (checked by the command that composed it) builds may be built from the recorded copy.
         check_config(recorded, str(run_dir / CONFIG_FILE), (), f"lossbench resume {run_dir}", targets(cfg).values())
-        return recorded
-    cfg = absolute_paths(cfg)
+        return resumed_config(recorded, run_dir)
+    cfg = pin_run_inputs(absolute_paths(cfg), run_dir)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     return cfg
 
