@@ -102,13 +102,19 @@ def test_resume_of_a_comparison_never_calls_what_its_record_names(tmp_path, args
 
 
 def test_resume_of_a_comparison_refuses_a_run_whose_config_was_edited(tmp_path, monkeypatch):
+    from lossbench.train import train_run
+
     monkeypatch.chdir(tmp_path)
     cmp = comparison_record(tmp_path / "cmp", "train.epochs=1")
-    interrupted_run(cmp / "loss=ce,seed=0", data=COPY)
+    run_dir = interrupted_run(cmp / "loss=ce,seed=0", data=COPY)
     (tmp_path / "victim.txt").write_text("mine")
-    assert launch.resume(str(cmp)) != 0
+    with pytest.raises(LossbenchError, match="records data._target_=shutil.copyfile"):
+        launch.resume(str(cmp))  # the comparison: before any job
+    # A job resuming it (`run hydra.run.dir=RUN resume=true`, a comparison's job) checks the recorded copy too.
+    with pytest.raises(LossbenchError, match="data._target_=shutil.copyfile"):
+        train_run(make_cfg(*TINY), run_dir, resume=True)
     assert (tmp_path / "victim.txt").read_text() == "mine"
-    status = json.loads((cmp / "loss=ce,seed=0" / "status.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "data._target_=shutil.copyfile" in status["message"]
 
 
@@ -318,3 +324,31 @@ def test_explain_replaces_only_its_own_figure(tmp_path):
     for _ in range(2):  # its own figure is replaced
         done = lossbench("explain", "--scores", "identity", "--out", str(tmp_path), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- 4. the report takes the comparison's own runs
+
+
+def test_report_leaves_out_a_nested_comparison_and_copied_runs_and_names_them(tmp_path):
+    base = tmp_path / "base"
+    done = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "--out", str(base),
+                     cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    inner = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "data.noise=9", "--out",
+                      str(base / "inner"), cwd=tmp_path)  # fmt: skip
+    assert inner.returncode == 0, inner.stderr
+    shutil.copytree(base / "loss=ce,seed=0", base / "loss=ce,seed=0 (copy)")
+    report = lossbench("report", str(base), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "Traceback" not in report.stderr
+    summary = (base / "summary.md").read_text()
+    assert "data.noise" not in summary  # the inner comparison's data is no swept parameter
+    assert f"{base / 'inner'}: a comparison of its own" in summary
+    assert "loss=ce,seed=0 (copy): a copy of" in summary
+    curves = __import__("pandas").read_csv(base / "curves.csv")
+    assert sorted(set(curves["run_dir"])) == [str(base / "loss=ce,seed=0"), str(base / "loss=expected_score,seed=0")]
+    # A copy whose marker cannot tell (an older version's): the same loss, seed and setting, left out.
+    for marker in base.glob("*/" + MARKER_FILE):
+        marker.write_text(json.dumps({"kind": "run", "version": LAYOUT_VERSION}))
+    assert launch.report(str(base)) == 0
+    assert "the same loss, seed and setting as" in (base / "summary.md").read_text()

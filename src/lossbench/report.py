@@ -24,7 +24,7 @@ from lossbench.errors import LossbenchError, one_line, require
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, find_runs,
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
     read_config, read_status,
 )  # fmt: skip
 
@@ -237,9 +237,10 @@ def load_runs(root: Path) -> Runs:
     A parameter counts as swept when it takes more than one value among the runs of one loss (so loss.tau is
     not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is). A run whose config.yaml is
     unreadable is skipped, a damaged metrics.csv contributes its usable rows: both with a warning."""
-    run_dirs = find_runs(root)
-    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
-    warnings, configs, kept = [], [], []
+    run_dirs, left_out = own_runs(root)
+    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})"
+                      + "".join(f"; {note}" for note in left_out))  # fmt: skip
+    warnings, configs, kept = list(left_out), [], []
     for run_dir in run_dirs:
         config, warning = run_config(run_dir)
         if config is None:
@@ -256,6 +257,7 @@ def load_runs(root: Path) -> Runs:
     runs["status"] = [read_status(d)["status"] for d in kept]
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
+    runs, kept, configs = without_duplicates(runs, kept, configs, swept, warnings)
     provenance = []
     for run_dir, config in zip(kept, configs):
         used, warning = read_provenance(run_dir, config)
@@ -277,6 +279,22 @@ def load_runs(root: Path) -> Runs:
     front = ["loss", "seed", *swept, "status", "run_dir"]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
     return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+
+
+def without_duplicates(runs: pd.DataFrame, kept: list[Path], configs: list[dict], swept: list[str],
+                       warnings: list[str]) -> tuple[pd.DataFrame, list[Path], list[dict]]:  # fmt: skip
+    """The runs with one run per loss, seed and setting: a second one (a copied run directory whose marker does not
+    tell, an older comparison's) is left out with a warning naming it, instead of pairing a seed with itself."""
+    keys = runs[["loss", "seed", *swept]].astype(str).apply(tuple, axis=1)
+    first: dict[tuple, str] = {}
+    keep = []
+    for key, run_dir in zip(keys, runs["run_dir"]):
+        keep.append(key not in first)
+        if key in first:
+            warnings.append(f"{run_dir}: the same loss, seed and setting as {first[key]}; left out")
+        first.setdefault(key, run_dir)
+    return (runs[keep].reset_index(drop=True), [d for d, k in zip(kept, keep) if k],
+            [c for c, k in zip(configs, keep) if k])  # fmt: skip
 
 
 # ---------------------------------------------------------------- per run, per setting, per loss

@@ -46,14 +46,55 @@ def run_has_results(run_dir: Path) -> bool:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below root (root included): those with a status.json (written when a run starts), except
-    the trials of `lossbench tune` below root/.../tuning (selection runs, not part of the comparison)."""
+    """The runs of root (root itself when it is a run): the run directories below it (those with a status.json,
+    written when a run starts), except the trials of `lossbench tune` below root/.../tuning (selection runs, not
+    part of the comparison), the runs of another comparison made inside root, and copies of a run (see
+    own_runs)."""
+    return own_runs(root)[0]
+
+
+def own_runs(root: Path) -> tuple[list[Path], list[str]]:
+    """(the runs of root, one phrase per thing below root that looks like runs but is left out, saying why): a
+    comparison made inside root has runs of its own, and a run directory copied beside the one lossbench made (its
+    marker names the folder it was made as, and that folder is there too) is a duplicate."""
     root = Path(root)
     if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE)
-                  if (p.parent / CONFIG_FILE).exists()
-                  and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+        return [], []
+    found = sorted(p.parent for p in root.rglob(STATUS_FILE)
+                   if (p.parent / CONFIG_FILE).exists()
+                   and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+    runs, nested, notes = [], set(), []
+    for run_dir in found:
+        parts = run_dir.relative_to(root).parts
+        inner = next((root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)
+                      if _looks_like_comparison(root.joinpath(*parts[:i]))), None)  # fmt: skip
+        if inner is not None:
+            nested.add(inner)
+        else:
+            runs.append(run_dir)
+    for inner in sorted(nested):
+        notes.append(f"{inner}: a comparison of its own, made inside {root}; its runs are left out (report it with "
+                     f"`lossbench report {inner}`)")  # fmt: skip
+    names = {run_dir: _marker_name(run_dir) for run_dir in runs}
+    copies = [d for d, name in names.items() if name not in (None, d.name) and (d.parent / name) in names]
+    for copy in copies:
+        notes.append(f"{copy}: a copy of {copy.parent / names[copy]} (lossbench made it as that folder); left out")
+    return [d for d in runs if d not in copies], notes
+
+
+def _looks_like_comparison(directory: Path) -> bool:
+    """A comparison's folder by what lossbench writes there (without reading its runs)."""
+    return (marker_kind_or_none(directory) == "comparison" or (directory / COMPARE_FILE).is_file()
+            or (directory / TUNE_FILE).is_file() or _lossbench_sweep(directory / HYDRA_SWEEP_FILE))  # fmt: skip
+
+
+def _marker_name(directory: Path) -> str | None:
+    """The folder name a run's marker records (written since layout 2 with names), or None."""
+    try:
+        name = json.loads((directory / MARKER_FILE).read_text(encoding="utf-8")).get("name")
+        return name if isinstance(name, str) and name else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def marker_kind(directory: Path) -> str | None:
@@ -141,7 +182,9 @@ def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
         if found is not None:
             return
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / MARKER_FILE, json.dumps({"kind": kind, "version": LAYOUT_VERSION}) + "\n")
+    # The folder's own name: a copy of it (`cp -r run 'run (copy)'`) is told from it (own_runs).
+    marker = {"kind": kind, "version": LAYOUT_VERSION, "name": directory.resolve().name}
+    write_atomic(directory / MARKER_FILE, json.dumps(marker) + "\n")
 
 
 def adopt_for_report(directory: Path) -> None:
