@@ -131,11 +131,13 @@ def test_lossbench_components_and_installed_launchers_pass(tmp_path):
 def test_recorded_overrides_hold_resolved_values(monkeypatch):
     monkeypatch.setenv("H3DATA", "/data/h3")
     monkeypatch.setenv("LR", "0.05")
-    got = launch.resolved_overrides(["-m", "data=imagefolder", "data.root=${oc.env:H3DATA}", "data.cache_dir='${oc.env:H3DATA}/c'",
-                                     "+data.extra=[${oc.env:H3DATA},b]", "optim.lr='${oc.decode:${oc.env:LR}}'",
-                                     "name=n${seed}", "data.subset_seed=1,${seed}", "train.epochs=2"])  # fmt: skip
-    assert got == ["data=imagefolder", "data.root='/data/h3'", "data.cache_dir='/data/h3/c'", "+data.extra=['/data/h3','b']",
-                   "optim.lr=0.05", "name='n0'", "data.subset_seed=1,0", "train.epochs=2"]  # fmt: skip
+    got = launch.resolved_overrides(["-m", "data=imagefolder", "data.root=${oc.env:H3DATA}",
+                                     "data.cache_dir='${oc.env:H3DATA}/c'", "+data.extra=[${oc.env:H3DATA},b]",
+                                     "optim.lr='${oc.decode:${oc.env:LR}}'", "name=n${seed}",
+                                     "data.subset_seed=1,${seed}", "train.epochs=2"])  # fmt: skip
+    assert got == ["data=imagefolder", "data.root='/data/h3'", "data.cache_dir='/data/h3/c'",
+                   "+data.extra=['/data/h3','b']", "optim.lr=0.05", "name='n0'", "data.subset_seed=1,0",
+                   "train.epochs=2"]  # fmt: skip
     assert launch.resolved_overrides(["name='\\${literal}'"]) == ["name='\\${literal}'"]
     monkeypatch.delenv("H3DATA")
     with pytest.raises(LossbenchError, match="data.root=.*cannot resolve its interpolation now"):
@@ -153,8 +155,8 @@ TWO = ["data.names=generic", "data.num_classes=2", "data.classes=null", "train.e
 def test_a_comparison_pins_its_score_table_and_interpolations(tmp_path):
     table = score_csv(tmp_path / "s.csv", 1)
     env = {"TABLE_DIR": str(tmp_path)}
-    args = [*TINY, "data.names=generic", "data.num_classes=2", "scores=file", "scores.path=${oc.env:TABLE_DIR}/s.csv",
-            "train.epochs=1", "losses=[ce,expected_score]"]  # fmt: skip
+    args = [*TINY, "data.names=generic", "data.num_classes=2", "scores=file",
+            "scores.path=${oc.env:TABLE_DIR}/s.csv", "train.epochs=1", "losses=[ce,expected_score]"]  # fmt: skip
     done = lossbench("compare", *args, "--out", "cmp", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
@@ -168,7 +170,8 @@ def test_a_comparison_pins_its_score_table_and_interpolations(tmp_path):
     shutil.rmtree(tmp_path / "cmp" / "loss=expected_score,seed=0")
     again = lossbench("resume", "cmp", cwd=tmp_path, env={"TABLE_DIR": "/nowhere"})
     assert again.returncode == 0, again.stderr
-    assert OmegaConf.load(tmp_path / "cmp" / "loss=expected_score,seed=0" / CONFIG_FILE).scores.path == str(copies[0])
+    resumed = OmegaConf.load(tmp_path / "cmp" / "loss=expected_score,seed=0" / CONFIG_FILE)
+    assert resumed.scores.path == str(copies[0])
     # The copy itself edited: refused before any job.
     copies[0].write_text(table.read_text())
     shutil.rmtree(tmp_path / "cmp" / "loss=expected_score,seed=0")
@@ -352,3 +355,67 @@ def test_report_leaves_out_a_nested_comparison_and_copied_runs_and_names_them(tm
         marker.write_text(json.dumps({"kind": "run", "version": LAYOUT_VERSION}))
     assert launch.report(str(base)) == 0
     assert "the same loss, seed and setting as" in (base / "summary.md").read_text()
+
+
+# ---------------------------------------------------------------- 5. lost rows never pass as finished
+
+
+def trained(tmp_path: Path, epochs: int = 2) -> Path:
+    from lossbench.train import train_run
+
+    run_dir = tmp_path / "run"
+    assert train_run(make_cfg(*TINY, f"train.epochs={epochs}"), run_dir) == "finished"
+    return run_dir
+
+
+def test_a_resume_refuses_a_run_whose_metrics_rows_were_lost(tmp_path):
+    from lossbench.train import train_run
+
+    run_dir = trained(tmp_path)
+    write_status(run_dir, "interrupted", 2, 2)
+    (run_dir / "metrics.csv").unlink()
+    with pytest.raises(LossbenchError, match="checkpoint.pt is at epoch 2, but its metrics.csv holds no rows"):
+        train_run(make_cfg(*TINY), run_dir, resume=True)
+    text = (run_dir / "metrics.csv").exists()
+    assert not text and json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_status_hand_set_to_finished_is_not_believed_without_its_rows(tmp_path, caplog):
+    from lossbench.train import train_run
+
+    run_dir = trained(tmp_path)  # checkpoint and rows at epoch 2; the config now asks for 3
+    config = OmegaConf.load(run_dir / CONFIG_FILE)
+    config.train.epochs = 3
+    OmegaConf.save(config, run_dir / CONFIG_FILE)
+    write_status(run_dir, "finished", 3, 3)
+    assert train_run(make_cfg(*TINY), run_dir, resume=True) == "finished"
+    assert "says finished, but its metrics.csv holds epochs 1, 2, not epochs 1-3 of 3" in caplog.text
+    assert list(__import__("pandas").read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2, 3]
+
+
+def test_the_report_never_takes_an_unfinished_run_as_final(tmp_path):
+    import pandas as pd
+
+    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.report import build_report
+
+    def run(name, seed, accuracies, status):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        config = {"seed": seed, "loss": {"name": "ce"}, "train": {"epochs": 3}, "data": {"name": "x"}}
+        OmegaConf.save(OmegaConf.create(config), run_dir / CONFIG_FILE)
+        (run_dir / "status.json").write_text(json.dumps({"status": status, "epoch": len(accuracies), "epochs": 3}))
+        rows = pd.DataFrame(0.0, index=range(len(accuracies)), columns=METRIC_COLUMNS)
+        rows["epoch"], rows["test_acc"] = range(1, len(accuracies) + 1), accuracies
+        rows["test_score"], rows["elapsed_s"] = rows["test_acc"], rows["epoch"]
+        rows.to_csv(run_dir / "metrics.csv", index=False)
+
+    run("a", 0, [0.5, 0.6, 0.7], "finished")
+    run("b", 1, [0.1], "interrupted")  # killed after epoch 1 of 3
+    run("c", 2, [0.2, 0.3], "finished")  # hand-set to finished after epoch 2 of 3
+    report = build_report(tmp_path)
+    row = report.summary.set_index("loss").loc["ce"]
+    assert row["final_test_acc_n"] == 1 and row["final_test_acc_mean"] == pytest.approx(0.7)
+    assert any(f"{tmp_path / 'b'}: interrupted after epoch 1 of 3; left out" in w for w in report.warnings)
+    assert any(f"{tmp_path / 'c'}: status finished, but its metrics.csv holds 2 of 3" in w for w in report.warnings)
+    assert set(report.curves["run_dir"]) == {str(tmp_path / n) for n in "abc"}  # the curves still show them

@@ -30,7 +30,8 @@ PINNED_NAME = re.compile(r"scores-([0-9a-f]{16})\.csv")
 DATA_SOURCES = {
     "lossbench.data.Arrays": ("data.path", None),
     "lossbench.data.ImageFolder": ("data.root", None),
-    "lossbench.data.TorchvisionCIFAR": ("data.root", {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}),
+    "lossbench.data.TorchvisionCIFAR": ("data.root", {"cifar10": "cifar-10-batches-py",
+                                                      "cifar100": "cifar-100-python"}),
 }
 
 

@@ -257,6 +257,7 @@ def load_runs(root: Path) -> Runs:
     runs["status"] = [read_status(d)["status"] for d in kept]
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
+    runs["epochs_configured"] = table["train.epochs"] if "train.epochs" in table else None
     runs, kept, configs = without_duplicates(runs, kept, configs, swept, warnings)
     provenance = []
     for run_dir, config in zip(kept, configs):
@@ -278,7 +279,30 @@ def load_runs(root: Path) -> Runs:
             frames.append(rows.assign(**run[["loss", "seed", *swept, "status", "run_dir"]].to_dict()))
     front = ["loss", "seed", *swept, "status", "run_dir"]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    runs["complete"] = complete_runs(runs, curves, warnings)
     return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+
+
+def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str]) -> list[bool]:
+    """Per run, whether it counts as final: finished, with the rows of every configured epoch (when its config
+    says how many). Curves show the others; their values never enter the final means, the paired verdicts or the
+    times to a target, and each one that stopped short (not a diverged run: its status says why) is named."""
+    epochs_of = {d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
+    complete = []
+    for _, run in runs.iterrows():
+        rows, epochs = epochs_of.get(run["run_dir"], []), run.get("epochs_configured")
+        epochs = int(epochs) if isinstance(epochs, (int, float)) and pd.notna(epochs) else None
+        whole = epochs is None or rows == list(range(1, epochs + 1))
+        complete.append(run["status"] == "finished" and whole)
+        last = f"after epoch {rows[-1]}" if rows else "before its first epoch"
+        of = f" of {epochs}" if epochs is not None else ""
+        if run["status"] == "finished" and not whole:
+            warnings.append(f"{run['run_dir']}: status finished, but its metrics.csv holds "
+                            f"{len(rows)} of {epochs} epochs' rows; left out of the final values")  # fmt: skip
+        elif run["status"] not in ("finished", "diverged"):
+            warnings.append(f"{run['run_dir']}: {run['status']} {last}{of}; left out of the final values (`lossbench "
+                            f"resume {run['run_dir']}` finishes it)")  # fmt: skip
+    return complete
 
 
 def without_duplicates(runs: pd.DataFrame, kept: list[Path], configs: list[dict], swept: list[str],
@@ -308,7 +332,7 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Per run: the final value of each metric, the best test accuracy (for the accuracy target) and the AUCs
     (the mean of test_acc and test_score over the evaluated epochs). Runs without rows get NaN."""
     runs = runs.copy()
-    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    by_run = final_curves(runs, curves)
     curve_of = [by_run.get(d, curves.iloc[:0]) for d in runs["run_dir"]]
     for metric in FINAL_METRICS:
         runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
@@ -318,10 +342,16 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def final_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The curves of the runs that count as final (complete_runs), by run directory."""
+    final = set(runs["run_dir"][runs["complete"]]) if "complete" in runs else set(runs["run_dir"])
+    return {d: c for d, c in curves.groupby("run_dir", sort=False) if d in final}
+
+
 def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targets) -> pd.DataFrame:
     """Per run: epochs and seconds until test_score (test_acc) first reaches the score (accuracy) target."""
     runs = runs.copy()
-    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    by_run = final_curves(runs, curves)
     for kind, column, target in (("score", "test_score", targets.score), ("acc", "test_acc", targets.acc)):
         hits = [epochs_to_target(by_run[d], target, column) if d in by_run else (math.nan, math.nan)
                 for d in runs["run_dir"]]  # fmt: skip
@@ -615,7 +645,8 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
     pareto = [(m, label, lower) for m, label, lower in (
         ("final_test_mistake_severity", "mean mistake severity", True), ("final_test_score", "final test_score", False))
         if table[f"{m}_mean"].notna().any()]  # fmt: skip
-    plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
+    if pareto:  # no setting has a final value yet (every run unfinished): no front to draw
+        plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
     matrices = summed_confusions(runs, chosen, swept, warnings)
     if matrices:
         plots.save_figure(plots.confusion_figure(matrices), root / "confusion.png")

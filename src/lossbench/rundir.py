@@ -125,7 +125,8 @@ def _made_before_markers(directory: Path, kind: str) -> bool:
         except (LossbenchError, OSError):
             return False
     return _lossbench_sweep(directory / HYDRA_SWEEP_FILE) and any(
-        _made_before_markers(run_dir, "run") or marker_kind_or_none(run_dir) == "run" for run_dir in find_runs(directory))
+        _made_before_markers(run_dir, "run") or marker_kind_or_none(run_dir) == "run"
+        for run_dir in find_runs(directory))  # fmt: skip
 
 
 def marker_kind_or_none(directory: Path) -> str | None:
@@ -348,6 +349,27 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
     with atomic_path(path) as tmp:
         _write_rows(tmp, rows, "w")
+
+
+def metric_epochs(run_dir: Path) -> list[int]:
+    """The epochs metrics.csv holds complete rows for, in file order ([] when it is missing or damaged: the
+    callers that need it intact read it themselves)."""
+    try:
+        text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8")
+        return [int(row["epoch"]) for row in _metric_rows(text[: text.rfind("\n") + 1])]
+    except (OSError, ValueError, csv.Error, LossbenchError):
+        return []
+
+
+def record_disagreement(run_dir: Path, epochs: int, trained: int | None = None) -> str | None:
+    """Whether a run's records agree that it trained `trained` epochs (default: all `epochs` configured): its
+    metrics.csv must hold exactly the rows of epochs 1..trained. A phrase saying how they disagree, or None."""
+    trained = epochs if trained is None else trained
+    rows = metric_epochs(run_dir)
+    if rows == list(range(1, trained + 1)):
+        return None
+    held = (f"epochs {', '.join(map(str, rows[:6]))}{' ...' if len(rows) > 6 else ''}" if rows else "no rows")
+    return f"{METRICS_FILE} holds {held}, not epochs 1-{trained} of {epochs}"
 
 
 # ---------------------------------------------------------------- the comparison's record

@@ -33,8 +33,8 @@ from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import Precision, resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
-    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
-    read_status, run_has_results, truncate_metrics, write_status,
+    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, append_metrics, claim, locked,
+    read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
 from lossbench.inputs import pin_run_inputs, resumed_config
@@ -289,6 +289,14 @@ def final_status(run_dir: Path, resume: bool) -> str | None:
     require(resume, f"run directory {run_dir} already has results; continue it with "
                     f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
     status = read_status(run_dir)
+    if status["status"] == "finished" and (run_dir / CONFIG_FILE).exists():
+        # A status hand-set (or copied) to finished is believed only when the rows of every epoch are there.
+        epochs = OmegaConf.select(read_config(run_dir), "train.epochs", default=None)
+        disagreement = record_disagreement(run_dir, epochs) if isinstance(epochs, int) else None
+        if disagreement:
+            log.warning("warning: %s says finished, but its %s; continuing from its checkpoint", run_dir / STATUS_FILE,
+                        disagreement)  # fmt: skip
+            return None
     if status["status"] in FINAL_STATUSES:
         log.info("%s: already %s", run_dir, status["status"])
         return status["status"]
@@ -457,6 +465,10 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
                                      f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
         log.info("%s: resuming after epoch %d", run_dir, run.epoch)
     truncate_metrics(run_dir, run.epoch)
+    lost = record_disagreement(run_dir, epochs, run.epoch)
+    require(not lost, f"{run_dir}: its {CHECKPOINT_FILE} is at epoch {run.epoch}, but its {lost}: rows were lost, "
+                      f"and a run finished from here would not record them; remove {CHECKPOINT_FILE} and "
+                      f"{METRICS_FILE} to run it again from epoch 1")  # fmt: skip
     write_status(run_dir, "running", run.epoch, epochs)
     return run
 
