@@ -419,3 +419,74 @@ def test_the_report_never_takes_an_unfinished_run_as_final(tmp_path):
     assert any(f"{tmp_path / 'b'}: interrupted after epoch 1 of 3; left out" in w for w in report.warnings)
     assert any(f"{tmp_path / 'c'}: status finished, but its metrics.csv holds 2 of 3" in w for w in report.warnings)
     assert set(report.curves["run_dir"]) == {str(tmp_path / n) for n in "abc"}  # the curves still show them
+
+
+# ---------------------------------------------------------------- 6. processes and permissions
+
+
+@pytest.mark.slow
+def test_no_joblib_worker_outlives_a_killed_compare(tmp_path):
+    import signal
+    import sys
+    import time
+
+    from lossbench.lifeline import alive
+
+    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=100000",
+                                "losses=[ce,expected_score]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                "--out", "cmp"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    runs = [tmp_path / "cmp" / f"loss={loss},seed=0" for loss in ("ce", "expected_score")]
+    try:
+        deadline = time.time() + 240
+        while not all((r / "metrics.csv").exists() for r in runs):
+            assert time.time() < deadline and process.poll() is None, "the jobs did not start"
+            time.sleep(0.2)
+        workers = {int((r / ".lossbench.lock").read_text()) for r in runs}
+        assert process.pid not in workers  # each run is trained in a worker process
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers):
+        assert time.time() < deadline, f"worker(s) {[p for p in workers if alive(p)]} outlived the command"
+        time.sleep(0.2)
+    for run_dir in runs:
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    again = lossbench("report", "cmp", cwd=tmp_path)  # the locks are free
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_read_only_run_is_refused_in_one_line_and_recorded_failed(tmp_path, monkeypatch):
+    """As root, chmod does not stop writes: the check is made to see a read-only folder, and status.json is then
+    rewritten in place (a folder that takes no new file)."""
+    run_dir = interrupted_run(tmp_path / "run")
+    cmp = comparison_record(tmp_path / "cmp")
+    interrupted_run(cmp / "loss=ce,seed=0", losses=["ce"])
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path).name in ("run", "loss=ce,seed=0")
+                        else real_access(path, mode))  # fmt: skip
+    import lossbench.atomic
+
+    def no_new_files(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(lossbench.atomic.tempfile, "mkstemp", no_new_files)
+    for directory, run in ((run_dir, run_dir), (cmp, cmp / "loss=ce,seed=0")):
+        with pytest.raises(LossbenchError, match="not writable") as err:
+            launch.resume(str(directory))
+        assert err.value.exit_code == 1
+        status = json.loads((run / "status.json").read_text())
+        assert status["status"] == "failed" and "not writable" in status["message"]
+
+
+def test_hydras_errors_over_an_unwritable_log_are_one_line(monkeypatch):
+    def job():
+        try:
+            raise PermissionError(13, "Permission denied", "/cmp/run/lossbench.log")
+        except PermissionError as err:
+            raise ValueError("Unable to configure handler 'file'") from err
+
+    with pytest.raises(PermissionError) as err:
+        launch.launch_hydra([], job=job)
+    assert err.value.filename == "/cmp/run/lossbench.log"

@@ -32,19 +32,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lossbench import multirun
+from lossbench import multirun, trust
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report, flatten
 from lossbench.rundir import (
     COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, comparisons_locked,
-    find_runs, locked, read_config, read_record, read_status, write_record,
+    find_runs, locked, read_config, read_record, read_status, require_writable, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
-from lossbench import trust
 from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
+from lossbench.lifeline import exit_if_orphaned, follow_launcher, mark_launcher
 
 log = logging.getLogger("lossbench")
 
@@ -57,6 +57,7 @@ finished_jobs: list[tuple[Path, str]] = []
 
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.configs", config_name="config")
 def hydra_job(cfg: DictConfig) -> str:
+    follow_launcher()  # in a launcher's worker process: stop once the command that started it is gone
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -73,6 +74,8 @@ def hydra_job(cfg: DictConfig) -> str:
             raise SystemExit(err.exit_code) from None  # passes through Hydra's error reporting (a traceback)
         log.error("%s: %s", run_dir, err)  # one bad job must not stop the sweep
         status = "failed"
+    finally:
+        exit_if_orphaned()
     finished_jobs.append((run_dir, status))
     return status
 
@@ -126,6 +129,7 @@ def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None
     Hydra's config errors in a sweep's values (exit 2). Anything else (a launcher's failure) is printed with its
     traceback, as Hydra did, and exits 1. LOSSBENCH_DEBUG=1 or HYDRA_FULL_ERROR=1 raise everything."""
     saved_argv, full_error = sys.argv, os.environ.get(HYDRA_FULL_ERROR)
+    mark_launcher()  # the jobs' worker processes, if any, stop when this process is gone
     sys.argv = ["lossbench", *args]
     os.environ[HYDRA_FULL_ERROR] = "1"
     try:
@@ -137,10 +141,13 @@ def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None
             raise
         if isinstance(err, (HydraException, OmegaConfBaseException)):  # before OSError: a missing config is both
             raise config_error(err) from None
+        cause = err.__cause__ or err.__context__
+        if not isinstance(err, OSError) and isinstance(cause, OSError):  # e.g. logging's "Unable to configure
+            err = cause  # handler 'file'" over a log file in a read-only folder: the file and the reason
         if isinstance(err, OSError):
             if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
                 err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
-            raise
+            raise err from None
         traceback.print_exc()
         raise SystemExit(1) from None
     finally:
@@ -505,6 +512,8 @@ def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
     cfg = read_config(path)
     trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
     with comparisons_locked(path):  # not while its comparison is being run, resumed or reported
+        if read_status(path)["status"] not in ("finished", "diverged"):
+            require_writable(path)
         status = train_run(cfg, path, resume=True)
     return 0 if status == "finished" else 1
 
@@ -623,5 +632,8 @@ def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = (
         check_recorded_overrides(overrides, str(comparison / COMPARE_FILE), trusted, resume_command(comparison))
         cfg = compose_config(overrides)
         check_unchanged(comparison, overrides, cfg)
+        for run_dir in find_runs(comparison):  # Hydra writes into a run's folder before any of lossbench's code
+            if read_status(run_dir)["status"] not in ("finished", "diverged"):
+                require_writable(run_dir)
         preflight(cfg)
         return launch_comparison(comparison, args, overrides, comparison_sweep(cfg, overrides), resume=True)

@@ -262,7 +262,33 @@ def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: s
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if environment:
         info["environment"] = True
-    write_atomic(run_dir / STATUS_FILE, json.dumps(info, indent=2) + "\n")
+    text = json.dumps(info, indent=2) + "\n"
+    try:
+        write_atomic(run_dir / STATUS_FILE, text)
+    except PermissionError:
+        # A directory that cannot take a new file (read-only) may still let its status.json be rewritten in place:
+        # a failure is then recorded, rather than a stale "running".
+        if not (run_dir / STATUS_FILE).is_file():
+            raise
+        with naming(run_dir / STATUS_FILE), (run_dir / STATUS_FILE).open("r+", encoding="utf-8") as f:
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def require_writable(run_dir: Path) -> None:
+    """A run about to train must be able to write its checkpoint and records: a read-only directory is refused
+    in one line (exit 1), and the run's status says failed where it can be written."""
+    if os.access(run_dir, os.W_OK | os.X_OK):
+        return
+    message = f"{run_dir}: not writable (permission denied); resuming needs to write its checkpoint and records there"
+    previous = read_status(run_dir)
+    try:
+        write_status(run_dir, "failed", previous["epoch"], previous.get("epochs", 0), message, environment=True)
+    except OSError:
+        pass  # nothing in it can be written: the error line says why
+    raise EnvironmentFailure(message)
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

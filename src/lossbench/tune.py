@@ -33,6 +33,7 @@ from lossbench.launch import (
     checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides,
     preflight, report_comparison,
 )  # fmt: skip
+from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
     CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status,
 )  # fmt: skip
@@ -78,6 +79,7 @@ def final_value(run_dir: Path, column: str) -> float:
 def trial_job(cfg: DictConfig) -> float:
     """One trial: an ordinary run. It returns the objective to the sweeper: the final val_score, or -inf when the
     run failed or diverged (a finite number the sampler can learn from: this region is worse than any other)."""
+    follow_launcher()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         claim_job_dir(HydraConfig.get())
@@ -85,6 +87,8 @@ def trial_job(cfg: DictConfig) -> float:
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
         log.error("%s: %s", run_dir, err)
         status = "failed"
+    finally:
+        exit_if_orphaned()
     value = final_value(run_dir, OBJECTIVE) if status == "finished" else math.nan
     return value if math.isfinite(value) else -math.inf
 
