@@ -490,3 +490,85 @@ def test_hydras_errors_over_an_unwritable_log_are_one_line(monkeypatch):
     with pytest.raises(PermissionError) as err:
         launch.launch_hydra([], job=job)
     assert err.value.filename == "/cmp/run/lossbench.log"
+
+
+# ---------------------------------------------------------------- 7. images and names
+
+
+def test_every_extension_pil_reads_is_an_image(tmp_path):
+    from PIL import Image
+
+    from lossbench.data import _decode, image_extensions
+
+    for ext in (".ppm", ".jfif", ".pgm", ".tga", ".JPG", ".PPM"):
+        assert ext.lower() in image_extensions()
+    root = tmp_path / "img"
+    for split in ("train", "test"):
+        for name, ext in (("a", ".ppm"), ("b", ".jfif")):
+            (root / split / name).mkdir(parents=True)
+            for j in range(3):
+                Image.new("RGB", (8, 8), (j * 60, 0, 0)).save(root / split / name / f"{j}{ext}", format=None
+                                                             if ext != ".jfif" else "JPEG")  # fmt: skip
+    cfg = make_cfg("data=imagefolder", f"data.root={root}", "data.image_size=8", f"data.cache_dir={tmp_path}",
+                   "data.val_size=null", "scores=identity")  # fmt: skip
+    from lossbench.data import dataset_classes, load_dataset
+
+    data = load_dataset(cfg.data, dataset_classes(cfg.data), __import__("torch").eye(2))
+    assert len(data.train_y) == 6 and len(data.test_y) == 6
+    assert _decode(root / "train" / "a" / "2.ppm", 8)[0, 0, 0] == 120
+
+
+def test_class_names_that_look_like_numbers_or_missing_values_survive_confusion_csv(tmp_path):
+    import torch
+
+    from lossbench.metrics import write_confusion
+    from lossbench.report import read_confusion
+
+    names = ["00000", "00001", "NA", "nan", "1e3", ""]
+    write_confusion(tmp_path / "confusion.csv", torch.arange(36).view(6, 6), names)
+    table, warning = read_confusion(tmp_path / "confusion.csv")
+    assert warning is None and list(table.index) == names and list(table.columns) == names
+    assert table.loc["NA", "00001"] == 13
+
+
+def test_bytes_class_names_in_an_npz_are_text(tmp_path):
+    import numpy as np
+
+    from lossbench.data import read_arrays
+
+    np.savez(tmp_path / "b.npz", x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 0, 1]), x_test=np.zeros((2, 2)),
+             y_test=np.array([0, 1]), classes=np.array([b"alkane", b"alkene"]))  # fmt: skip
+    assert read_arrays(tmp_path / "b.npz").classes == ["alkane", "alkene"]
+    np.savez(tmp_path / "c.npz", x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 0, 1]), x_test=np.zeros((2, 2)),
+             y_test=np.array([0, 1]), classes=np.array([b"\xff", b"x"]))  # fmt: skip
+    with pytest.raises(LossbenchError, match="classes are not UTF-8 text"):
+        read_arrays(tmp_path / "c.npz")
+
+
+def test_a_float_image_holding_0_to_255_is_not_white():
+    import numpy as np
+    from PIL import Image
+
+    from lossbench.data import to_rgb
+
+    ramp = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
+    assert np.abs(np.asarray(to_rgb(Image.fromarray(ramp, "F")))[..., 0] - ramp.round()).max() <= 1
+    unit = ramp / 255  # 0..1 floats stay read as 0..1
+    assert np.abs(np.asarray(to_rgb(Image.fromarray(unit, "F")))[..., 0] - ramp.round()).max() <= 1
+
+
+def test_a_decompression_bomb_warning_names_the_file(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from lossbench.data import decode_images
+
+    Image.new("RGB", (12, 12)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decode_images([tmp_path / "big.png"], 8)
+    messages = [str(w.message) for w in caught]
+    assert any(str(tmp_path / "big.png") in m and "12x12 pixels" in m for m in messages), messages
+    assert not any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)

@@ -216,8 +216,13 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        table = pd.read_csv(path, index_col=0)
-        table.index, table.columns = table.index.astype(str), table.columns.astype(str)
+        # Names as written (csv, not pandas' inference: a class named 00000 is not 0, NA is not missing).
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+        require(len(rows) >= 2, "no rows")
+        require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
+        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
+                             columns=rows[0][1:])  # fmt: skip
         values = table.to_numpy(float)
         require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
                 "rows and columns do not name the same classes")  # fmt: skip
