@@ -572,3 +572,76 @@ def test_a_decompression_bomb_warning_names_the_file(tmp_path, monkeypatch):
     messages = [str(w.message) for w in caught]
     assert any(str(tmp_path / "big.png") in m and "12x12 pixels" in m for m in messages), messages
     assert not any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+
+
+# ---------------------------------------------------------------- 8. numbers refused up front, or computed right
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["optim.lr=1e-300"], "optim.lr=1e-300: must be a number in [1.18e-38, 3.4e+38]"),
+    (["optim.lr=1e-45"], "optim.lr=1e-45: must be a number in"),  # a float32 subnormal
+    (["optim.lr=1e300"], "optim.lr=1e+300: must be a number in"),
+    (["optim.lr=inf"], "optim.lr must be > 0 and finite"),
+    (["optim.momentum=1.5"], "optim.momentum=1.5: must be a number in [0, 1)"),
+    (["optim.momentum=1"], "optim.momentum=1: must be a number in [0, 1)"),
+    (["optim.momentum=-0.1"], "optim.momentum=-0.1: must be a number in [0, 1)"),
+    (["seed=1180591620717411303424"], "seed=1180591620717411303424: must be an integer in [0, 2^63-1]"),
+    (["seed=-1"], "seed=-1: must be an integer in [0, 2^63-1]"),
+    (["data.subset_seed=1180591620717411303424"], "data.subset_seed=1180591620717411303424: must be an integer"),
+    (["data.augment.crop_padding=-5"], "data.augment.crop_padding=-5: must be an integer >= 0"),
+    (["data.augment.crop_padding=2.5"], "data.augment.crop_padding must be an integer"),
+    (["data.augment.flip=maybe"], "data.augment.flip='maybe': must be true or false"),
+    (["data.augment.flip=1"], "data.augment.flip=1: must be true or false"),
+    (["data.classes=cat"], "data.classes='cat': must be a list of class names"),
+    (["loss=soft_label_ce", "loss.tau=inf"], "tau must be > 0 and finite"),
+    (["loss=soft_label_ce", "loss.tau=nan"], "tau must be > 0 and finite"),
+    (["loss=ce_expected_score", "loss.lam=inf"], "lam must be in [0, 3.4e+38]"),
+    (["loss=log_expected_score", "loss.eps=1e30"], "eps must be in [1.18e-38, 1)"),
+    (["loss=log_expected_score", "loss.eps=1e-300"], "eps must be in [1.18e-38, 1)"),
+    (["loss=power_expected_score", "loss.eps=2"], "eps must be in [1.18e-38, 1)"),
+    (["scores.exact=3e38", "scores.far=-3e38"], "scores.exact: 3e+38 is outside [-1e+32, 1e+32]"),
+])  # fmt: skip
+def test_numbers_that_would_do_nothing_or_blow_up_are_refused_up_front(tmp_path, args, fragment):
+    result = lossbench("run", *TINY, *args, cwd=tmp_path)
+    assert fragment in one_error(result)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_refuses_a_bad_seed_before_any_job(tmp_path):
+    result = lossbench("compare", *TINY, "seeds=[0,1180591620717411303424]", "--out", "cmp", cwd=tmp_path)
+    assert "must be an integer in [0, 2^63-1]" in one_error(result)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_extreme_loss_parameters_are_computed_at_their_limits():
+    import torch
+
+    from lossbench.losses import build_loss
+
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+    logits = torch.randn(8, 3, requires_grad=True)
+    targets = torch.arange(8) % 3
+    sharp = build_loss("soft_label_ce", scores, tau=1e-300)
+    assert torch.equal(sharp.soft_labels, torch.eye(3))  # the one-hot vector, the limit as tau -> 0
+    ce = build_loss("ce", scores)(logits, targets)
+    assert torch.allclose(sharp(logits, targets), ce)
+    flat = build_loss("soft_label_ce", scores, tau=1e300)
+    assert torch.allclose(flat.soft_labels, torch.full((3, 3), 1 / 3))
+    log_loss = build_loss("log_expected_score", scores)(logits, targets)
+    power = build_loss("power_expected_score", scores, alpha=1e-300)(logits, targets)
+    assert torch.isfinite(power) and torch.allclose(power, log_loss)  # alpha -> 0: the log loss
+    near = build_loss("power_expected_score", scores, alpha=1e-4)(logits, targets)
+    assert torch.allclose(near, log_loss, rtol=1e-3)
+    power.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_explain_at_extreme_tau_prints_numbers_not_nan(tmp_path):
+    for tau in ("1e-300", "1e300"):
+        result = lossbench("explain", "--scores", "identity", "--tau", tau, "--out", str(tmp_path / tau), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "nan" not in result.stdout.lower(), result.stdout
+    huge = tmp_path / "huge.csv"
+    huge.write_text(",a,b\na,3e38,-3e38\nb,-3e38,3e38\n")
+    refused = lossbench("explain", "--scores", str(huge), "--out", str(tmp_path), cwd=tmp_path)
+    assert "is outside [-1e+32, 1e+32]" in one_error(refused)

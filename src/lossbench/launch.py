@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench import multirun, trust
+from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
@@ -358,6 +359,7 @@ def checked_seeds(cfg: DictConfig) -> list[int]:
     require(len(seeds) > 0, "seeds: the list is empty")
     for seed in seeds:
         require_int(seed, "seeds: each seed")
+        check_seed(seed, "seeds: each seed")
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     require(not twice, f"seeds: {twice} listed more than once")
     return seeds

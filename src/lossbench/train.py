@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import save_atomic, write_atomic
+from lossbench.checks import check_settings
 from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
@@ -66,6 +67,7 @@ def validate(cfg: DictConfig) -> None:
     compile_mode(cfg.train.compile)
     autotune = cfg.train.get("cudnn_benchmark", True)
     require(isinstance(autotune, bool), f"train.cudnn_benchmark must be true or false, not {autotune!r}")
+    check_settings(cfg)
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
 
