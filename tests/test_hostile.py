@@ -645,3 +645,145 @@ def test_explain_at_extreme_tau_prints_numbers_not_nan(tmp_path):
     huge.write_text(",a,b\na,3e38,-3e38\nb,-3e38,3e38\n")
     refused = lossbench("explain", "--scores", str(huge), "--out", str(tmp_path), cwd=tmp_path)
     assert "is outside [-1e+32, 1e+32]" in one_error(refused)
+
+
+# ---------------------------------------------------------------- 9. smaller
+
+NO_MODEL = [a for a in TINY if not a.startswith("model.")]
+
+
+def one_more_class(num_classes, in_channels):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes + 1))
+
+
+def a_tuple(num_classes, in_channels):
+    import torch
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+        def forward(self, x):
+            return self.head(x), x
+
+    return Pair()
+
+
+def detached(num_classes, in_channels):
+    import torch
+
+    class Detached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+        def forward(self, x):
+            return self.head(x).detach()
+
+    return Detached()
+
+
+@pytest.mark.parametrize("factory, fragment", [
+    ("one_more_class", "returns shape [2, 11] for a batch of 2, not [2, 10]"),
+    ("a_tuple", "returns a tuple, not a tensor of logits [batch, 10]"),
+    ("detached", "logits that depend on no trainable parameter"),
+])  # fmt: skip
+def test_a_custom_models_output_is_checked_before_training(factory, fragment):
+    import torch
+
+    from lossbench.data import dataset_classes, load_dataset
+    from lossbench.train import build_training
+
+    cfg = make_cfg(*NO_MODEL, "model=custom", f"model._target_=test_hostile.{factory}")
+    data = load_dataset(cfg.data, dataset_classes(cfg.data), torch.eye(10))
+    with pytest.raises(LossbenchError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        build_training(cfg, data, steps_per_epoch=1)
+
+
+def test_cannot_import_is_the_first_line(tmp_path):
+    result = lossbench("run", *NO_MODEL, "model=custom", "model._target_=nope.Net", cwd=tmp_path)
+    assert result.stderr.splitlines()[0].startswith("error: model._target_=nope.Net: cannot import it")
+    one_error(result)
+
+
+@pytest.mark.parametrize("separator, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_table_with_another_separator_says_so(tmp_path, separator, name):
+    from lossbench.scores import read_score_csv
+
+    path = tmp_path / "s.csv"
+    path.write_text("\n".join(separator.join(row) for row in [["", "a", "b"], ["a", "2", "1"], ["b", "1", "2"]]))
+    with pytest.raises(LossbenchError, match=f"separated by {name}, not commas"):
+        read_score_csv(path)
+
+
+def test_out_expands_the_home_directory(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    done = lossbench("explain", "--scores", "identity", "--out=~/x", cwd=tmp_path, env={"HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert (home / "x" / "explain_grad_norm.png").exists() and not (tmp_path / "~").exists()
+    done = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "--out=~/cmp", cwd=tmp_path,
+                     env={"HOME": str(home)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (home / "cmp" / "compare.json").exists() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("sweep, fragment", [
+    ("optim.lr=0.1,0.10", "optim.lr: 0.1 listed more than once"),
+    ("seed=0,0", "seed: 0 listed more than once"),
+    ("loss=ce,'ce'", "loss: ce listed more than once"),
+    ("optim.lr=1,1.0", "optim.lr: 1 listed more than once"),
+])  # fmt: skip
+def test_a_value_listed_twice_in_a_sweep_is_refused_up_front(tmp_path, sweep, fragment):
+    assert fragment in one_error(lossbench("run", "-m", *TINY, sweep, cwd=tmp_path))
+    assert fragment in one_error(lossbench("compare", *TINY, sweep, "--out", "cmp", cwd=tmp_path))
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_commands_started_in_the_same_second_get_their_own_directories(tmp_path):
+    first = launch.new_directory(tmp_path, "run_2026-01-01_00-00-00")
+    second = launch.new_directory(tmp_path, "run_2026-01-01_00-00-00")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_a_report_removes_what_a_killed_report_left(tmp_path):
+    from lossbench.metrics import METRIC_COLUMNS
+
+    import pandas as pd
+
+    claim(tmp_path, "comparison")
+    run_dir = tmp_path / "a"
+    run_dir.mkdir()
+    OmegaConf.save(OmegaConf.create({"seed": 0, "loss": {"name": "ce"}}), run_dir / CONFIG_FILE)
+    (run_dir / "status.json").write_text(json.dumps({"status": "finished", "epoch": 1}))
+    rows = pd.DataFrame(0.5, index=[0], columns=METRIC_COLUMNS)
+    rows["epoch"] = 1
+    rows.to_csv(run_dir / "metrics.csv", index=False)
+    stale = [tmp_path / ".test_acc.png.a1b2c3d4.tmp", tmp_path / ".summary.md.x_y_z_w_.tmp"]
+    for path in stale:
+        path.write_text("half")
+    (tmp_path / ".notes.tmp").write_text("mine")  # not one of lossbench's temporary names
+    assert launch.report(str(tmp_path)) == 0
+    assert not any(p.exists() for p in stale) and (tmp_path / ".notes.tmp").exists()
+
+
+def test_relative_paths_mean_the_same_with_hydra_job_chdir(tmp_path):
+    npz(tmp_path / "x.npz")
+    done = lossbench("run", *ARRAYS, "data.path=x.npz", "train.epochs=1", "hydra.job.chdir=true",
+                     "hydra.run.dir=out", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert OmegaConf.load(tmp_path / "out" / CONFIG_FILE).data.path == str(tmp_path / "x.npz")
+
+
+def test_an_interrupted_tune_trial_does_not_point_at_resume(tmp_path, caplog):
+    from lossbench.train import recorded_failures
+
+    trial = tmp_path / "tuned" / "tuning" / "ce" / "trial_1"
+    trial.mkdir(parents=True)
+    write_status(trial, "running", 1, 2)
+    with pytest.raises(KeyboardInterrupt), recorded_failures([trial]):
+        raise KeyboardInterrupt
+    assert "cannot be resumed" in caplog.text and "lossbench resume" not in caplog.text

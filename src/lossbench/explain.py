@@ -303,7 +303,7 @@ def written_by_explain(path: Path) -> bool:
 
 def main(source: str, tau: float | None, out: str, classes: str | None) -> int:
     """`lossbench explain`: print the explanation and write the figure."""
-    out_dir = Path(out)
+    out_dir = Path(out).expanduser()
     require(not out_dir.exists() or out_dir.is_dir(), f"--out {out}: exists and is not a directory")
     figure = out_dir / FIGURE
     require(not (figure.exists() or figure.is_symlink()) or (figure.is_file() and not figure.is_symlink()

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench import multirun, trust
+from lossbench.atomic import remove_stale_temporaries
 from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
@@ -66,6 +67,9 @@ def hydra_job(cfg: DictConfig) -> str:
         if in_sweep:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
             claim(Path(hydra_cfg.sweep.dir), "comparison")
         claim_job_dir(hydra_cfg)
+        # Relative paths mean what they meant where the command started (as the preflight read them), also when
+        # hydra.job.chdir=true has moved the job into its run directory.
+        cfg = absolute_paths(cfg, Path(hydra_cfg.runtime.cwd))
         status = train_run(cfg, run_dir, resume=bool(cfg.resume))
     except LossbenchError as err:
         if debug_enabled():
@@ -88,7 +92,7 @@ def packed_job(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         claim(Path(hydra_cfg.sweep.dir), "comparison")
-        return cfg, claim_job_dir(hydra_cfg)
+        return absolute_paths(cfg, Path(hydra_cfg.runtime.cwd)), claim_job_dir(hydra_cfg)
     except LossbenchError as err:
         if debug_enabled():
             raise
@@ -283,6 +287,7 @@ def is_task_override(override: Override) -> bool:
 def compose_config(overrides: list[Override]) -> DictConfig:
     """The job config for the plain (non-sweep, non-hydra) overrides, as a preflight check."""
     check_pack_size(overrides)
+    check_sweeps(overrides)
     lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -297,6 +302,24 @@ def config_error(err: Exception) -> LossbenchError:
         group, _, option = (err.missing_cfg_file or "").rpartition("/")
         return LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}")
     return LossbenchError(one_line(err))
+
+
+def check_sweeps(overrides: list[Override]) -> None:
+    """A value listed twice in a sweep (`seed=0,0`, `optim.lr=0.1,0.10`, `loss=ce,'ce'`) is refused: it would
+    run the same jobs twice into one directory."""
+    for override in overrides:
+        value = override.value() if override.is_sweep_override() else None
+        if not isinstance(value, ChoiceSweep):
+            continue
+        seen, twice = {}, []
+        for choice in value.list:
+            text = choice.text if isinstance(choice, QuotedString) else choice
+            key = float(text) if isinstance(text, (int, float)) and not isinstance(text, bool) else repr(text)
+            if key in seen and seen[key] not in twice:
+                twice.append(seen[key])
+            seen.setdefault(key, text)
+        require(not twice, f"{override.key_or_group}: {', '.join(map(str, twice))} listed more than once in the "
+                           "sweep")  # fmt: skip
 
 
 def check_pack_size(overrides: list[Override]) -> None:
@@ -410,7 +433,8 @@ def compare(args: list[str], out: str | None = None) -> int:
     preflight(cfg)
     sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    comparison = Path(out) if out is not None else Path("comparisons") / f"{cfg.name}_{stamp}"
+    comparison = (Path(out).expanduser() if out is not None
+                  else new_directory(Path("comparisons"), f"{cfg.name}_{stamp}"))  # fmt: skip
     claim_comparison(comparison)
     with locked(comparison):
         require(
@@ -422,6 +446,20 @@ def compare(args: list[str], out: str | None = None) -> int:
         record = {"version": LAYOUT_VERSION, "args": args, "cwd": str(cwd), "created": stamp}
         write_record(comparison, record)
         return launch_comparison(comparison, record["args"], parse_overrides(args), sweep, resume=False)
+
+
+def new_directory(parent: Path, name: str) -> Path:
+    """A directory made now under parent, named `name` or, when that exists (another command started in the same
+    second), `name_2`, `name_3` ...: made with one mkdir each, so two processes never get the same one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 1000):
+        path = parent / (name if number == 1 else f"{name}_{number}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise EnvironmentFailure(f"{parent}: {name} and 998 more names are taken; choose --out")
 
 
 def claim_comparison(comparison: Path) -> None:
@@ -468,6 +506,7 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
     2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
     build_report."""
+    remove_stale_temporaries(comparison)  # a report killed while writing a figure left its temporary file
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
     if not statuses:  # jobs ran, and none could write even its first status.json: a full or read-only disk
         raise EnvironmentFailure(f"{comparison}: no run could record its start ({STATUS_FILE}); the errors above "

@@ -109,6 +109,11 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
     require(path.is_file(), f"score file {path}: not found")
     rows = _read_rows(path)
     require(len(rows) > 0, f"score file {path}: empty")
+    if all(len(row) == 1 for row in rows) and len(rows) > 1:  # one cell per line: another separator?
+        for name, separator in (("semicolons", ";"), ("tabs", "\t"), ("spaces", " "), ("pipes", "|")):
+            require(not all(separator in row[0] for row in rows),
+                    f"score file {path}: its values are separated by {name}, not commas; save it as a "
+                    "comma-separated CSV")  # fmt: skip
     named = not NUMBER_LIKE.match(rows[0][0])  # a named table starts with a corner cell: empty or text
     if named:
         header, body = rows[0], rows[1:]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.atomic import save_atomic, write_atomic
+from lossbench.atomic import remove_stale_temporaries, save_atomic, write_atomic
 from lossbench.checks import check_settings
 from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
@@ -34,7 +34,7 @@ from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import Precision, resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
-    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, append_metrics, claim, locked,
+    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, TUNING_DIR, append_metrics, claim, locked,
     read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
@@ -95,9 +95,25 @@ def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
     except RuntimeError as err:
         raise LossbenchError(f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: "
                              f"{one_line(err)[:300]}") from None  # fmt: skip
+    check_logits(model, probe, len(data.classes), str(cfg.model._target_))
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps_per_epoch, int(cfg.train.epochs))
     return model.train(), optimizer, scheduler
+
+
+def check_logits(model: torch.nn.Module, probe: torch.Tensor, classes: int, target: str) -> None:
+    """What the model returns must be what training takes: a floating tensor of logits [batch, classes] that
+    depends on trainable parameters (a tuple, a [B, C+1] output or a detached one passes a forward pass but trains
+    wrongly or not at all). Checked in eval mode, so that no batch-norm statistic moves."""
+    with torch.enable_grad():
+        out = model.eval()(probe)
+    what = f"model ({target}) returns"
+    require(isinstance(out, torch.Tensor), f"{what} a {type(out).__name__}, not a tensor of logits [batch, {classes}]")
+    require(tuple(out.shape) == (len(probe), classes), f"{what} shape {list(out.shape)} for a batch of {len(probe)}, "
+                                                       f"not [{len(probe)}, {classes}] (batch, classes)")  # fmt: skip
+    require(out.is_floating_point(), f"{what} {out.dtype} values, not floating-point logits")
+    require(out.requires_grad, f"{what} logits that depend on no trainable parameter (no gradient): nothing would "
+                               "be learnt")  # fmt: skip
 
 
 def compile_mode(value: Any) -> str | None:
@@ -132,13 +148,14 @@ def absolute_path(value: str, base: Path | None = None) -> str:
     return str(Path(base or Path.cwd(), Path(value).expanduser()).resolve())
 
 
-def absolute_paths(cfg: DictConfig) -> DictConfig:
-    """A resolved, standalone copy of cfg with user paths made absolute, so a resume works from any directory."""
+def absolute_paths(cfg: DictConfig, base: Path | None = None) -> DictConfig:
+    """A resolved, standalone copy of cfg with user paths made absolute (against `base`, default the current
+    directory), so a resume works from any directory."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value:
-            OmegaConf.update(cfg, key, absolute_path(value))
+            OmegaConf.update(cfg, key, absolute_path(value, base))
     return cfg
 
 
@@ -275,6 +292,7 @@ def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
     run_dir = Path(run_dir)
     claim(run_dir, "run")
     with locked(run_dir):
+        remove_stale_temporaries(run_dir)  # a killed run's half-written checkpoint or records
         done = final_status(run_dir, resume)
         if done:
             return done
@@ -329,7 +347,11 @@ def recorded_failures(run_dirs: list[Path]):
     except KeyboardInterrupt:
         for run_dir in run_dirs:
             record_end(run_dir, "interrupted", "interrupted by the user")
-            log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
+            if TUNING_DIR in run_dir.parts:  # a tune's trial: the tune never reads a resumed trial again
+                log.warning("interrupted: %s is a trial of `lossbench tune`, which cannot be resumed: run the tune "
+                            "again with a new --out", run_dir)  # fmt: skip
+            else:
+                log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
         raise
     except LossbenchError as err:
         for run_dir in run_dirs:

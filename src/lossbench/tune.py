@@ -30,8 +30,8 @@ from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import (
-    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides,
-    preflight, report_comparison,
+    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, new_directory,
+    parse_overrides, preflight, report_comparison,
 )  # fmt: skip
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
@@ -83,7 +83,7 @@ def trial_job(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         claim_job_dir(HydraConfig.get())
-        status = train_run(cfg, run_dir)
+        status = train_run(absolute_paths(cfg, Path(HydraConfig.get().runtime.cwd)), run_dir)
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
         log.error("%s: %s", run_dir, err)
         status = "failed"
@@ -359,7 +359,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
         reused = {name: reused_choice(path, earlier, loss_cfg) for name, loss_cfg in loss_cfgs.items()}
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
+    directory = Path(out).expanduser() if out else new_directory(Path("comparisons"), f"{cfg.name}_tuned_{stamp}")
     claim_comparison(directory)  # as compare: never a user's folder, and one process at a time
     with locked(directory):
         require(not find_runs(directory) and not (directory / TUNE_FILE).exists()
