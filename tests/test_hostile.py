@@ -787,3 +787,20 @@ def test_an_interrupted_tune_trial_does_not_point_at_resume(tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt), recorded_failures([trial]):
         raise KeyboardInterrupt
     assert "cannot be resumed" in caplog.text and "lossbench resume" not in caplog.text
+
+
+def test_a_read_only_report_folder_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    import tempfile
+
+    from lossbench.atomic import write_atomic
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cmp").mkdir()
+
+    def refused(dir, prefix, suffix):  # as Python 3.12's mkstemp fails there: an absolute temporary name
+        raise PermissionError(13, "Permission denied", str(Path(dir).resolve() / f"{prefix}abcd1234{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as err:
+        write_atomic(Path("cmp") / "summary.md", "x")
+    assert err.value.filename == str(Path("cmp") / "summary.md")

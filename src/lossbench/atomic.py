@@ -29,7 +29,9 @@ def _temporary_prefix(path: Path) -> str:
 def _is_temporary_of(path: Path, name: str) -> bool:
     """Whether `name` is one of atomic_path's temporary files for `path` (mkstemp's random middle included)."""
     other = Path(name)
-    return other.parent == path.parent and other.name.startswith(_temporary_prefix(path)) and other.suffix == ".tmp"
+    # Python 3.12's mkstemp names its file by an absolute path, also for a relative `dir`: compare them absolute.
+    same_folder = os.path.abspath(other.parent) == os.path.abspath(path.parent)
+    return same_folder and other.name.startswith(_temporary_prefix(path)) and other.suffix == ".tmp"
 
 
 TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # atomic_path's names: .TARGET.RANDOM.tmp (mkstemp's 8)
