@@ -804,3 +804,21 @@ def test_a_read_only_report_folder_names_the_target_not_the_temporary_file(tmp_p
     with pytest.raises(PermissionError) as err:
         write_atomic(Path("cmp") / "summary.md", "x")
     assert err.value.filename == str(Path("cmp") / "summary.md")
+
+
+def test_a_tune_records_resolved_values_and_pins_its_score_table(tmp_path):
+    record = {"args": [], "search": "grid", "sampler_seed": 0, "trials_per_loss": 1, "losses": {"ce": {
+        "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+        "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
+        "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0}}}}  # fmt: skip
+    (tmp_path / "rec.json").write_text(json.dumps(record))
+    score_csv(tmp_path / "s.csv", 1)
+    done = lossbench("tune", "--from", "rec.json", *TINY, "train.epochs=1", "losses=[ce]", "data.names=generic",
+                     "data.num_classes=2", "scores=file", "scores.path=${oc.env:TABLE}", "--out", "t", cwd=tmp_path,
+                     env={"TABLE": str(tmp_path / "s.csv")})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((tmp_path / "t" / "tune.json").read_text())["args"]
+    assert not any("${" in a for a in recorded), recorded
+    copy = next((tmp_path / "t" / "inputs").glob("scores-*.csv"))
+    configs = list((tmp_path / "t").glob("*/" + CONFIG_FILE))
+    assert configs and all(OmegaConf.load(c).scores.path == str(copy.resolve()) for c in configs)

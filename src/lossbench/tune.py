@@ -31,7 +31,7 @@ from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import (
     checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, new_directory,
-    parse_overrides, preflight, report_comparison,
+    parse_overrides, pinned_scores, preflight, report_comparison, resolved_overrides,
 )  # fmt: skip
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
@@ -365,11 +365,14 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
         require(not find_runs(directory) and not (directory / TUNE_FILE).exists()
                 and not (directory / TUNING_DIR).exists(),
                 f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
+        # Every trial and final run uses the same values and one copy of the score table, whenever it starts.
+        user = pinned_scores(resolved_overrides(user), directory)
         if source is None:
-            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
+            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, [*tune_lines, *user], user,
+                            directory)  # fmt: skip
         else:
             # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
-            record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
+            record = {**earlier, "args": [*tune_lines, *user], "from": earlier.get("from", str(path)),
                       "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
             write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
