@@ -600,6 +600,11 @@ def test_a_decompression_bomb_warning_names_the_file(tmp_path, monkeypatch):
     (["loss=log_expected_score", "loss.eps=1e-300"], "eps must be in [1.18e-38, 1)"),
     (["loss=power_expected_score", "loss.eps=2"], "eps must be in [1.18e-38, 1)"),
     (["scores.exact=3e38", "scores.far=-3e38"], "scores.exact: 3e+38 is outside [-1e+32, 1e+32]"),
+    (["schedule.warmup_epochs=inf"], "schedule.warmup_epochs=inf: must be a finite number >= 0"),
+    (["optim.nesterov=maybe"], "optim.nesterov='maybe': must be true or false"),
+    (["train.checkpoint=yes please"], "train.checkpoint='yes please': must be true or false"),
+    (["data.noise=inf"], "data.noise=inf: must be a number in [0, 1e+06]"),
+    (["data.similarity=2"], "data.similarity=2: must be a number in [0, 1]"),
 ])  # fmt: skip
 def test_numbers_that_would_do_nothing_or_blow_up_are_refused_up_front(tmp_path, args, fragment):
     result = lossbench("run", *TINY, *args, cwd=tmp_path)
@@ -822,3 +827,14 @@ def test_a_tune_records_resolved_values_and_pins_its_score_table(tmp_path):
     copy = next((tmp_path / "t" / "inputs").glob("scores-*.csv"))
     configs = list((tmp_path / "t").glob("*/" + CONFIG_FILE))
     assert configs and all(OmegaConf.load(c).scores.path == str(copy.resolve()) for c in configs)
+
+
+def test_a_resume_without_a_checkpoint_says_it_drops_the_rows(tmp_path, caplog):
+    from lossbench.train import train_run
+
+    run_dir = trained(tmp_path)
+    write_status(run_dir, "interrupted", 2, 2)
+    (run_dir / "checkpoint.pt").unlink()
+    assert train_run(make_cfg(*TINY), run_dir, resume=True) == "finished"
+    assert "has no checkpoint.pt: its rows of epochs 1, 2 are dropped" in caplog.text
+    assert list(__import__("pandas").read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2]

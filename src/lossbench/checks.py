@@ -20,6 +20,9 @@ FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest normal flo
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes any 64-bit value; one range for every seed
 SEED_KEYS = ("seed", "data.seed", "data.subset_seed")
+# Yes/no settings: a string such as "maybe" would pass for true where Python tests it.
+BOOLEAN_KEYS = ("train.checkpoint", "train.progress", "optim.nesterov", "data.download", "data.cache",
+                "data.augment.flip")  # fmt: skip
 
 
 def is_number(value: Any) -> bool:
@@ -59,5 +62,14 @@ def check_settings(cfg: DictConfig) -> None:
         padding = augment.get("crop_padding", 0)
         require_int(padding, "data.augment.crop_padding", note=" (pixels of padding for the random crop)")
         require(padding >= 0, f"data.augment.crop_padding={padding}: must be an integer >= 0 (0: no crop)")
-        flip = augment.get("flip", False)
-        require(isinstance(flip, bool), f"data.augment.flip={flip!r}: must be true or false")
+    for key in BOOLEAN_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        require(value is None or isinstance(value, bool), f"{key}={value!r}: must be true or false")
+    warmup = OmegaConf.select(cfg, "schedule.warmup_epochs", default=None)
+    require(warmup is None or (is_number(warmup) and math.isfinite(warmup) and warmup >= 0),
+            f"schedule.warmup_epochs={warmup!r}: must be a finite number >= 0")  # fmt: skip
+    if OmegaConf.select(cfg, "data._target_", default=None) == "lossbench.data.Synthetic":
+        for key, low, high in (("data.similarity", 0, 1), ("data.noise", 0, 1e6)):
+            value = OmegaConf.select(cfg, key, default=None)
+            require(value is None or (is_number(value) and low <= value <= high),
+                    f"{key}={value!r}: must be a number in [{low}, {high:g}]")  # fmt: skip

@@ -35,7 +35,7 @@ from lossbench.precision import Precision, resolve_precision
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, TUNING_DIR, append_metrics, claim, locked,
-    read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_status,
+    metric_epochs, read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
 from lossbench.inputs import pin_run_inputs, resumed_config
@@ -488,6 +488,10 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         require(run.epoch <= epochs, f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
                                      f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
         log.info("%s: resuming after epoch %d", run_dir, run.epoch)
+    dropped = [e for e in metric_epochs(run_dir) if e > run.epoch]
+    if dropped and run.epoch == 0:  # no checkpoint (removed, or train.checkpoint=false): from epoch 1 again
+        log.warning("warning: %s has no %s: its rows of epochs %s are dropped and the run trains from epoch 1",
+                    run_dir, CHECKPOINT_FILE, ", ".join(map(str, dropped[:6])))  # fmt: skip
     truncate_metrics(run_dir, run.epoch)
     lost = record_disagreement(run_dir, epochs, run.epoch)
     require(not lost, f"{run_dir}: its {CHECKPOINT_FILE} is at epoch {run.epoch}, but its {lost}: rows were lost, "
