@@ -75,9 +75,9 @@ def check_score_value(value: float, where: str) -> None:
     a test set stay finite in float32 too."""
     require(math.isfinite(value), f"{where}: {value} is not finite")
     require(abs(value) <= FLOAT32_MAX, f"{where}: {value} does not fit float32 (|x| <= {FLOAT32_MAX:.4g})")
-    require(abs(value) <= SCORE_LIMIT, f"{where}: {value} is outside [-{SCORE_LIMIT:.0e}, {SCORE_LIMIT:.0e}], the "
-                                       "range in which differences of scores and their sums over a test set of up to "
-                                       "a million examples stay finite in float32")  # fmt: skip
+    require(abs(value) <= SCORE_LIMIT, f"{where}: {value} is outside [-{SCORE_LIMIT:.0e}, {SCORE_LIMIT:.0e}]: "
+                                       "beyond it, differences of scores and their sums over a test set (up to a "
+                                       "million examples) overflow float32")  # fmt: skip
 
 
 def _parse_number(text: str, where: str) -> float:
