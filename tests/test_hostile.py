@@ -838,3 +838,28 @@ def test_a_resume_without_a_checkpoint_says_it_drops_the_rows(tmp_path, caplog):
     assert train_run(make_cfg(*TINY), run_dir, resume=True) == "finished"
     assert "has no checkpoint.pt: its rows of epochs 1, 2 are dropped" in caplog.text
     assert list(__import__("pandas").read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2]
+
+
+def test_a_resume_from_elsewhere_reads_an_experiments_relative_data_path_where_the_comparison_started(tmp_path):
+    from PIL import Image
+
+    from lossbench.data import CIFAR10_CLASSES
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for split in ("train", "test"):
+        for i, name in enumerate(CIFAR10_CLASSES):
+            (start / "data" / "cifar10" / split / name).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (32, 32), (i * 25, j * 100, 0)).save(start / "data" / "cifar10" / split / name
+                                                                      / f"{j}.png")  # fmt: skip
+    args = ["experiment=cifar10_folder", *NO_MODEL, "model.widths=[4]", "train.epochs=1", "data.val_size=null",
+            "data.train_size=null", "data.test_size=null", f"data.cache_dir={tmp_path / 'cache'}",
+            "losses=[ce,expected_score]"]  # fmt: skip
+    first = lossbench("compare", *args, "--out", "cmp", cwd=start)
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(start / "cmp" / "loss=expected_score,seed=0")  # as if it had never started
+    resumed = lossbench("resume", str(start / "cmp"), cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    config = OmegaConf.load(start / "cmp" / "loss=expected_score,seed=0" / CONFIG_FILE)
+    assert config.data.root == str(start / "data" / "cifar10")

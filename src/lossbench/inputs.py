@@ -106,12 +106,12 @@ def check_pinned(path: Path) -> None:
 
 def pin_scores(source: Path, directory: Path) -> Path:
     """Copy the score table `source` into directory/inputs/ (named by its content), once; the copy's path."""
-    source = Path(source)
-    if pinned_digest(source) is not None and source.parent.parent == Path(directory):
+    source, directory = Path(source).resolve(), Path(directory).resolve()
+    if pinned_digest(source) is not None and source.parent.parent == directory:
         check_pinned(source)
         return source
     digest = file_digest(source)[:16]
-    target = Path(directory) / INPUTS_DIR / f"scores-{digest}.csv"
+    target = directory / INPUTS_DIR / f"scores-{digest}.csv"
     if not target.exists():
         target.parent.mkdir(exist_ok=True)
         with atomic_path(target) as tmp:

@@ -16,10 +16,10 @@ import sys
 import time
 import traceback
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -602,6 +602,22 @@ def check_recorded_overrides(overrides: list[Override], source: str, trusted: li
         raise trust.refusal(source, *next(iter(bad.items())), command)
 
 
+@contextmanager
+def started_in(comparison: Path, cwd: object) -> Iterator[Path]:
+    """Work in the directory a comparison was started in (when it still exists), yielding the comparison's path
+    as seen from there; the current directory is restored afterwards."""
+    if not isinstance(cwd, str) or not Path(cwd).is_dir() or Path(cwd).resolve() == Path.cwd().resolve():
+        yield comparison
+        return
+    here = Path.cwd()
+    absolute = comparison.resolve()
+    os.chdir(cwd)
+    try:
+        yield absolute
+    finally:
+        os.chdir(here)
+
+
 def swept_keys(overrides: list[Override], cfg: DictConfig) -> set[str]:
     """The flattened config keys a comparison's sweeps set (a group's: every key its options change)."""
     lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
@@ -659,9 +675,10 @@ def check_unchanged(comparison: Path, overrides: list[Override], cfg: DictConfig
 
 def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = ()) -> int:
     """Continue the unfinished runs of a comparison with the overrides compare.json recorded: its paths are
-    absolute, so nothing depends on the directory resume is started from."""
+    absolute, and a relative default path (an experiment's data.root) is read from the directory the comparison
+    started in, so nothing depends on the directory resume is started from."""
     claim(comparison, "comparison")
-    with locked(comparison):
+    with locked(comparison), started_in(comparison, read_record(comparison).get("cwd")) as comparison:
         record = read_record(comparison)
         args = record["args"]
         if "cwd" not in record:  # written before paths were recorded absolute: the best guess is here
