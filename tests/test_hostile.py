@@ -313,6 +313,13 @@ def test_run_into_a_comparison_is_refused_while_the_comparison_is_in_use(tmp_pat
         nested = lossbench("run", *TINY, f"hydra.run.dir={cmp / 'a' / 'b'}", cwd=tmp_path)
         assert "is in use by another lossbench process" in one_error(nested, code=1)
     assert not (cmp / "loss=expected_score,seed=0" / "metrics.csv").exists()
+    # Once it is free, runs started side by side in it do not stop each other.
+    import sys
+
+    runs = [subprocess.Popen([sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=1",
+                              f"hydra.run.dir={cmp / name}"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+            for name in "ab"]  # fmt: skip
+    assert all(run.wait(timeout=300) == 0 for run in runs), [run.stderr.read() for run in runs]
 
 
 def test_explain_replaces_only_its_own_figure(tmp_path):

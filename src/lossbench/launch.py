@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,7 +40,7 @@ from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report, flatten
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, comparisons_locked,
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, check_comparisons_free, claim,
     find_runs, locked, read_config, read_record, read_status, require_writable, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
@@ -346,17 +346,17 @@ def preflight(cfg: DictConfig) -> None:
         raise LossbenchError(one_line(err)) from None
 
 
-def claimed_output_dir(args: list[str], overrides: list[Override], held: ExitStack) -> list[str]:
+def claimed_output_dir(args: list[str], overrides: list[Override]) -> list[str]:
     """A `run`'s output directory (hydra.run.dir, or hydra.sweep.dir with -m), its interpolations resolved now,
-    claimed before Hydra writes anything there (new, empty or lossbench's: never a user's folder), and the
-    comparison it lies in locked for as long as the run works (held on `held`). Returns the args pinned to that
-    directory (with -m, the score table pinned in it too: every job of the sweep reads one copy)."""
+    claimed before Hydra writes anything there (new, empty or lossbench's: never a user's folder; not inside a
+    comparison that another process works on). Returns the args pinned to that directory (with -m, the score
+    table pinned in it too: every job of the sweep reads one copy)."""
     sweep = any(a in MULTIRUN_FLAGS for a in args)
     directory = multirun.resolved_sweep_dir(overrides, "sweep" if sweep else "run")
     require("${" not in str(directory), f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
                                         "with '${' cannot pass through Hydra, which would interpolate it")  # fmt: skip
+    check_comparisons_free(directory, itself=sweep)
     claim(directory, "comparison" if sweep else "run")
-    held.enter_context(comparisons_locked(directory, itself=sweep))
     if not sweep:
         return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"]
     return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)]
@@ -407,15 +407,14 @@ def run(args: list[str]) -> int:
     failed or diverged (named on stderr), from this process or, with -m, from the sweep's run directories.
     Hydra's own flags (--cfg job, --info, -cd DIR ...) go to Hydra as they are, without the preflight."""
     sweep_dir = None
-    with ExitStack() as held:
-        if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
-            overrides = parse_overrides(args)
-            preflight(compose_config(overrides))
-            args = claimed_output_dir(args, overrides, held)
-            sweep_dir = multirun.resolved_sweep_dir(overrides) if any(a in MULTIRUN_FLAGS for a in args) else None
-        finished_jobs.clear()
-        started = time.time()
-        launch_hydra(args)
+    if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+        overrides = parse_overrides(args)
+        preflight(compose_config(overrides))
+        args = claimed_output_dir(args, overrides)
+        sweep_dir = multirun.resolved_sweep_dir(overrides) if any(a in MULTIRUN_FLAGS for a in args) else None
+    finished_jobs.clear()
+    started = time.time()
+    launch_hydra(args)
     bad = {d.resolve(): s for d, s in finished_jobs if s != "finished"}
     bad.update(multirun.unsuccessful_runs(sweep_dir, started) if sweep_dir else {})
     for run_dir, status in bad.items():
@@ -552,10 +551,10 @@ def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
             f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
     cfg = read_config(path)
     trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
-    with comparisons_locked(path):  # not while its comparison is being run, resumed or reported
-        if read_status(path)["status"] not in ("finished", "diverged"):
-            require_writable(path)
-        status = train_run(cfg, path, resume=True)
+    check_comparisons_free(path)  # not while its comparison is being run, resumed or reported
+    if read_status(path)["status"] not in ("finished", "diverged"):
+        require_writable(path)
+    status = train_run(cfg, path, resume=True)
     return 0 if status == "finished" else 1
 
 

@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -238,17 +238,15 @@ def locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays, so that no two processes lock different inodes
 
 
-@contextmanager
-def comparisons_locked(path: Path, itself: bool = False) -> Iterator[None]:
-    """Hold the lock of every lossbench comparison that `path` lies in (its ancestors with a comparison marker,
-    and `path` itself when `itself`), so that a `run` into a comparison's folder is refused while `compare`,
-    `resume` or `report` works on it."""
+def check_comparisons_free(path: Path, itself: bool = False) -> None:
+    """Refuse (naming the holder) to start work in `path` while a lossbench comparison it lies in (an ancestor
+    with a comparison marker, or `path` itself when `itself`) is being run, resumed or reported: each such lock is
+    taken and released at once, so that runs started side by side in one folder do not stop each other."""
     path = Path(path).resolve()
-    with ExitStack() as stack:
-        for parent in [*([path] if itself else []), *path.parents]:
-            if (parent / MARKER_FILE).exists() and marker_kind_or_none(parent) == "comparison":
-                stack.enter_context(locked(parent))
-        yield
+    for parent in [*([path] if itself else []), *path.parents]:
+        if (parent / MARKER_FILE).exists() and marker_kind_or_none(parent) == "comparison":
+            with locked(parent):
+                pass
 
 
 # ---------------------------------------------------------------- files of a run
