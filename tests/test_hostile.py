@@ -870,3 +870,21 @@ def test_a_resume_from_elsewhere_reads_an_experiments_relative_data_path_where_t
     assert resumed.returncode == 0, resumed.stderr
     config = OmegaConf.load(start / "cmp" / "loss=expected_score,seed=0" / CONFIG_FILE)
     assert config.data.root == str(start / "data" / "cifar10")
+
+
+def test_a_run_copied_in_from_another_comparison_is_left_out_and_named(tmp_path):
+    from lossbench.rundir import own_runs
+
+    def run_in(comparison: Path, name: str) -> Path:
+        claim(comparison, "comparison")
+        run_dir = interrupted_run(comparison / name)
+        write_status(run_dir, "finished", 2, 2)
+        return run_dir
+
+    theirs = run_in(tmp_path / "a", "loss=ce,seed=5")
+    mine = run_in(tmp_path / "b", "loss=ce,seed=0")
+    shutil.copytree(theirs, tmp_path / "b" / "loss=ce,seed=5")
+    runs, notes = own_runs(tmp_path / "b")
+    assert runs == [mine]
+    assert notes == [f"{tmp_path / 'b' / 'loss=ce,seed=5'}: made by another comparison and copied in (its marker "
+                     "says so); left out"]  # fmt: skip

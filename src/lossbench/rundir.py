@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,7 +80,11 @@ def own_runs(root: Path) -> tuple[list[Path], list[str]]:
     copies = [d for d, name in names.items() if name not in (None, d.name) and (d.parent / name) in names]
     for copy in copies:
         notes.append(f"{copy}: a copy of {copy.parent / names[copy]} (lossbench made it as that folder); left out")
-    return [d for d in runs if d not in copies], notes
+    own_id = _marker_field(root, "id")
+    strangers = [d for d in runs if d not in copies and own_id and _marker_field(d, "comparison") not in (None, own_id)]
+    for stranger in strangers:
+        notes.append(f"{stranger}: made by another comparison and copied in (its marker says so); left out")
+    return [d for d in runs if d not in copies and d not in strangers], notes
 
 
 def _looks_like_comparison(directory: Path) -> bool:
@@ -90,9 +95,14 @@ def _looks_like_comparison(directory: Path) -> bool:
 
 def _marker_name(directory: Path) -> str | None:
     """The folder name a run's marker records (written since layout 2 with names), or None."""
+    return _marker_field(directory, "name")
+
+
+def _marker_field(directory: Path, field: str) -> str | None:
+    """A text field of a directory's marker (name, id, comparison), or None."""
     try:
-        name = json.loads((directory / MARKER_FILE).read_text(encoding="utf-8")).get("name")
-        return name if isinstance(name, str) and name else None
+        value = json.loads((directory / MARKER_FILE).read_text(encoding="utf-8")).get(field)
+        return value if isinstance(value, str) and value else None
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -183,8 +193,15 @@ def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
         if found is not None:
             return
     directory.mkdir(parents=True, exist_ok=True)
-    # The folder's own name: a copy of it (`cp -r run 'run (copy)'`) is told from it (own_runs).
+    # The folder's own name: a copy of it (`cp -r run 'run (copy)'`) is told from it (own_runs). A comparison
+    # gets an id, and a run made inside one records it: a run copied in from another comparison is told too.
     marker = {"kind": kind, "version": LAYOUT_VERSION, "name": directory.resolve().name}
+    if kind == "comparison":
+        marker["id"] = uuid.uuid4().hex
+    else:
+        home = next((p for p in directory.resolve().parents if marker_kind_or_none(p) == "comparison"), None)
+        if home is not None and _marker_field(home, "id"):
+            marker["comparison"] = _marker_field(home, "id")
     write_atomic(directory / MARKER_FILE, json.dumps(marker) + "\n")
 
 
