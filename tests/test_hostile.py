@@ -888,3 +888,18 @@ def test_a_run_copied_in_from_another_comparison_is_left_out_and_named(tmp_path)
     assert runs == [mine]
     assert notes == [f"{tmp_path / 'b' / 'loss=ce,seed=5'}: made by another comparison and copied in (its marker "
                      "says so); left out"]  # fmt: skip
+
+
+def test_the_report_says_when_runs_used_different_or_since_changed_data(tmp_path):
+    from lossbench.report import build_report
+    from lossbench.train import train_run
+
+    data = npz(tmp_path / "x.npz")
+    for seed in (0, 1):
+        cfg = make_cfg(*ARRAYS, f"data.path={data}", "train.epochs=1", f"seed={seed}")
+        assert train_run(cfg, tmp_path / "cmp" / f"seed={seed}") == "finished"
+        npz(data, permute=seed == 0)  # replaced between the two runs, and back after the second
+    warnings = build_report(tmp_path / "cmp").warnings
+    assert any("the runs used 2 different data.path inputs" in w for w in warnings), warnings
+    assert any(f"{tmp_path / 'cmp' / 'seed=1'}: data.path" in w and "changed since the run started" in w
+               for w in warnings), warnings  # fmt: skip

@@ -156,20 +156,26 @@ def read_inputs(run_dir: Path) -> dict[str, Any]:
                              "directory to run it again from scratch") from None  # fmt: skip
 
 
-def changed_inputs(run_dir: Path) -> list[str]:
-    """What changed since the run recorded its inputs: one phrase per input (empty when nothing did)."""
+def changed_inputs(run_dir: Path, seen: dict[tuple[str, str], str | None] | None = None) -> list[str]:
+    """What changed since the run recorded its inputs: one phrase per input (empty when nothing did). `seen`
+    keeps the fingerprints already taken (by kind and path) for the next run's call."""
+    seen = {} if seen is None else seen
     problems = []
     for key, entry in read_inputs(run_dir).items():
         if not isinstance(entry, dict):
             continue
         if key == SCORES_KEY:
             copy = where_now(run_dir, Path(str(entry.get("copy", ""))))
-            found = file_digest(copy) if copy.is_file() else None
+            if ("sha256", str(copy)) not in seen:
+                seen["sha256", str(copy)] = file_digest(copy) if copy.is_file() else None
+            found = seen["sha256", str(copy)]
             if found != entry.get("sha256"):
                 problems.append(f"{key}: the score table it used ({copy}) is {'changed' if found else 'gone'}")
         else:
             path = Path(str(entry.get("path", "")))
-            found = fingerprint(path)
+            if ("fingerprint", str(path)) not in seen:
+                seen["fingerprint", str(path)] = fingerprint(path)
+            found = seen["fingerprint", str(path)]
             if found != entry.get("fingerprint"):
                 problems.append(f"{key} {path}: {'changed' if found else 'gone'} since the run started")
     return problems
@@ -200,3 +206,31 @@ def where_now(run_dir: Path, copy: Path) -> Path:
         if candidate.is_file():
             return candidate
     return copy
+
+
+def input_warnings(run_dirs: list[Path]) -> list[str]:
+    """What a report says about the runs' pinned inputs: runs of one report that used different data or score
+    tables under one key (the comparison mixes two inputs), and inputs that changed since (the runs cannot be
+    repeated as they are). Each file or folder is fingerprinted once."""
+    used: dict[tuple[str, str], list[Path]] = {}
+    for run_dir in run_dirs:
+        try:
+            record = read_inputs(run_dir)
+        except LossbenchError as err:
+            return [str(err)]
+        for key, entry in record.items():
+            if isinstance(entry, dict):
+                pinned = entry.get("sha256") if key == SCORES_KEY else entry.get("fingerprint")
+                used.setdefault((key, str(pinned)), []).append(run_dir)
+    warnings = []
+    for key in sorted({k for k, _ in used}):
+        groups = [runs for (k, _), runs in used.items() if k == key]
+        if len(groups) > 1:
+            shown = "; ".join(f"{len(runs)} run(s) such as {runs[0].name}" for runs in groups)
+            warnings.append(f"the runs used {len(groups)} different {key} inputs ({shown}): they are not one "
+                            "comparison")  # fmt: skip
+    seen: dict[tuple[str, str], str | None] = {}
+    for run_dir in run_dirs:
+        for problem in changed_inputs(run_dir, seen):
+            warnings.append(f"{run_dir}: {problem}; the run used the earlier one")
+    return list(dict.fromkeys(warnings))

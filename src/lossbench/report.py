@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from lossbench import plots, stats
 from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
+from lossbench.inputs import input_warnings
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
@@ -264,6 +265,7 @@ def load_runs(root: Path) -> Runs:
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
     runs["epochs_configured"] = table["train.epochs"] if "train.epochs" in table else None
     runs, kept, configs = without_duplicates(runs, kept, configs, swept, warnings)
+    warnings += input_warnings(kept)  # the pinned data and tables: one of each, unchanged since
     provenance = []
     for run_dir, config in zip(kept, configs):
         used, warning = read_provenance(run_dir, config)
