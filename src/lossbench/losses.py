@@ -42,12 +42,14 @@ FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 SERIES_ALPHA = 1e-3  # below it, (1 - E^alpha) / alpha is its series in alpha: float32 would give 0/0
 
 
-def check_eps(eps: float, loss: str) -> None:
-    """The eps that keeps log and power away from 0: non-zero in float32 and below 1 (a larger one flattens the
-    loss until it teaches nothing)."""
+def check_eps(eps: float, loss: str, zero: bool = False) -> None:
+    """The eps that keeps log and power away from 0: non-zero in float32 (or exactly 0 where `zero` allows it)
+    and below 1 (a larger one flattens the loss until it teaches nothing)."""
+    if zero and isinstance(eps, (int, float)) and eps == 0:
+        return
     require(isinstance(eps, (int, float)) and FLOAT32_TINY <= eps < 1,
-            f"{loss}: eps must be in [{FLOAT32_TINY:.3g}, 1) (non-zero in float32; a larger eps flattens the loss), "
-            f"not {eps}")  # fmt: skip
+            f"{loss}: eps must be {'0 or ' if zero else ''}in [{FLOAT32_TINY:.3g}, 1) (non-zero in float32; a larger "
+            f"eps flattens the loss), not {eps}")  # fmt: skip
 
 
 class ScoreLoss(nn.Module):
@@ -152,7 +154,7 @@ class PowerExpectedScore(ScoreLoss):
     def __init__(self, scores: Tensor, alpha: float = 0.7, eps: float = 1e-7, reduction: str = "mean"):
         super().__init__(scores, reduction)
         require(0 < alpha <= 1, f"power_expected_score: alpha must be in (0, 1], not {alpha}")
-        check_eps(eps, "power_expected_score")
+        check_eps(eps, "power_expected_score", zero=True)  # E^alpha is defined at E = 0
         self.alpha = alpha
         self.eps = eps
 
