@@ -294,7 +294,8 @@ def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str])
     """Per run, whether it counts as final: finished, with the rows of every configured epoch (when its config
     says how many). Curves show the others; their values never enter the final means, the paired verdicts or the
     times to a target, and each one that stopped short (not a diverged run: its status says why) is named."""
-    epochs_of = {d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
+    epochs_of = ({d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
+                 if "run_dir" in curves else {})  # fmt: skip
     complete = []
     for _, run in runs.iterrows():
         rows, epochs = epochs_of.get(run["run_dir"], []), run.get("epochs_configured")
@@ -352,7 +353,7 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 def final_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The curves of the runs that count as final (complete_runs), by run directory."""
     final = set(runs["run_dir"][runs["complete"]]) if "complete" in runs else set(runs["run_dir"])
-    return {d: c for d, c in curves.groupby("run_dir", sort=False) if d in final}
+    return {d: c for d, c in curves.groupby("run_dir", sort=False) if d in final} if "run_dir" in curves else {}
 
 
 def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targets) -> pd.DataFrame:
