@@ -346,11 +346,11 @@ def preflight(cfg: DictConfig) -> None:
         raise LossbenchError(one_line(err)) from None
 
 
-def claimed_output_dir(args: list[str], overrides: list[Override]) -> list[str]:
+def claimed_output_dir(args: list[str], overrides: list[Override]) -> tuple[list[str], Path]:
     """A `run`'s output directory (hydra.run.dir, or hydra.sweep.dir with -m), its interpolations resolved now,
     claimed before Hydra writes anything there (new, empty or lossbench's: never a user's folder; not inside a
     comparison that another process works on). Returns the args pinned to that directory (with -m, the score
-    table pinned in it too: every job of the sweep reads one copy)."""
+    table pinned in it too: every job of the sweep reads one copy), and the directory."""
     sweep = any(a in MULTIRUN_FLAGS for a in args)
     directory = multirun.resolved_sweep_dir(overrides, "sweep" if sweep else "run")
     require("${" not in str(directory), f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
@@ -358,8 +358,8 @@ def claimed_output_dir(args: list[str], overrides: list[Override]) -> list[str]:
     check_comparisons_free(directory, itself=sweep)
     claim(directory, "comparison" if sweep else "run")
     if not sweep:
-        return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"]
-    return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)]
+        return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"], directory
+    return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)], directory
 
 
 def checked_losses(cfg: DictConfig) -> list[str]:
@@ -410,8 +410,9 @@ def run(args: list[str]) -> int:
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         overrides = parse_overrides(args)
         preflight(compose_config(overrides))
-        args = claimed_output_dir(args, overrides)
-        sweep_dir = multirun.resolved_sweep_dir(overrides) if any(a in MULTIRUN_FLAGS for a in args) else None
+        multirun_flag = any(a in MULTIRUN_FLAGS for a in args)
+        args, directory = claimed_output_dir(args, overrides)
+        sweep_dir = directory if multirun_flag else None  # jobs of other processes are read from disk afterwards
     finished_jobs.clear()
     started = time.time()
     launch_hydra(args)
