@@ -454,6 +454,13 @@ def test_no_joblib_worker_outlives_a_killed_compare(tmp_path):
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+    # Taking a run's lock at once (as an immediate resume does) waits for its stopping worker instead of naming a
+    # process the user never started.
+    from lossbench.rundir import locked
+
+    for run_dir in runs:
+        with locked(run_dir):
+            pass
     deadline = time.time() + 30
     while any(alive(pid) for pid in workers):
         assert time.time() < deadline, f"worker(s) {[p for p in workers if alive(p)]} outlived the command"

@@ -76,3 +76,16 @@ def exit_if_orphaned() -> None:
     if _launcher is not None and not alive(_launcher):
         logging.shutdown()
         os._exit(EXIT_TERMINATED)
+
+
+def orphaned_worker(pid: int) -> bool:
+    """Whether process `pid` is a lossbench job's worker whose launcher is gone: it is stopping (follow_launcher),
+    and a lock it holds is free within GRACE_S."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return False
+    host, _, launcher = environ.get(LAUNCHER_ENV.encode(), b"").decode(errors="replace").rpartition(":")
+    return (launcher.isdigit() and int(launcher) != pid and host == socket.gethostname()
+            and not alive(int(launcher)))  # fmt: skip

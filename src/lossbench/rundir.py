@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import FILE_MODE, atomic_path, naming, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
+from lossbench.lifeline import GRACE_S, orphaned_worker
 from lossbench.metrics import METRIC_COLUMNS
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
@@ -236,6 +237,23 @@ def _holder(path: Path) -> str:
     return "unknown"
 
 
+def _after_orphan(fd: int, holder: str) -> bool:
+    """Whether the lock on `fd` was taken after waiting for its holder, when the holder is a worker of a killed
+    command, which stops on its own (lossbench.lifeline) within GRACE_S: a resume right after the kill waits for
+    it instead of naming a process the user never started."""
+    deadline = time.monotonic() + GRACE_S + 5
+    while holder.isdigit() and time.monotonic() < deadline:
+        stopping = orphaned_worker(int(holder))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not stopping:
+                return False
+        time.sleep(0.2)
+    return False
+
+
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive OS lock (flock) on `directory` while the block runs; another process is refused with
@@ -246,8 +264,10 @@ def locked(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {_holder(path)}); "
-                                     "wait for it to finish or stop it") from None  # fmt: skip
+            holder = _holder(path)
+            if not _after_orphan(fd, holder):
+                raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {holder}); "
+                                         "wait for it to finish or stop it") from None  # fmt: skip
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
