@@ -911,3 +911,15 @@ def test_the_report_says_when_runs_used_different_or_since_changed_data(tmp_path
     assert any("the runs used 2 different data.path inputs" in w for w in warnings), warnings
     assert any(f"{tmp_path / 'cmp' / 'seed=1'}: data.path" in w and "changed since the run started" in w
                for w in warnings), warnings  # fmt: skip
+
+
+def test_a_command_is_the_launcher_of_its_own_jobs_whatever_it_inherited(monkeypatch):
+    import socket
+
+    from lossbench import lifeline
+
+    monkeypatch.setenv(lifeline.LAUNCHER_ENV, f"{socket.gethostname()}:1")  # as a process started from a job
+    lifeline.mark_launcher()
+    assert os.environ[lifeline.LAUNCHER_ENV].endswith(":1")  # a library call keeps the launcher recorded
+    lifeline.mark_launcher(command=True)
+    assert os.environ[lifeline.LAUNCHER_ENV] == f"{socket.gethostname()}:{os.getpid()}"

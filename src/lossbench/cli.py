@@ -44,6 +44,9 @@ def guarded(action: Callable[[], int]) -> None:
     logging.raiseExceptions = False
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     signal.signal(signal.SIGTERM, _terminate)
+    from lossbench.lifeline import mark_launcher
+
+    mark_launcher(command=True)  # its jobs' worker processes stop when this command is gone
     try:
         code = action()
     except (LossbenchError, OSError) as err:

@@ -25,9 +25,13 @@ EXIT_TERMINATED = 143
 _launcher: int | None = None  # the launcher this worker process follows
 
 
-def mark_launcher() -> None:
-    """Record this process as the launcher of the jobs it starts (the outermost lossbench command keeps it)."""
-    os.environ.setdefault(LAUNCHER_ENV, f"{socket.gethostname()}:{os.getpid()}")
+def mark_launcher(command: bool = False) -> None:
+    """Record this process as the launcher of the jobs it starts. A lossbench command always is one (`command`:
+    whatever it inherited from the process that started it); a library call keeps a launcher already recorded."""
+    if command:
+        os.environ[LAUNCHER_ENV] = f"{socket.gethostname()}:{os.getpid()}"
+    else:
+        os.environ.setdefault(LAUNCHER_ENV, f"{socket.gethostname()}:{os.getpid()}")
 
 
 def alive(pid: int) -> bool:
