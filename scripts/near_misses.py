@@ -8,7 +8,10 @@ whose wrong answers all score the same (e.g. a non-dog class in dogs20_groups) o
 out, so the share reads "of the mistakes on classes where a better mistake exists, how many were better".
 Printed as a markdown table: mean ± 95% t-interval over seeds, and the paired difference with ce.
 
-Usage: python scripts/near_misses.py COMPARISON_DIR
+A run's score table is built from its config.yaml only when it names lossbench's own components (a results folder
+may come from anyone); `--trust mypkg.Table` allows one of yours.
+
+Usage: python scripts/near_misses.py COMPARISON_DIR [--trust TARGET ...]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line
@@ -25,6 +29,7 @@ from lossbench.report import read_confusion
 from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
 from lossbench.scores import build_scores
 from lossbench.stats import paired, summarise
+from lossbench.trust import check_config
 
 
 def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float]:
@@ -41,7 +46,7 @@ def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float
     return float(share), float(far)
 
 
-def run_shares(root: Path) -> pd.DataFrame:
+def run_shares(root: Path, trusted: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate. A run whose
     confusion.csv, config or score table is damaged is left out with a warning, as the report does."""
     rows = []
@@ -53,6 +58,8 @@ def run_shares(root: Path) -> pd.DataFrame:
             continue
         try:
             cfg = read_config(run_dir)
+            check_config(OmegaConf.create({"scores": cfg.scores}), str(run_dir / "config.yaml"), trusted,
+                         f"python scripts/near_misses.py {root}")  # fmt: skip
             loss, seed = str(cfg.loss.name), int(cfg.seed)
             matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
         except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
@@ -92,11 +99,13 @@ def markdown(shares: pd.DataFrame) -> str:
 
 
 def main(argv: list[str]) -> int:
+    trusted = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "--trust"]
+    argv = [a for i, a in enumerate(argv) if a != "--trust" and (i == 0 or argv[i - 1] != "--trust")]
     if len(argv) != 1:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     try:
-        shares = run_shares(Path(argv[0]))
+        shares = run_shares(Path(argv[0]), trusted)
     except LossbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

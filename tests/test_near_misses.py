@@ -76,3 +76,18 @@ def test_damaged_runs_are_left_out_with_a_warning(tmp_path, capsys):
     assert "Traceback" not in captured.err
     # 6 of 8 mistakes near; ce's seed 0 is gone, so the two losses share no seed
     assert "| soft_label_ce | 0.750 | no shared seed | 0.019 | no shared seed | 1 |" in captured.out
+
+
+def test_a_score_table_that_is_not_lossbenchs_is_never_built(tmp_path, capsys):
+    fake_run(tmp_path, "ce", 0, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
+    fake_run(tmp_path, "ce", 1, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    config = OmegaConf.load(tmp_path / "loss=ce,seed=1" / "config.yaml")
+    config.scores = {"_target_": "shutil.copyfile", "src": str(tmp_path / "loss=ce,seed=0" / "config.yaml"),
+                     "dst": str(victim)}  # fmt: skip
+    OmegaConf.save(config, tmp_path / "loss=ce,seed=1" / "config.yaml")
+    assert near_misses.main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "scores._target_=shutil.copyfile, which is not one of lossbench's own components" in err
+    assert "run left out" in err and victim.read_text() == "mine"

@@ -277,13 +277,16 @@ def test_resume_from_another_directory_reads_the_files_the_comparison_started_wi
     assert first.returncode == 0, first.stderr
     comparison = start / "café, it's"
     record = json.loads((comparison / "compare.json").read_text())
-    assert f"scores.path='{start / 's.csv'}'" in record["args"] and record["cwd"] == str(start)
+    # The table is pinned: copied into the comparison (named by its content) and recorded by its copy.
+    copy = next((comparison / "inputs").glob("scores-*.csv"))
+    assert f"scores.path={launch.hydra_quote(str(copy.resolve()))}" in record["args"] and record["cwd"] == str(start)
+    assert copy.read_text() == (start / "s.csv").read_text()
     shutil.rmtree(comparison / "loss=expected_score,seed=0")  # as if it had never started
 
     resumed = lossbench("resume", str(comparison), cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stderr
     config = OmegaConf.load(comparison / "loss=expected_score,seed=0" / "config.yaml")
-    assert config.scores.path == str(start / "s.csv")
+    assert config.scores.path == str(copy.resolve())
     assert read_status(comparison / "loss=expected_score,seed=0")["status"] == "finished"
 
 

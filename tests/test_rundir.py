@@ -125,7 +125,7 @@ def test_claim_refuses_what_is_not_lossbench(tmp_path):
 def test_version_1_directories_stay_lossbench_s(tmp_path):
     run = tmp_path / "cmp" / "loss=ce,seed=0"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "config.yaml").write_text("seed: 0\nloss:\n  name: ce\n")  # a run's config names its loss
     write_status(run, "interrupted", 1, 2)
     (tmp_path / "cmp" / COMPARE_FILE).write_text('{"args": []}')
     claim(run, "run")

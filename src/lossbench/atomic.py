@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,27 @@ def _temporary_prefix(path: Path) -> str:
 def _is_temporary_of(path: Path, name: str) -> bool:
     """Whether `name` is one of atomic_path's temporary files for `path` (mkstemp's random middle included)."""
     other = Path(name)
-    return other.parent == path.parent and other.name.startswith(_temporary_prefix(path)) and other.suffix == ".tmp"
+    # Python 3.12's mkstemp names its file by an absolute path, also for a relative `dir`: compare them absolute.
+    same_folder = os.path.abspath(other.parent) == os.path.abspath(path.parent)
+    return same_folder and other.name.startswith(_temporary_prefix(path)) and other.suffix == ".tmp"
+
+
+TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # atomic_path's names: .TARGET.RANDOM.tmp (mkstemp's 8)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary files that a killed writer left in `directory` (a kill -9 runs no clean-up). Only
+    the holder of the directory's lock may call it: no other writer of its files is at work."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass  # a read-only folder: the next write there says so
 
 
 @contextmanager

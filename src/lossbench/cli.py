@@ -44,6 +44,9 @@ def guarded(action: Callable[[], int]) -> None:
     logging.raiseExceptions = False
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     signal.signal(signal.SIGTERM, _terminate)
+    from lossbench.lifeline import mark_launcher
+
+    mark_launcher(command=True)  # its jobs' worker processes stop when this command is gone
     try:
         code = action()
     except (LossbenchError, OSError) as err:
@@ -128,12 +131,17 @@ def report(
 
 
 @app.command()
-def resume(directory: str = typer.Argument(..., help="A run directory or a comparison directory")) -> None:
+def resume(
+    directory: str = typer.Argument(..., help="A run directory or a comparison directory"),
+    trust: list[str] = typer.Option(
+        [], "--trust", help="A component of your own that the recorded config names (e.g. mypkg.MyNet, or a Hydra "
+        "key such as hydra.launcher.setup): only lossbench's own are built from a directory unless named here"),
+) -> None:  # fmt: skip
     """Continue an interrupted run from its last checkpoint, or the unfinished runs of a comparison (then
     rewrite its report)."""
     from lossbench import launch
 
-    guarded(lambda: launch.resume(directory))
+    guarded(lambda: launch.resume(directory, trust))
 
 
 @app.command()

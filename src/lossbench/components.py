@@ -8,6 +8,7 @@ parameter it does not use.
 from __future__ import annotations
 
 import inspect
+import logging
 from importlib import resources
 from typing import Any
 
@@ -31,11 +32,15 @@ def target_of(node: DictConfig, what: str) -> Any:
     require(not OmegaConf.is_missing(node, "_target_"),
             f"{what}._target_ is not set (e.g. {what}._target_=mypkg.MyClass)")  # fmt: skip
     path = str(node._target_)
+    quiet = logging.getLogger("hydra.utils")  # get_object logs its failure over three lines before raising it
+    disabled, quiet.disabled = quiet.disabled, True
     try:
         return get_object(path)
     except Exception as err:  # ImportError, AttributeError, or hydra's wrapper of them
         cause = err.__cause__ or err
         raise LossbenchError(f"{what}._target_={path}: cannot import it ({one_line(cause)})") from None
+    finally:
+        quiet.disabled = disabled
 
 
 def accepted(target: Any, runtime: dict[str, Any]) -> dict[str, Any]:

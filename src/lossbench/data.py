@@ -36,7 +36,20 @@ from lossbench.components import build
 from lossbench.cpus import usable_cpus
 from lossbench.errors import LossbenchError, one_line, os_failure, require, require_int
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # and every one PIL reads:
+# PIL's registered formats that can be opened, except stubs and formats it identifies but cannot decode here.
+UNDECODABLE_FORMATS = {"BUFR", "GRIB", "HDF5", "WMF", "MPEG", "EPS"}
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """Every file extension PIL reads images from (.ppm, .jfif, .pgm, .tga, .ico, ...), lower case."""
+    from PIL import Image
+
+    Image.init()
+    readable = {ext.lower() for ext, fmt in Image.registered_extensions().items()
+                if fmt in Image.OPEN and fmt not in UNDECODABLE_FORMATS}  # fmt: skip
+    return frozenset(readable | IMAGE_EXTENSIONS)
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -430,7 +443,10 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
             f"{arrays['x_test'].shape[1:]}")  # fmt: skip
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if "classes" in arrays:
-        names = [str(c) for c in arrays["classes"].tolist()]
+        try:  # names stored as bytes (numpy's S dtype) are UTF-8 text, not "b'name'"
+            names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in arrays["classes"].tolist()]
+        except UnicodeDecodeError as err:
+            raise LossbenchError(f"data.path {path}: classes are not UTF-8 text ({one_line(err)})") from None
         require(arrays["classes"].ndim == 1 and len(set(names)) == len(names) and all(names),
                 f"data.path {path}: classes must be distinct, non-empty names, not {names}")  # fmt: skip
     else:
@@ -522,22 +538,26 @@ def _list_images(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, in
 def _is_image(entry: os.DirEntry) -> bool:
     """A file (or a link to one) with an image's extension, not hidden."""
     name = Path(entry.name)
-    return name.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(name) and entry.is_file()
+    return name.suffix.lower() in image_extensions() and not is_hidden(name) and entry.is_file()
 
 
 def to_rgb(img):
     """8-bit RGB from any PIL mode, by what its values mean rather than by clipping them:
     - 16-bit grey (I;16, I;16B, ...): 0..65535 -> 0..255 (divided by 257);
     - I (32-bit integer, how many tools store 16-bit data): read as 16-bit too, clamped to 0..65535 first;
-    - F (32-bit float): read as 0..1, clamped (NaN -> 0);
+    - F (32-bit float): read as 0..1, or as 0..255 when its values go above 1 (as many tools write floats), clamped
+      (NaN -> 0);
     - transparency (RGBA, LA, PA, a palette or colour key): composited over black, so a transparent pixel is 0
       whatever colour it happens to hide;
     - everything else (1, L, P, CMYK, YCbCr, LAB, HSV ...): PIL's own conversion."""
     from PIL import Image
 
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        scale = 255.0 if img.mode == "F" else 1 / 257
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64) * scale, nan=0.0)
+        values = np.asarray(img, dtype=np.float64)
+        scale = 1 / 257
+        if img.mode == "F":
+            scale = 1.0 if np.nanmax(values, initial=0.0) > 1 else 255.0
+        values = np.nan_to_num(values * scale, nan=0.0)
         return Image.fromarray(values.clip(0, 255).round().astype(np.uint8), "L").convert("RGB")
     if img.mode in ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
@@ -606,6 +626,10 @@ def _follow_parent(parent: int) -> None:
 
 def _decode_all(paths: Sequence[Path], size: int, threads: int = 1) -> np.ndarray:
     """[len(paths), 3, size, size] uint8, decoded by `threads` threads."""
+    from PIL import Image
+
+    # _decode warns about large images naming the file; PIL's own warning (the same, without the file) is dropped.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         images = list(pool.map(partial(_decode, size=size), paths))
     return np.stack(images) if images else np.empty((0, 3, size, size), dtype=np.uint8)
@@ -616,6 +640,9 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or math.inf):  # PIL's own warning names no file
+                warnings.warn(f"{path}: {img.width}x{img.height} pixels, more than PIL's limit of "
+                              f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); decoding it anyway")  # fmt: skip
             img = to_rgb(ImageOps.exif_transpose(img))
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)

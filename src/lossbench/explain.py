@@ -29,6 +29,7 @@ from lossbench.scores import (
 )
 
 FIGURE = "explain_grad_norm.png"
+SOFTWARE = "lossbench explain"  # the figure's PNG Software field: explain replaces only its own figure
 Rest = Literal["uniform", "worst"]  # where the probability not on the true class goes
 # (label, q_y, rest) of the three states in the table; q_y=None means 1/C, i.e. uniform q (initialisation).
 STATES: list[tuple[str, float | None, Rest]] = [
@@ -286,13 +287,29 @@ def plot(expl: Explanation, path: Path) -> None:
     panels = {"uniform": "rest spread uniformly over the other classes", "worst": "rest on row y's worst-scored class"}
     name = Path(expl.source).name if Path(expl.source).is_file() else expl.source  # a file's name, not its path
     title = f"Gradient norm per loss, score table {name} ({len(expl.scores)} classes)"
-    save_figure(gradient_figure(expl.curve_q, expl.curve, panels, len(expl.scores), title), path)
+    save_figure(gradient_figure(expl.curve_q, expl.curve, panels, len(expl.scores), title), path, SOFTWARE)
+
+
+def written_by_explain(path: Path) -> bool:
+    """Whether the PNG at `path` is one that `lossbench explain` wrote (its Software field says so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.info.get("Software") == SOFTWARE
+    except Exception:  # not an image, unreadable: not ours
+        return False
 
 
 def main(source: str, tau: float | None, out: str, classes: str | None) -> int:
     """`lossbench explain`: print the explanation and write the figure."""
-    out_dir = Path(out)
+    out_dir = Path(out).expanduser()
     require(not out_dir.exists() or out_dir.is_dir(), f"--out {out}: exists and is not a directory")
+    figure = out_dir / FIGURE
+    require(not (figure.exists() or figure.is_symlink()) or (figure.is_file() and not figure.is_symlink()
+                                                             and written_by_explain(figure)),
+            f"--out {out}: {figure} exists and was not written by lossbench explain; choose another --out or "
+            "move it away")  # fmt: skip
     scores = load(source, parse_classes(classes))
     expl = explain(scores, loss_parameters("soft_label_ce")["tau"] if tau is None else tau, source)
     print(format_text(expl))

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -30,17 +32,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lossbench import multirun
+from lossbench import multirun, trust
+from lossbench.atomic import remove_stale_temporaries
+from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
-from lossbench.report import build_report
+from lossbench.report import build_report, flatten
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, claim, find_runs, locked,
-    read_config, read_record, read_status, write_record,
+    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, check_comparisons_free, claim,
+    find_runs, locked, read_config, read_record, read_status, require_writable, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
 from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
+from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
+from lossbench.lifeline import exit_if_orphaned, follow_launcher, mark_launcher
 
 log = logging.getLogger("lossbench")
 
@@ -53,6 +59,7 @@ finished_jobs: list[tuple[Path, str]] = []
 
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.configs", config_name="config")
 def hydra_job(cfg: DictConfig) -> str:
+    follow_launcher()  # in a launcher's worker process: stop once the command that started it is gone
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -60,6 +67,9 @@ def hydra_job(cfg: DictConfig) -> str:
         if in_sweep:  # a `run -m` sweep directory becomes lossbench's too, so that `report` may write there
             claim(Path(hydra_cfg.sweep.dir), "comparison")
         claim_job_dir(hydra_cfg)
+        # Relative paths mean what they meant where the command started (as the preflight read them), also when
+        # hydra.job.chdir=true has moved the job into its run directory.
+        cfg = absolute_paths(cfg, Path(hydra_cfg.runtime.cwd))
         status = train_run(cfg, run_dir, resume=bool(cfg.resume))
     except LossbenchError as err:
         if debug_enabled():
@@ -69,6 +79,8 @@ def hydra_job(cfg: DictConfig) -> str:
             raise SystemExit(err.exit_code) from None  # passes through Hydra's error reporting (a traceback)
         log.error("%s: %s", run_dir, err)  # one bad job must not stop the sweep
         status = "failed"
+    finally:
+        exit_if_orphaned()
     finished_jobs.append((run_dir, status))
     return status
 
@@ -80,7 +92,7 @@ def packed_job(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         claim(Path(hydra_cfg.sweep.dir), "comparison")
-        return cfg, claim_job_dir(hydra_cfg)
+        return absolute_paths(cfg, Path(hydra_cfg.runtime.cwd)), claim_job_dir(hydra_cfg)
     except LossbenchError as err:
         if debug_enabled():
             raise
@@ -122,6 +134,7 @@ def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None
     Hydra's config errors in a sweep's values (exit 2). Anything else (a launcher's failure) is printed with its
     traceback, as Hydra did, and exits 1. LOSSBENCH_DEBUG=1 or HYDRA_FULL_ERROR=1 raise everything."""
     saved_argv, full_error = sys.argv, os.environ.get(HYDRA_FULL_ERROR)
+    mark_launcher()  # the jobs' worker processes, if any, stop when this process is gone
     sys.argv = ["lossbench", *args]
     os.environ[HYDRA_FULL_ERROR] = "1"
     try:
@@ -133,10 +146,13 @@ def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None
             raise
         if isinstance(err, (HydraException, OmegaConfBaseException)):  # before OSError: a missing config is both
             raise config_error(err) from None
+        cause = err.__cause__ or err.__context__
+        if not isinstance(err, OSError) and isinstance(cause, OSError):  # e.g. logging's "Unable to configure
+            err = cause  # handler 'file'" over a log file in a read-only folder: the file and the reason
         if isinstance(err, OSError):
             if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
                 err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
-            raise
+            raise err from None
         traceback.print_exc()
         raise SystemExit(1) from None
     finally:
@@ -192,6 +208,78 @@ def absolute_overrides(args: list[str], base: Path) -> list[str]:
     return result
 
 
+def hydra_value(value: object) -> str:
+    """A resolved config value as Hydra override text that reads back as exactly that value."""
+    if isinstance(value, str):
+        return hydra_quote(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def resolved_overrides(args: list[str]) -> list[str]:
+    """`args` (without -m) with the interpolations in task overrides' values (`${oc.env:DATA}`, `${now:...}`, a
+    reference to another key) resolved now, once, so that a record holds the values the runs use and a resume
+    with another environment or from another directory cannot change them."""
+    words = without_multirun_flag(args)
+    overrides = parse_overrides(words)
+    changing = (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD)
+    todo = [i for i, o in enumerate(overrides) if is_task_override(o) and o.type in changing and "${" in words[i]]
+    if not todo:
+        return words
+    context = OmegaConf.create(OmegaConf.to_container(compose_config(overrides)))
+    result = list(words)
+    prefixes = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+    for i in todo:
+        override = overrides[i]
+        value = override.value()
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        texts = []
+        for choice in choices:
+            probe = context.copy()
+            try:
+                OmegaConf.update(probe, override.key_or_group, choice.text if isinstance(choice, QuotedString)
+                                 else choice, force_add=True, merge=False)  # fmt: skip
+                found = OmegaConf.select(probe, override.key_or_group, throw_on_resolution_failure=True)
+                found = OmegaConf.to_container(found, resolve=True) if OmegaConf.is_config(found) else found
+            except Exception as err:  # an unset variable, an unknown resolver
+                raise LossbenchError(f"{override.input_line}: cannot resolve its interpolation now "
+                                     f"({one_line(err)}); a record must hold the value the runs use") from None
+            texts.append(hydra_value(found))
+        result[i] = f"{prefixes.get(override.type, '')}{override.key_or_group}={','.join(texts)}"
+    return result
+
+
+def pinned_scores(args: list[str], directory: Path) -> list[str]:
+    """`args` (absolute paths, no -m) with every score table file copied into directory/inputs/ and named by
+    its copy, so that every run, now or resumed, reads the table as it was when the command started. A table
+    that the config names without an override (an experiment's) gets an override naming its copy."""
+    words = without_multirun_flag(args)
+    overrides = parse_overrides(words)
+    prefixes = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+    result, named = [], False
+    for arg, override in zip(words, overrides):
+        if override.key_or_group != SCORES_KEY or override.type not in (OverrideType.CHANGE, *prefixes):
+            result.append(arg)
+            continue
+        named = True
+        value = override.value()
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        texts = [c.text if isinstance(c, QuotedString) else c for c in choices]
+        copies = [str(pin_scores(Path(t), directory)) if isinstance(t, str) and Path(t).is_file() else t
+                  for t in texts]  # fmt: skip
+        result.append(f"{prefixes.get(override.type, '')}{SCORES_KEY}={','.join(hydra_value(c) for c in copies)}")
+    if not named:
+        table = scores_file(absolute_paths(compose_config(overrides)))
+        if table is not None and table.is_file():
+            result.append(f"{SCORES_KEY}={hydra_quote(str(pin_scores(table, directory)))}")
+    return result
+
+
 def is_task_override(override: Override) -> bool:
     return not override.key_or_group.startswith("hydra")
 
@@ -199,6 +287,7 @@ def is_task_override(override: Override) -> bool:
 def compose_config(overrides: list[Override]) -> DictConfig:
     """The job config for the plain (non-sweep, non-hydra) overrides, as a preflight check."""
     check_pack_size(overrides)
+    check_sweeps(overrides)
     lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -213,6 +302,24 @@ def config_error(err: Exception) -> LossbenchError:
         group, _, option = (err.missing_cfg_file or "").rpartition("/")
         return LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}")
     return LossbenchError(one_line(err))
+
+
+def check_sweeps(overrides: list[Override]) -> None:
+    """A value listed twice in a sweep (`seed=0,0`, `optim.lr=0.1,0.10`, `loss=ce,'ce'`) is refused: it would
+    run the same jobs twice into one directory."""
+    for override in overrides:
+        value = override.value() if override.is_sweep_override() else None
+        if not isinstance(value, ChoiceSweep):
+            continue
+        seen, twice = {}, []
+        for choice in value.list:
+            text = choice.text if isinstance(choice, QuotedString) else choice
+            key = float(text) if isinstance(text, (int, float)) and not isinstance(text, bool) else repr(text)
+            if key in seen and seen[key] not in twice:
+                twice.append(seen[key])
+            seen.setdefault(key, text)
+        require(not twice, f"{override.key_or_group}: {', '.join(map(str, twice))} listed more than once in the "
+                           "sweep")  # fmt: skip
 
 
 def check_pack_size(overrides: list[Override]) -> None:
@@ -239,14 +346,20 @@ def preflight(cfg: DictConfig) -> None:
         raise LossbenchError(one_line(err)) from None
 
 
-def claim_output_dirs(overrides: list[Override]) -> None:
-    """A `run` into a directory the user named (hydra.run.dir / hydra.sweep.dir) is refused before Hydra writes
-    anything there, unless the directory is new, empty or lossbench's."""
-    for override in overrides:
-        value = override.value()
-        kind = {"hydra.run.dir": "run", "hydra.sweep.dir": "comparison"}.get(override.key_or_group)
-        if kind and isinstance(value, str) and "${" not in value:
-            claim(Path(value), kind)
+def claimed_output_dir(args: list[str], overrides: list[Override]) -> tuple[list[str], Path]:
+    """A `run`'s output directory (hydra.run.dir, or hydra.sweep.dir with -m), its interpolations resolved now,
+    claimed before Hydra writes anything there (new, empty or lossbench's: never a user's folder; not inside a
+    comparison that another process works on). Returns the args pinned to that directory (with -m, the score
+    table pinned in it too: every job of the sweep reads one copy), and the directory."""
+    sweep = any(a in MULTIRUN_FLAGS for a in args)
+    directory = multirun.resolved_sweep_dir(overrides, "sweep" if sweep else "run")
+    require("${" not in str(directory), f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
+                                        "with '${' cannot pass through Hydra, which would interpolate it")  # fmt: skip
+    check_comparisons_free(directory, itself=sweep)
+    claim(directory, "comparison" if sweep else "run")
+    if not sweep:
+        return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"], directory
+    return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)], directory
 
 
 def checked_losses(cfg: DictConfig) -> list[str]:
@@ -269,6 +382,7 @@ def checked_seeds(cfg: DictConfig) -> list[int]:
     require(len(seeds) > 0, "seeds: the list is empty")
     for seed in seeds:
         require_int(seed, "seeds: each seed")
+        check_seed(seed, "seeds: each seed")
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     require(not twice, f"seeds: {twice} listed more than once")
     return seeds
@@ -296,10 +410,9 @@ def run(args: list[str]) -> int:
     if not any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         overrides = parse_overrides(args)
         preflight(compose_config(overrides))
-        claim_output_dirs(overrides)
-        if any(a in MULTIRUN_FLAGS for a in args):  # jobs of other processes are read from disk afterwards
-            sweep_dir = multirun.resolved_sweep_dir(overrides)
-            args = [*args, multirun.pin_sweep_dir(sweep_dir)]
+        multirun_flag = any(a in MULTIRUN_FLAGS for a in args)
+        args, directory = claimed_output_dir(args, overrides)
+        sweep_dir = directory if multirun_flag else None  # jobs of other processes are read from disk afterwards
     finished_jobs.clear()
     started = time.time()
     launch_hydra(args)
@@ -314,13 +427,14 @@ def compare(args: list[str], out: str | None = None) -> int:
     """`lossbench compare`: every loss of `losses` x every seed of `seeds` (plus any sweeps in args) as one
     Hydra multirun into one comparison directory, then the report. Returns the exit code."""
     cwd = Path.cwd()
-    args = absolute_overrides(list(args) or [DEMO], cwd)
+    args = absolute_overrides(resolved_overrides(list(args) or [DEMO]), cwd)
     overrides = parse_overrides(args)
     cfg = compose_config(overrides)
     preflight(cfg)
     sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    comparison = Path(out) if out is not None else Path("comparisons") / f"{cfg.name}_{stamp}"
+    comparison = (Path(out).expanduser() if out is not None
+                  else new_directory(Path("comparisons"), f"{cfg.name}_{stamp}"))  # fmt: skip
     claim_comparison(comparison)
     with locked(comparison):
         require(
@@ -328,9 +442,24 @@ def compare(args: list[str], out: str | None = None) -> int:
             f"comparison directory {comparison} already has runs; continue it with "
             f"`lossbench resume {comparison}` or choose another --out",
         )
-        record = {"version": LAYOUT_VERSION, "args": without_multirun_flag(args), "cwd": str(cwd), "created": stamp}
+        args = pinned_scores(args, comparison)
+        record = {"version": LAYOUT_VERSION, "args": args, "cwd": str(cwd), "created": stamp}
         write_record(comparison, record)
-        return launch_comparison(comparison, record["args"], overrides, sweep, resume=False)
+        return launch_comparison(comparison, record["args"], parse_overrides(args), sweep, resume=False)
+
+
+def new_directory(parent: Path, name: str) -> Path:
+    """A directory made now under parent, named `name` or, when that exists (another command started in the same
+    second), `name_2`, `name_3` ...: made with one mkdir each, so two processes never get the same one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 1000):
+        path = parent / (name if number == 1 else f"{name}_{number}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise EnvironmentFailure(f"{parent}: {name} and 998 more names are taken; choose --out")
 
 
 def claim_comparison(comparison: Path) -> None:
@@ -377,6 +506,7 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
     2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
     build_report."""
+    remove_stale_temporaries(comparison)  # a report killed while writing a figure left its temporary file
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
     if not statuses:  # jobs ran, and none could write even its first status.json: a full or read-only disk
         raise EnvironmentFailure(f"{comparison}: no run could record its start ({STATUS_FILE}); the errors above "
@@ -406,12 +536,13 @@ def report(directory: str, target_score: float | None = None) -> int:
         return report_comparison(path, partial_ok=True, target_score=target_score)
 
 
-def resume(directory: str) -> int:
-    """Continue a run directory from its checkpoint, or the unfinished runs of a comparison directory."""
+def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
+    """Continue a run directory from its checkpoint, or the unfinished runs of a comparison directory. Only
+    lossbench's own components, and those named in `trusted` (`--trust`), are built from the recorded config."""
     path = Path(directory)
     require(path.is_dir(), f"{path}: directory not found")
     if (path / COMPARE_FILE).exists():
-        return resume_comparison(path)
+        return resume_comparison(path, trusted)
     # A tune's seeds are several sweeps (one per loss at its own setting), which compare.json cannot replay.
     require(not (path / TUNE_FILE).exists(),
             f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
@@ -419,15 +550,135 @@ def resume(directory: str) -> int:
             f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`")  # fmt: skip
     require((path / CONFIG_FILE).exists(),
             f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
-    status = train_run(read_config(path), path, resume=True)
+    cfg = read_config(path)
+    trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
+    check_comparisons_free(path)  # not while its comparison is being run, resumed or reported
+    if read_status(path)["status"] not in ("finished", "diverged"):
+        require_writable(path)
+    status = train_run(cfg, path, resume=True)
     return 0 if status == "finished" else 1
 
 
-def resume_comparison(comparison: Path) -> int:
+def resume_command(path: Path) -> str:
+    return f"lossbench resume {shlex.quote(str(path))}"
+
+
+def check_recorded_overrides(overrides: list[Override], source: str, trusted: list[str] | tuple[str, ...],
+                             command: str) -> None:  # fmt: skip
+    """Refuse recorded overrides (compare.json's) that would make lossbench call what is not its own, unless the
+    user names it again (`trusted`): a `_target_` set by value, one a composed config holds that no config group
+    of lossbench's or of an installed Hydra plugin names, and the Hydra settings that run commands. Checked
+    before anything is composed into a job or launched."""
+    trusted = set(trusted)
+    for override in overrides:
+        key = override.key_or_group
+        if trust.is_code_key(key) and key not in trusted:
+            raise LossbenchError(f"{source} sets {key}, which makes Hydra run code or commands of its own; a "
+                                 f"record read from disk is resumed with it only when you name it again: "
+                                 f"`{command} --trust {key}` (only if you trust it)")  # fmt: skip
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        found = {}
+        for index, item in enumerate(values):
+            item = item.text if isinstance(item, QuotedString) else item
+            if key == trust.TARGET or key.endswith("." + trust.TARGET):
+                found[key if len(values) == 1 else f"{key}[{index}]"] = str(item)
+            found.update(trust.targets(item, key + "."))
+        bad = trust.untrusted(found, trusted)
+        if bad:
+            raise trust.refusal(source, *next(iter(bad.items())), command)
+    # What the groups the record chooses name (lossbench's, an installed launcher's): its own, as it were.
+    choices = [o.input_line for o in overrides if "." not in o.key_or_group and not o.is_sweep_override()
+               and isinstance(o.value(), str) and "${" not in o.value()]  # fmt: skip
+    lines = [o.input_line for o in overrides if not o.is_sweep_override()]
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            own = trust.targets(compose("config", overrides=choices, return_hydra_config=True)).values()
+            found = trust.targets(compose("config", overrides=lines, return_hydra_config=True))
+    except Exception as err:
+        raise config_error(err) from None
+    bad = trust.untrusted(found, trusted, own)
+    if bad:
+        raise trust.refusal(source, *next(iter(bad.items())), command)
+
+
+@contextmanager
+def started_in(comparison: Path, cwd: object) -> Iterator[Path]:
+    """Work in the directory a comparison was started in (when it still exists), yielding the comparison's path
+    as seen from there; the current directory is restored afterwards."""
+    if not isinstance(cwd, str) or not Path(cwd).is_dir() or Path(cwd).resolve() == Path.cwd().resolve():
+        yield comparison
+        return
+    here = Path.cwd()
+    absolute = comparison.resolve()
+    os.chdir(cwd)
+    try:
+        yield absolute
+    finally:
+        os.chdir(here)
+
+
+def swept_keys(overrides: list[Override], cfg: DictConfig) -> set[str]:
+    """The flattened config keys a comparison's sweeps set (a group's: every key its options change)."""
+    lines = [o.input_line for o in overrides if is_task_override(o) and not o.is_sweep_override()]
+    swept = {"seed", "resume", "loss"}  # a comparison's own sweep (comparison_sweep)
+    base = flatten_config(cfg)
+    for override in overrides:
+        if not (is_task_override(override) and override.is_sweep_override()):
+            continue
+        key = override.key_or_group
+        swept.add(key)
+        if "." in key:
+            continue
+        choices = override.value().list if override.is_sweep_override() else [override.value()]
+        for choice in choices:
+            try:
+                with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+                    other = flatten_config(compose("config", overrides=[*lines, f"{key}={choice}"]))
+            except Exception:  # a choice that does not compose alone: its group's keys all count as swept
+                continue
+            swept |= {k for k in set(base) | set(other) if base.get(k, None) != other.get(k, None)}
+    return swept
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    return {k: str(v) for k, v in flatten(OmegaConf.to_container(absolute_paths(cfg))).items()}
+
+
+def check_unchanged(comparison: Path, overrides: list[Override], cfg: DictConfig) -> None:
+    """Refuse to resume a comparison whose inputs changed since its runs started: a pinned score table edited, a
+    data file or folder changed, or a value its recorded overrides now compose to differently (an interpolation
+    recorded by an older lossbench, a relative default path read from another directory). Its finished runs and
+    the runs this resume would start would otherwise use two different inputs."""
+    for override in overrides:
+        if override.key_or_group == SCORES_KEY:
+            value = override.value()
+            for choice in value.list if isinstance(value, ChoiceSweep) else [value]:
+                check_pinned(Path(str(choice.text if isinstance(choice, QuotedString) else choice)))
+    problems = []
+    swept = {k for k in swept_keys(overrides, cfg)}
+    now = flatten_config(cfg)
+    for run_dir in find_runs(comparison):
+        problems += [f"{run_dir.name}: {problem}" for problem in changed_inputs(run_dir)]
+        try:
+            recorded = {k: str(v) for k, v in flatten_config(read_config(run_dir)).items()}
+        except LossbenchError:
+            continue  # a damaged config.yaml: its job says so
+        differ = [k for k in sorted(set(now) & set(recorded))
+                  if now[k] != recorded[k] and not any(k == s or k.startswith(s + ".") for s in swept)]  # fmt: skip
+        problems += [f"{run_dir.name}/{CONFIG_FILE} records {k}={recorded[k]}, the record now gives {now[k]}"
+                     for k in differ[:2]]  # fmt: skip
+    require(not problems, f"{comparison}: an input changed since its runs started ({'; '.join(problems[:3])}"
+                          f"{' ...' if len(problems) > 3 else ''}); resuming would mix two inputs in one comparison: "
+                          "restore them, or start a new comparison")  # fmt: skip
+
+
+def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = ()) -> int:
     """Continue the unfinished runs of a comparison with the overrides compare.json recorded: its paths are
-    absolute, so nothing depends on the directory resume is started from."""
+    absolute, and a relative default path (an experiment's data.root) is read from the directory the comparison
+    started in, so nothing depends on the directory resume is started from."""
     claim(comparison, "comparison")
-    with locked(comparison):
+    with locked(comparison), started_in(comparison, read_record(comparison).get("cwd")) as comparison:
         record = read_record(comparison)
         args = record["args"]
         if "cwd" not in record:  # written before paths were recorded absolute: the best guess is here
@@ -436,6 +687,11 @@ def resume_comparison(comparison: Path) -> int:
                 warnings.warn(f"{comparison / COMPARE_FILE} records relative paths (an older lossbench); "
                               f"reading them from {Path.cwd()}")  # fmt: skip
         overrides = parse_overrides(args)
+        check_recorded_overrides(overrides, str(comparison / COMPARE_FILE), trusted, resume_command(comparison))
         cfg = compose_config(overrides)
+        check_unchanged(comparison, overrides, cfg)
+        for run_dir in find_runs(comparison):  # Hydra writes into a run's folder before any of lossbench's code
+            if read_status(run_dir)["status"] not in ("finished", "diverged"):
+                require_writable(run_dir)
         preflight(cfg)
         return launch_comparison(comparison, args, overrides, comparison_sweep(cfg, overrides), resume=True)

@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -35,6 +36,20 @@ from torch import Tensor, nn
 from lossbench.components import build
 from lossbench.errors import require
 from lossbench.scores import normalise_scores
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
+SERIES_ALPHA = 1e-3  # below it, (1 - E^alpha) / alpha is its series in alpha: float32 would give 0/0
+
+
+def check_eps(eps: float, loss: str, zero: bool = False) -> None:
+    """The eps that keeps log and power away from 0: non-zero in float32 (or exactly 0 where `zero` allows it)
+    and below 1 (a larger one flattens the loss until it teaches nothing)."""
+    if zero and isinstance(eps, (int, float)) and eps == 0:
+        return
+    require(isinstance(eps, (int, float)) and FLOAT32_TINY <= eps < 1,
+            f"{loss}: eps must be {'0 or ' if zero else ''}in [{FLOAT32_TINY:.3g}, 1) (non-zero in float32; a larger "
+            f"eps flattens the loss), not {eps}")  # fmt: skip
 
 
 class ScoreLoss(nn.Module):
@@ -83,7 +98,7 @@ class LogExpectedScore(ScoreLoss):
 
     def __init__(self, scores: Tensor, eps: float = 1e-7, reduction: str = "mean"):
         super().__init__(scores, reduction)
-        require(eps > 0, f"log_expected_score: eps must be > 0, not {eps}")
+        check_eps(eps, "log_expected_score")
         self.eps = eps
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -99,9 +114,16 @@ class SoftLabelCE(ScoreLoss):
 
     def __init__(self, scores: Tensor, tau: float = 0.1, reduction: str = "mean"):
         super().__init__(scores, reduction)
-        require(tau > 0, f"soft_label_ce: tau must be > 0, not {tau}")
+        require(isinstance(tau, (int, float)) and 0 < tau < math.inf, f"soft_label_ce: tau must be > 0 and finite, "
+                                                                       f"not {tau}")  # fmt: skip
         self.tau = tau
-        self.register_buffer("soft_labels", (self.scores_normalised / tau).softmax(dim=1))
+        soft = (self.scores_normalised / tau).softmax(dim=1)
+        if not bool(torch.isfinite(soft).all()):
+            # Ŝ/tau overflows for a tiny tau, where the soft label's limit is the one-hot vector of the row's best
+            # class(es): in float64 and with each row shifted to its maximum, the logits are <= 0 and finite or -inf.
+            shifted = self.scores_normalised.double() - self.scores_normalised.double().max(dim=1, keepdim=True).values
+            soft = (shifted / tau).softmax(dim=1).float()
+        self.register_buffer("soft_labels", soft)
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -(self.soft_labels[targets] * logits.log_softmax(dim=1)).sum(dim=1)
@@ -115,7 +137,8 @@ class CEExpectedScore(ScoreLoss):
 
     def __init__(self, scores: Tensor, lam: float = 10.0, reduction: str = "mean"):
         super().__init__(scores, reduction)
-        require(lam >= 0, f"ce_expected_score: lam must be >= 0, not {lam}")
+        require(isinstance(lam, (int, float)) and 0 <= lam <= FLOAT32_MAX,
+                f"ce_expected_score: lam must be in [0, {FLOAT32_MAX:.3g}] (finite in float32), not {lam}")  # fmt: skip
         self.lam = lam
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -131,11 +154,15 @@ class PowerExpectedScore(ScoreLoss):
     def __init__(self, scores: Tensor, alpha: float = 0.7, eps: float = 1e-7, reduction: str = "mean"):
         super().__init__(scores, reduction)
         require(0 < alpha <= 1, f"power_expected_score: alpha must be in (0, 1], not {alpha}")
+        check_eps(eps, "power_expected_score", zero=True)  # E^alpha is defined at E = 0
         self.alpha = alpha
         self.eps = eps
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         expected = (self.scores_normalised[targets] * logits.softmax(dim=1)).sum(dim=1)
+        if self.alpha < SERIES_ALPHA:  # -(e^(alpha t) - 1) / alpha with t = log E, to third order: -> -log E
+            t = (expected + self.eps).log()
+            return -t * (1 + self.alpha * t / 2 + (self.alpha * t) ** 2 / 6)
         return (1 - (expected + self.eps).pow(self.alpha)) / self.alpha
 
 

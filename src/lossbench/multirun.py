@@ -19,13 +19,14 @@ from lossbench.errors import LossbenchError
 from lossbench.rundir import STATUS_FILE, find_runs, read_status
 
 
-def resolved_sweep_dir(overrides: list[Override]) -> Path:
-    """hydra.sweep.dir as the multirun will use it (the user's or the config's, its interpolations resolved)."""
+def resolved_sweep_dir(overrides: list[Override], key: str = "sweep") -> Path:
+    """hydra.sweep.dir (key="run": hydra.run.dir) as the multirun (the run) will use it: the user's or the
+    config's, its interpolations resolved."""
     lines = [o.input_line for o in overrides if not o.is_sweep_override()]
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose("config", overrides=lines, return_hydra_config=True)
-        return Path(str(cfg.hydra.sweep.dir))
+        return Path(str(cfg.hydra[key].dir))
     except Exception as err:  # e.g. an unknown hydra/launcher option
         raise LossbenchError(one_line(err)) from None
 

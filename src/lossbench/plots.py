@@ -48,11 +48,13 @@ def loss_colour(name: str) -> str:
     return SPARE[index % len(SPARE)]
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write fig as a PNG in one rename (a reader never sees half a file) and free it."""
+def save_figure(fig: Figure, path: Path, software: str | None = None) -> None:
+    """Write fig as a PNG in one rename (a reader never sees half a file) and free it; `software` goes into the
+    PNG's Software field (how lossbench later tells its own figure from a user's file of the same name)."""
     try:
         with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight",
+                        metadata={"Software": software} if software else None)  # fmt: skip
     finally:
         plt.close(fig)
 

@@ -21,10 +21,11 @@ from omegaconf import OmegaConf
 from lossbench import plots, stats
 from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
+from lossbench.inputs import input_warnings
 from lossbench.losses import LOSSES
 from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, find_runs,
+    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
     read_config, read_status,
 )  # fmt: skip
 
@@ -216,8 +217,13 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        table = pd.read_csv(path, index_col=0)
-        table.index, table.columns = table.index.astype(str), table.columns.astype(str)
+        # Names as written (csv, not pandas' inference: a class named 00000 is not 0, NA is not missing).
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+        require(len(rows) >= 2, "no rows")
+        require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
+        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
+                             columns=rows[0][1:])  # fmt: skip
         values = table.to_numpy(float)
         require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
                 "rows and columns do not name the same classes")  # fmt: skip
@@ -237,9 +243,10 @@ def load_runs(root: Path) -> Runs:
     A parameter counts as swept when it takes more than one value among the runs of one loss (so loss.tau is
     not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is). A run whose config.yaml is
     unreadable is skipped, a damaged metrics.csv contributes its usable rows: both with a warning."""
-    run_dirs = find_runs(root)
-    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})")
-    warnings, configs, kept = [], [], []
+    run_dirs, left_out = own_runs(root)
+    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})"
+                      + "".join(f"; {note}" for note in left_out))  # fmt: skip
+    warnings, configs, kept = list(left_out), [], []
     for run_dir in run_dirs:
         config, warning = run_config(run_dir)
         if config is None:
@@ -256,6 +263,9 @@ def load_runs(root: Path) -> Runs:
     runs["status"] = [read_status(d)["status"] for d in kept]
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
+    runs["epochs_configured"] = table["train.epochs"] if "train.epochs" in table else None
+    runs, kept, configs = without_duplicates(runs, kept, configs, swept, warnings)
+    warnings += input_warnings(kept)  # the pinned data and tables: one of each, unchanged since
     provenance = []
     for run_dir, config in zip(kept, configs):
         used, warning = read_provenance(run_dir, config)
@@ -276,7 +286,47 @@ def load_runs(root: Path) -> Runs:
             frames.append(rows.assign(**run[["loss", "seed", *swept, "status", "run_dir"]].to_dict()))
     front = ["loss", "seed", *swept, "status", "run_dir"]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    runs["complete"] = complete_runs(runs, curves, warnings)
     return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+
+
+def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str]) -> list[bool]:
+    """Per run, whether it counts as final: finished, with the rows of every configured epoch (when its config
+    says how many). Curves show the others; their values never enter the final means, the paired verdicts or the
+    times to a target, and each one that stopped short (not a diverged run: its status says why) is named."""
+    epochs_of = ({d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
+                 if "run_dir" in curves else {})  # fmt: skip
+    complete = []
+    for _, run in runs.iterrows():
+        rows, epochs = epochs_of.get(run["run_dir"], []), run.get("epochs_configured")
+        epochs = int(epochs) if isinstance(epochs, (int, float)) and pd.notna(epochs) else None
+        whole = epochs is None or rows == list(range(1, epochs + 1))
+        complete.append(run["status"] == "finished" and whole)
+        last = f"after epoch {rows[-1]}" if rows else "before its first epoch"
+        of = f" of {epochs}" if epochs is not None else ""
+        if run["status"] == "finished" and not whole:
+            warnings.append(f"{run['run_dir']}: status finished, but its metrics.csv holds "
+                            f"{len(rows)} of {epochs} epochs' rows; left out of the final values")  # fmt: skip
+        elif run["status"] not in ("finished", "diverged"):
+            warnings.append(f"{run['run_dir']}: {run['status']} {last}{of}; left out of the final values (`lossbench "
+                            f"resume {run['run_dir']}` finishes it)")  # fmt: skip
+    return complete
+
+
+def without_duplicates(runs: pd.DataFrame, kept: list[Path], configs: list[dict], swept: list[str],
+                       warnings: list[str]) -> tuple[pd.DataFrame, list[Path], list[dict]]:  # fmt: skip
+    """The runs with one run per loss, seed and setting: a second one (a copied run directory whose marker does not
+    tell, an older comparison's) is left out with a warning naming it, instead of pairing a seed with itself."""
+    keys = runs[["loss", "seed", *swept]].astype(str).apply(tuple, axis=1)
+    first: dict[tuple, str] = {}
+    keep = []
+    for key, run_dir in zip(keys, runs["run_dir"]):
+        keep.append(key not in first)
+        if key in first:
+            warnings.append(f"{run_dir}: the same loss, seed and setting as {first[key]}; left out")
+        first.setdefault(key, run_dir)
+    return (runs[keep].reset_index(drop=True), [d for d, k in zip(kept, keep) if k],
+            [c for c, k in zip(configs, keep) if k])  # fmt: skip
 
 
 # ---------------------------------------------------------------- per run, per setting, per loss
@@ -290,7 +340,7 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Per run: the final value of each metric, the best test accuracy (for the accuracy target) and the AUCs
     (the mean of test_acc and test_score over the evaluated epochs). Runs without rows get NaN."""
     runs = runs.copy()
-    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    by_run = final_curves(runs, curves)
     curve_of = [by_run.get(d, curves.iloc[:0]) for d in runs["run_dir"]]
     for metric in FINAL_METRICS:
         runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
@@ -300,10 +350,16 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def final_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The curves of the runs that count as final (complete_runs), by run directory."""
+    final = set(runs["run_dir"][runs["complete"]]) if "complete" in runs else set(runs["run_dir"])
+    return {d: c for d, c in curves.groupby("run_dir", sort=False) if d in final} if "run_dir" in curves else {}
+
+
 def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targets) -> pd.DataFrame:
     """Per run: epochs and seconds until test_score (test_acc) first reaches the score (accuracy) target."""
     runs = runs.copy()
-    by_run = dict(tuple(curves.groupby("run_dir", sort=False)))
+    by_run = final_curves(runs, curves)
     for kind, column, target in (("score", "test_score", targets.score), ("acc", "test_acc", targets.acc)):
         hits = [epochs_to_target(by_run[d], target, column) if d in by_run else (math.nan, math.nan)
                 for d in runs["run_dir"]]  # fmt: skip
@@ -597,7 +653,8 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
     pareto = [(m, label, lower) for m, label, lower in (
         ("final_test_mistake_severity", "mean mistake severity", True), ("final_test_score", "final test_score", False))
         if table[f"{m}_mean"].notna().any()]  # fmt: skip
-    plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
+    if pareto:  # no setting has a final value yet (every run unfinished): no front to draw
+        plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
     matrices = summed_confusions(runs, chosen, swept, warnings)
     if matrices:
         plots.save_figure(plots.confusion_figure(matrices), root / "confusion.png")

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import FILE_MODE, atomic_path, naming, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
+from lossbench.lifeline import GRACE_S, orphaned_worker
 from lossbench.metrics import METRIC_COLUMNS
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
@@ -46,14 +48,64 @@ def run_has_results(run_dir: Path) -> bool:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below root (root included): those with a status.json (written when a run starts), except
-    the trials of `lossbench tune` below root/.../tuning (selection runs, not part of the comparison)."""
+    """The runs of root (root itself when it is a run): the run directories below it (those with a status.json,
+    written when a run starts), except the trials of `lossbench tune` below root/.../tuning (selection runs, not
+    part of the comparison), the runs of another comparison made inside root, and copies of a run (see
+    own_runs)."""
+    return own_runs(root)[0]
+
+
+def own_runs(root: Path) -> tuple[list[Path], list[str]]:
+    """(the runs of root, one phrase per thing below root that looks like runs but is left out, saying why): a
+    comparison made inside root has runs of its own, and a run directory copied beside the one lossbench made (its
+    marker names the folder it was made as, and that folder is there too) is a duplicate."""
     root = Path(root)
     if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob(STATUS_FILE)
-                  if (p.parent / CONFIG_FILE).exists()
-                  and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+        return [], []
+    found = sorted(p.parent for p in root.rglob(STATUS_FILE)
+                   if (p.parent / CONFIG_FILE).exists()
+                   and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+    runs, nested, notes = [], set(), []
+    for run_dir in found:
+        parts = run_dir.relative_to(root).parts
+        inner = next((root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)
+                      if _looks_like_comparison(root.joinpath(*parts[:i]))), None)  # fmt: skip
+        if inner is not None:
+            nested.add(inner)
+        else:
+            runs.append(run_dir)
+    for inner in sorted(nested):
+        notes.append(f"{inner}: a comparison of its own, made inside {root}; its runs are left out (report it with "
+                     f"`lossbench report {inner}`)")  # fmt: skip
+    names = {run_dir: _marker_name(run_dir) for run_dir in runs}
+    copies = [d for d, name in names.items() if name not in (None, d.name) and (d.parent / name) in names]
+    for copy in copies:
+        notes.append(f"{copy}: a copy of {copy.parent / names[copy]} (lossbench made it as that folder); left out")
+    own_id = _marker_field(root, "id")
+    strangers = [d for d in runs if d not in copies and own_id and _marker_field(d, "comparison") not in (None, own_id)]
+    for stranger in strangers:
+        notes.append(f"{stranger}: made by another comparison and copied in (its marker says so); left out")
+    return [d for d in runs if d not in copies and d not in strangers], notes
+
+
+def _looks_like_comparison(directory: Path) -> bool:
+    """A comparison's folder by what lossbench writes there (without reading its runs)."""
+    return (marker_kind_or_none(directory) == "comparison" or (directory / COMPARE_FILE).is_file()
+            or (directory / TUNE_FILE).is_file() or _lossbench_sweep(directory / HYDRA_SWEEP_FILE))  # fmt: skip
+
+
+def _marker_name(directory: Path) -> str | None:
+    """The folder name a run's marker records (written since layout 2 with names), or None."""
+    return _marker_field(directory, "name")
+
+
+def _marker_field(directory: Path, field: str) -> str | None:
+    """A text field of a directory's marker (name, id, comparison), or None."""
+    try:
+        value = json.loads((directory / MARKER_FILE).read_text(encoding="utf-8")).get(field)
+        return value if isinstance(value, str) and value else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def marker_kind(directory: Path) -> str | None:
@@ -71,11 +123,53 @@ def marker_kind(directory: Path) -> str | None:
 
 
 def _made_before_markers(directory: Path, kind: str) -> bool:
-    """A version-1 directory: a run with its status and config, a comparison with compare.json, or the sweep
-    directory of a `run -m`."""
+    """A version-1 directory, recognised only by what lossbench writes, never by a file name alone (any Hydra
+    app writes a multirun.yaml, anyone may name a file status.json): a run with a status.json holding a status and
+    a config.yaml naming a loss; a comparison with a compare.json holding its overrides, or the sweep directory
+    of a `lossbench run -m`, whose multirun.yaml names lossbench's job and which holds lossbench's runs."""
     if kind == "run":
-        return (directory / STATUS_FILE).exists() and (directory / CONFIG_FILE).exists()
-    return (directory / COMPARE_FILE).exists() or (directory / HYDRA_SWEEP_FILE).exists()
+        return _is_status(directory / STATUS_FILE) and _names_a_loss(directory / CONFIG_FILE)
+    if (directory / COMPARE_FILE).is_file():
+        try:
+            read_record(directory)
+            return True
+        except (LossbenchError, OSError):
+            return False
+    return _lossbench_sweep(directory / HYDRA_SWEEP_FILE) and any(
+        _made_before_markers(run_dir, "run") or marker_kind_or_none(run_dir) == "run"
+        for run_dir in find_runs(directory))  # fmt: skip
+
+
+def marker_kind_or_none(directory: Path) -> str | None:
+    try:
+        return marker_kind(directory)
+    except LossbenchError:
+        return None
+
+
+def _is_status(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(info, dict) and isinstance(info.get("status"), str)
+    except (OSError, ValueError):
+        return False
+
+
+def _names_a_loss(path: Path) -> bool:
+    try:
+        cfg = OmegaConf.load(path)
+        return isinstance(cfg, DictConfig) and isinstance(OmegaConf.select(cfg, "loss.name", default=None), str)
+    except Exception:  # not YAML, not UTF-8, not readable: not lossbench's
+        return False
+
+
+def _lossbench_sweep(path: Path) -> bool:
+    """A multirun.yaml that Hydra wrote for lossbench's job (hydra.job.name: lossbench)."""
+    try:
+        cfg = OmegaConf.load(path)
+        return isinstance(cfg, DictConfig) and OmegaConf.select(cfg, "hydra.job.name", default=None) == "lossbench"
+    except Exception:
+        return False
 
 
 def is_own(directory: Path, kind: str) -> bool:
@@ -100,7 +194,16 @@ def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
         if found is not None:
             return
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / MARKER_FILE, json.dumps({"kind": kind, "version": LAYOUT_VERSION}) + "\n")
+    # The folder's own name: a copy of it (`cp -r run 'run (copy)'`) is told from it (own_runs). A comparison
+    # gets an id, and a run made inside one records it: a run copied in from another comparison is told too.
+    marker = {"kind": kind, "version": LAYOUT_VERSION, "name": directory.resolve().name}
+    if kind == "comparison":
+        marker["id"] = uuid.uuid4().hex
+    else:
+        home = next((p for p in directory.resolve().parents if marker_kind_or_none(p) == "comparison"), None)
+        if home is not None and _marker_field(home, "id"):
+            marker["comparison"] = _marker_field(home, "id")
+    write_atomic(directory / MARKER_FILE, json.dumps(marker) + "\n")
 
 
 def adopt_for_report(directory: Path) -> None:
@@ -134,6 +237,23 @@ def _holder(path: Path) -> str:
     return "unknown"
 
 
+def _after_orphan(fd: int, holder: str) -> bool:
+    """Whether the lock on `fd` was taken after waiting for its holder, when the holder is a worker of a killed
+    command, which stops on its own (lossbench.lifeline) within GRACE_S: a resume right after the kill waits for
+    it instead of naming a process the user never started."""
+    deadline = time.monotonic() + GRACE_S + 5
+    while holder.isdigit() and time.monotonic() < deadline:
+        stopping = orphaned_worker(int(holder))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not stopping:
+                return False
+        time.sleep(0.2)
+    return False
+
+
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive OS lock (flock) on `directory` while the block runs; another process is refused with
@@ -144,13 +264,26 @@ def locked(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {_holder(path)}); "
-                                     "wait for it to finish or stop it") from None  # fmt: skip
+            holder = _holder(path)
+            if not _after_orphan(fd, holder):
+                raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {holder}); "
+                                         "wait for it to finish or stop it") from None  # fmt: skip
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, so that no two processes lock different inodes
+
+
+def check_comparisons_free(path: Path, itself: bool = False) -> None:
+    """Refuse (naming the holder) to start work in `path` while a lossbench comparison it lies in (an ancestor
+    with a comparison marker, or `path` itself when `itself`) is being run, resumed or reported: each such lock is
+    taken and released at once, so that runs started side by side in one folder do not stop each other."""
+    path = Path(path).resolve()
+    for parent in [*([path] if itself else []), *path.parents]:
+        if (parent / MARKER_FILE).exists() and marker_kind_or_none(parent) == "comparison":
+            with locked(parent):
+                pass
 
 
 # ---------------------------------------------------------------- files of a run
@@ -164,7 +297,33 @@ def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: s
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if environment:
         info["environment"] = True
-    write_atomic(run_dir / STATUS_FILE, json.dumps(info, indent=2) + "\n")
+    text = json.dumps(info, indent=2) + "\n"
+    try:
+        write_atomic(run_dir / STATUS_FILE, text)
+    except PermissionError:
+        # A directory that cannot take a new file (read-only) may still let its status.json be rewritten in place:
+        # a failure is then recorded, rather than a stale "running".
+        if not (run_dir / STATUS_FILE).is_file():
+            raise
+        with naming(run_dir / STATUS_FILE), (run_dir / STATUS_FILE).open("r+", encoding="utf-8") as f:
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def require_writable(run_dir: Path) -> None:
+    """A run about to train must be able to write its checkpoint and records: a read-only directory is refused
+    in one line (exit 1), and the run's status says failed where it can be written."""
+    if os.access(run_dir, os.W_OK | os.X_OK):
+        return
+    message = f"{run_dir}: not writable (permission denied); resuming needs to write its checkpoint and records there"
+    previous = read_status(run_dir)
+    try:
+        write_status(run_dir, "failed", previous["epoch"], previous.get("epochs", 0), message, environment=True)
+    except OSError:
+        pass  # nothing in it can be written: the error line says why
+    raise EnvironmentFailure(message)
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -251,6 +410,27 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
     with atomic_path(path) as tmp:
         _write_rows(tmp, rows, "w")
+
+
+def metric_epochs(run_dir: Path) -> list[int]:
+    """The epochs metrics.csv holds complete rows for, in file order ([] when it is missing or damaged: the
+    callers that need it intact read it themselves)."""
+    try:
+        text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8")
+        return [int(row["epoch"]) for row in _metric_rows(text[: text.rfind("\n") + 1])]
+    except (OSError, ValueError, csv.Error, LossbenchError):
+        return []
+
+
+def record_disagreement(run_dir: Path, epochs: int, trained: int | None = None) -> str | None:
+    """Whether a run's records agree that it trained `trained` epochs (default: all `epochs` configured): its
+    metrics.csv must hold exactly the rows of epochs 1..trained. A phrase saying how they disagree, or None."""
+    trained = epochs if trained is None else trained
+    rows = metric_epochs(run_dir)
+    if rows == list(range(1, trained + 1)):
+        return None
+    held = (f"epochs {', '.join(map(str, rows[:6]))}{' ...' if len(rows) > 6 else ''}" if rows else "no rows")
+    return f"{METRICS_FILE} holds {held}, not epochs 1-{trained} of {epochs}"
 
 
 # ---------------------------------------------------------------- the comparison's record

@@ -31,6 +31,7 @@ GROUPS = {
 
 BUILTINS = ("identity", *GROUPS)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # S is float32: a larger value would become inf
+SCORE_LIMIT = 1e32  # |S| beyond it: a difference or a test-set sum of scores overflows float32
 # A plain decimal or scientific number: no '1_0', 'nan', 'inf', '0x10' (all of which Python's float() reads).
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # Where a table's first cell looks like this, it is a bare numeric square (malformed or not), not a corner cell.
@@ -69,9 +70,14 @@ def builtin_scores(name: str, classes: Sequence[str], exact: float, near: float,
 
 
 def check_score_value(value: float, where: str) -> None:
-    """A score must be finite and fit float32 (|x| <= 3.4e38), or S silently holds inf."""
+    """A score must be finite and fit float32 (|x| <= 3.4e38), or S silently holds inf; and within ±SCORE_LIMIT,
+    so that the differences of two scores (losses, their gradients, mistake severity) and the sums of scores over
+    a test set stay finite in float32 too."""
     require(math.isfinite(value), f"{where}: {value} is not finite")
     require(abs(value) <= FLOAT32_MAX, f"{where}: {value} does not fit float32 (|x| <= {FLOAT32_MAX:.4g})")
+    require(abs(value) <= SCORE_LIMIT, f"{where}: {value} is outside [-{SCORE_LIMIT:.0e}, {SCORE_LIMIT:.0e}]: "
+                                       "beyond it, differences of scores and their sums over a test set (up to a "
+                                       "million examples) overflow float32")  # fmt: skip
 
 
 def _parse_number(text: str, where: str) -> float:
@@ -103,6 +109,11 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
     require(path.is_file(), f"score file {path}: not found")
     rows = _read_rows(path)
     require(len(rows) > 0, f"score file {path}: empty")
+    if all(len(row) == 1 for row in rows) and len(rows) > 1:  # one cell per line: another separator?
+        for name, separator in (("semicolons", ";"), ("tabs", "\t"), ("spaces", " "), ("pipes", "|")):
+            require(not all(separator in row[0] for row in rows),
+                    f"score file {path}: its values are separated by {name}, not commas; save it as a "
+                    "comma-separated CSV")  # fmt: skip
     named = not NUMBER_LIKE.match(rows[0][0])  # a named table starts with a corner cell: empty or text
     if named:
         header, body = rows[0], rows[1:]

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.atomic import save_atomic, write_atomic
+from lossbench.atomic import remove_stale_temporaries, save_atomic, write_atomic
+from lossbench.checks import check_settings
 from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
@@ -33,10 +34,12 @@ from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import Precision, choice_record, recorded_precision, resolve_precision
 from lossbench.provenance import recorded_choice, write_provenance
 from lossbench.rundir import (
-    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
-    read_status, run_has_results, truncate_metrics, write_status,
+    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, TUNING_DIR, append_metrics, claim, locked,
+    metric_epochs, read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_status,
 )  # fmt: skip
 from lossbench.scores import ScoreMatrix, build_scores
+from lossbench.inputs import pin_run_inputs, resumed_config
+from lossbench.trust import check_config, targets
 
 log = logging.getLogger("lossbench")
 
@@ -64,6 +67,7 @@ def validate(cfg: DictConfig) -> None:
     compile_mode(cfg.train.compile)
     autotune = cfg.train.get("cudnn_benchmark", True)
     require(isinstance(autotune, bool), f"train.cudnn_benchmark must be true or false, not {autotune!r}")
+    check_settings(cfg)
     if cfg.device == "cuda":
         require(torch.cuda.is_available(), "device=cuda but no CUDA GPU is available (use device=auto or cpu)")
 
@@ -91,9 +95,25 @@ def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
     except RuntimeError as err:
         raise LossbenchError(f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: "
                              f"{one_line(err)[:300]}") from None  # fmt: skip
+    check_logits(model, probe, len(data.classes), str(cfg.model._target_))
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps_per_epoch, int(cfg.train.epochs))
     return model.train(), optimizer, scheduler
+
+
+def check_logits(model: torch.nn.Module, probe: torch.Tensor, classes: int, target: str) -> None:
+    """What the model returns must be what training takes: a floating tensor of logits [batch, classes] that
+    depends on trainable parameters (a tuple, a [B, C+1] output or a detached one passes a forward pass but trains
+    wrongly or not at all). Checked in eval mode, so that no batch-norm statistic moves."""
+    with torch.enable_grad():
+        out = model.eval()(probe)
+    what = f"model ({target}) returns"
+    require(isinstance(out, torch.Tensor), f"{what} a {type(out).__name__}, not a tensor of logits [batch, {classes}]")
+    require(tuple(out.shape) == (len(probe), classes), f"{what} shape {list(out.shape)} for a batch of {len(probe)}, "
+                                                       f"not [{len(probe)}, {classes}] (batch, classes)")  # fmt: skip
+    require(out.is_floating_point(), f"{what} {out.dtype} values, not floating-point logits")
+    require(out.requires_grad, f"{what} logits that depend on no trainable parameter (no gradient): nothing would "
+                               "be learnt")  # fmt: skip
 
 
 def compile_mode(value: Any) -> str | None:
@@ -128,13 +148,14 @@ def absolute_path(value: str, base: Path | None = None) -> str:
     return str(Path(base or Path.cwd(), Path(value).expanduser()).resolve())
 
 
-def absolute_paths(cfg: DictConfig) -> DictConfig:
-    """A resolved, standalone copy of cfg with user paths made absolute, so a resume works from any directory."""
+def absolute_paths(cfg: DictConfig, base: Path | None = None) -> DictConfig:
+    """A resolved, standalone copy of cfg with user paths made absolute (against `base`, default the current
+    directory), so a resume works from any directory."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value:
-            OmegaConf.update(cfg, key, absolute_path(value))
+            OmegaConf.update(cfg, key, absolute_path(value, base))
     return cfg
 
 
@@ -271,6 +292,7 @@ def train_run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> str:
     run_dir = Path(run_dir)
     claim(run_dir, "run")
     with locked(run_dir):
+        remove_stale_temporaries(run_dir)  # a killed run's half-written checkpoint or records
         done = final_status(run_dir, resume)
         if done:
             return done
@@ -287,6 +309,14 @@ def final_status(run_dir: Path, resume: bool) -> str | None:
     require(resume, f"run directory {run_dir} already has results; continue it with "
                     f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
     status = read_status(run_dir)
+    if status["status"] == "finished" and (run_dir / CONFIG_FILE).exists():
+        # A status hand-set (or copied) to finished is believed only when the rows of every epoch are there.
+        epochs = OmegaConf.select(read_config(run_dir), "train.epochs", default=None)
+        disagreement = record_disagreement(run_dir, epochs) if isinstance(epochs, int) else None
+        if disagreement:
+            log.warning("warning: %s says finished, but its %s; continuing from its checkpoint", run_dir / STATUS_FILE,
+                        disagreement)  # fmt: skip
+            return None
     if status["status"] in FINAL_STATUSES:
         log.info("%s: already %s", run_dir, status["status"])
         return status["status"]
@@ -299,8 +329,11 @@ def run_config(cfg: DictConfig, run_dir: Path, resume: bool) -> DictConfig:
     """The config a run trains with: the one it recorded when resuming (start_run checks it, so a hand-edited
     value is named before anything reads it), else cfg with absolute paths, recorded."""
     if resume and (run_dir / CONFIG_FILE).exists():
-        return read_config(run_dir)
-    cfg = absolute_paths(cfg)
+        recorded = read_config(run_dir)
+        # Only what cfg (checked by the command that composed it) builds may be built from the recorded copy.
+        check_config(recorded, str(run_dir / CONFIG_FILE), (), f"lossbench resume {run_dir}", targets(cfg).values())
+        return resumed_config(recorded, run_dir)
+    cfg = pin_run_inputs(absolute_paths(cfg), run_dir)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     return cfg
 
@@ -314,7 +347,11 @@ def recorded_failures(run_dirs: list[Path]):
     except KeyboardInterrupt:
         for run_dir in run_dirs:
             record_end(run_dir, "interrupted", "interrupted by the user")
-            log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
+            if TUNING_DIR in run_dir.parts:  # a tune's trial: the tune never reads a resumed trial again
+                log.warning("interrupted: %s is a trial of `lossbench tune`, which cannot be resumed: run the tune "
+                            "again with a new --out", run_dir)  # fmt: skip
+            else:
+                log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
         raise
     except LossbenchError as err:
         for run_dir in run_dirs:
@@ -474,7 +511,15 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         require(run.epoch <= epochs, f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
                                      f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
         log.info("%s: resuming after epoch %d", run_dir, run.epoch)
+    dropped = [e for e in metric_epochs(run_dir) if e > run.epoch]
+    if dropped and run.epoch == 0:  # no checkpoint (removed, or train.checkpoint=false): from epoch 1 again
+        log.warning("warning: %s has no %s: its rows of epochs %s are dropped and the run trains from epoch 1",
+                    run_dir, CHECKPOINT_FILE, ", ".join(map(str, dropped[:6])))  # fmt: skip
     truncate_metrics(run_dir, run.epoch)
+    lost = record_disagreement(run_dir, epochs, run.epoch)
+    require(not lost, f"{run_dir}: its {CHECKPOINT_FILE} is at epoch {run.epoch}, but its {lost}: rows were lost, "
+                      f"and a run finished from here would not record them; remove {CHECKPOINT_FILE} and "
+                      f"{METRICS_FILE} to run it again from epoch 1")  # fmt: skip
     write_status(run_dir, "running", run.epoch, epochs)
     return run
 

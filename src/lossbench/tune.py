@@ -30,9 +30,10 @@ from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import (
-    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, parse_overrides,
-    preflight, report_comparison,
+    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, new_directory,
+    parse_overrides, pinned_scores, preflight, report_comparison, resolved_overrides,
 )  # fmt: skip
+from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
     CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status,
 )  # fmt: skip
@@ -78,13 +79,16 @@ def final_value(run_dir: Path, column: str) -> float:
 def trial_job(cfg: DictConfig) -> float:
     """One trial: an ordinary run. It returns the objective to the sweeper: the final val_score, or -inf when the
     run failed or diverged (a finite number the sampler can learn from: this region is worse than any other)."""
+    follow_launcher()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         claim_job_dir(HydraConfig.get())
-        status = train_run(cfg, run_dir)
+        status = train_run(absolute_paths(cfg, Path(HydraConfig.get().runtime.cwd)), run_dir)
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
         log.error("%s: %s", run_dir, err)
         status = "failed"
+    finally:
+        exit_if_orphaned()
     value = final_value(run_dir, OBJECTIVE) if status == "finished" else math.nan
     return value if math.isfinite(value) else -math.inf
 
@@ -355,17 +359,20 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
         reused = {name: reused_choice(path, earlier, loss_cfg) for name, loss_cfg in loss_cfgs.items()}
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    directory = Path(out) if out else Path("comparisons") / f"{cfg.name}_tuned_{stamp}"
+    directory = Path(out).expanduser() if out else new_directory(Path("comparisons"), f"{cfg.name}_tuned_{stamp}")
     claim_comparison(directory)  # as compare: never a user's folder, and one process at a time
     with locked(directory):
         require(not find_runs(directory) and not (directory / TUNE_FILE).exists()
                 and not (directory / TUNING_DIR).exists(),
                 f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
+        # Every trial and final run uses the same values and one copy of the score table, whenever it starts.
+        user = pinned_scores(resolved_overrides(user), directory)
         if source is None:
-            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, list(args), user, directory)
+            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, [*tune_lines, *user], user,
+                            directory)  # fmt: skip
         else:
             # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
-            record = {**earlier, "args": list(args), "from": earlier.get("from", str(path)),
+            record = {**earlier, "args": [*tune_lines, *user], "from": earlier.get("from", str(path)),
                       "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
             write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
