@@ -120,11 +120,15 @@ def report(
     target_score: Optional[float] = typer.Option(
         None, "--target-score", help="Score target for the time-to-target columns (default: the runs' "
         "report.target_score, else ce's final mean test_score)"),
+    margin: Optional[float] = typer.Option(
+        None, "--margin", help="Equivalence margin: the largest test-score difference that counts as a tie (default: "
+        "the runs' report.margin, else 0.02)"),
 ) -> None:  # fmt: skip
-    """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
+    """Rebuild the report (summary.md, summary.csv, report.html, figures) from the run directories under DIRECTORY
+    (finished or partial)."""
     from lossbench import launch
 
-    guarded(lambda: launch.report(directory, target_score))
+    guarded(lambda: launch.report(directory, target_score, margin))
 
 
 @app.command()

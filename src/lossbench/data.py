@@ -110,6 +110,10 @@ class Source:
     val_size: float | int | None = None  # a fraction (< 1) or a count of the training pool; None/0 = no split
     test_size: int | None = None
     subset_seed: int = 0
+    # the training subset and the validation split: drawn from this seed (the configs give ${seed}: one draw per
+    # run seed), the test subset still from subset_seed; None draws all three from subset_seed (one training
+    # subset for every run seed, as runs of older versions recorded)
+    train_subset_seed: int | None = None
     classes: list[str] | None = None  # restrict to these classes, in this order
     augment: dict[str, Any] = field(default_factory=dict)  # images: crop_padding, flip
 
@@ -259,16 +263,22 @@ def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dat
 
 
 def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset:
+    """The test subset is drawn from subset_seed; the training subset and the validation split from
+    train_subset_seed (by default the run's seed), or, when it is None, from the same generator as the test subset
+    (the one draw of older versions, which their recorded configs repeat)."""
     generator = torch.Generator().manual_seed(int(source.subset_seed))
+    per_seed = source.train_subset_seed is not None
+    train_generator = torch.Generator().manual_seed(int(source.train_subset_seed)) if per_seed else generator
     sizes = {"train": source.train_size, "test": source.test_size}
 
     def select(split: str, labels: Tensor) -> Tensor:
-        return stratified_subset(labels, sizes[split], len(classes), generator, f"data.{split}_size")
+        chosen = train_generator if split == "train" else generator
+        return stratified_subset(labels, sizes[split], len(classes), chosen, f"data.{split}_size")
 
     data = source.read(classes, scores, select)
     # every run is scored on the test split; an empty one leaves nothing to compare
     require(len(data.test_y) > 0, f"data {source.name}: the test split has no examples of the classes {classes}")
-    return validation_split(data, source.val_size, generator)
+    return validation_split(data, source.val_size, train_generator)
 
 
 def _select(data: Dataset, select: Select) -> Dataset:

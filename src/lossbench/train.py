@@ -31,6 +31,7 @@ from lossbench.metrics import (
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import Precision, resolve_precision
+from lossbench.predictions import save_predictions
 from lossbench.provenance import write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
@@ -514,11 +515,13 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
 
 
 def finish_run(run: Run) -> str:
-    """The test confusion matrix and the finished status, after the last epoch."""
+    """The test confusion matrix, the final predictions and the finished status, after the last epoch (a lone
+    run's and a pack member's alike)."""
     if run.confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
         run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
                                  run.std, run.precision.dtype)[1]  # fmt: skip
     write_confusion(run.run_dir / CONFUSION_FILE, run.confusion, run.classes)
+    save_predictions(run)
     write_status(run.run_dir, "finished", run.epochs, run.epochs)
     return "finished"
 
