@@ -132,6 +132,21 @@ def report(
 
 
 @app.command()
+def rescore(
+    directory: str = typer.Argument(..., help="A comparison (or any) directory holding finished runs"),
+    scores: str = typer.Option(..., "--scores", help="The other score table, a CSV (the layout of scores=file)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the rescored runs and their report go "
+                                      "(default: DIRECTORY_rescored_<csv name>)"),
+) -> None:  # fmt: skip
+    """What if my table changes? Re-decide and re-score every finished run under DIRECTORY under another score
+    table, from its saved predictions.npz, without training; then write the report there, which says which runs
+    were trained with another table than the one they are scored on."""
+    from lossbench.rescore import rescore as run_rescore
+
+    guarded(lambda: run_rescore(directory, scores, out))
+
+
+@app.command()
 def resume(directory: str = typer.Argument(..., help="A run directory or a comparison directory")) -> None:
     """Continue an interrupted run from its last checkpoint, or the unfinished runs of a comparison (then
     rewrite its report)."""

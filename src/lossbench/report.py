@@ -574,7 +574,8 @@ def rescored_lines(runs: pd.DataFrame, predictions: dict[str, Predictions]) -> l
     if note is not None:
         try:
             record = json.loads(note.read_text(encoding="utf-8"))
-            source = f" They are scored on {record.get('scores_path', 'another table')}, from {record.get('source')}."
+            source = (f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
+                      f"of {Path(str(record.get('source'))).parent}.")
         except (OSError, ValueError, AttributeError):
             source = ""
     return ["## Rescored", "",
@@ -738,9 +739,6 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     verdict = verdicts.build_verdict(runs, chosen, swept, predictions, margin, label_of)
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
     rescored = rescored_lines(runs, predictions)
-    if not predictions and verdict.candidates:
-        warnings.append("no run has predictions.npz (runs of an older lossbench): the report has no test-set "
-                        "(bootstrap) intervals, and no accuracy under a Bayes rule")  # fmt: skip
     markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings, verdict, rescored,
                                 margin) + tuned_note(root)  # fmt: skip
     columns = verdicts.summary_columns(verdict)

@@ -10,6 +10,8 @@ and `n` says how many values remain.
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -49,6 +51,15 @@ class Slope:
     def rising(self) -> bool:
         """Whether the whole 95% interval of the slope lies above zero (False when it cannot be told)."""
         return bool(self.slope - self.ci95 > 0)
+
+
+@contextmanager
+def _quiet():
+    """scipy warns of precision loss on nearly identical values (seeds that agree to the last digit): the
+    results are still right for our purpose, and the report must not print a warning per cell."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:
@@ -104,7 +115,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
     se = float(np.std(d, ddof=1)) / math.sqrt(n)
     if se == 0:
         return Paired(diff, 0.0, 1.0 if diff == 0 else 0.0, n)
-    test = scipy_stats.ttest_1samp(d, 0.0)
+    with _quiet():
+        test = scipy_stats.ttest_1samp(d, 0.0)
     return Paired(diff, t_critical(n - 1) * se, float(test.pvalue), n)
 
 
@@ -118,8 +130,9 @@ def equivalence(a: Sequence[float], b: Sequence[float], margin: float) -> float:
         return math.nan
     if float(np.std(d, ddof=1)) == 0:
         return 0.0 if abs(float(np.mean(d))) < margin else 1.0
-    lower = scipy_stats.ttest_1samp(d, -margin, alternative="greater").pvalue
-    upper = scipy_stats.ttest_1samp(d, margin, alternative="less").pvalue
+    with _quiet():
+        lower = scipy_stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+        upper = scipy_stats.ttest_1samp(d, margin, alternative="less").pvalue
     return float(max(lower, upper))
 
 
@@ -151,7 +164,8 @@ def slope(x: Sequence[float], y: Sequence[float]) -> Slope:
     n = len(x_)
     if n < 2 or float(np.ptp(x_)) == 0:
         return Slope(math.nan, math.nan, n)
-    fit = scipy_stats.linregress(x_, y_)
+    with _quiet():
+        fit = scipy_stats.linregress(x_, y_)
     if n == 2:
         return Slope(float(fit.slope), math.nan, n)
     return Slope(float(fit.slope), t_critical(n - 2) * float(fit.stderr), n)

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lossbench import stats
+from lossbench import advice, stats
 from lossbench.losses import LOSSES
 from lossbench.predictions import RULES, Predictions, example_scores, rule_metrics
 
@@ -198,7 +197,7 @@ def relation_text(c: Candidate, margin: float) -> str:
         return "best"
     d = c.vs_best
     if d is None or c.relation == "not tested":
-        return f"not tested ({0 if d is None else d.n} paired seed{'s' if d is None or d.n != 1 else ''})"
+        return "-"  # fewer than 2 paired seeds: the verdict says so once
     numbers = f"{d.diff:+.3f} ± {d.ci95:.3f}, p_Holm {_p(c.p_holm)}"
     if c.relation == "tied":
         return f"tied within ±{margin:g} ({d.diff:+.3f}, TOST p_Holm {_p(c.equivalence_p_holm)})"
@@ -278,7 +277,8 @@ def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], pr
         verdict.lines = ["Run at least 3 seeds (seeds=[0,1,2]); their spread then says how many would separate the "
                          "candidates. The test-set interval covers only the sampling of the test examples, not "
                          "training noise.", gains]  # fmt: skip
-        verdict.advice = ("No advice from these runs; what the committed results support: " + DEFAULT_ADVICE)
+        verdict.advice = (f"No advice from these runs. What the committed results support: {advice.advice()} "
+                          f"({advice.evidence()}).")  # fmt: skip
         verdict.recommended = None
         return verdict
     if len(top) == 1:
@@ -345,26 +345,6 @@ def candidate_with_rule(c: Candidate, runs: pd.DataFrame) -> Candidate:
     return Candidate(c.label, c.loss, "argmax", "plain", c.val_means, _per_seed(runs, "final_test_score"),
                      _per_seed(runs, "final_test_acc"), _per_seed(runs, "final_test_mistake_severity"), math.nan,
                      c.ece, stats.summarise(runs["final_test_score"].to_numpy(float)), None)  # fmt: skip
-
-
-# ---------------------------------------------------------------- the default advice and its evidence
-
-# What the committed reference results support for a table before any comparison on the user's own data; explain
-# gives it, and a verdict that cannot tell falls back on it. Each claim names the results it rests on
-# (tests/test_advice.py checks them against results/). Loss names come from the roles, not from this text.
-EVIDENCE = [
-    ("results/offdiag4", "a row peaking off the diagonal: {baseline} decided by the Bayes rule cannot be told "
-                         "from the best candidate, while every loss that puts the table into training is below "
-                         "it with argmax or Bayes except soft labels, which tie it"),
-    ("results/cifar10", "{baseline}, {control} and CE plus the expected cost cannot be told apart at the top; "
-                        "every loss that replaces CE scores lower"),
-    ("results/dogs20", "{baseline} with the Bayes rule cannot be told from the best candidate"),
-]
-DEFAULT_ADVICE = (
-    "train with plain cross-entropy (or label smoothing) and decide with the Bayes rule, argmax_k sum_i q_i S[i,k], "
-    "choosing between argmax and Bayes on a validation split; then check with `lossbench compare` on your data "
-    "(the committed results: results/offdiag4, results/cifar10, results/dogs20)."
-)
 
 
 def markdown(verdict: Verdict) -> list[str]:
@@ -448,4 +428,3 @@ def summary_columns(verdict: Verdict) -> dict[str, dict[str, object]]:
     return columns
 
 
-__all__ = ["Candidate", "Verdict", "build_verdict", "markdown", "compact_markdown", "console_text", "Path"]
