@@ -110,9 +110,9 @@ class Source:
     val_size: float | int | None = None  # a fraction (< 1) or a count of the training pool; None/0 = no split
     test_size: int | None = None
     subset_seed: int = 0
-    # the training subset and the validation split: drawn from this seed (the configs give ${seed}: one draw per
-    # run seed), the test subset still from subset_seed; None draws all three from subset_seed (one training
-    # subset for every run seed, as runs of older versions recorded)
+    # the training subset and the validation split: None (the default) draws them with the test subset from
+    # subset_seed, once for every run seed; a number (data.train_subset_seed='${seed}': the run's seed) draws them
+    # from it instead, the test subset still from subset_seed
     train_subset_seed: int | None = None
     classes: list[str] | None = None  # restrict to these classes, in this order
     augment: dict[str, Any] = field(default_factory=dict)  # images: crop_padding, flip
@@ -258,7 +258,7 @@ def _folder_classes(root: Path) -> list[str]:
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
     """Load the configured source restricted to `classes` (relabelled 0..C-1), subsampled and split.
     The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""
-    key = repr((OmegaConf.to_yaml(cfg), list(classes), scores.tolist()))
+    key = repr((OmegaConf.to_yaml(cfg, resolve=True), list(classes), scores.tolist()))  # resolved: ${seed}
     return _last_loaded.get(None, key, lambda: _load_dataset(build_source(cfg), list(classes), scores))
 
 
