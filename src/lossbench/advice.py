@@ -25,7 +25,7 @@ EVIDENCE = [
                         "calibrated Bayes 1.694 (5 seeds); every loss that replaces cross-entropy scores lower"),
     ("results/dogs20", "{baseline} + calibrated Bayes 1.266 cannot be told from the best, {control} + Bayes 1.271 "
                        "(3 seeds)"),
-    ("results/cifar10_h200", "{baseline} + Bayes is the best, 1.756 (3 seeds, every loss untuned)"),
+    ("results/cifar10_h200", "{baseline} + Bayes 1.756 is the best (3 seeds, every loss untuned)"),
 ]
 
 ADVICE = ("train with {baseline} (or {control}) and decide with a Bayes rule, argmax_k sum_i q_i S[i,k], choosing "

@@ -221,20 +221,21 @@ def gains_against_plain(best: Candidate, plain: Candidate | None, runs_plain: pd
     base_score = _per_seed(runs_plain, "final_test_score")
     base_acc = _per_seed(runs_plain, "final_test_acc")
     base_severity = _per_seed(runs_plain, "final_test_mistake_severity")
-    parts, missing = [], False
+    parts, missing = [], []
     for words, mine, base in (("test score", best.test, base_score), ("accuracy", best.acc, base_acc),
                               ("mistake severity", best.severity, base_severity)):  # fmt: skip
         a, b = _pairs(mine, base)
         if len(a) == 0:
-            missing = True
+            missing.append(words)
             continue
         d = stats.paired(a, b)
         spread = f" ± {d.ci95:.3f}, p {'< 0.001' if d.p_value < 0.001 else f'= {d.p_value:.2g}'}" if d.n > 1 else " (1 seed)"
         parts.append(f"{words} {d.diff:+.3f}{spread}")
     text = f"Against plain {REFERENCE} (argmax), paired by seed: " + "; ".join(parts) + "."
     if missing and note_missing:
-        text += (f" Its accuracy and mistake severity under the {RULES[best.rule][0]} rule are not recorded (the runs "
-                 "have no predictions.npz: an older lossbench made them).")  # fmt: skip
+        why = (f"under the {RULES[best.rule][0]} rule it needs predictions.npz, which these runs of an older lossbench "
+               "lack" if best.rule != "argmax" else "these runs of an older lossbench did not log it")  # fmt: skip
+        text += f" Not recorded: {' and '.join(missing)} ({why})."
     return text
 
 
