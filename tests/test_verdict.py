@@ -144,5 +144,6 @@ def test_report_html_is_self_contained_and_readable_on_a_narrow_screen(tmp_path)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     assert len(images) == len([p for p in tmp_path.glob("*.png")])
     # wide tables scroll in their own box; figures shrink to the screen
-    assert page.count('<div class="scroll"><table>') >= 2 and "max-width:100%" in page
+    assert page.count('<div class="scroll"><table') >= 2 and "max-width:100%" in page
+    assert '<table class="cards">' in page and 'data-label="vs best"' in page  # rows become cards when narrow
     assert page.index('id="verdict"') < page.index('id="glance"') < page.index("<figure>")

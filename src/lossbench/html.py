@@ -28,7 +28,11 @@ figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eee
 figcaption{font-size:.85em;color:#555}
 details{margin:16px 0}summary{cursor:pointer;font-weight:600}
 code{background:#f4f4f4;padding:0 3px;border-radius:3px}
-@media (max-width:600px){body{font-size:15px}table{font-size:.8em}}
+td{white-space:nowrap}td.wrap{white-space:normal}
+@media (max-width:600px){body{font-size:15px}table{font-size:.8em}
+table.cards thead{display:none}table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}
+table.cards tr{border:1px solid #ccc;margin:0 0 8px;padding:4px}table.cards td{border:none;white-space:normal;
+padding:2px 4px}table.cards td::before{content:attr(data-label) ": ";font-weight:600;color:#444}}
 """
 
 
@@ -39,13 +43,18 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
-def _table(rows: list[list[str]], best_first: bool = False) -> str:
+def _table(rows: list[list[str]], best_first: bool = False, cards: bool = False) -> str:
+    """A table in its own sideways-scrolling box; `cards`: on a narrow screen each row becomes a card of
+    "column: value" lines (the compact table), instead of scrolling."""
     head, body = rows[0], rows[1:]
-    out = ['<div class="scroll"><table>', "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>",
-           "<tbody>"]  # fmt: skip
+    table_class = ' class="cards"' if cards else ""
+    cell_class = "" if cards else ' class="wrap"'
+    out = [f'<div class="scroll"><table{table_class}>',
+           "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>", "<tbody>"]  # fmt: skip
     for i, row in enumerate(body):
         css = ' class="best"' if best_first and i == 0 else ""
-        out.append(f"<tr{css}>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
+        cells = "".join(f'<td data-label="{html.escape(h)}"{cell_class}>{_inline(c)}</td>' for h, c in zip(head, row))
+        out.append(f"<tr{css}>{cells}</tr>")
     return "\n".join(out + ["</tbody></table></div>"])
 
 
@@ -120,7 +129,7 @@ def page(title: str, verdict, markdown: str, figures: list[Path]) -> str:
         parts.append("</section>")
         header, rows = compact_rows(verdict)
         if rows:
-            parts += ['<section id="glance"><h2>At a glance</h2>', _table([header, *rows], best_first=True),
+            parts += ['<section id="glance"><h2>At a glance</h2>', _table([header, *rows], best_first=True, cards=True),
                       "</section>"]  # fmt: skip
     if figures:
         parts += ['<section id="figures"><h2>Figures</h2>', *(figure(p) for p in figures), "</section>"]
