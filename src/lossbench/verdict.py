@@ -288,7 +288,7 @@ def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], pr
         verdict.headline = (f"Best: {best.name}, test score {score_text(best)}; every other candidate scores lower "
                             f"(paired over seeds, Holm-adjusted p <= {_p(worst_p)}).")  # fmt: skip
         verdict.lines = [gains]
-        verdict.advice = f"Use {best.name}: it beats every other candidate here."
+        verdict.advice = f"Use {best.name}: it beats every other candidate here ({best.summary.n} seeds)."
         return verdict
     rest = [c for c in top if c is not best]
     named = "; ".join(f"{c.name} ({numbers_text(c, margin)})" for c in rest)
@@ -305,12 +305,12 @@ def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], pr
     verdict.lines = lines
     simplest = verdict.recommended
     if simplest is best:
-        verdict.advice = (f"Use {best.name}: the highest mean, and the simplest of the {len(top)} candidates at "
-                          "the top.")  # fmt: skip
+        verdict.advice = (f"Use {best.name}: the highest mean here ({best.summary.n} seeds), and the simplest of "
+                          f"the {len(top)} candidates at the top.")  # fmt: skip
     else:
-        verdict.advice = (f"Use {simplest.name}: it cannot be told from the best, and it is the simplest of the "
-                          f"{len(top)} candidates at the top (a loss that ignores the table before one that needs "
-                          "it, argmax before the Bayes rule).")  # fmt: skip
+        verdict.advice = (f"Use {simplest.name}: it cannot be told from the best here ({best.summary.n} seeds), and "
+                          f"it is the simplest of the {len(top)} candidates at the top (a loss that ignores the table "
+                          "before one that needs it, argmax before the Bayes rule).")  # fmt: skip
         if plain is not None and not (simplest.loss == REFERENCE and simplest.rule == "argmax"):
             verdict.lines.append(gains_against_plain(simplest, plain, plain_runs, False).replace(
                 "Against plain", f"{simplest.name} against plain", 1))
@@ -378,8 +378,9 @@ def compact_markdown(verdict: Verdict) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     no_boot = any(c.test_interval is None for c in verdict.candidates)
-    notes = ["Accuracy is under the candidate's own decision rule; \"not recorded\" where a Bayes rule was chosen "
-             "and the runs have no predictions.npz (made by an older lossbench)."]  # fmt: skip
+    notes = ["Accuracy is under the candidate's own decision rule" + (
+        "; \"not recorded\" where a Bayes rule was chosen and the runs have no predictions.npz (made by an older "
+        "lossbench)." if any(c.acc.isna().all() for c in verdict.candidates) else ".")]  # fmt: skip
     if no_boot:
         notes.append("Test-set interval \"-\": the runs have no predictions.npz (made by an older lossbench), so only "
                      "the interval over seeds is known; it leaves out the test set's own sampling error.")  # fmt: skip
