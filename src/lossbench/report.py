@@ -739,8 +739,9 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     verdict = verdicts.build_verdict(runs, chosen, swept, predictions, margin, label_of)
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
     rescored = rescored_lines(runs, predictions)
+    tuned = tuned_note(root)
     markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings, verdict, rescored,
-                                margin) + tuned_note(root)  # fmt: skip
+                                margin) + tuned  # fmt: skip
     columns = verdicts.summary_columns(verdict)
     for index, row in table.iterrows():
         for key, value in columns.get(label_of(row), {}).items() if index in chosen.index else ():
@@ -752,4 +753,6 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     figures = [root / name for name in FIGURES if (root / name).exists()]
     figures[3:3] = sorted(root.glob("sweep_*.png"))
     write_atomic(root / "report.html", html.page(root.name, verdict, markdown, figures))
-    return Report(curves, table, markdown, warnings, verdict, verdicts.console_text(verdict))
+    # the console: the verdict, the compact table, and for a tune the settings it chose
+    return Report(curves, table, markdown, warnings, verdict, verdicts.console_text(verdict) + ("\n" + tuned if tuned
+                                                                                               else ""))
