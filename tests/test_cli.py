@@ -37,7 +37,11 @@ def test_compare_writes_curves_summary_and_pngs(comparison):
     assert (summary["runs"] == 2).all()
     markdown = (directory / "summary.md").read_text()
     assert "| expected_score |" in markdown and "±" in markdown
-    assert "| ce |" in result.stdout
+    # the console: the verdict first, then the compact table (the whole report is in summary.md, report.html)
+    console = result.stdout.splitlines()
+    assert "Verdict" in console and any(line.startswith("ce ") for line in console)
+    assert console.index("Verdict") < next(i for i, line in enumerate(console) if line.startswith("ce "))
+    assert (directory / "report.html").exists()
     for png in PNGS:
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(directory.glob("loss=*,seed=*"))) == len(LOSSES) * 2

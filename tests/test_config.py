@@ -7,6 +7,7 @@ from importlib import resources
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import make_cfg
 from lossbench.components import group_options
@@ -39,13 +40,13 @@ def test_no_experiment_composes_exactly_the_defaults():
     cfg = make_cfg()
     assert cfg.name == "run" and cfg.train.epochs == 10
     for group, option in (("data", "synthetic"), ("model", "small_cnn"), ("optim", "sgd"), ("loss", "ce")):
-        assert dict(cfg[group]) == group_file(group, option), group
+        assert OmegaConf.to_container(cfg[group]) == group_file(group, option), group
 
 
 def test_a_data_override_takes_nothing_from_the_demo():
     """The issue's case: data=cifar10 must not inherit the quick demo's subset, noise, narrow network, epochs."""
     cfg = make_cfg("data=cifar10")
-    assert dict(cfg.data) == group_file("data", "cifar10")
+    assert OmegaConf.to_container(cfg.data) == group_file("data", "cifar10")
     assert cfg.data.train_size is None and "noise" not in cfg.data
     assert list(cfg.model.widths) == [32, 64, 128] and cfg.train.epochs == 10 and cfg.name == "run"
     assert cfg.model.stem_stride == 1

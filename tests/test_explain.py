@@ -114,14 +114,33 @@ def test_cli_unknown_source_and_bad_tau(tmp_path) -> None:
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
 
 
-def test_recommends_only_losses_with_half_of_ce_gradient_at_start_and_on_mistakes():
+def test_advice_follows_the_evidence_and_names_it():
+    """The advice is the committed results' (train with the baseline, decide with a Bayes rule), names the results
+    it rests on, and only then lists the score-aware losses worth comparing against it: those with half of the
+    baseline's gradient at the start and on mistakes."""
     expl = explain(load("cifar10_groups", None), 0.1, "cifar10_groups")
-    advice = next(line for line in format_text(expl).splitlines() if line.strip().startswith("Use "))
-    assert "soft_label_ce" in advice and "ce_expected_score" in advice
-    assert "label_smoothing" not in advice  # ignores S: a control, not advice for a score table
+    lines = [line.strip() for line in format_text(expl).splitlines()]
+    advice = next(line for line in lines if line.startswith("Advice: "))
+    assert advice.startswith("Advice: train with ce (or label_smoothing) and decide with a Bayes rule")
+    for where in ("results/offdiag4", "results/cifar10", "results/dogs20"):
+        assert where in advice
+    worth = next(line for line in lines if line.startswith("To put this S into training"))
+    assert "soft_label_ce" in worth and "ce_expected_score" in worth
+    assert "label_smoothing" not in worth  # ignores S: a control
     # log_expected_score keeps ce's push on confident mistakes but only ~0.34x at initialisation.
     assert expl.states["init (q uniform)"]["log_expected_score"] < 0.5 * expl.states["init (q uniform)"]["ce"]
-    assert "log_expected_score" not in advice
+    assert "log_expected_score" not in worth
+
+
+def test_diagnosis_names_no_loss_itself():
+    """explain.diagnosis takes every loss name from the losses' roles or the registry, none from its own text."""
+    import inspect
+
+    from lossbench import explain as module
+    from lossbench.losses import LOSSES
+
+    source = inspect.getsource(module.diagnosis)
+    assert not [name for name in LOSSES if f'"{name}"' in source or f"'{name}'" in source]
 
 
 def test_soft_labels_on_cifar10_groups_match_the_closed_form():

@@ -92,9 +92,12 @@ def test_summary_words_verdicts_from_intervals(tmp_path):
         fake_run(tmp_path, f"ces{seed}", "ce_expected_score", seed, [0.5, a + (0.01, -0.01, 0.005)[seed]])
     markdown = build_report(tmp_path).markdown
     line = next(li for li in markdown.splitlines() if li.startswith("| final test_acc |"))
-    assert "lower (" in line.split("|")[2] and "indistinguishable at 95%" in line.split("|")[3]
+    assert "lower (" in line.split("|")[2] and "no difference shown" in line.split("|")[3]
+    assert "p_Holm = " in line.split("|")[2]
     assert "- **expected_score**: final test_score lower than ce" in markdown
-    assert "- **ce_expected_score**: final test_score indistinguishable at 95% from ce" in markdown
+    # a non-significant difference is never called a tie: only the equivalence test makes one
+    assert "- **ce_expected_score**: final test_score no difference shown vs ce" in markdown
+    assert "tied" not in line
 
 
 def test_summary_over_seeds_with_a_diverged_run_and_n1_formatting(tmp_path):
@@ -113,7 +116,8 @@ def test_summary_over_seeds_with_a_diverged_run_and_n1_formatting(tmp_path):
     assert summary.loc["soft_label_ce", "status"] == "1 finished, 1 diverged"
     assert summary.loc["soft_label_ce", "final_test_acc_n"] == 1
     # one value: shown with its n, never as "± 0.000" or "± nan"
-    row = next(li for li in report.markdown.splitlines() if li.startswith("| soft_label_ce |"))
+    details = report.markdown.split("## Details")[1]
+    row = next(li for li in details.splitlines() if li.startswith("| soft_label_ce |"))
     assert "| 0.400 (n=1) |" in row and "±" not in row
     assert "not reached" in row
     assert "No paired comparison: no loss has 2 seeds paired" in report.markdown

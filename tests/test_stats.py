@@ -102,3 +102,56 @@ def test_slope_edge_cases():
     assert slope([1.0, 2.0, math.nan, 4.0], [1.0, 2.0, 5.0, 4.0]).n == 3
     with pytest.raises(ValueError):
         slope([1.0, 2.0], [1.0])
+
+
+def test_holm_matches_its_definition():
+    from lossbench.stats import holm
+
+    p = [0.01, 0.04, 0.03, math.nan, 0.005]
+    adjusted = holm(p)
+    # sorted: 0.005 (x4), 0.01 (x3), 0.03 (x2), 0.04 (x1), each at least the one before
+    assert adjusted[4] == pytest.approx(0.02) and adjusted[0] == pytest.approx(0.03)
+    assert adjusted[2] == pytest.approx(0.06) and adjusted[1] == pytest.approx(0.06)
+    assert math.isnan(adjusted[3])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_equivalence_is_two_one_sided_t_tests():
+    from lossbench.stats import equivalence
+
+    a = np.array([1.701, 1.695, 1.699, 1.702, 1.697])
+    b = np.array([1.700, 1.698, 1.697, 1.700, 1.699])
+    d = a - b
+    lower = scipy_stats.ttest_1samp(d, -0.02, alternative="greater").pvalue
+    upper = scipy_stats.ttest_1samp(d, 0.02, alternative="less").pvalue
+    assert equivalence(a, b, 0.02) == pytest.approx(max(lower, upper))
+    assert equivalence(a, b, 0.02) < 0.05  # a tie within 0.02 is shown
+    # a large, noisy difference is no tie, and neither is a non-significant one with 3 seeds
+    assert equivalence([1.0, 1.2, 0.8], [1.0, 1.0, 1.0], 0.02) > 0.05
+    assert math.isnan(equivalence([1.0], [1.0], 0.02))
+
+
+def test_bootstrap_interval_of_a_mean_covers_it_and_shrinks_with_n():
+    from lossbench.stats import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    small, large = rng.choice([2.0, 1.0, -1.0], 400), rng.choice([2.0, 1.0, -1.0], 10000)
+    low, high = bootstrap_interval(small)
+    assert low < small.mean() < high
+    wide, narrow = high - low, np.subtract(*bootstrap_interval(large)[::-1])
+    assert narrow < wide / 3  # about sqrt(25) = 5 times narrower
+    # the normal approximation: 1.96 standard errors each side
+    assert wide / 2 == pytest.approx(1.96 * small.std(ddof=1) / math.sqrt(400), rel=0.15)
+    assert bootstrap_interval(np.array([1.0, 1.0])) == (1.0, 1.0)
+
+
+def test_seeds_needed_follows_the_noncentral_t():
+    from lossbench.stats import seeds_for_tie, seeds_needed
+
+    n = seeds_needed(0.03, 0.03)  # effect size 1: about 10 pairs for 80% power at 0.05
+    assert 9 <= n <= 11
+    assert seeds_needed(0.06, 0.03) < n < seeds_needed(0.015, 0.03)
+    assert seeds_needed(0.0, 0.03) is None and seeds_needed(0.01, math.nan) is None
+    tie = seeds_for_tie(0.0, 0.01, 0.02)
+    assert tie is not None and tie >= 3 and seeds_for_tie(0.0, 0.005, 0.02) <= tie
+    assert seeds_for_tie(0.03, 0.01, 0.02) is None  # outside the margin: no tie to show

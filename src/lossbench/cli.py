@@ -123,11 +123,30 @@ def report(
     target_score: Optional[float] = typer.Option(
         None, "--target-score", help="Score target for the time-to-target columns (default: the runs' "
         "report.target_score, else ce's final mean test_score)"),
+    margin: Optional[float] = typer.Option(
+        None, "--margin", help="Equivalence margin: the largest test-score difference that counts as a tie (default: "
+        "the runs' report.margin, else 0.02)"),
 ) -> None:  # fmt: skip
-    """Rebuild the report from the run directories under DIRECTORY (finished or partial)."""
+    """Rebuild the report (summary.md, summary.csv, report.html, figures) from the run directories under DIRECTORY
+    (finished or partial)."""
     from lossbench import launch
 
-    guarded(lambda: launch.report(directory, target_score))
+    guarded(lambda: launch.report(directory, target_score, margin))
+
+
+@app.command()
+def rescore(
+    directory: str = typer.Argument(..., help="A comparison (or any) directory holding finished runs"),
+    scores: str = typer.Option(..., "--scores", help="The other score table, a CSV (the layout of scores=file)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the rescored runs and their report go "
+                                      "(default: DIRECTORY_rescored_<csv name>)"),
+) -> None:  # fmt: skip
+    """What if my table changes? Re-decide and re-score every finished run under DIRECTORY under another score
+    table, from its saved predictions.npz, without training; then write the report there, which says which runs
+    were trained with another table than the one they are scored on."""
+    from lossbench.rescore import rescore as run_rescore
+
+    guarded(lambda: run_rescore(directory, scores, out))
 
 
 @app.command()

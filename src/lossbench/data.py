@@ -126,6 +126,10 @@ class Source:
     val_size: float | int | None = None  # a fraction (< 1) or a count of the training pool; None/0 = no split
     test_size: int | None = None
     subset_seed: int = 0
+    # the training subset and the validation split: None (the default) draws them with the test subset from
+    # subset_seed, once for every run seed; a number (data.train_subset_seed='${seed}': the run's seed) draws them
+    # from it instead, the test subset still from subset_seed
+    train_subset_seed: int | None = None
     classes: list[str] | None = None  # restrict to these classes, in this order
     augment: dict[str, Any] = field(default_factory=dict)  # images: crop_padding, flip
 
@@ -271,21 +275,27 @@ def _folder_classes(root: Path) -> list[str]:
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
     """Load the configured source restricted to `classes` (relabelled 0..C-1), subsampled and split.
     The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""
-    key = repr((OmegaConf.to_yaml(cfg), list(classes), scores.tolist()))
+    key = repr((OmegaConf.to_yaml(cfg, resolve=True), list(classes), scores.tolist()))  # resolved: ${seed}
     return _last_loaded.get(None, key, lambda: _load_dataset(build_source(cfg), list(classes), scores))
 
 
 def _load_dataset(source: Source, classes: list[str], scores: Tensor) -> Dataset:
+    """The test subset is drawn from subset_seed; the training subset and the validation split from
+    train_subset_seed (by default the run's seed), or, when it is None, from the same generator as the test subset
+    (the one draw of older versions, which their recorded configs repeat)."""
     generator = torch.Generator().manual_seed(int(source.subset_seed))
+    per_seed = source.train_subset_seed is not None
+    train_generator = torch.Generator().manual_seed(int(source.train_subset_seed)) if per_seed else generator
     sizes = {"train": source.train_size, "test": source.test_size}
 
     def select(split: str, labels: Tensor) -> Tensor:
-        return stratified_subset(labels, sizes[split], len(classes), generator, f"data.{split}_size")
+        chosen = train_generator if split == "train" else generator
+        return stratified_subset(labels, sizes[split], len(classes), chosen, f"data.{split}_size")
 
     data = source.read(classes, scores, select)
     # every run is scored on the test split; an empty one leaves nothing to compare
     require(len(data.test_y) > 0, f"data {source.name}: the test split has no examples of the classes {classes}")
-    return validation_split(data, source.val_size, generator)
+    return validation_split(data, source.val_size, train_generator)
 
 
 def _select(data: Dataset, select: Select) -> Dataset:

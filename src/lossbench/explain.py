@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lossbench import advice
 from lossbench.errors import require
 from lossbench.losses import LOSSES, ScoreLoss, build_loss, loss_parameters
 from lossbench.plots import gradient_figure, save_figure
@@ -38,7 +39,6 @@ STATES: list[tuple[str, float | None, Rest]] = [
     ("half right", 0.5, "uniform"),
 ]
 TOP_SOFT = 3  # soft-label entries shown per row: enough to see the neighbours, readable at 100 classes
-CONTROLS = ("ce", "label_smoothing")  # losses that ignore S: baselines, never the advice for a score table
 
 
 @dataclass
@@ -201,23 +201,27 @@ def format_gradients(expl: Explanation) -> list[str]:
     """The gradient-norm table: absolute values and ratios to cross-entropy."""
     labels = [label for label, _, _ in STATES]
     lines = [
-        "Gradient norm ||d loss / d logits|| for one example, mean over true classes (ratio to ce):",
+        f"Gradient norm ||d loss / d logits|| for one example, mean over true classes (ratio to "
+        f"{advice.by_role('baseline')}):",
         "  states: init = q uniform; confidently wrong = q_y 0.01, rest on row y's worst-scored class; "
         "half right = q_y 0.5, rest uniform",
         f"  {'loss':<22}" + "".join(f"{label:<24}" for label in labels).rstrip(),
     ]
     for name in LOSSES:
-        cells = [f"{st[name]:#.3g} ({_ratio(st[name] / st['ce'])})" for st in (expl.states[s] for s in labels)]
+        base = advice.by_role("baseline")
+        cells = [f"{st[name]:#.3g} ({_ratio(st[name] / st[base])})" for st in (expl.states[s] for s in labels)]
         lines.append(f"  {name:<22}" + "".join(f"{cell:<24}" for cell in cells).rstrip())
     return lines
 
 
 def diagnosis(expl: Explanation) -> list[str]:
-    """3-6 plain sentences, each built from the computed numbers."""
+    """4-7 plain sentences, each built from the computed numbers or from the committed results (advice.py): the
+    losses are named by their roles, never here."""
+    base, linear = advice.by_role("baseline"), advice.by_role("linear")
     init, wrong, half = (
-        {name: norms[name] / norms["ce"] for name in LOSSES} for norms in expl.states.values()
+        {name: norms[name] / norms[base] for name in LOSSES} for norms in expl.states.values()
     )  # fmt: skip
-    lin_init, lin_wrong, lin_half = init["expected_score"], wrong["expected_score"], half["expected_score"]
+    lin_init, lin_wrong, lin_half = init[linear], wrong[linear], half[linear]
     if lin_wrong < 0.1:
         verdict = "early mistakes are almost never corrected"
     elif lin_wrong < 0.5:
@@ -233,21 +237,22 @@ def diagnosis(expl: Explanation) -> list[str]:
             f"Its push grows as the model gets the example right ({_ratio(lin_half)} at q_y = 0.5), so it sharpens "
             "what the model already knows rather than fixing what it gets wrong."
         )
-    # Recommended: at least half of ce's push both at the start and on confident mistakes (a loss weak at the
-    # start, like log_expected_score on a table with generous near misses, trained behind ce on CIFAR-10).
-    keep = [n for n in LOSSES if n not in (*CONTROLS, "expected_score") and min(init[n], wrong[n]) >= 0.5
+    sentences.append(f"Advice: {advice.advice()}. It rests on the committed results: {advice.evidence()}.")
+    # Worth comparing: at least half of the baseline's push both at the start and on confident mistakes (a loss
+    # weak at the start, like the log loss on a table with generous near misses, trained behind it on CIFAR-10).
+    keep = [n for n in LOSSES if LOSSES[n].role == "score-aware" and min(init[n], wrong[n]) >= 0.5
             and not expl.misses[n]]  # fmt: skip
     if keep:
         sentences.append(
-            f"Use {_join(keep, 'or')}: {'they keep' if len(keep) > 1 else 'it keeps'} "
-            f"{_join([f'{_ratio(init[n])} / {_ratio(wrong[n])}' for n in keep])} of cross-entropy's gradient at "
-            "initialisation / when the model is confidently wrong; at test time decide with the Bayes rule, "
-            "argmax_k sum_i q_i S[i,k]."
+            f"To put this S into training, the candidates worth comparing against that are {_join(keep)}: "
+            f"{'they keep' if len(keep) > 1 else 'it keeps'} "
+            f"{_join([f'{_ratio(init[n])} / {_ratio(wrong[n])}' for n in keep])} of {base}'s gradient at "
+            "initialisation / when the model is confidently wrong, and prefer the true class on every row."
         )
     else:
         sentences.append(
-            "No score-aware loss both keeps half of ce's gradient and prefers the true class on every row of this "
-            "S: train with ce and decide with the Bayes rule, argmax_k sum_i q_i S[i,k]."
+            f"No loss that puts S into training both keeps half of {base}'s gradient and prefers the true class on "
+            "every row of this S: nothing here is worth comparing against the advice above."
         )
     tolerance = 1e-5 * max(1.0, float(expl.scores.matrix.abs().max()))
     checked = expl.scale_error <= tolerance and expl.shift_error <= tolerance

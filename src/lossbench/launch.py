@@ -389,13 +389,15 @@ def checked_seeds(cfg: DictConfig) -> list[int]:
 
 
 def comparison_sweep(cfg: DictConfig, overrides: list[Override]) -> list[str]:
-    """The loss and seed sweeps of a comparison (unless the user swept `loss` or `seed` directly)."""
+    """The seed and loss sweeps of a comparison (unless the user swept `seed` or `loss` directly). Seeds first, so
+    the jobs of one seed run one after another: each seed draws its own training subset (data.train_subset_seed),
+    which a process then loads once per seed rather than once per job."""
     keys = {o.key_or_group for o in overrides}
     sweep = []
-    if "loss" not in keys:
-        sweep.append("loss=" + ",".join(checked_losses(cfg)))
     if "seed" not in keys:
         sweep.append("seed=" + ",".join(str(s) for s in checked_seeds(cfg)))
+    if "loss" not in keys:
+        sweep.append("loss=" + ",".join(checked_losses(cfg)))
     return sweep
 
 
@@ -502,7 +504,8 @@ def launch_comparison(comparison: Path, args: list[str], overrides: list[Overrid
     return report_comparison(comparison)
 
 
-def report_comparison(comparison: Path, partial_ok: bool = False, target_score: float | None = None) -> int:
+def report_comparison(comparison: Path, partial_ok: bool = False, target_score: float | None = None,
+                      margin: float | None = None) -> int:  # fmt: skip
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
     2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
     build_report."""
@@ -513,11 +516,11 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
                                  "say why")  # fmt: skip
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
     if len(failed) < len(statuses) or any(s["epoch"] > 0 for s in statuses.values()):
-        report = build_report(comparison, target_score)
-        print(report.markdown)
+        report = build_report(comparison, target_score, margin)
+        print(report.console)
         for warning in report.warnings:  # also in summary.md; repeated here where the user is looking
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"report: {comparison}")
+        print(f"report: {comparison} (summary.md, report.html)")
     for run_dir, status in failed.items():
         print(f"{run_dir}: {status['status']} {status.get('message', '')}".rstrip(), file=sys.stderr)
     if len(failed) < len(statuses) or partial_ok:
@@ -526,14 +529,14 @@ def report_comparison(comparison: Path, partial_ok: bool = False, target_score: 
     return 2 if all(s["status"] == "failed" and not s.get("environment") for s in failed.values()) else 1
 
 
-def report(directory: str, target_score: float | None = None) -> int:
+def report(directory: str, target_score: float | None = None, margin: float | None = None) -> int:
     """`lossbench report DIR`: rebuild the report of a comparison (or of any lossbench directory of runs)
     while holding its lock, so that it never races a run, a resume or another report."""
     path = Path(directory)
     require(path.is_dir(), f"{path}: directory not found")
     adopt_for_report(path)
     with locked(path):
-        return report_comparison(path, partial_ok=True, target_score=target_score)
+        return report_comparison(path, partial_ok=True, target_score=target_score, margin=margin)
 
 
 def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:

@@ -53,7 +53,13 @@ def check_eps(eps: float, loss: str, zero: bool = False) -> None:
 
 
 class ScoreLoss(nn.Module):
-    """Base class: holds S (and Ŝ) as buffers, casts logits to float32, applies the reduction."""
+    """Base class: holds S (and Ŝ) as buffers, casts logits to float32, applies the reduction.
+
+    `role` says what a loss is for, so that explain and the report's advice never name losses themselves:
+    "baseline" (plain cross-entropy, ignores S), "control" (changes the targets without S), "linear" (the user's
+    own expected-score objective) or "score-aware" (puts S into training). Custom losses are "score-aware"."""
+
+    role = "score-aware"
 
     def __init__(self, scores: Tensor, reduction: str = "mean"):
         super().__init__()
@@ -79,6 +85,8 @@ class ScoreLoss(nn.Module):
 class CrossEntropy(ScoreLoss):
     """-log q_y; ignores S (the baseline)."""
 
+    role = "baseline"
+
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits, targets, reduction="none")
 
@@ -87,6 +95,8 @@ class ExpectedScore(ScoreLoss):
     """-sum_j S[y,j] q_j on raw S: the user's linear expected-score loss (MAE when S = identity; with one-hot
     targets the Wasserstein loss of Frogner et al. 2015). Its logit gradient -q_k (S[y,k] - E) is scaled by q
     itself, which is why it underfits (Zhang & Sabuncu 2018; Wang et al. IMAE)."""
+
+    role = "linear"
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -(self.scores[targets] * logits.softmax(dim=1)).sum(dim=1)
@@ -170,6 +180,8 @@ class LabelSmoothing(ScoreLoss):
     """CE against (1 - eps) onehot(y) + eps / C; ignores S. The control for soft_label_ce: does a soft-label gain
     come from the table, or from smoothing alone? Default eps = 0.1 (Szegedy et al. 2016, "Rethinking the
     Inception architecture for computer vision", CVPR)."""
+
+    role = "control"
 
     def __init__(self, scores: Tensor, eps: float = 0.1, reduction: str = "mean"):
         super().__init__(scores, reduction)

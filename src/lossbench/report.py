@@ -1,10 +1,15 @@
 """Reports built only from run directories on disk, so they can be rebuilt at any time, over partial, remote or
-damaged results: curves.csv, summary.csv, summary.md and PNG figures. Every file is written atomically.
+damaged results: curves.csv, summary.csv, summary.md, report.html and PNG figures. Every file is written
+atomically.
 
-Verdicts come from statistics, never from means alone: per setting (loss x swept parameters) the mean, sample
-SD, 95% t-interval half-width and n over seeds; per loss a comparison with ce paired by seed. Targets: a test
-score that does not move when a loss is added (the user's `report.target_score`, else ce's final mean) and, as
-before, an accuracy target. A loss's setting is chosen on validation metrics only; test is reported."""
+summary.md opens with the verdict (verdict.py: the best loss x decision rule, what cannot be told from it, the
+advice) and a compact table; the details follow. Verdicts come from statistics, never from means alone: per
+setting (loss x swept parameters) the mean, sample SD, 95% t-interval half-width and n over seeds; per loss a
+comparison with ce paired by seed, Holm-corrected over all of the comparison's tests against ce, and for the
+scores an equivalence test at report.margin ("tied" comes only from it). Where runs saved predictions.npz, a
+bootstrap interval over test examples stands beside the interval over seeds. Targets: a test score that does not
+move when a loss is added (the user's `report.target_score`, else ce's final mean) and, as before, an accuracy
+target. A loss's setting and decision rule are chosen on validation metrics only; test is reported."""
 
 from __future__ import annotations
 
@@ -18,12 +23,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lossbench import plots, stats
+from lossbench import html, plots, stats
+from lossbench import verdict as verdicts
 from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.inputs import input_warnings
 from lossbench.losses import LOSSES
-from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
+from lossbench.metrics import METRIC_COLUMNS, epochs_to_target
+from lossbench.predictions import Predictions, read_predictions
 from lossbench.rundir import (
     CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
     read_config, read_status,
@@ -38,7 +45,8 @@ SLOPE_WINDOW = 5
 REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
 FINAL_METRICS = [
     "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
-    "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score",
+    "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score", "val_score_bayes",
+    "val_score_bayes_cal",
 ]  # fmt: skip
 # headline measure -> (markdown heading, digits, words for a positive / negative difference with ce)
 HEADLINE = {
@@ -57,7 +65,10 @@ HEADLINE = {
 }  # fmt: skip
 # metrics.csv columns kept in curves.csv: today's, plus any the report reads that an older or newer layout lacks
 CURVE_COLUMNS = METRIC_COLUMNS + [m for m in FINAL_METRICS if m not in METRIC_COLUMNS]
-IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name"}
+# data.train_subset_seed follows the seed (one training subset per seed): not a setting of its own
+IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name", "data.train_subset_seed"}
+SCORE_MEASURES = ("final_test_score", "final_test_score_bayes", "final_test_score_bayes_cal", "auc_test_score")
+RESCORE_FILE = "rescore.json"  # written by `lossbench rescore` into each rescored run
 IGNORED_PREFIXES = ("report.",)  # report settings are not part of a run's setting
 
 
@@ -67,6 +78,8 @@ class Report:
     summary: pd.DataFrame
     markdown: str
     warnings: list[str] = field(default_factory=list)
+    verdict: verdicts.Verdict | None = None
+    console: str = ""  # what compare and tune print at the end: the verdict, then the compact table
 
 
 @dataclass
@@ -263,6 +276,7 @@ def load_runs(root: Path) -> Runs:
     runs["status"] = [read_status(d)["status"] for d in kept]
     runs["run_dir"] = [str(d) for d in kept]
     runs["target_score_setting"] = table["report.target_score"] if "report.target_score" in table else None
+    runs["margin_setting"] = table["report.margin"] if "report.margin" in table else None
     runs["epochs_configured"] = table["train.epochs"] if "train.epochs" in table else None
     runs, kept, configs = without_duplicates(runs, kept, configs, swept, warnings)
     warnings += input_warnings(kept)  # the pinned data and tables: one of each, unchanged since
@@ -345,8 +359,8 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     for metric in FINAL_METRICS:
         runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
     runs["best_test_acc"] = [c["test_acc"].max() if len(c) else math.nan for c in curve_of]
-    runs["auc_test_acc"] = [curve_mean(c, "test_acc") for c in curve_of]
-    runs["auc_test_score"] = [curve_mean(c, "test_score") for c in curve_of]
+    for column in ("test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal"):
+        runs[f"auc_{column}"] = [complete_mean(c, column) for c in curve_of]
     return runs
 
 
@@ -356,13 +370,21 @@ def final_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataF
     return {d: c for d, c in curves.groupby("run_dir", sort=False) if d in final} if "run_dir" in curves else {}
 
 
+def complete_mean(curve: pd.DataFrame, column: str) -> float:
+    """The AUC of `column`: its mean over every evaluated epoch; NaN when any evaluation lacks it (a rescored run
+    has the new table's scores at its final epoch only, an older run no such column)."""
+    values = curve[column] if column in curve else pd.Series(dtype=float)
+    return float(values.mean()) if len(values) and values.notna().all() else math.nan
+
+
 def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targets) -> pd.DataFrame:
     """Per run: epochs and seconds until test_score (test_acc) first reaches the score (accuracy) target."""
     runs = runs.copy()
     by_run = final_curves(runs, curves)
     for kind, column, target in (("score", "test_score", targets.score), ("acc", "test_acc", targets.acc)):
-        hits = [epochs_to_target(by_run[d], target, column) if d in by_run else (math.nan, math.nan)
-                for d in runs["run_dir"]]  # fmt: skip
+        # a curve with gaps (a rescored run's scores exist at its last epoch only) cannot say when it got there
+        hits = [epochs_to_target(by_run[d], target, column) if d in by_run and by_run[d][column].notna().all()
+                else (math.nan, math.nan) for d in runs["run_dir"]]  # fmt: skip
         runs[f"epochs_to_target_{kind}"] = [h[0] for h in hits]
         runs[f"seconds_to_target_{kind}"] = [h[1] for h in hits]
     return runs
@@ -438,10 +460,12 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
 
 
 def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame,
-                           swept: list[str]) -> pd.DataFrame:  # fmt: skip
+                           swept: list[str], margin: float = verdicts.DEFAULT_MARGIN) -> pd.DataFrame:  # fmt: skip
     """Per setting and headline measure: the difference from the reference loss at its chosen setting, paired by
-    seed (`_diff`, its 95% CI half-width `_diff_ci95`, `_p_value`, `_pairs`). Seeds where either has no value
-    (a target never reached) are left out of the pairs."""
+    seed (`_diff`, its 95% CI half-width `_diff_ci95`, `_p_value`, `_pairs`), the p-value adjusted by Holm's
+    method over every test against the reference in this comparison (`_p_holm`), and for the scores an
+    equivalence test within +-margin (`_equivalence_p`, Holm-adjusted over its own family: `_equivalence_p_holm`).
+    Seeds where either has no value (a target never reached) are left out of the pairs."""
     table = table.copy()
     if REFERENCE not in set(chosen["loss"]):
         return table
@@ -452,9 +476,20 @@ def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.D
         own = runs_of(runs, setting, swept).set_index("seed")
         for measure in HEADLINE:
             pairs = pd.concat([own[measure], reference[measure]], axis=1, join="inner").dropna()
-            result = stats.paired(pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float))
+            a, b = pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float)
+            result = stats.paired(a, b)
             table.loc[index, [f"{measure}_diff", f"{measure}_diff_ci95", f"{measure}_p_value", f"{measure}_pairs"]] = [
                 result.diff, result.ci95, result.p_value, result.n]  # fmt: skip
+            if measure in SCORE_MEASURES:
+                table.loc[index, f"{measure}_equivalence_p"] = stats.equivalence(a, b, margin)
+    for suffix, family in (("p_value", list(HEADLINE)), ("equivalence_p", list(SCORE_MEASURES))):
+        cells = [(i, m) for i in table.index for m in family if f"{m}_{suffix}" in table]
+        adjusted = stats.holm([table.loc[i, f"{m}_{suffix}"] for i, m in cells])
+        target = "p_holm" if suffix == "p_value" else "equivalence_p_holm"
+        columns: dict[str, dict] = {}
+        for (i, m), value in zip(cells, adjusted):
+            columns.setdefault(f"{m}_{target}", {})[i] = value
+        table = pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)
     return table
 
 
@@ -511,9 +546,10 @@ def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
     return "\n".join(lines)
 
 
-def verdict(row: pd.Series, measure: str, words: tuple[str, str]) -> tuple[str, str]:
-    """The paired comparison in words, and its numbers: a direction only when the 95% CI of the difference
-    excludes 0."""
+def verdict(row: pd.Series, measure: str, words: tuple[str, str], margin: float = math.nan) -> tuple[str, str]:
+    """The paired comparison in words, and its numbers: a direction only where the Holm-adjusted p-value is below
+    0.05; "tied" only where the equivalence test (scores only) shows the difference within +-margin; otherwise
+    "no difference shown", which is not a tie."""
     pairs = row.get(f"{measure}_pairs", 0)
     pairs = 0 if pd.isna(pairs) else int(pairs)
     if "target" in measure and row.get(f"{measure}_n", 0) == 0:
@@ -521,20 +557,27 @@ def verdict(row: pd.Series, measure: str, words: tuple[str, str]) -> tuple[str, 
     if pairs < 2:
         return "not tested", f"{pairs} paired seed{'' if pairs == 1 else 's'}"
     diff, half, p = row[f"{measure}_diff"], row[f"{measure}_diff_ci95"], row[f"{measure}_p_value"]
+    adjusted = row.get(f"{measure}_p_holm", p)
+    equivalent = row.get(f"{measure}_equivalence_p_holm", math.nan)
     digits = HEADLINE[measure][1] + 1
-    word = words[0] if diff - half > 0 else words[1] if diff + half < 0 else "indistinguishable at 95%"
-    return word, f"{diff:+.{digits}f} ± {half:.{digits}f}, p = {p:.2g}, {pairs} pairs"
+    if adjusted < stats.ALPHA:
+        word = words[0] if diff > 0 else words[1]
+    elif pd.notna(equivalent) and equivalent < stats.ALPHA:
+        word = f"tied within ±{margin:g}" if math.isfinite(margin) else "tied"
+    else:
+        word = "no difference shown"
+    return word, f"{diff:+.{digits}f} ± {half:.{digits}f}, p = {p:.2g}, p_Holm = {adjusted:.2g}, {pairs} pairs"
 
 
-def verdict_text(row: pd.Series, measure: str) -> str:
-    word, numbers = verdict(row, measure, HEADLINE[measure][2])
+def verdict_text(row: pd.Series, measure: str, margin: float = math.nan) -> str:
+    word, numbers = verdict(row, measure, HEADLINE[measure][2], margin)
     return f"{word} ({numbers})" if numbers else word
 
 
 TRENDS = {"rising": "still rising", "falling": "falling", "flat": "flat", "too short": "too few evaluations to tell"}
 
 
-def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
+def comparison_section(chosen: pd.DataFrame, swept: list[str], margin: float = math.nan) -> list[str]:
     """The paired comparison with the reference loss: a table (rows: measures, columns: losses) and, for the
     two questions the tool exists for, one sentence per loss."""
     others = chosen[chosen["loss"] != REFERENCE]
@@ -545,21 +588,25 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str]) -> list[str]:
     measures = shown_measures(chosen)
     labels = [setting_label(r["loss"], {k: r[k] for k in swept}) for _, r in others.iterrows()]
     lines = [
-        f"Difference from {REFERENCE} (loss minus {REFERENCE}), paired by seed: mean ± 95% t-interval half-width, "
-        "paired t-test p-value. A direction is stated only where the interval excludes 0.",
+        f"Difference from {REFERENCE} (loss minus {REFERENCE}, each decided by the same rule), paired by seed: mean ± "
+        "95% t-interval half-width, paired t-test p-value and p_Holm, the p-value adjusted by Holm's method over all "
+        f"of this comparison's tests against {REFERENCE} (summary.csv: `*_p_value`, `*_p_holm`). A direction is "
+        f"stated only where p_Holm < 0.05; \"tied within ±{margin:g}\" only where an equivalence test (two one-sided "
+        "t-tests, Holm-adjusted) shows it (scores only); \"no difference shown\" is not a tie.",
         "",
         "| measure | " + " | ".join(labels) + " |",
         "|" + "---|" * (len(labels) + 1),
     ]
     for measure, (heading, _, _) in measures.items():
-        lines.append(f"| {heading} | " + " | ".join(verdict_text(r, measure) for _, r in others.iterrows()) + " |")
+        lines.append(f"| {heading} | " + " | ".join(verdict_text(r, measure, margin) for _, r in others.iterrows())
+                     + " |")
     lines.append("")
     for label, (_, row) in zip(labels, others.iterrows()):
-        word, numbers = verdict(row, "final_test_score", HEADLINE["final_test_score"][2])
-        relation = "from" if word.startswith("indistinguishable") else "than" if word in ("higher", "lower") else "vs"
+        word, numbers = verdict(row, "final_test_score", HEADLINE["final_test_score"][2], margin)
+        relation = "than" if word in ("higher", "lower") else "with" if word.startswith("tied") else "vs"
         score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
         lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
-                     f"{verdict_text(row, 'epochs_to_target_score')}; test_score over the last half of the "
+                     f"{verdict_text(row, 'epochs_to_target_score', margin)}; test_score over the last half of the "
                      f"evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
     return lines + [""]
 
@@ -572,12 +619,42 @@ def provenance_line(runs: pd.DataFrame) -> str:
     return line + (f" Training: {counted('training')}." if (runs["training"] == "packed").any() else "")
 
 
+def rescored_lines(runs: pd.DataFrame, predictions: dict[str, Predictions]) -> list[str]:
+    """Which runs are scored on another table than the one they were trained with (lossbench rescore)."""
+    other = [Path(d).name for d in runs["run_dir"] if d in predictions and predictions[d].rescored]
+    if not other:
+        return []
+    shown = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+    note = next((Path(d) / RESCORE_FILE for d in runs["run_dir"] if (Path(d) / RESCORE_FILE).exists()), None)
+    source = ""
+    if note is not None:
+        try:
+            record = json.loads(note.read_text(encoding="utf-8"))
+            source = (f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
+                      f"of {Path(str(record.get('source'))).parent}.")
+        except (OSError, ValueError, AttributeError):
+            source = ""
+    return ["## Rescored", "",
+            f"{len(other)} of {len(runs)} runs were trained with another score table than the one they are scored "
+            f"on here (`lossbench rescore`): {shown}.{source} Their final decisions and scores come from their saved "
+            "predictions under this table; their curves hold this table's scores at the final epoch only, so "
+            "their speed (AUC) and times to the score target are not known.", ""]  # fmt: skip
+
+
 def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str],
-                     targets: Targets, selected_on: str, warnings: list[str]) -> str:  # fmt: skip
+                     targets: Targets, selected_on: str, warnings: list[str],
+                     verdict: verdicts.Verdict | None = None, rescored: list[str] | None = None,
+                     margin: float = verdicts.DEFAULT_MARGIN) -> str:  # fmt: skip
     selection = ("validation score (final val_score)" if selected_on == "final_val_score" else
                  "final TEST score: these runs predate the validation split, so the choice is optimistic")  # fmt: skip
-    parts = [
-        "# Summary",
+    parts = ["# Summary", ""]
+    if verdict is not None:
+        parts += verdicts.markdown(verdict)
+        parts += [*(rescored or [])]
+        if verdict.candidates:
+            parts += ["## At a glance", "", *verdicts.compact_markdown(verdict), ""]
+    parts += [
+        "## Details",
         "",
         provenance_line(runs),
         "",
@@ -600,7 +677,7 @@ def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFra
                   markdown_table(chosen, swept), ""]  # fmt: skip
     else:
         parts += ["## Results", "", markdown_table(table, swept), ""]
-    parts += [f"## Against {REFERENCE}", "", *comparison_section(chosen, swept)]
+    parts += [f"## Against {REFERENCE}", "", *comparison_section(chosen, swept, margin)]
     if swept:
         parts += ["## All settings", "", markdown_table(table, swept), ""]
     if warnings:
@@ -666,13 +743,46 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
 # ---------------------------------------------------------------- the report
 
 
-def build_report(root: Path, target_score: float | None = None) -> Report:
-    """Write curves.csv, summary.csv, summary.md and the PNGs into root, from the run directories below it.
-    target_score: the score target (default: the runs' report.target_score, else ce's final mean test_score)."""
+def choose_margin(runs: pd.DataFrame, margin: float | None) -> float:
+    """The equivalence margin: `margin` when given, else the runs' common report.margin, else the default."""
+    if margin is None:
+        settings = runs["margin_setting"].dropna().unique() if "margin_setting" in runs else []
+        require(len(settings) <= 1, f"the runs disagree on report.margin ({sorted(map(str, settings))}); choose one "
+                                    "with `lossbench report DIR --margin X`")  # fmt: skip
+        margin = pd.to_numeric(settings[0], errors="coerce") if len(settings) else verdicts.DEFAULT_MARGIN
+    require(pd.notna(margin) and math.isfinite(margin) and margin > 0,
+            f"report.margin {margin!r}: must be a number > 0 (a test-score difference)")  # fmt: skip
+    return float(margin)
+
+
+def load_predictions(runs: pd.DataFrame, warnings: list[str]) -> dict[str, Predictions]:
+    """The predictions.npz of every finished run that has one (older runs have none)."""
+    found = {}
+    for run_dir, status in zip(runs["run_dir"], runs["status"]):
+        if status != "finished":
+            continue
+        predictions, warning = read_predictions(Path(run_dir))
+        if warning:
+            warnings.append(warning)
+        if predictions is not None:
+            found[run_dir] = predictions
+    return found
+
+
+FIGURES = ["test_score.png", "pareto.png", "confusion.png", "test_acc.png", "epochs_to_target.png",
+           "grad_norm.png", "tuning.png"]  # report.html shows them in this order, sweep figures after test_acc
+
+
+def build_report(root: Path, target_score: float | None = None, margin: float | None = None) -> Report:
+    """Write curves.csv, summary.csv, summary.md, report.html and the PNGs into root, from the run directories
+    below it. target_score: the score target (default: the runs' report.target_score, else ce's final mean
+    test_score); margin: the equivalence margin (default: the runs' report.margin, else DEFAULT_MARGIN)."""
     root = Path(root)
     loaded = load_runs(root)
     runs, curves, swept, warnings = loaded.runs, loaded.curves, loaded.swept, list(loaded.warnings)
     require(len(curves) > 0, f"{root}: no run has finished an epoch yet" + "".join(f"; {w}" for w in warnings))
+    margin = choose_margin(runs, margin)
+    predictions = load_predictions(runs, warnings)
     runs = run_measures(runs, curves)
     selected_on = selection_measure(runs)
     table = describe_settings(runs, swept)
@@ -680,12 +790,26 @@ def build_report(root: Path, target_score: float | None = None) -> Report:
     runs = add_times_to_targets(runs, curves, targets)
     table = describe_settings(runs, swept)
     chosen = select_settings(table, swept, selected_on)
-    table = add_trends(compare_with_reference(runs, table, chosen, swept), curves, swept)
+    table = add_trends(compare_with_reference(runs, table, chosen, swept, margin), curves, swept)
     chosen = select_settings(table, swept, selected_on)
+    label_of = lambda r: setting_label(r["loss"], {k: r[k] for k in swept})  # noqa: E731
+    verdict = verdicts.build_verdict(runs, chosen, swept, predictions, margin, label_of)
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
-    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings) + tuned_note(root)
-    table.attrs.update(target_score=targets.score, target_acc=targets.acc, selected_on=selected_on)
+    rescored = rescored_lines(runs, predictions)
+    tuned = tuned_note(root)
+    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings, verdict, rescored,
+                                margin) + tuned  # fmt: skip
+    columns = verdicts.summary_columns(verdict)
+    for index, row in table.iterrows():
+        for key, value in columns.get(label_of(row), {}).items() if index in chosen.index else ():
+            table.loc[index, key] = value
+    table.attrs.update(target_score=targets.score, target_acc=targets.acc, selected_on=selected_on, margin=margin)
     write_atomic(root / "curves.csv", curves.to_csv(index=False))
     write_atomic(root / "summary.csv", table.to_csv(index=False))
     write_atomic(root / "summary.md", markdown)
-    return Report(curves, table, markdown, warnings)
+    figures = [root / name for name in FIGURES if (root / name).exists()]
+    figures[3:3] = sorted(root.glob("sweep_*.png"))
+    write_atomic(root / "report.html", html.page(root.name, verdict, markdown, figures))
+    # the console: the verdict, the compact table, and for a tune the settings it chose
+    return Report(curves, table, markdown, warnings, verdict, verdicts.console_text(verdict) + ("\n" + tuned if tuned
+                                                                                               else ""))

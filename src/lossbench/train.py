@@ -32,6 +32,7 @@ from lossbench.metrics import (
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.precision import Precision, choice_record, recorded_precision, resolve_precision
+from lossbench.predictions import save_predictions
 from lossbench.provenance import recorded_choice, write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, TUNING_DIR, append_metrics, claim, locked,
@@ -583,11 +584,13 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
 
 
 def finish_run(run: Run) -> str:
-    """The test confusion matrix and the finished status, after the last epoch."""
+    """The test confusion matrix, the final predictions and the finished status, after the last epoch (a lone
+    run's and a pack member's alike)."""
     if run.confusion is None:  # resumed after the last epoch's checkpoint: evaluate the final model once more
         run.confusion = evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean,
                                  run.std, run.precision.dtype)[1]  # fmt: skip
     write_confusion(run.run_dir / CONFUSION_FILE, run.confusion, run.classes)
+    save_predictions(run)
     write_status(run.run_dir, "finished", run.epochs, run.epochs)
     return "finished"
 
