@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, lossbench, make_cfg
+from conftest import HANG_S, TINY, lossbench, make_cfg
 from lossbench import launch, trust
 from lossbench.errors import LossbenchError
 from lossbench.rundir import CONFIG_FILE, LAYOUT_VERSION, MARKER_FILE, claim, write_record, write_status
@@ -319,7 +319,7 @@ def test_run_into_a_comparison_is_refused_while_the_comparison_is_in_use(tmp_pat
     runs = [subprocess.Popen([sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=1",
                               f"hydra.run.dir={cmp / name}"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
             for name in "ab"]  # fmt: skip
-    assert all(run.wait(timeout=300) == 0 for run in runs), [run.stderr.read() for run in runs]
+    assert all(run.wait(timeout=HANG_S) == 0 for run in runs), [run.stderr.read() for run in runs]
 
 
 def test_explain_replaces_only_its_own_figure(tmp_path):
@@ -445,7 +445,7 @@ def test_no_joblib_worker_outlives_a_killed_compare(tmp_path):
                                stderr=subprocess.DEVNULL)  # fmt: skip
     runs = [tmp_path / "cmp" / f"loss={loss},seed=0" for loss in ("ce", "expected_score")]
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + HANG_S
         while not all((r / "metrics.csv").exists() for r in runs):
             assert time.time() < deadline and process.poll() is None, "the jobs did not start"
             time.sleep(0.2)
@@ -461,7 +461,7 @@ def test_no_joblib_worker_outlives_a_killed_compare(tmp_path):
     for run_dir in runs:
         with locked(run_dir):
             pass
-    deadline = time.time() + 30
+    deadline = time.time() + HANG_S
     while any(alive(pid) for pid in workers):
         assert time.time() < deadline, f"worker(s) {[p for p in workers if alive(p)]} outlived the command"
         time.sleep(0.2)
