@@ -19,6 +19,7 @@ demo: $(BIN)/lossbench
 # Two worker processes: 1.5x faster on the 2-core CPU that CI and a first try have (494 s against 320 s, measured),
 # since many tests wait on subprocesses and files; each worker's torch already uses every core.
 test: $(BIN)/lossbench
+	@$(BIN)/python -m lossbench.cpus  # the machine, so that a failure can be tied to its CPU's features
 	$(BIN)/python -m pytest -q -n 2
 
 bench: $(BIN)/lossbench

@@ -12,7 +12,13 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from lossbench.cpus import cpu_features
 from lossbench.data import Dataset
+
+# For a test that runs oneDNN's bf16 kernels themselves. The fallback on a CPU without them (AVX2 only) is tested
+# on every machine by forcing the capability check's answer (tests/test_precision.py).
+needs_bf16_kernels = pytest.mark.skipif(not cpu_features().onednn_bf16,
+                                        reason="this CPU has no oneDNN bf16 kernels (AVX2 only)")  # fmt: skip
 
 # Tiny runs train on the CPU, where a seed repeats bit for bit, wherever the suite runs; tests/test_cuda.py covers
 # the GPU. LOSSBENCH_TEST_DEVICE=cuda runs them on the GPU instead (repeat-exactly tests then fail by design).
@@ -70,3 +76,10 @@ def private_cache(tmp_path, monkeypatch):
     """Caches (precision=auto's measurements, decoded image folders) go to the test's tmp_path, never the
     user's ~/.cache; subprocesses inherit it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def layout_by_timer(monkeypatch, tmp_path, faster: str) -> None:
+    """Make the CPU layout measurement answer `faster`, with a cache of its own (as on another machine)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache-{faster}"))
+    seconds = lambda model, x, dtype: 0.1 if model.cpu_layout == faster else 0.2  # noqa: E731
+    monkeypatch.setattr("lossbench.precision.time_step", seconds)

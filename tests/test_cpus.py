@@ -157,3 +157,26 @@ def test_an_omp_num_threads_that_torch_ignores_does_not_stop_the_fitting(monkeyp
     monkeypatch.setattr(cpus, "cpu_limit", lambda proc: (1, 1.0))
     cpus.fit_torch_threads()
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("cpuinfo, model, flags", [
+    ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", "AMD EPYC",
+     {"fpu", "avx2", "avx512f", "avx512_bf16"}),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd40\n", None, {"fp", "asimd", "sve", "bf16"}),
+    ("", None, set()),  # unreadable or empty: the model from platform, no flags
+])  # fmt: skip
+def test_the_cpu_model_and_flags_are_read_from_x86_and_aarch64_cpuinfo(tmp_path, monkeypatch, cpuinfo, model, flags):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(cpus, "CPUINFO", path)
+    assert cpus.cpu_flags() == flags
+    assert cpus.cpu_model() == (model or cpus.platform.processor() or cpus.platform.machine())
+
+
+def test_python_m_lossbench_cpus_prints_the_line_make_test_starts_with():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lossbench.cpus"], capture_output=True, text=True, check=True).stdout
+    assert out == cpus.cpu_features().describe() + "\n" and out.startswith(f"CPU: {cpus.cpu_model()}")

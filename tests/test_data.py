@@ -269,24 +269,23 @@ except KeyboardInterrupt:
 @needs_fork_and_two_cores
 def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
     """Ctrl-C reaches the whole process group: the workers leave it to the parent (no traceback from each), and the
-    chunks not yet started are dropped (150 images at 0.2 s each on 2 workers would take 15 s)."""
+    chunks not yet started are dropped: of 150 images, one per chunk, far fewer are decoded. Counted, not timed,
+    so that a loaded machine answers as an idle one."""
     import signal
     import subprocess
-    import time
 
     root = make_folder(tmp_path / "images", per_class=75)
     process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_DECODE, str(root)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert process.stdout.readline() == "decoding\n"
-    time.sleep(1.0)
-    began = time.monotonic()
+    first = process.stdout.readline()  # a worker has started decoding
     os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and stderr == "interrupted\n"
-    assert time.monotonic() - began < 5
-    said = stdout.splitlines()
-    assert said and set(said) == {"worker leaves stop signals to the parent: True"}
+    said = [first.rstrip("\n"), *stdout.splitlines()]
+    assert set(said) == {"worker leaves stop signals to the parent: True"}
+    assert len(said) < 150 // 2, f"{len(said)} of 150 images decoded after Ctrl-C"
 
 
 KILLED_DECODE = """
@@ -324,8 +323,8 @@ def test_decoding_workers_die_with_a_killed_parent(tmp_path):
     workers = {int(process.stdout.readline()) for _ in range(6)}  # both workers have started decoding
     assert len(workers) == 2 and process.pid not in workers
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-    deadline = time.monotonic() + 10
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60  # a bound against a hang, not a speed: a loaded machine reaps slowly
     while not all(is_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     survivors = [pid for pid in workers if not is_gone(pid)]

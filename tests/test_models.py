@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_bf16_kernels
 from torch import nn
 
 from lossbench.errors import LossbenchError
@@ -23,8 +24,10 @@ def relu_then_pool(model: SmallCNN) -> SmallCNN:
     return other
 
 
-@pytest.mark.parametrize("layout", ["onednn", "dense"])
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("dtype, layout", [
+    (None, "onednn"), (None, "dense"), pytest.param(torch.bfloat16, "onednn", marks=needs_bf16_kernels),
+    (torch.bfloat16, "dense"),
+])  # fmt: skip
 def test_pooling_before_the_relu_is_bit_for_bit_relu_before_pooling(dtype, layout):
     torch.manual_seed(0)
     model = SmallCNN(5, widths=(4, 8), cpu_layout=layout).to(memory_format=torch.channels_last)
@@ -78,7 +81,7 @@ def test_the_onednn_layout_trains_what_the_dense_layout_trains(stem_stride):
         torch.testing.assert_close(onednn.eval()(x), dense.eval()(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@needs_bf16_kernels
 def test_under_bf16_autocast_the_onednn_layout_computes_in_bf16_as_the_dense_one_does():
     onednn, dense = twins()
     x = images()

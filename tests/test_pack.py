@@ -18,9 +18,10 @@ from torch import nn
 
 import lossbench.pack as pack_module
 import lossbench.provenance as provenance_module
-from conftest import TINY, evaluation_case, lossbench, make_cfg
+from conftest import TINY, evaluation_case, layout_by_timer, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
+from lossbench.precision import Precision
 from lossbench.pack import (
     PackedNetwork, SharedBatch, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
     unpack_optimizer_state,
@@ -331,8 +332,10 @@ def test_runs_at_different_epochs_resume_in_separate_packs_and_finished_runs_sta
 
 
 def test_a_pack_stopped_between_epochs_resumes_as_it_would_have_trained_on(tmp_path, monkeypatch):
-    """Stopped once every member has checkpointed epoch 1, the pack resumes whole: the same pack, so the same
-    rounding, and metrics and weights equal an uninterrupted pack's to the last bit (the README says so)."""
+    """Stopped once every member has checkpointed epoch 1, the pack resumes whole: the same pack, in the layout
+    measured when it first started (a new measurement answers otherwise here), so the same rounding, and metrics
+    and weights equal an uninterrupted pack's to the last bit (the README says so)."""
+    layout_by_timer(monkeypatch, tmp_path, "onednn")
     straight = jobs_for(tmp_path / "straight", SPECS, "train.epochs=3")
     assert train_packed(straight, size=0) == ["finished"] * 3
     jobs = jobs_for(tmp_path / "stopped", SPECS, "train.epochs=3")
@@ -347,7 +350,8 @@ def test_a_pack_stopped_between_epochs_resumes_as_it_would_have_trained_on(tmp_p
     monkeypatch.setattr(pack_module, "end_epoch", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train_packed(jobs, size=0)
-    monkeypatch.undo()
+    monkeypatch.setattr(pack_module, "end_epoch", real)
+    layout_by_timer(monkeypatch, tmp_path, "dense")
     for cfg, _ in jobs:
         cfg.resume = True
     assert train_packed(jobs, size=0) == ["finished"] * 3
@@ -369,12 +373,15 @@ def test_a_sweep_over_data_packs_each_dataset_apart_whatever_the_job_order(tmp_p
 
 
 def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_them(tmp_path):
-    runs = [SimpleNamespace(cfg=cfg, epoch=0) for cfg, _ in jobs_for(tmp_path, SPECS)]
-    runs += [SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0),
-             SimpleNamespace(cfg=runs[0].cfg, epoch=1)]  # fmt: skip
+    fp32 = Precision("fp32", "precision=fp32", "onednn")
+    runs = [SimpleNamespace(cfg=cfg, epoch=0, precision=fp32) for cfg, _ in jobs_for(tmp_path, SPECS)]
+    runs += [SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0, precision=fp32),
+             SimpleNamespace(cfg=runs[0].cfg, epoch=1, precision=fp32),
+             # resumed in the layout it recorded, another than the others': it trains apart
+             SimpleNamespace(cfg=runs[0].cfg, epoch=0, precision=Precision("fp32", "recorded", "dense"))]  # fmt: skip
     groups = pack_groups(runs, size=0)
-    assert [[runs.index(r) for r in group] for group in groups] == [[0, 1, 2], [3], [4]]
-    assert [[runs.index(r) for r in group] for group in pack_groups(runs, size=2)] == [[0, 1], [2], [3], [4]]
+    assert [[runs.index(r) for r in group] for group in groups] == [[0, 1, 2], [3], [4], [5]]
+    assert [[runs.index(r) for r in group] for group in pack_groups(runs, size=2)] == [[0, 1], [2], [3], [4], [5]]
 
 
 def test_each_run_records_its_provenance_once_naming_the_pack_it_trained_in(tmp_path, monkeypatch):

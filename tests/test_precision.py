@@ -14,6 +14,7 @@ import torch
 from conftest import TINY, make_cfg
 
 from lossbench import precision as P
+from lossbench.cpus import CpuFeatures, cpu_features
 from lossbench.models import SmallCNN
 from lossbench.train import train_run
 
@@ -33,11 +34,23 @@ def no_timer(model, x, dtype):
     raise AssertionError("the step timer must not run here")
 
 
+# The answers of the capability check, one per kind of CPU: (flags, torch's oneDNN bf16 check). The decision
+# logic is tested under each on every machine; only the kernels themselves need the CPU they run on.
+AVX2 = CpuFeatures("a laptop", frozenset({"avx2"}), onednn_bf16=False)
+AVX512 = CpuFeatures("a Skylake Xeon", frozenset({"avx2", "avx512f", "avx512bw"}), onednn_bf16=True)
+AVX512_BF16 = CpuFeatures("a Zen 4 EPYC", frozenset({"avx2", "avx512f", "avx512_bf16"}), onednn_bf16=True)
+AMX = CpuFeatures("a Sapphire Rapids Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), True)
+
+
+def as_cpu(monkeypatch, features: CpuFeatures) -> None:
+    monkeypatch.setattr(P, "cpu_features", lambda: features)
+
+
 @pytest.fixture
 def cpu(monkeypatch, tmp_path):
     """A CPU with native bf16, an empty cache under tmp_path, and a fresh 'already logged' set."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    as_cpu(monkeypatch, AVX512_BF16)
     monkeypatch.setattr(P, "_announced", set())
     return torch.device("cpu")
 
@@ -104,7 +117,7 @@ def test_an_explicit_precision_still_measures_an_auto_layout_in_that_precision(c
 
 
 def test_without_native_bf16_an_auto_layout_is_measured_in_fp32_only(cpu, monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    as_cpu(monkeypatch, AVX512)
     calls = []
     chosen = P.resolve_precision("auto", cpu, auto_layout(), BATCH, timer=layout_timer(BF16_DENSE_WINS, calls))
     assert (chosen.name, chosen.layout) == ("fp32", "dense") and {dtype for dtype, _ in calls} == {None}
@@ -151,7 +164,7 @@ def test_cache_miss_for_another_shape_or_batch(cpu):
 
 def test_cache_key_names_the_machine_and_the_model_shape():
     key = P.cache_key(model(), BATCH)
-    assert P.cpu_model() in key and torch.__version__ in key
+    assert cpu_features().model in key and torch.__version__ in key
     assert key == P.cache_key(model(), BATCH)  # the weights' values do not matter, their shapes do
     assert key != P.cache_key(model((8, 8, 16)), BATCH)
     assert key != P.cache_key(model(), (32, 3, 32, 32))
@@ -206,7 +219,7 @@ def test_unwritable_cache_does_not_fail_the_run(cpu, monkeypatch, tmp_path):
 
 
 def test_cpu_without_native_bf16_is_fp32_without_measuring(cpu, monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    as_cpu(monkeypatch, AVX512)
     chosen = P.resolve_precision("auto", cpu, model(), BATCH, timer=no_timer)
     assert chosen.name == "fp32" and "emulated" in chosen.reason
 
@@ -226,7 +239,9 @@ def test_measurement_leaves_the_model_the_rng_and_the_threads_alone():
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
-    P.time_variants(net, BATCH, P.time_step, [(None, None), (torch.bfloat16, None)])  # the real timer, on a copy
+    # The real timer, on a copy, in each precision this CPU runs (on one without bf16 kernels, in each layout).
+    variants = [(None, None), (torch.bfloat16, None)] if cpu_features().onednn_bf16 else [(None, L) for L in P.LAYOUTS]
+    P.time_variants(net, BATCH, P.time_step, variants)
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
     assert all(p.grad is None for p in net.parameters())
@@ -309,3 +324,74 @@ def test_a_cache_that_cannot_be_written_is_one_warning_naming_it_once(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="lossbench"):
         assert P.write_cache(path, {"key": {}}) is False
     assert [r.getMessage() for r in caplog.records] == [f"precision cache {path} not written: Is a directory"]
+
+
+@pytest.mark.parametrize("features, setting, expected, timed", [
+    (AVX2, "auto", "fp32", False),          # no bf16 kernels at all: nothing to time
+    (AVX2, "bf16", "fp32", False),          # refused with a warning, never torch's RuntimeError
+    (AVX2, "fp32", "fp32", False),
+    (AVX512, "auto", "fp32", False),        # bf16 runs, emulated: always slower, so not timed
+    (AVX512, "bf16", "bf16", False),        # asked for, and it runs
+    (AVX512_BF16, "auto", "bf16", True),    # native: timed (this timer makes bf16 3x faster)
+    (AVX512_BF16, "bf16", "bf16", False),
+    (AMX, "auto", "bf16", True),
+    (AMX, "fp32", "fp32", False),
+])  # fmt: skip
+@pytest.mark.parametrize("layout", ["onednn", "auto"])
+def test_each_kind_of_cpu_gets_only_a_precision_it_can_run(cpu, monkeypatch, caplog, features, setting, expected,
+                                                           timed, layout):  # fmt: skip
+    as_cpu(monkeypatch, features)
+    calls = []
+    timer = layout_timer(BF16_DENSE_WINS, calls)
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        chosen = P.resolve_precision(setting, cpu, SmallCNN(10, (8, 8, 8), cpu_layout=layout), BATCH, timer=timer)
+    assert chosen.name == expected
+    dtypes = {dtype for dtype, _ in calls}
+    assert (dtypes == {None, torch.bfloat16}) == timed  # bf16 against fp32: where bf16 is native only
+    assert torch.bfloat16 not in dtypes or features.onednn_bf16  # bf16 is never run where it cannot
+    refused = features is AVX2 and setting == "bf16"
+    assert ("precision=bf16: this CPU has no bf16 kernels" in caplog.text) == refused
+    if refused:
+        assert chosen.reason.startswith("precision=bf16, but this CPU has no bf16 kernels")
+
+
+def test_the_cpu_features_name_what_decides_the_kernels():
+    line = AVX2.describe()
+    assert line.startswith("CPU: a laptop") and "AVX2 yes, AVX512 no, AVX512-BF16 no, AMX no" in line
+    assert line.endswith("bf16 kernels: none")
+    assert AVX512.describe().endswith("emulated") and AMX.describe().endswith("native")
+    assert not AVX2.native_bf16 and not AVX512.native_bf16 and AVX512_BF16.native_bf16 and AMX.native_bf16
+    # A CPU flag alone is not enough: torch's own check must agree that its kernels run bf16 here.
+    assert not CpuFeatures("odd", frozenset({"avx512_bf16"}), onednn_bf16=False).native_bf16
+
+
+RECORDED = {"precision_setting": "auto", "precision": "bf16", "precision_reason": "bf16 2.00x", "cpu_layout": "dense"}
+
+
+def test_a_recorded_choice_is_reused_as_it_was(cpu, caplog):
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        chosen = P.recorded_precision(RECORDED, "auto", cpu, "run")
+    assert (chosen.name, chosen.layout, chosen.reason) == ("bf16", "dense", "bf16 2.00x") and not caplog.text
+    assert P.choice_record(chosen, "auto") == RECORDED  # what a checkpoint keeps reads back as it was
+
+
+@pytest.mark.parametrize("recorded", [
+    {**RECORDED, "precision_setting": "fp32"},  # the user asked for another setting since: decide anew
+    {key: value for key, value in RECORDED.items() if key != "precision_setting"},  # from an older version
+    {**RECORDED, "precision": "fp16"},
+    {**RECORDED, "cpu_layout": "blocked"},
+    {},
+])  # fmt: skip
+def test_a_choice_recorded_under_another_setting_or_damaged_is_not_reused(cpu, recorded):
+    assert P.recorded_precision(recorded, "auto", cpu, "run") is None
+
+
+def test_a_recorded_bf16_that_cannot_run_here_goes_on_in_fp32_with_one_warning(cpu, monkeypatch, caplog):
+    as_cpu(monkeypatch, AVX2)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # and a torch without oneDNN
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        chosen = P.recorded_precision({**RECORDED, "cpu_layout": "onednn"}, "auto", cpu, "runs/ce")
+    assert (chosen.name, chosen.layout) == ("fp32", "dense")
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("runs/ce: the precision and layout it recorded when it first started cannot run here")
+    assert "fp32 instead of bf16 and the dense layout instead of oneDNN's" in warning

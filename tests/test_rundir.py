@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -59,22 +60,31 @@ def test_kill_9_releases_the_lock(tmp_path):
 
 
 def test_racing_processes_one_wins(tmp_path):
-    """Several processes started at once: exactly one gets the lock while the others are refused."""
+    """Several processes started at once: exactly one gets the lock while the others are refused. The winner holds
+    it until both others have answered, whenever a loaded machine lets them start."""
     script = textwrap.dedent(
         """
         import sys, time
+        from pathlib import Path
         from lossbench.errors import EnvironmentFailure
         from lossbench.rundir import locked
         try:
             with locked(sys.argv[1]):
                 print("won", flush=True)
-                time.sleep(3)
+                while not Path(sys.argv[2]).exists():
+                    time.sleep(0.05)
         except EnvironmentFailure as err:
             print("refused", err, flush=True)
         """
     )
-    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-              for _ in range(3)]  # fmt: skip
+    release = tmp_path / "release"
+    (tmp_path / "run").mkdir()
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(release)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    deadline = time.monotonic() + 300  # against a hang only
+    while sum(p.poll() is not None for p in racers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.touch()
     outputs = [p.communicate(timeout=120)[0].strip() for p in racers]
     assert sorted(o.split()[0] for o in outputs) == ["refused", "refused", "won"], outputs
     assert all("is in use by another lossbench process (pid " in o for o in outputs if o.startswith("refused"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import os
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, evaluation_case, make_cfg
+from conftest import TINY, evaluation_case, layout_by_timer, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.data import Dataset, Latest
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
@@ -283,3 +284,46 @@ def test_runs_over_one_dataset_share_its_device_copy_and_statistics(tmp_path, mo
     assert len(computed) == 2  # once for data seed 0 (two runs), once for data seed 1
     assert runs[1].data is runs[0].data and runs[1].mean is runs[0].mean and runs[1].std is runs[0].std
     assert runs[2].data is not runs[0].data and not torch.equal(runs[2].data.train_x, runs[0].data.train_x)
+
+
+def test_a_resumed_run_keeps_the_layout_it_measured_first_to_the_bit(tmp_path, monkeypatch):
+    """The layout (and precision) measured when a run first starts is recorded and reused by resume, whatever a
+    new measurement would answer: here the measurement says oneDNN's layout at the start and the dense one at the
+    resume, which rounds otherwise. Metrics and weights must equal the uninterrupted run's to the last bit."""
+    cfg = make_cfg(*TINY, "precision=fp32", "train.epochs=3", "model.cpu_layout=auto")
+    layout_by_timer(monkeypatch, tmp_path, "onednn")
+    train_run(cfg, tmp_path / "straight")
+    real = T.end_epoch
+
+    def stop_after_epoch_1(run, *args):
+        diverged = real(run, *args)
+        if run.epoch == 1:
+            raise KeyboardInterrupt
+        return diverged
+
+    monkeypatch.setattr(T, "end_epoch", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "stopped")
+    monkeypatch.setattr(T, "end_epoch", real)
+    recorded = json.loads((tmp_path / "stopped" / "run.json").read_text())
+    assert (recorded["precision_setting"], recorded["precision"], recorded["cpu_layout"]) == ("fp32", "fp32", "onednn")
+    assert torch.load(tmp_path / "stopped" / CHECKPOINT_FILE, weights_only=True)["precision_choice"]["cpu_layout"] == "onednn"
+
+    layout_by_timer(monkeypatch, tmp_path, "dense")  # a new measurement would now choose the dense layout
+    assert train_run(cfg, tmp_path / "stopped", resume=True) == "finished"
+    assert json.loads((tmp_path / "stopped" / "run.json").read_text())["cpu_layout"] == "onednn"
+    pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "stopped")),
+                                  without_timing(metrics(tmp_path / "straight")), check_exact=True)  # fmt: skip
+    a, b = (torch.load(tmp_path / d / CHECKPOINT_FILE, weights_only=True)["model"] for d in ("stopped", "straight"))
+    assert all(torch.equal(a[key], value) for key, value in b.items())
+
+
+def test_precision_bf16_trains_in_bf16_where_the_cpu_can_and_in_fp32_with_a_warning_where_not(tmp_path, caplog):
+    """The real kernels, on whatever CPU runs the suite: never torch's RuntimeError from a missing bf16 path."""
+    from lossbench.cpus import cpu_features
+
+    with caplog.at_level(logging.WARNING, logger="lossbench"):
+        assert train_run(make_cfg(*TINY, "precision=bf16", "train.epochs=1"), tmp_path / "run") == "finished"
+    used = json.loads((tmp_path / "run" / "run.json").read_text())["precision"]
+    assert used == ("bf16" if cpu_features().onednn_bf16 else "fp32")
+    assert ("this CPU has no bf16 kernels" in caplog.text) == (not cpu_features().onednn_bf16)

@@ -1,4 +1,11 @@
-"""The CPUs this process may use, and torch's threads fitted to them.
+"""The CPU: which model it is, which kernels it can run, the CPUs this process may use, and torch's threads fitted
+to them.
+
+Kernels first. Whether a CPU can run bf16 at all, and whether it runs it natively, differ between machines of the
+same cloud and between one session and the next: with AVX2 only, torch's oneDNN refuses bf16 convolutions
+("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"); with AVX512 but no BF16
+instructions it runs them emulated, slower than fp32; AMX or AVX512-BF16 (and ARM's BF16 extension) run them in
+hardware. torch's own check decides the first, the CPU's flags the second (see CpuFeatures).
 
 A container or a batch job limits a process in two ways: which CPUs it may run on (its affinity, a cpuset) and how
 much CPU time it may take (a cgroup's CFS quota, e.g. Kubernetes' `cpu: 2` or docker's `--cpus 2`). torch counts
@@ -14,7 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import sys
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -22,6 +32,68 @@ import torch
 log = logging.getLogger("lossbench")
 
 PROC = Path("/proc/self")
+CPUINFO = Path("/proc/cpuinfo")
+
+# Flags (as /proc/cpuinfo spells them) that run bf16 arithmetic in hardware: Intel's AMX, AVX512-BF16 (Cooper Lake,
+# AMD Zen 4 and later) and ARMv8.6's BF16 extension ("bf16" in an aarch64 cpuinfo's Features line).
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What decides which CPU kernels lossbench may choose. `onednn_bf16` is torch's own answer to whether its
+    oneDNN kernels run bf16 here at all; `flags` are the CPU's, for whether they run it in hardware."""
+
+    model: str
+    flags: frozenset[str]
+    onednn_bf16: bool
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 in hardware: without it bf16 is emulated (slower than fp32) or refused, so it is never timed."""
+        return self.onednn_bf16 and any(flag in self.flags for flag in NATIVE_BF16_FLAGS)
+
+    def describe(self) -> str:
+        """One line naming the CPU and the features that matter, e.g. for a test log or a published number."""
+        x86 = {"AVX2": "avx2", "AVX512": "avx512f", "AVX512-BF16": "avx512_bf16", "AMX": "amx_bf16"}
+        arm = {"ASIMD": "asimd", "SVE": "sve", "BF16": "bf16"}
+        names = arm if "asimd" in self.flags else x86
+        listed = ", ".join(f"{name} {'yes' if flag in self.flags else 'no'}" for name, flag in names.items())
+        bf16 = "native" if self.native_bf16 else "emulated" if self.onednn_bf16 else "none"
+        return f"CPU: {self.model} ({platform.machine()}): {listed}; torch {torch.__version__} bf16 kernels: {bf16}"
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    return CpuFeatures(cpu_model(), cpu_flags(), onednn_bf16_supported())
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first processor's feature flags: x86's `flags` line or aarch64's `Features` line."""
+    for line in _cpuinfo_lines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return CPUINFO.read_text().splitlines()
+    except OSError:  # not Linux: the model from platform, no flags, and torch's own check for the kernels
+        return []
+
+
+def onednn_bf16_supported() -> bool:
+    """Whether torch's oneDNN runs bf16 kernels on this CPU (torch's own check, which reads the CPU's features as
+    the kernels do); False without oneDNN."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def usable_cpus(proc: Path = PROC) -> int:
@@ -138,3 +210,7 @@ def fit_torch_threads(proc: Path = PROC) -> None:
         limit = f"a cgroup CPU quota of {quota:.3g} CPU" if quota is not None else f"{cpus} CPUs in its affinity"
         log.info("torch threads: %d instead of %d: this process has %s (OMP_NUM_THREADS sets another number)",
                  cpus, threads, limit)  # fmt: skip
+
+
+if __name__ == "__main__":  # `python -m lossbench.cpus`: the line `make test` prints first
+    print(cpu_features().describe())

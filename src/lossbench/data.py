@@ -516,11 +516,17 @@ def decode_images(paths: Sequence[Path], size: int) -> Tensor:
         # Chunks of at most DECODE_CHUNK images: no worker waits long on another's last chunk, nor Ctrl-C on them.
         step = min(DECODE_CHUNK, math.ceil(len(paths) / workers))
         chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
-        # On Ctrl-C, map cancels the chunks not started; leaving the block waits for those being decoded.
         with _forking_from_threads(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                                           initializer=_follow_parent,
                                                           initargs=(os.getpid(),)) as pool:  # fmt: skip
-            arrays = list(pool.map(partial(_decode_all, size=size), chunks))
+            try:
+                arrays = list(pool.map(partial(_decode_all, size=size), chunks))
+            except BaseException:
+                # Ctrl-C: the chunks not started are dropped, and only those being decoded are waited for. map
+                # cancels them itself only once it has submitted every chunk; a Ctrl-C while it submits (the first
+                # chunks already decoding) would otherwise wait for all of them.
+                pool.shutdown(cancel_futures=True)
+                raise
     else:
         arrays = [_decode_all(paths, size, threads=workers)]
     return torch.from_numpy(np.concatenate(arrays))

@@ -358,7 +358,7 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
         # The report says which runs shared their training time: the pack they started in, which a member that
         # fails or diverges leaves without changing what the others' earlier epochs were.
         for run in runs:
-            write_provenance(run.run_dir, run.scores.device, run.precision, pack=len(runs))
+            write_provenance(run.run_dir, run.scores.device, run.precision, str(run.cfg.precision), pack=len(runs))
         while runs and runs[0].epoch < epochs:
             began = time.perf_counter()
             data_order = [run.generator.get_state() for run in runs]
@@ -448,10 +448,12 @@ def open_job(cfg: DictConfig, run_dir: Path, locks: ExitStack, statuses: dict[Pa
 
 
 def pack_groups(runs: list[Run], size: int) -> list[list[Run]]:
-    """The runs in packs: by pack_key and epoch (a resumed comparison's runs may stand at different epochs), at
-    most `size` runs each (0: no limit), in the jobs' order."""
-    groups: dict[tuple[str, int], list[Run]] = {}
+    """The runs in packs: by pack_key, epoch and precision (a resumed comparison's runs may stand at different
+    epochs, and go on in the precision and layout each recorded), at most `size` runs each (0: no limit), in the
+    jobs' order."""
+    groups: dict[tuple[str, int, str, str | None], list[Run]] = {}
     for run in runs:
-        groups.setdefault((pack_key(run.cfg), run.epoch), []).append(run)
+        key = (pack_key(run.cfg), run.epoch, run.precision.name, run.precision.layout)
+        groups.setdefault(key, []).append(run)
     limit = size or len(runs) or 1
     return [group[i : i + limit] for group in groups.values() for i in range(0, len(group), limit)]

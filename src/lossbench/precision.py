@@ -9,6 +9,11 @@ and model shape in `$XDG_CACHE_HOME/lossbench/precision.json` (default `~/.cache
 pays for the measurement once. For a model whose CPU layout is left to lossbench, both layouts are timed in each
 precision and the pair is decided together: oneDNN's blocked layout trained the SmallCNN 1.10x faster than dense
 channels_last on a 2-core AMD EPYC, and no flag says whether another CPU's kernels agree.
+
+A path the CPU cannot run is never chosen: without bf16 kernels (AVX2 only, lossbench.cpus) `precision=bf16` trains
+in fp32 and says so once. A measured choice is made when a run first starts and recorded (run.json, checkpoints):
+a resumed run goes on with it (recorded_precision), since a new measurement on a loaded machine can answer
+otherwise, and another layout or precision rounds otherwise.
 """
 
 from __future__ import annotations
@@ -18,18 +23,18 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from lossbench.atomic import write_atomic
+from lossbench.cpus import cpu_features, cpu_model
 
 try:
     import fcntl
@@ -45,6 +50,7 @@ ROUNDS = 2  # timed (fp32, bf16) pairs after one warm-up step each: about 2-3 s 
 
 LAYOUTS = ("onednn", "dense")  # what a model's cpu_layout=auto chooses between
 EMULATED_BF16 = "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"
+NO_BF16 = "this CPU has no bf16 kernels (torch's oneDNN needs AVX512BW/VL/DQ or AVX-NE-CONVERT)"
 
 # Seconds of one training step of `model` on `x` under autocast to the dtype (None: plain fp32).
 StepTimer = Callable[[nn.Module, torch.Tensor, "torch.dtype | None"], float]
@@ -70,33 +76,70 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_s
                       timer: StepTimer | None = None) -> Precision:  # fmt: skip
     """The precision for training `model` on batches of `batch_shape` on `device` under the setting `name`, with
     the CPU layout for a model whose cpu_layout is auto (the caller sets it on the model)."""
+    name, given = runnable_setting(name, device)
     if device.type == "cpu" and getattr(model, "cpu_layout", None) == "auto":
-        return cpu_precision_and_layout(name, model, batch_shape, timer or time_step, cache_path())
-    return autocast_precision(name, device, model, batch_shape, timer)
+        return cpu_precision_and_layout(name, model, batch_shape, timer or time_step, cache_path(), given)
+    return autocast_precision(name, device, model, batch_shape, timer, given)
+
+
+def runnable_setting(name: str, device: torch.device) -> tuple[str, str]:
+    """The setting this device can honour, and why: bf16 on a CPU without bf16 kernels becomes fp32 (one warning),
+    where torch would otherwise stop the run at its first convolution."""
+    if name == "bf16" and not bf16_runs(device):
+        _log_once("bf16 refused", f"precision=bf16: {NO_BF16}; training in fp32", logging.WARNING)
+        return "fp32", f"precision=bf16, but {NO_BF16}: fp32"
+    return name, f"precision={name}"
+
+
+def bf16_runs(device: torch.device) -> bool:
+    """Whether bf16 kernels run on `device` at all, emulated or not."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_features().onednn_bf16
 
 
 def autocast_precision(name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...],
-                       timer: StepTimer | None = None) -> Precision:  # fmt: skip
+                       timer: StepTimer | None = None, given: str | None = None) -> Precision:  # fmt: skip
     if name in ("fp32", "bf16"):
-        return Precision(name, f"precision={name}")
+        return Precision(name, given or f"precision={name}")
     if device.type == "cuda":
         # Emulated bf16 (before Ampere) is slower than fp32: only native support counts.
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return _announce(str(device), Precision("bf16", f"{torch.cuda.get_device_name(device)} supports bf16"))
         return _announce(str(device), Precision("fp32", f"{torch.cuda.get_device_name(device)} has no bf16"))
-    if not cpu_has_native_bf16():
-        return _announce("cpu", Precision("fp32", EMULATED_BF16))
+    if not cpu_features().native_bf16:
+        return _announce("cpu", Precision("fp32", EMULATED_BF16 if cpu_features().onednn_bf16 else NO_BF16))
     key = cache_key(model, batch_shape)
     return _announce(key, cpu_precision(key, model, batch_shape, timer or time_step, cache_path()))
 
 
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16. Without either, bf16 is emulated and always slower than fp32, so it is not timed."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def recorded_precision(recorded: Mapping[str, Any], setting: str, device: torch.device,
+                       where: Path) -> Precision | None:  # fmt: skip
+    """The precision (and CPU layout) a run chose when it first started under the same `setting`, from its record
+    (run.json's or a checkpoint's fields), for its resume; None where none was recorded (measure as a new run).
+    Where the recorded choice cannot run here (a bf16 run resumed on a CPU without bf16 kernels, a oneDNN layout
+    on a torch without oneDNN), one warning names it and what is used instead."""
+    name, layout = recorded.get("precision"), recorded.get("cpu_layout")
+    if recorded.get("precision_setting") != setting or name not in ("fp32", "bf16") or layout not in (*LAYOUTS, None):
+        return None
+    reason, instead = str(recorded.get("precision_reason", "recorded")), []
+    if name == "bf16" and not bf16_runs(device):
+        name, reason = "fp32", f"{NO_BF16}: fp32 instead of the recorded bf16"
+        instead.append("fp32 instead of bf16")
+    if layout == "onednn" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        layout = "dense"
+        instead.append("the dense layout instead of oneDNN's (this torch has no oneDNN)")
+    if instead:
+        log.warning("%s: the precision and layout it recorded when it first started cannot run here: it goes on in %s, "
+                    "so its epochs from here on round differently from an uninterrupted run's", where,
+                    " and ".join(instead))  # fmt: skip
+    return Precision(name, reason, layout)
+
+
+def choice_record(precision: Precision, setting: str) -> dict[str, Any]:
+    """What recorded_precision reads back: kept in run.json and in every checkpoint."""
+    record = {"precision_setting": setting, "precision": precision.name, "precision_reason": precision.reason}
+    if precision.layout is not None:
+        record["cpu_layout"] = precision.layout
+    return record
 
 
 # ---------------------------------------------------------------- measurement and decision
@@ -119,17 +162,17 @@ def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], time
 
 
 def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                             cache: Path) -> Precision:  # fmt: skip
+                             cache: Path, given: str | None = None) -> Precision:  # fmt: skip
     """The precision under the setting `name` and the CPU layout, decided together for a model whose cpu_layout is
     auto: every precision the setting allows is timed in both layouts, so that bf16 is chosen only when its faster
     layout beats fp32's faster layout (deciding the precision in one layout first could pick a bf16 slower than
     fp32 in the other). Cached under the model's key and the setting, like cpu_precision."""
-    if name == "auto" and not cpu_has_native_bf16():
-        dtypes, given = [None], EMULATED_BF16
+    if name == "auto" and not cpu_features().native_bf16:
+        dtypes, given = [None], EMULATED_BF16 if cpu_features().onednn_bf16 else NO_BF16
     elif name == "auto":
         dtypes, given = [None, torch.bfloat16], None
     else:
-        dtypes, given = [torch.bfloat16 if name == "bf16" else None], f"precision={name}"
+        dtypes, given = [torch.bfloat16 if name == "bf16" else None], given or f"precision={name}"
     variants = [(dtype, layout) for dtype in dtypes for layout in LAYOUTS]
     names = [f"{'bf16' if dtype else 'fp32'}_{layout}_s" for dtype, layout in variants]
     key = f"{cache_key(model, batch_shape)} | {' '.join(names)}"
@@ -263,16 +306,6 @@ def cache_key(model: nn.Module, batch_shape: tuple[int, ...]) -> str:
     return f"{cpu_model()} | torch {torch.__version__} | model {digest}"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @contextmanager
 def cache_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside the cache while reading, measuring and writing it: the jobs of a comparison
@@ -325,7 +358,7 @@ def _announce(topic: str, precision: Precision) -> Precision:
     return precision
 
 
-def _log_once(topic: str, message: str) -> None:
+def _log_once(topic: str, message: str, level: int = logging.INFO) -> None:
     if topic not in _announced:
         _announced.add(topic)
-        log.info(message)
+        log.log(level, message)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from lossbench.atomic import write_atomic
-from lossbench.precision import Precision, cpu_model
+from lossbench.cpus import cpu_model
+from lossbench.precision import Precision, choice_record
 from lossbench.rundir import PROVENANCE_FILE
 
 
@@ -40,26 +41,34 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, precision: Precision, pack: int = 1) -> dict[str, Any]:
-    """What produced a run. `pack`: how many runs trained together in its packed network (1: alone)."""
+def provenance(device: torch.device, precision: Precision, setting: str, pack: int = 1) -> dict[str, Any]:
+    """What produced a run. `setting`: the precision the config asked for (what recorded_choice is valid under);
+    `pack`: how many runs trained together in its packed network (1: alone)."""
     try:
         version = metadata.version("lossbench")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    record = {
+    return {
         "lossbench": version,
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device_name(device),
-        "precision": precision.name,
-        "precision_reason": precision.reason,
+        **choice_record(precision, setting),  # with cpu_layout where model.cpu_layout=auto chose it
         "pack": pack,
     }
-    if precision.layout is not None:  # model.cpu_layout=auto, measured (the reason says how)
-        record["cpu_layout"] = precision.layout
-    return record
 
 
-def write_provenance(run_dir: Path, device: torch.device, precision: Precision, pack: int = 1) -> None:
-    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(provenance(device, precision, pack), indent=2) + "\n")
+def write_provenance(run_dir: Path, device: torch.device, precision: Precision, setting: str, pack: int = 1) -> None:
+    record = provenance(device, precision, setting, pack)
+    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def recorded_choice(run_dir: Path) -> dict[str, Any]:
+    """run.json's fields, for the precision and layout its run chose when it first started; empty when there is no
+    readable run.json (a run that never started, or one from a version that recorded none)."""
+    try:
+        record = json.loads((run_dir / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -30,9 +30,9 @@ from lossbench.metrics import (
 )  # fmt: skip
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
-from lossbench.precision import Precision, resolve_precision
+from lossbench.precision import Precision, choice_record, recorded_precision, resolve_precision
 from lossbench.predictions import save_predictions
-from lossbench.provenance import write_provenance
+from lossbench.provenance import recorded_choice, write_provenance
 from lossbench.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, STATUS_FILE, append_metrics, claim, locked, read_config,
     read_status, run_has_results, truncate_metrics, write_status,
@@ -363,21 +363,42 @@ def non_finite(row: dict[str, float], has_val: bool, num_classes: int) -> list[s
     return [f"{k}={v}" for k, v in row.items() if not math.isfinite(v) and not may_be_nan(k, has_val, num_classes)]
 
 
-def load_checkpoint(path: Path, device: torch.device, model, optimizer, scheduler, generator) -> tuple[int, int, float]:
-    """Restore the training state from checkpoint.pt; returns (epoch, step, elapsed_s). The weights and the
-    optimiser's state move to `device`, whichever device wrote them."""
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """checkpoint.pt's training state, its tensors on `device` whichever device wrote them."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # truncated or not a checkpoint
+        raise damaged_checkpoint(path, err) from None
+
+
+def restore_checkpoint(state: dict[str, Any], path: Path, model, optimizer, scheduler,
+                       generator) -> tuple[int, int, float]:  # fmt: skip
+    """Restore the training state read from checkpoint.pt at `path`; returns (epoch, step, elapsed_s)."""
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_data_order(generator, state, path)
         return int(state["epoch"]), int(state["step"]), float(state["elapsed_s"])
-    except OSError:
-        raise
-    except Exception as err:  # truncated, not a checkpoint, or from another model
-        raise LossbenchError(f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to "
-                             "restart this run from epoch 1") from None  # fmt: skip
+    except Exception as err:  # from another model, or missing a part
+        raise damaged_checkpoint(path, err) from None
+
+
+def damaged_checkpoint(path: Path, err: Exception) -> LossbenchError:
+    return LossbenchError(f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to restart "
+                          "this run from epoch 1")  # fmt: skip
+
+
+def run_precision(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None, device: torch.device,
+                  model: torch.nn.Module, batch_shape: tuple[int, ...]) -> Precision:  # fmt: skip
+    """The precision (and CPU layout) chosen when the run first started, as its checkpoint or run.json recorded
+    it, else chosen now (resolve_precision measures where the setting leaves it open). A resumed run never
+    measures again: on a loaded machine a near tie can flip, and another layout rounds otherwise."""
+    recorded = (state or {}).get("precision_choice") or recorded_choice(run_dir)
+    chosen = recorded_precision(recorded, str(cfg.precision), device, run_dir) if recorded else None
+    return chosen or resolve_precision(cfg.precision, device, model, batch_shape)
 
 
 def restore_data_order(generator: torch.Generator, state: dict, path: Path) -> None:
@@ -439,15 +460,17 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     model, optimizer, scheduler = build_training(cfg, host_data, len(batches))
     # .to() moves the parameters in place, so the optimiser built on the host copy still holds them.
     model = model.to(device, memory_format=torch.channels_last)
-    precision = resolve_precision(cfg.precision, device, model, (batches.batch_size, *data.train_x.shape[1:]))
+    checkpoint = run_dir / CHECKPOINT_FILE
+    state = read_checkpoint(checkpoint, device) if checkpoint.exists() else None
+    precision = run_precision(cfg, run_dir, state, device, model, (batches.batch_size, *data.train_x.shape[1:]))
     if precision.layout is not None:  # the model left its CPU layout to the measurement
         model.cpu_layout = precision.layout
     run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
               scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
               precision)  # fmt: skip
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if checkpoint.exists():
-        run.epoch, run.step, run.elapsed = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
+    if state is not None:
+        run.epoch, run.step, run.elapsed = restore_checkpoint(state, checkpoint, model, optimizer, scheduler,
+                                                              generator)  # fmt: skip
         # Fewer epochs than trained would pass for finished while metrics.csv and the model hold more.
         require(run.epoch <= epochs, f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
                                      f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
@@ -508,6 +531,7 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
         state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                  "scheduler": run.scheduler.state_dict(), "data_rng": run.generator.get_state(),
                  "data_rng_device": run.generator.device.type,
+                 "precision_choice": choice_record(run.precision, str(run.cfg.precision)),
                  "epoch": epoch, "step": run.step, "elapsed_s": run.elapsed}  # fmt: skip
         save_atomic(state, run_dir / CHECKPOINT_FILE)
     write_status(run_dir, "running", epoch, epochs)
@@ -534,7 +558,7 @@ def compiled(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
 
 def _train(cfg: DictConfig, run_dir: Path) -> str:
     run = start_run(cfg, run_dir)
-    write_provenance(run_dir, run.scores.device, run.precision)  # a packed run's is written by its pack
+    write_provenance(run_dir, run.scores.device, run.precision, str(cfg.precision))  # a packed run's: its pack
     step_model = compiled(run.model, cfg)
     epochs, steps = run.epochs, len(run.batches)
     progress = Progress(run.name, epochs * steps, run.epoch * steps, bool(cfg.train.progress))
