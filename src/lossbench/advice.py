@@ -46,3 +46,8 @@ def advice() -> str:
 def evidence() -> str:
     """What the advice rests on, one clause per committed result."""
     return "; ".join(f"{where}: {fill(text)}" for where, text in EVIDENCE)
+
+
+def sources() -> str:
+    """The committed results the advice rests on, by name only (explain gives their numbers)."""
+    return ", ".join(where for where, _ in EVIDENCE)

@@ -278,8 +278,8 @@ def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], pr
         verdict.lines = ["Run at least 3 seeds (seeds=[0,1,2]); their spread then says how many would separate the "
                          "candidates. The test-set interval covers only the sampling of the test examples, not "
                          "training noise.", gains]  # fmt: skip
-        verdict.advice = (f"No advice from these runs. What the committed results support: {advice.advice()} "
-                          f"({advice.evidence()}).")  # fmt: skip
+        verdict.advice = (f"None from these runs. What the committed results support ({advice.sources()}; "
+                          f"`lossbench explain` gives their numbers): {advice.advice()}.")  # fmt: skip
         verdict.recommended = None
         return verdict
     if len(top) == 1:
