@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.report import read_confusion
 from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
-from lossbench.stats import paired, summarise
+from lossbench.stats import interval_text, paired_text
 
 RARE = 0.05  # a class with under this share of the test examples has its recall shown by default
 
@@ -101,19 +101,9 @@ def collect(root: Path, groups: dict[str, str] | None, recall: list[str] | None)
     return pd.DataFrame(rows)
 
 
-def cell(values: pd.Series) -> str:
-    s = summarise(values)
-    return f"{s.mean:.3f} ± {s.ci95:.3f}" if s.n > 1 else f"{s.mean:.3f}"
-
-
 def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
     """The paired difference with ce over the seeds both have."""
-    mine, theirs = group.set_index("seed")[column], reference.set_index("seed")[column]
-    seeds = sorted(set(mine.index) & set(theirs.index))
-    if not seeds:
-        return "no shared seed"
-    p = paired(mine[seeds].to_numpy(), theirs[seeds].to_numpy())
-    return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
+    return paired_text(*(runs.set_index("seed")[column].to_dict() for runs in (group, reference)))
 
 
 def markdown(measures: pd.DataFrame) -> str:
@@ -126,8 +116,8 @@ def markdown(measures: pd.DataFrame) -> str:
         compare = loss != "ce" and len(reference) > 0
         acc_vs, group_vs = (versus(group, reference, c) for c in ("accuracy", "group_accuracy")) if compare \
             else ("-", "-")  # fmt: skip
-        cells = [loss, cell(group["accuracy"]), acc_vs, cell(group["group_accuracy"]), group_vs,
-                 *(cell(group[c]) for c in recalls), str(len(group))]  # fmt: skip
+        cells = [loss, interval_text(group["accuracy"]), acc_vs, interval_text(group["group_accuracy"]), group_vs,
+                 *(interval_text(group[c]) for c in recalls), str(len(group))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from lossbench.errors import LossbenchError, one_line
 from lossbench.report import read_confusion
 from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
 from lossbench.scores import build_scores
-from lossbench.stats import paired, summarise
+from lossbench.stats import interval_text, paired_text
 from lossbench.trust import check_config
 
 
@@ -70,19 +70,9 @@ def run_shares(root: Path, trusted: list[str] | tuple[str, ...] = ()) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def cell(values: pd.Series) -> str:
-    s = summarise(values)
-    return f"{s.mean:.3f} ± {s.ci95:.3f}" if s.n > 1 else f"{s.mean:.3f}"
-
-
 def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
     """The paired difference with ce over the seeds both have."""
-    mine, theirs = group.set_index("seed")[column], reference.set_index("seed")[column]
-    seeds = sorted(set(mine.index) & set(theirs.index))
-    if not seeds:
-        return "no shared seed"
-    p = paired(mine[seeds].to_numpy(), theirs[seeds].to_numpy())
-    return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
+    return paired_text(*(runs.set_index("seed")[column].to_dict() for runs in (group, reference)))
 
 
 def markdown(shares: pd.DataFrame) -> str:
@@ -93,7 +83,7 @@ def markdown(shares: pd.DataFrame) -> str:
     for loss, group in shares.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference)
         share_vs, far_vs = (versus(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
-        lines.append(f"| {loss} | {cell(group['share'])} | {share_vs} | {cell(group['far'])} | {far_vs} | "
+        lines.append(f"| {loss} | {interval_text(group['share'])} | {share_vs} | {interval_text(group['far'])} | {far_vs} | "
                      f"{len(group)} |")  # fmt: skip
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, require, script_exit
 
 CLASSES = ["low", "medium", "high"]
 LABELS = {"(A) low": 0, "(B) medium": 1, "(C) high": 2}
@@ -118,15 +118,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", type=Path, help="the .npz file to write (e.g. data/solubility.npz)")
     parser.add_argument("--bits", type=int, default=1024, help="Morgan fingerprint length (default 1024)")
     args = parser.parse_args(argv)
-    try:
-        prepare(args.source, args.out, args.bits)
-    except LossbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:
-        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    return 0
+    return script_exit(lambda: prepare(args.source, args.out, args.bits), args.out)
 
 
 if __name__ == "__main__":

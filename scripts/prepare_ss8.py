@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossbench.errors import LossbenchError, require
+from lossbench.errors import LossbenchError, require, script_exit
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 UNKNOWN, BEYOND = len(AMINO_ACIDS), len(AMINO_ACIDS) + 1  # channels 20 and 21
@@ -139,15 +139,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", type=Path, help="the .npz file to write (e.g. data/ss8.npz)")
     parser.add_argument("--window", type=int, default=7, help="residues on either side of the centre (default 7)")
     args = parser.parse_args(argv)
-    try:
-        prepare(args.source, args.out, args.window)
-    except LossbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:
-        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    return 0
+    return script_exit(lambda: prepare(args.source, args.out, args.window), args.out)
 
 
 if __name__ == "__main__":

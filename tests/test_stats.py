@@ -155,3 +155,12 @@ def test_seeds_needed_follows_the_noncentral_t():
     tie = seeds_for_tie(0.0, 0.01, 0.02)
     assert tie is not None and tie >= 3 and seeds_for_tie(0.0, 0.005, 0.02) <= tie
     assert seeds_for_tie(0.03, 0.01, 0.02) is None  # outside the margin: no tie to show
+
+
+def test_the_table_cells_give_the_interval_and_the_paired_difference_over_shared_seeds():
+    from lossbench.stats import interval_text, paired_text
+
+    assert interval_text([0.5]) == "0.500" and interval_text([0.4, 0.6]).startswith("0.500 ± ")
+    assert paired_text({0: 1.0}, {1: 0.5}) == "no shared seed"
+    assert paired_text({0: 1.0, 5: 2.0}, {0: 0.5}) == "+0.500"  # seed 5 has no partner
+    assert paired_text({0: 1.0, 1: 1.2}, {0: 0.5, 1: 0.6}).startswith("+0.550 ± ")

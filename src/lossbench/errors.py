@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+from typing import Callable
 
 DEBUG_ENV = "LOSSBENCH_DEBUG"  # set to 1 to get tracebacks instead of one-line errors
 
@@ -46,3 +49,17 @@ def os_failure(err: OSError, what: str = "") -> EnvironmentFailure:
 def one_line(err: BaseException) -> str:
     """An exception's message with its line breaks folded, for an `error:` line."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def script_exit(step: Callable[[], object], target: Path) -> int:
+    """A script's exit code for `step`: 0, or one `error:` line on stderr and the error's code (2 for the input,
+    1 for the machine), naming the file an OSError concerns (else `target`, what the script writes)."""
+    try:
+        step()
+    except LossbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"error: {err.filename or target}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0

@@ -13,7 +13,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -217,3 +217,18 @@ def seeds_for_tie(diff: float, sd: float, margin: float, alpha: float = ALPHA, p
         if lower + upper - 1 >= power:
             return n
     return None
+
+
+def interval_text(values: Sequence[float]) -> str:
+    """The mean with its 95% t-interval half-width over seeds, as a table cell; a single value alone."""
+    s = summarise(values)
+    return f"{s.mean:.3f} ± {s.ci95:.3f}" if s.n > 1 else f"{s.mean:.3f}"
+
+
+def paired_text(mine: Mapping[int, float], theirs: Mapping[int, float]) -> str:
+    """The paired difference (seed -> value) over the seeds both have, as a table cell."""
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return "no shared seed"
+    p = paired([mine[seed] for seed in seeds], [theirs[seed] for seed in seeds])
+    return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
