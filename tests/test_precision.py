@@ -406,3 +406,10 @@ def test_a_onednn_layout_on_a_torch_without_onednn_is_the_dense_one_with_one_war
     assert [r.getMessage() for r in caplog.records] == [
         "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used"]
     assert not net.in_onednn_layout(torch.zeros(BATCH))
+
+
+def test_the_cache_key_names_the_kernels_instruction_set(monkeypatch):
+    """The same CPU model with AVX512 hidden (a VM, ATEN_CPU_CAPABILITY=avx2) runs other kernels: no shared answer."""
+    key = P.cache_key(model(), BATCH)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2-hidden")
+    assert P.cache_key(model(), BATCH) != key and "AVX2-hidden" in P.cache_key(model(), BATCH)

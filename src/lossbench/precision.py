@@ -308,7 +308,8 @@ def cache_key(model: nn.Module, batch_shape: tuple[int, ...]) -> str:
     if hasattr(model, "cpu_layout"):
         shapes.append(model.cpu_layout)
     digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
-    return f"{cpu_model()} | torch {torch.__version__} | model {digest}"
+    # The kernels' instruction set too: a VM or ATEN_CPU_CAPABILITY can hide AVX512 from a CPU of the same name.
+    return f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | model {digest}"
 
 
 @contextmanager
