@@ -106,7 +106,7 @@ def tune(
     alpha, eps), selected on the validation split only (the final val_score; test is never looked at), then run
     `seeds` at each loss's best setting and write the report, as `compare` does. Arguments are Hydra overrides
     for every run, e.g. `losses=[ce,soft_label_ce] seeds=[0,1,2] train.epochs=6`, and `tune.KEY=VALUE` for the
-    search (src/lossbench/configs/tune.yaml): `tune.lr=[0.01,0.3]` (default: 0.1x to 10x the config's optim.lr,
+    search (configs/tune.yaml): `tune.lr=[0.01,0.3]` (default: 0.1x to 10x the config's optim.lr,
     log-uniform), `tune.params.soft_label_ce.tau.high=0.5`, `tune.search=grid`, `tune.seed=1`. The search is
     Hydra's Optuna sweeper (TPE, seeded) when hydra-optuna-sweeper is installed, else a grid. Trials run under
     OUT/tuning/LOSS/trial_N; OUT/tune.json lists every trial and each loss's choice, which summary.md states.
