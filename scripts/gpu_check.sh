@@ -33,7 +33,7 @@
 # train.cudnn_benchmark=true),
 # COMPARE_NAME (its directory, log and archive name, default comparison), MPS (1, the default: run the comparison
 # under CUDA MPS, so that the runs' kernels share the GPU's multiprocessors instead of taking turns; 0: without).
-# Measured on an H200: 112 s with 7 runs at a time without MPS, 91 s with all 21 under MPS (README, Performance).
+# Measured on an H200: 112 s with 7 runs at a time without MPS, 91 s with all 21 under MPS (docs/performance.md, GPU).
 # PACKED_ARGS (the packed comparison's launcher overrides, default hydra/launcher=packed; e.g. add
 # hydra.launcher.size=7 for three packs of 7), PACKED_NAME (default comparison_packed),
 # BENCH_ARGS (extra bench_throughput.py options, e.g. "--compile reduce-overhead --batch-size 512"),

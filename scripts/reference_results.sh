@@ -23,7 +23,7 @@
 #                     val_score
 #   ss8               every loss at the setting ss8_tuning chose, on all of CB513, tested on TS115, 5 seeds
 # (results/ss8_cnn1d, ss8_cnn1d_tuning and ss8_mlp_baseline are no part: they used commit 220845b's split by chain,
-# which leaked; the README says what they show.)
+# which leaked; docs/results.md says what they show.)
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them, in this order)
 # CIFAR10_ARCHIVE (default ../shared/data/cifar10-jpeg.tar.gz) and DOGS20_ARCHIVE (../shared/data/dogs20-64.tar.gz)
 # are extracted into the git-ignored data/ once. cifar10 and dogs20 need cifar10_tuning's tune.json.

@@ -334,7 +334,7 @@ def test_runs_at_different_epochs_resume_in_separate_packs_and_finished_runs_sta
 def test_a_pack_stopped_between_epochs_resumes_as_it_would_have_trained_on(tmp_path, monkeypatch):
     """Stopped once every member has checkpointed epoch 1, the pack resumes whole: the same pack, in the layout
     measured when it first started (a new measurement answers otherwise here), so the same rounding, and metrics
-    and weights equal an uninterrupted pack's to the last bit (the README says so)."""
+    and weights equal an uninterrupted pack's to the last bit (docs/reliability.md says so)."""
     layout_by_timer(monkeypatch, tmp_path, "onednn")
     straight = jobs_for(tmp_path / "straight", SPECS, "train.epochs=3")
     assert train_packed(straight, size=0) == ["finished"] * 3
