@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench
+.PHONY: demo test lint install bench
 
 $(BIN)/lossbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(BIN)/lossbench
 test: $(BIN)/lossbench
 	@$(BIN)/python -m lossbench.cpus  # the machine, so that a failure can be tied to its CPU's features
 	$(BIN)/python -m pytest -q -n 2
+
+# The formatter and the linter (ruff, configured in pyproject.toml); CI runs this before the tests.
+lint: $(BIN)/lossbench
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 bench: $(BIN)/lossbench
 	$(BIN)/python scripts/bench_throughput.py
