@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from lossbench.cli import app
 from lossbench.errors import LossbenchError
-from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
+from lossbench.metrics import curve_mean, epochs_to_target
 from lossbench.report import build_report
-from lossbench.rundir import claim
+from lossbench.rundir import METRIC_COLUMNS, claim
 
 
 def fake_run(root, name, loss, seed, accuracies, lr=0.1, status="finished", extra=None, columns=None, config=None):

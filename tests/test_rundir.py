@@ -167,7 +167,7 @@ def test_damaged_config_names_the_file_and_the_way_out(tmp_path, text):
 
 @pytest.mark.parametrize("text", ["epoch,step\n1,2\n", "{header}\n1,4,0.1\n", "{header}\nx{row}\n", ""])
 def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     header = ",".join(METRIC_COLUMNS)
     row = ",".join("1" for _ in METRIC_COLUMNS)
@@ -177,7 +177,7 @@ def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
 
 
 def metric_row(epoch: int) -> dict[str, float]:
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     return {column: epoch if column in ("epoch", "step") else 0.5 for column in METRIC_COLUMNS}
 
@@ -204,7 +204,7 @@ def test_a_new_metrics_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_resume_before_the_first_row_survives_a_file_cut_by_a_kill(tmp_path, cut):
     """What a kill left of the first row (nothing, part of the header, the header alone), with no checkpoint:
     nothing trained is lost, so resume goes on and the next row makes a whole file."""
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     header = ",".join(METRIC_COLUMNS) + "\n"
     (tmp_path / METRICS_FILE).write_text(header if cut == "header" else header[:cut])

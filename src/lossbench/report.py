@@ -13,13 +13,10 @@ target. A loss's setting and decision rule are chosen on validation metrics only
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -29,11 +26,11 @@ from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.inputs import input_warnings
 from lossbench.losses import LOSSES
-from lossbench.metrics import METRIC_COLUMNS, epochs_to_target
+from lossbench.metrics import epochs_to_target
 from lossbench.predictions import Predictions, read_predictions
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
-    read_config, read_status,
+    CONFIG_FILE, CONFUSION_FILE, METRIC_COLUMNS, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
+    read_config, read_confusion, read_json, read_metrics, read_run_record, read_status, read_tune_record,
 )  # fmt: skip
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
@@ -42,7 +39,6 @@ TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) acc
 # short window called a slow climb "flat" at a constant learning rate, where epoch-to-epoch noise is larger than
 # a few epochs' gain.
 SLOPE_WINDOW = 5
-REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
 FINAL_METRICS = [
     "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
     "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score", "val_score_bayes",
@@ -63,8 +59,6 @@ HEADLINE = {
     "seconds_to_target_score": ("seconds to score target", 1, ("slower", "faster")),
     "epochs_to_target_acc": ("epochs to accuracy target", 1, ("slower", "faster")),
 }  # fmt: skip
-# metrics.csv columns kept in curves.csv: today's, plus any the report reads that an older or newer layout lacks
-CURVE_COLUMNS = METRIC_COLUMNS + [m for m in FINAL_METRICS if m not in METRIC_COLUMNS]
 # data.train_subset_seed follows the seed (one training subset per seed): not a setting of its own
 IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name", "data.train_subset_seed"}
 SCORE_MEASURES = ("final_test_score", "final_test_score_bayes", "final_test_score_bayes_cal", "auc_test_score")
@@ -104,7 +98,7 @@ def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_tune_record(path)
         rows = []
         for loss, entry in record["losses"].items():
             chosen = (entry.get("chosen") or {}).get("trial")
@@ -152,67 +146,13 @@ def run_config(run_dir: Path) -> tuple[dict[str, object] | None, str | None]:
     return flat, None
 
 
-def _number(text: str) -> float | None:
-    """A metrics.csv cell as a float (empty = missing = NaN), or None when it is not a number."""
-    if text.strip() == "":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
-    """The usable rows of one run's metrics.csv, and a warning naming the file and the rows used when any of it
-    is damaged. A row is used when it is complete (a file cut mid-write ends without a newline), has the header's
-    number of fields and holds only numbers; a repeated epoch keeps its last row."""
-    empty = pd.DataFrame(columns=CURVE_COLUMNS)
-    if not path.exists():
-        return empty, None  # the run has not finished an epoch
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        return empty, f"{path}: unreadable ({one_line(err)}); no rows used"
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        return empty, f"{path}: empty; no rows used"
-    header = next(csv.reader([lines[0]]))
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        return empty, f"{path}: no column(s) {', '.join(missing)} in its header; no rows used"
-    rows, damaged = [], []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = next(csv.reader([line]), [])
-        values = [_number(v) for v in fields]
-        if (not line.endswith("\n") or len(fields) != len(header) or None in values
-                or math.isnan(values[header.index("epoch")])):  # fmt: skip
-            damaged.append(number)
-        else:
-            rows.append(values)
-    table = pd.DataFrame(rows, columns=header, dtype=float)
-    repeated = int(table.duplicated("epoch", keep="last").sum())
-    table = table.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
-    table = table.reindex(columns=CURVE_COLUMNS)  # metrics an older version did not log are NaN
-    if not damaged and not repeated:
-        return table, None
-    problems = []
-    if damaged:
-        shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-        problems.append(f"damaged line(s) {shown} skipped")
-    if repeated:
-        problems.append(f"{repeated} repeated epoch row(s) replaced by the later one")
-    used = (f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
-            if len(table) else "no rows used")  # fmt: skip
-    return table, f"{path}: {'; '.join(problems)}; {used}"
-
-
 def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str, str, str], str | None]:
     """(device, precision, training) the run used, from run.json; else as requested in config.yaml; else unknown.
     training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed).
     With them, a warning naming a damaged run.json (runs of older versions have none: no warning)."""
     path = run_dir / PROVENANCE_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_run_record(run_dir)
         pack = info.get("pack", 1)
         training = "packed" if isinstance(pack, int) and pack > 1 else "alone"
         return (str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training), None
@@ -223,27 +163,6 @@ def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str
     device, precision = config.get("device"), config.get("precision")
     return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown",
             "alone"), warning  # fmt: skip
-
-
-def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
-    """A run's confusion.csv as a (true x predicted) count table, or a warning naming the damaged file."""
-    if not path.exists():
-        return None, None
-    try:
-        # Names as written (csv, not pandas' inference: a class named 00000 is not 0, NA is not missing).
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.reader(f) if row]
-        require(len(rows) >= 2, "no rows")
-        require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
-        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
-                             columns=rows[0][1:])  # fmt: skip
-        values = table.to_numpy(float)
-        require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
-                "rows and columns do not name the same classes")  # fmt: skip
-        require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
-    except Exception as err:
-        return None, f"{path}: unreadable ({one_line(err)})"
-    return table.astype(float), None
 
 
 def is_setting_key(key: str) -> bool:
@@ -293,15 +212,15 @@ def load_runs(root: Path) -> Runs:
                         "costs")  # fmt: skip
     frames = []
     for _, run in runs.iterrows():
-        rows, warning = read_metrics(Path(run["run_dir"]) / METRICS_FILE)
+        rows, warning = read_metrics(Path(run["run_dir"]))
         if warning:
             warnings.append(warning)
         if len(rows):
             frames.append(rows.assign(**run[["loss", "seed", *swept, "status", "run_dir"]].to_dict()))
     front = ["loss", "seed", *swept, "status", "run_dir"]
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     runs["complete"] = complete_runs(runs, curves, warnings)
-    return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+    return Runs(runs, curves.reindex(columns=[*front, *METRIC_COLUMNS]), swept, warnings)
 
 
 def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str]) -> list[bool]:
@@ -629,7 +548,7 @@ def rescored_lines(runs: pd.DataFrame, predictions: dict[str, Predictions]) -> l
     source = ""
     if note is not None:
         try:
-            record = json.loads(note.read_text(encoding="utf-8"))
+            record = read_json(note)
             source = (f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
                       f"of {Path(str(record.get('source'))).parent}.")
         except (OSError, ValueError, AttributeError):
