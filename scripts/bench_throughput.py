@@ -217,7 +217,7 @@ def step_batches(images, labels, cfg, batch: int, generators: list[torch.Generat
 
 
 class LossbenchLoop(EpochLoop):
-    """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
+    """lossbench's hot loop, built from the same functions as `lossbench.train._train` (lossbench.step's)."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
                  compile_model: str | None, contiguous: bool, cpu_layout: str):  # fmt: skip

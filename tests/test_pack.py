@@ -30,7 +30,7 @@ from lossbench.pack import (
 from lossbench.data import Batches, Dataset, feature_stats, packed_batches
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
-from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
+from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, claim, read_status
 from lossbench.run import start_run
 from lossbench.step import evaluate, evaluate_models
 from lossbench.train import train_run
@@ -584,3 +584,24 @@ def test_the_packed_launcher_composes_each_jobs_config_once(tmp_path, monkeypatc
     assert sorted(tuple(sorted(job[-2:])) for job in composed) == [("loss=ce", "seed=0"), ("loss=expected_score",
                                                                                           "seed=0")]
     assert {read_status(out / f"loss={loss},seed=0")["status"] for loss in ("ce", "expected_score")} == {"finished"}
+
+
+def test_a_packed_job_opens_its_run_as_a_lone_run_does(tmp_path, monkeypatch):
+    """Both engines go through run.open_run: claimed, locked, a killed writer's temporary files removed, a
+    finished run left as it is (its status returned), and only then started."""
+    jobs = jobs_for(tmp_path, SPECS[:2])
+    (cfg, done), (_, fresh) = jobs
+    assert train_run(cfg, done) == "finished"
+    claim(fresh, "run")  # made by a run killed before its first status
+    stale = fresh / ".checkpoint.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    import lossbench.train as train_module
+
+    assert pack_module.open_run is train_module.open_run is run_module.open_run
+    opened = []
+    real = run_module.open_run
+    monkeypatch.setattr(pack_module, "open_run", lambda *args: opened.append(args[1]) or real(*args))
+    jobs = [*jobs_for(tmp_path, SPECS[:1], "resume=true"), jobs[1]]  # a finished run is resumed: left as it is
+    assert train_packed(jobs, size=0) == ["finished", "finished"]
+    assert opened == [done, fresh] and not stale.exists()
+    assert read_status(done)["status"] == "finished"

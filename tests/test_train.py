@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -185,6 +186,30 @@ def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, t
     (run / "status.json").write_text(json.dumps({**status, "status": "running"}))
     assert train_run(tiny_cfg, run, resume=True) == "finished"
     assert (run / "confusion.csv").read_text() == before
+
+
+def test_resume_after_the_last_checkpoint_evaluates_the_final_model_once(tmp_path, tiny_cfg, monkeypatch):
+    """The run's end after a resume at its last checkpoint: the pass that saves the predictions also gives the
+    confusion counts, so the final model is not evaluated a second time, and both files are the uninterrupted
+    run's."""
+    run = tmp_path / "run"
+    train_run(tiny_cfg, run)
+
+    def saved() -> tuple[str, dict]:
+        with np.load(run / "predictions.npz") as arrays:
+            return (run / "confusion.csv").read_text(), {key: arrays[key].tolist() for key in arrays.files}
+
+    before = saved()
+    (run / "confusion.csv").unlink()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+
+    def evaluated(*args):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(R, "evaluate", evaluated)
+    assert train_run(tiny_cfg, run, resume=True) == "finished"
+    assert saved() == before
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_loses_nothing(tmp_path, tiny_cfg):

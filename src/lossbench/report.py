@@ -687,8 +687,8 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
         figure = plots.sweep_figure(table, swept[0], final("test_score"), "final test_score")
         plots.save_figure(figure, root / f"sweep_{swept[0]}.png")
     pareto = [(m, label, lower) for m, label, lower in (
-        (final("test_mistake_severity"), "mean mistake severity", True), (final("test_score"), "final test_score", False))
-        if table[column(m, "mean")].notna().any()]  # fmt: skip
+        (final("test_mistake_severity"), "mean mistake severity", True),
+        (final("test_score"), "final test_score", False)) if table[column(m, "mean")].notna().any()]  # fmt: skip
     if pareto:  # no setting has a final value yet (every run unfinished): no front to draw
         plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
     matrices = summed_confusions(runs, chosen, swept, warnings)

@@ -51,7 +51,7 @@ FINAL_STATUSES = ("finished", "diverged")  # resuming a diverged run would only 
 # ---------------------------------------------------------------- opening a run
 
 
-def open_run(cfg: DictConfig, run_dir: Path, resume: bool, locks: ExitStack) -> "Run | str":
+def open_run(cfg: DictConfig, run_dir: Path, resume: bool, locks: ExitStack) -> Run | str:
     """The one way into a run directory, for both engines: claim it, lock it while `locks` stays open, remove what
     a killed writer left half-written, then either its final status (a run that must not train again: finished
     or diverged) or the Run started with the config it trains with (see run_config), from its checkpoint when
