@@ -70,14 +70,16 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from lossbench.config import COMPILE_MODES, prepare
 from lossbench.cpus import fit_torch_threads
 from lossbench.data import Batches, feature_stats, load_dataset, normalise
+from lossbench.device import configure_cudnn, resolve_device
 from lossbench.losses import build_loss
 from lossbench.models import CPU_LAYOUTS, SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision
-from lossbench.train import COMPILE_MODES, configure_cudnn, prepare, resolve_device, train_one_epoch
+from lossbench.step import train_one_epoch
 
 
 class ContiguousInput(torch.nn.Module):
@@ -215,7 +217,7 @@ def step_batches(images, labels, cfg, batch: int, generators: list[torch.Generat
 
 
 class LossbenchLoop(EpochLoop):
-    """lossbench's hot loop, built from the same functions as `lossbench.train._train`."""
+    """lossbench's hot loop, built from the same functions as `lossbench.train._train` (lossbench.step's)."""
 
     def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
                  compile_model: str | None, contiguous: bool, cpu_layout: str):  # fmt: skip

@@ -110,7 +110,9 @@ def phase(name):
 import torch; phase("import torch")
 from hydra import compose, initialize_config_module
 from lossbench.data import load_dataset
-from lossbench.train import absolute_paths, build_training, configure_cudnn, prepare, resolve_device
+from lossbench.config import absolute_paths, prepare
+from lossbench.device import configure_cudnn, resolve_device
+from lossbench.step import build_training
 phase("import hydra, lossbench")
 with initialize_config_module("lossbench.configs", version_base="1.3"):
     cfg = compose("config", overrides=["experiment=cifar10_folder", f"data.root={sys.argv[1]}", "data.train_size=null"])

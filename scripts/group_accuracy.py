@@ -24,8 +24,7 @@ import pandas as pd
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.report import read_confusion
-from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
+from lossbench.rundir import CONFUSION_FILE, find_runs, read_config, read_confusion
 from lossbench.stats import interval_text, paired_text
 
 RARE = 0.05  # a class with under this share of the test examples has its recall shown by default

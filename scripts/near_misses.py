@@ -25,8 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line
-from lossbench.report import read_confusion
-from lossbench.rundir import CONFUSION_FILE, find_runs, read_config
+from lossbench.rundir import CONFUSION_FILE, find_runs, read_config, read_confusion
 from lossbench.scores import build_scores
 from lossbench.stats import interval_text, paired_text
 from lossbench.trust import check_config

@@ -18,7 +18,7 @@ from lossbench.losses import LOSSES, build_loss_from_config, loss_parameters
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.scores import build_scores
-from lossbench.train import prepare, validate
+from lossbench.config import prepare, validate
 
 GROUPS = ("data", "scores", "loss", "model", "optim", "schedule", "experiment")
 

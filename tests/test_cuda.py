@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+import lossbench.run as R
 import lossbench.train as T
 from conftest import TINY, evaluation_case, lossbench, make_cfg
 from lossbench.pack import train_packed
 from lossbench.rundir import read_status
+from lossbench.step import evaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,18 +26,18 @@ ON_GPU = [*TINY, "device=cuda"]
 def test_interrupted_cuda_run_resumes_on_cuda(tmp_path, monkeypatch):
     """Ctrl-C in epoch 2 (after epoch 1's checkpoint), then `resume`: it continues from the CUDA checkpoint."""
     run = tmp_path / "run"
-    append = T.append_metrics
+    append = R.append_metrics
 
     def interrupt_in_epoch_2(run_dir, row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
         append(run_dir, row)
 
-    monkeypatch.setattr(T, "append_metrics", interrupt_in_epoch_2)
+    monkeypatch.setattr(R, "append_metrics", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         T.train_run(make_cfg(*ON_GPU, "train.epochs=3"), run)
     assert read_status(run)["status"] == "interrupted" and read_status(run)["epoch"] == 1
-    monkeypatch.setattr(T, "append_metrics", append)
+    monkeypatch.setattr(R, "append_metrics", append)
     assert T.train_run(make_cfg(*ON_GPU, "train.epochs=3"), run, resume=True) == "finished"
     frame = pd.read_csv(run / "metrics.csv")
     assert frame["epoch"].tolist() == [1, 2, 3] and frame["test_acc"].notna().all()
@@ -45,10 +47,10 @@ def test_interrupted_cuda_run_resumes_on_cuda(tmp_path, monkeypatch):
 def test_evaluation_on_the_gpu_matches_the_cpu():
     """Metrics are sums accumulated on the device: the GPU's must equal the CPU's (fp32, up to rounding)."""
     model, data, scores, mean, std = evaluation_case(8, (8, 300, 100))
-    cpu_row, cpu_confusion = T.evaluate(model, data, scores, 64, mean, std, None)
+    cpu_row, cpu_confusion = evaluate(model, data, scores, 64, mean, std, None)
     gpu = torch.device("cuda")
     on_gpu = (model.to(gpu), data.to(gpu), scores.to(gpu), 64, mean.to(gpu), std.to(gpu), None)
-    gpu_row, gpu_confusion = T.evaluate(*on_gpu)
+    gpu_row, gpu_confusion = evaluate(*on_gpu)
     assert torch.equal(cpu_confusion, gpu_confusion)
     for key, value in cpu_row.items():
         assert gpu_row[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), key

@@ -403,7 +403,7 @@ def test_a_status_hand_set_to_finished_is_not_believed_without_its_rows(tmp_path
 def test_the_report_never_takes_an_unfinished_run_as_final(tmp_path):
     import pandas as pd
 
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
     from lossbench.report import build_report
 
     def run(name, seed, accuracies, status):
@@ -535,11 +535,10 @@ def test_every_extension_pil_reads_is_an_image(tmp_path):
 def test_class_names_that_look_like_numbers_or_missing_values_survive_confusion_csv(tmp_path):
     import torch
 
-    from lossbench.metrics import write_confusion
-    from lossbench.report import read_confusion
+    from lossbench.rundir import read_confusion, write_confusion
 
     names = ["00000", "00001", "NA", "nan", "1e3", ""]
-    write_confusion(tmp_path / "confusion.csv", torch.arange(36).view(6, 6), names)
+    write_confusion(tmp_path / "confusion.csv", torch.arange(36).view(6, 6).tolist(), names)
     table, warning = read_confusion(tmp_path / "confusion.csv")
     assert warning is None and list(table.index) == names and list(table.columns) == names
     assert table.loc["NA", "00001"] == 13
@@ -715,7 +714,7 @@ def test_a_custom_models_output_is_checked_before_training(factory, fragment):
     import torch
 
     from lossbench.data import dataset_classes, load_dataset
-    from lossbench.train import build_training
+    from lossbench.step import build_training
 
     cfg = make_cfg(*NO_MODEL, "model=custom", f"model._target_=test_hostile.{factory}")
     data = load_dataset(cfg.data, dataset_classes(cfg.data), torch.eye(10))
@@ -770,7 +769,7 @@ def test_commands_started_in_the_same_second_get_their_own_directories(tmp_path)
 
 
 def test_a_report_removes_what_a_killed_report_left(tmp_path):
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     import pandas as pd
 
@@ -799,7 +798,7 @@ def test_relative_paths_mean_the_same_with_hydra_job_chdir(tmp_path):
 
 
 def test_an_interrupted_tune_trial_does_not_point_at_resume(tmp_path, caplog):
-    from lossbench.train import recorded_failures
+    from lossbench.run import recorded_failures
 
     trial = tmp_path / "tuned" / "tuning" / "ce" / "trial_1"
     trial.mkdir(parents=True)

@@ -10,14 +10,13 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 from lossbench.metrics import (
-    METRIC_COLUMNS,
     SUM_FIELDS,
     confusion_counts,
     fit_temperature,
     split_metrics,
     split_sums,
-    write_confusion,
 )
+from lossbench.rundir import METRIC_COLUMNS, write_confusion
 
 S = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
 # Four examples, q chosen by hand (no confidence on an ECE bin edge k/15):
@@ -167,7 +166,7 @@ def test_temperature_stays_in_range_for_separable_data():
 def test_confusion_counts_and_file(tmp_path):
     counts = confusion_counts(LOGITS, TARGETS)
     assert counts.tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 1]]  # rows true, columns argmax
-    write_confusion(tmp_path / "confusion.csv", counts, ["cat", "dog", "car"])
+    write_confusion(tmp_path / "confusion.csv", counts.tolist(), ["cat", "dog", "car"])
     assert (tmp_path / "confusion.csv").read_text().splitlines() == [
         "true\\pred,cat,dog,car", "cat,1,0,0", "dog,1,0,0", "car,1,0,1",
     ]  # fmt: skip

@@ -18,6 +18,7 @@ from torch import nn
 
 import lossbench.pack as pack_module
 import lossbench.provenance as provenance_module
+import lossbench.run as run_module
 from conftest import TINY, evaluation_case, layout_by_timer, lossbench, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.models import MLP, SmallCNN, resnet18_cifar
@@ -29,8 +30,10 @@ from lossbench.pack import (
 from lossbench.data import Batches, Dataset, feature_stats, packed_batches
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
-from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, read_status
-from lossbench.train import evaluate, evaluate_models, start_run, train_run
+from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, claim, read_status
+from lossbench.run import start_run
+from lossbench.step import evaluate, evaluate_models
+from lossbench.train import train_run
 
 MODELS = {
     "linear": (lambda: nn.Linear(12, 5), (12,)),  # a model that is itself one packable layer
@@ -386,15 +389,15 @@ def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_t
 
 def test_each_run_records_its_provenance_once_naming_the_pack_it_trained_in(tmp_path, monkeypatch):
     written: list[Path] = []
-    real_write = provenance_module.write_atomic
-    monkeypatch.setattr(provenance_module, "write_atomic", lambda path, text: (written.append(path),
-                                                                              real_write(path, text)))
+    real_write = provenance_module.write_run_record
+    monkeypatch.setattr(provenance_module, "write_run_record", lambda run_dir, record: (written.append(run_dir),
+                                                                                      real_write(run_dir, record)))
     packed = jobs_for(tmp_path / "packed", SPECS[:2])
     assert train_packed(packed, size=0) == ["finished"] * 2
     (cfg, _), = jobs_for(tmp_path, SPECS[:1])
     assert train_run(cfg, tmp_path / "alone") == "finished"
     run_dirs = [run_dir for _, run_dir in packed] + [tmp_path / "alone"]
-    assert written == [run_dir / "run.json" for run_dir in run_dirs]
+    assert written == run_dirs
     assert [json.loads((d / "run.json").read_text())["pack"] for d in run_dirs] == [2, 2, 1]
 
 
@@ -482,14 +485,14 @@ def test_ctrl_c_stops_every_run_of_the_packs_as_interrupted_and_resume_finishes_
 
 def test_ctrl_c_while_the_runs_start_leaves_none_of_them_running(tmp_path, monkeypatch):
     jobs = jobs_for(tmp_path, SPECS)
-    start = pack_module.start_run
+    start = run_module.start_run
 
     def interrupted_at_the_third(cfg, run_dir):
         if run_dir == jobs[2][1]:
             raise KeyboardInterrupt
         return start(cfg, run_dir)
 
-    monkeypatch.setattr(pack_module, "start_run", interrupted_at_the_third)
+    monkeypatch.setattr(run_module, "start_run", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         train_packed(jobs, size=0)
     assert [read_status(run_dir)["status"] for _, run_dir in jobs] == ["interrupted"] * 3
@@ -581,3 +584,24 @@ def test_the_packed_launcher_composes_each_jobs_config_once(tmp_path, monkeypatc
     assert sorted(tuple(sorted(job[-2:])) for job in composed) == [("loss=ce", "seed=0"), ("loss=expected_score",
                                                                                           "seed=0")]
     assert {read_status(out / f"loss={loss},seed=0")["status"] for loss in ("ce", "expected_score")} == {"finished"}
+
+
+def test_a_packed_job_opens_its_run_as_a_lone_run_does(tmp_path, monkeypatch):
+    """Both engines go through run.open_run: claimed, locked, a killed writer's temporary files removed, a
+    finished run left as it is (its status returned), and only then started."""
+    jobs = jobs_for(tmp_path, SPECS[:2])
+    (cfg, done), (_, fresh) = jobs
+    assert train_run(cfg, done) == "finished"
+    claim(fresh, "run")  # made by a run killed before its first status
+    stale = fresh / ".checkpoint.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    import lossbench.train as train_module
+
+    assert pack_module.open_run is train_module.open_run is run_module.open_run
+    opened = []
+    real = run_module.open_run
+    monkeypatch.setattr(pack_module, "open_run", lambda *args: opened.append(args[1]) or real(*args))
+    jobs = [*jobs_for(tmp_path, SPECS[:1], "resume=true"), jobs[1]]  # a finished run is resumed: left as it is
+    assert train_packed(jobs, size=0) == ["finished", "finished"]
+    assert opened == [done, fresh] and not stale.exists()
+    assert read_status(done)["status"] == "finished"

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import HANG_S, TINY, lossbench, make_cfg
-from lossbench import launch, train
+import lossbench.run as run_module
+from lossbench import launch
 from lossbench.atomic import save_atomic, write_atomic
 from lossbench.cli import guarded
 from lossbench.errors import EnvironmentFailure, LossbenchError
@@ -349,7 +350,7 @@ def test_a_full_disk_is_an_environment_failure_and_marks_the_run_failed(tmp_path
     def full(run_dir, row):
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.csv"))
 
-    monkeypatch.setattr(train, "append_metrics", full)
+    monkeypatch.setattr(run_module, "append_metrics", full)
     with pytest.raises(EnvironmentFailure, match="metrics.csv: No space left on device") as caught:
         train_run(make_cfg(*TINY), tmp_path / "run")
     assert caught.value.exit_code == 1
@@ -435,7 +436,7 @@ def test_a_comparison_whose_runs_all_fail_on_a_full_disk_exits_1_not_2(tmp_path,
     def full(run_dir, row):
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.csv"))
 
-    monkeypatch.setattr(train, "append_metrics", full)
+    monkeypatch.setattr(run_module, "append_metrics", full)
     monkeypatch.chdir(tmp_path)
     assert launch.compare([*TINY, "losses=[ce,expected_score]"], out="cmp") == 1  # retry once there is space
     for name in ("ce", "expected_score"):
@@ -458,7 +459,7 @@ def test_a_comparison_whose_runs_cannot_record_their_start_is_an_environment_fai
     def full(run_dir, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "status.json"))
 
-    monkeypatch.setattr(train, "write_status", full)
+    monkeypatch.setattr(run_module, "write_status", full)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(EnvironmentFailure, match=r"cmp: no run could record its start \(status.json\)"):
         launch.compare([*TINY, "losses=[ce]"], out="cmp")
@@ -507,12 +508,12 @@ def test_huge_learning_rate_diverges(tmp_path):
 
 
 def test_non_finite_test_metric_means_diverged(tmp_path, monkeypatch):
-    real = train.evaluate
+    real = run_module.evaluate
     def with_nan(*args):
         row, confusion = real(*args)
         return {**row, "test_acc": math.nan}, confusion
 
-    monkeypatch.setattr(train, "evaluate", with_nan)
+    monkeypatch.setattr(run_module, "evaluate", with_nan)
     assert train_run(make_cfg(*TINY), tmp_path / "run") == "diverged"
     status = read_status(tmp_path / "run")
     assert status["status"] == "diverged" and "test_acc=nan" in status["message"]

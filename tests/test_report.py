@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from lossbench.cli import app
 from lossbench.errors import LossbenchError
-from lossbench.metrics import METRIC_COLUMNS, curve_mean, epochs_to_target
+from lossbench.metrics import curve_mean, epochs_to_target
 from lossbench.report import build_report
-from lossbench.rundir import claim
+from lossbench.rundir import METRIC_COLUMNS, claim
 
 
 def fake_run(root, name, loss, seed, accuracies, lr=0.1, status="finished", extra=None, columns=None, config=None):
@@ -190,6 +190,34 @@ def test_settings_are_chosen_on_val_and_sweeps_plot_error_bars(tmp_path):
     assert "| ce | 0.01 |" in best and "| expected_score | 0.01 |" in best and "| ce | 0.1 |" not in best
     assert report.summary.attrs["target_score"] == pytest.approx(2 * 0.705)  # ce at its val-chosen lr
     assert png_is_a_picture(tmp_path / "sweep_optim.lr.png")
+
+
+def test_each_loss_s_setting_is_chosen_once_and_the_verdict_and_tables_share_it(tmp_path, monkeypatch):
+    """The settings are selected once, on val; the target, the paired comparison, the verdict and summary.csv's
+    verdict columns all use that choice (ce and expected_score at lr 0.01 here)."""
+    import lossbench.report as report_module
+
+    for seed in (0, 1):
+        fake_run(tmp_path, f"a{seed}", "ce", seed, [0.5, 0.7 + seed / 100], lr=0.01, columns={"val_score": [1, 1.6]})
+        fake_run(tmp_path, f"b{seed}", "ce", seed, [0.6, 0.9 - seed / 100], lr=0.1, columns={"val_score": [1, 1.2]})
+        fake_run(tmp_path, f"c{seed}", "expected_score", seed, [0.3, 0.5], lr=0.01, columns={"val_score": [1, 1.0]})
+    calls = []
+    real = report_module.select_settings
+    monkeypatch.setattr(report_module, "select_settings", lambda *args: calls.append(args) or real(*args))
+    summary = build_report(tmp_path).summary
+    assert len(calls) == 1
+    verdict_rows = summary[summary["verdict_test_score_mean"].notna()]
+    assert sorted(zip(verdict_rows["loss"], verdict_rows["optim.lr"])) == [("ce", 0.01), ("expected_score", 0.01)]
+    assert summary.attrs["target_score"] == pytest.approx(2 * 0.705)
+    compared = summary[summary["final_test_score_diff"].notna()]
+    assert list(compared["loss"]) == ["expected_score"]
+
+
+def test_every_final_metric_the_report_reads_is_a_metrics_csv_column():
+    """The one metrics.csv reader returns METRIC_COLUMNS: a final metric outside them would be NaN for every run."""
+    from lossbench.report import FINAL_METRICS
+
+    assert set(FINAL_METRICS) <= set(METRIC_COLUMNS)
 
 
 def test_old_runs_without_val_fall_back_to_test_with_a_note(tmp_path):

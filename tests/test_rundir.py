@@ -4,6 +4,7 @@ are damaged, and atomic writes with unique temporary names."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -167,7 +168,7 @@ def test_damaged_config_names_the_file_and_the_way_out(tmp_path, text):
 
 @pytest.mark.parametrize("text", ["epoch,step\n1,2\n", "{header}\n1,4,0.1\n", "{header}\nx{row}\n", ""])
 def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     header = ",".join(METRIC_COLUMNS)
     row = ",".join("1" for _ in METRIC_COLUMNS)
@@ -177,7 +178,7 @@ def test_damaged_metrics_name_the_file_and_the_way_out(tmp_path, text):
 
 
 def metric_row(epoch: int) -> dict[str, float]:
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     return {column: epoch if column in ("epoch", "step") else 0.5 for column in METRIC_COLUMNS}
 
@@ -204,7 +205,7 @@ def test_a_new_metrics_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_resume_before_the_first_row_survives_a_file_cut_by_a_kill(tmp_path, cut):
     """What a kill left of the first row (nothing, part of the header, the header alone), with no checkpoint:
     nothing trained is lost, so resume goes on and the next row makes a whole file."""
-    from lossbench.metrics import METRIC_COLUMNS
+    from lossbench.rundir import METRIC_COLUMNS
 
     header = ",".join(METRIC_COLUMNS) + "\n"
     (tmp_path / METRICS_FILE).write_text(header if cut == "header" else header[:cut])
@@ -283,3 +284,77 @@ def test_concurrent_atomic_writers_never_collide(tmp_path):
         t.join()
     assert not errors and target.read_text() in ("a" * 1000, "b" * 1000)
     assert [p.name for p in tmp_path.iterdir()] == ["curves.csv"]
+
+
+def test_the_run_directory_s_files_are_read_and_written_without_torch():
+    """rundir and atomic hold the formats and writes of every run file; a report or a script reading runs must
+    not pay torch's import (seconds) for them."""
+    code = "import sys, lossbench.rundir, lossbench.atomic, lossbench.oslock; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def test_one_lock_holder_per_file_whichever_handle_asks(tmp_path):
+    """oslock's lock belongs to an open file, as the run directory's lock needs: a second handle is refused while
+    the first holds it, and takes it once the first gives it back or is closed."""
+    from lossbench.oslock import release, try_lock, wait_lock
+
+    path = tmp_path / "lock"
+    first, second = (os.open(path, os.O_RDWR | os.O_CREAT) for _ in range(2))
+    try:
+        assert try_lock(first) and not try_lock(second)
+        release(first)
+        assert try_lock(second) and not try_lock(first)
+        os.close(second)
+        second = None
+        wait_lock(first)  # free again: returns at once
+    finally:
+        for fd in (first, second):
+            if fd is not None:
+                os.close(fd)
+
+
+def test_the_lock_file_names_its_holder_while_it_is_held(tmp_path):
+    """Whoever is refused reads the holder's pid from the lock file: the lock never hides it (on Windows a locked
+    byte cannot be read, so the locked byte lies past the pid)."""
+    with locked(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(EnvironmentFailure, match=rf"in use by another lossbench process \(pid {os.getpid()}\)"):
+            with locked(tmp_path):
+                pass
+
+
+def test_json_files_keep_their_layout(tmp_path):
+    """Every JSON file goes through one writer, in the layout each had: run files indented, the marker on one line,
+    compare.json keeping non-ASCII text as it is."""
+    from lossbench.rundir import json_text, read_json, write_json, write_record
+
+    write_status(tmp_path, "running", 1, 3)
+    status = (tmp_path / "status.json").read_text()
+    assert status.startswith('{\n  "status": "running",\n  "epoch": 1,') and status.endswith("}\n")
+    claim(tmp_path / "run", "run")
+    assert "\n" not in (tmp_path / "run" / MARKER_FILE).read_text().rstrip("\n")
+    write_record(tmp_path, {"args": ["scores.path=/données/s.csv"]})
+    assert "/données/s.csv" in (tmp_path / COMPARE_FILE).read_text(encoding="utf-8")
+    write_json(tmp_path / "x.json", {"a": [1, 2]})
+    assert (tmp_path / "x.json").read_text() == json_text({"a": [1, 2]}) == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    assert read_json(tmp_path / "x.json") == {"a": [1, 2]}
+
+
+def test_one_metrics_parser_tolerant_for_reports_and_tunes_whole_for_a_resume(tmp_path):
+    """A row that is not numbers: the report and the tune's objective skip it (with a warning naming the line),
+    a resume refuses the file, since it would rewrite it."""
+    from lossbench.rundir import final_metric, read_metrics
+
+    append_metrics(tmp_path, metric_row(1))
+    append_metrics(tmp_path, {**metric_row(2), "val_score": 0.75})
+    path = tmp_path / METRICS_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1].replace("0.5", "x", 1) + lines[2] + "3,3,0.")  # a bad row, a cut one
+    table, warning = read_metrics(tmp_path)
+    assert table["epoch"].tolist() == [2.0]
+    assert warning == f"{path}: damaged line(s) 2, 4 skipped; using 1 row(s), epochs 2-2"
+    assert final_metric(tmp_path, "val_score") == 0.75
+    with pytest.raises(LossbenchError, match=r"metrics.csv: damaged \(line 2 is not a complete row of numbers\)"):
+        truncate_metrics(tmp_path, 2)
+    assert math.isnan(final_metric(tmp_path / "none", "val_score"))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,9 +20,15 @@ import torch
 from conftest import HANG_S, TINY, evaluation_case, layout_by_timer, make_cfg
 from lossbench.errors import LossbenchError
 from lossbench.data import Dataset, Latest
-from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
-from lossbench.rundir import CHECKPOINT_FILE, read_status
-from lossbench.train import compile_mode, configure_cudnn, evaluate, resolve_device, train_run
+from lossbench.config import compile_mode
+from lossbench.device import configure_cudnn, resolve_device
+from lossbench.metrics import TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
+from lossbench.rundir import CHECKPOINT_FILE, METRIC_COLUMNS, read_status
+from lossbench.step import evaluate
+from lossbench.train import train_run
+import lossbench.device as D
+import lossbench.run as R
+import lossbench.step as S
 import lossbench.train as T
 
 
@@ -158,13 +165,13 @@ def test_evaluation_computes_its_metrics_in_float32_under_a_bf16_run(monkeypatch
     float32. They once ran inside the autocast block of the batch generator, so in bf16 for the test split."""
     model, data, scores, mean, std = evaluation_case(4, (8, 50, 30))
     products = []
-    own = T.split_sums
+    own = S.split_sums
 
     def spy(*args, **kwargs):
         products.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)  # bf16 while autocast is on
         return own(*args, **kwargs)
 
-    monkeypatch.setattr(T, "split_sums", spy)
+    monkeypatch.setattr(S, "split_sums", spy)
     evaluate(model, data, scores, 16, mean, std, torch.bfloat16)
     assert products == [torch.float32] * (1 + 4)  # val at once, then the 4 test batches
 
@@ -179,6 +186,30 @@ def test_resume_after_the_last_checkpoint_still_writes_the_confusion(tmp_path, t
     (run / "status.json").write_text(json.dumps({**status, "status": "running"}))
     assert train_run(tiny_cfg, run, resume=True) == "finished"
     assert (run / "confusion.csv").read_text() == before
+
+
+def test_resume_after_the_last_checkpoint_evaluates_the_final_model_once(tmp_path, tiny_cfg, monkeypatch):
+    """The run's end after a resume at its last checkpoint: the pass that saves the predictions also gives the
+    confusion counts, so the final model is not evaluated a second time, and both files are the uninterrupted
+    run's."""
+    run = tmp_path / "run"
+    train_run(tiny_cfg, run)
+
+    def saved() -> tuple[str, dict]:
+        with np.load(run / "predictions.npz") as arrays:
+            return (run / "confusion.csv").read_text(), {key: arrays[key].tolist() for key in arrays.files}
+
+    before = saved()
+    (run / "confusion.csv").unlink()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+
+    def evaluated(*args):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(R, "evaluate", evaluated)
+    assert train_run(tiny_cfg, run, resume=True) == "finished"
+    assert saved() == before
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_loses_nothing(tmp_path, tiny_cfg):
@@ -273,14 +304,14 @@ def test_runs_over_one_dataset_share_its_device_copy_and_statistics(tmp_path, mo
     """The runs of a pack (and successive runs in one process) share the dataset's device copy and its mean and std,
     computed once (0.6 s a run for CIFAR-10 on the 2-core EPYC); another dataset replaces both."""
     computed = []
-    real = T.feature_stats
-    monkeypatch.setattr(T, "feature_stats", lambda x: computed.append(x) or real(x))
-    monkeypatch.setattr(T, "_device_copy", Latest())  # as in a new process: nothing copied yet
+    real = D.feature_stats
+    monkeypatch.setattr(D, "feature_stats", lambda x: computed.append(x) or real(x))
+    monkeypatch.setattr(D, "_device_copy", Latest())  # as in a new process: nothing copied yet
     runs = []
     for seed, data_seed in ((0, 0), (1, 0), (0, 1)):
         run_dir = tmp_path / f"run{seed}{data_seed}"
         run_dir.mkdir()
-        runs.append(T.start_run(make_cfg(*TINY, f"seed={seed}", f"data.seed={data_seed}"), run_dir))
+        runs.append(R.start_run(make_cfg(*TINY, f"seed={seed}", f"data.seed={data_seed}"), run_dir))
     assert len(computed) == 2  # once for data seed 0 (two runs), once for data seed 1
     assert runs[1].data is runs[0].data and runs[1].mean is runs[0].mean and runs[1].std is runs[0].std
     assert runs[2].data is not runs[0].data and not torch.equal(runs[2].data.train_x, runs[0].data.train_x)

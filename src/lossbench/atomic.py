@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import torch
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -103,6 +101,8 @@ class _KeepsWriteError:
 
 def save_atomic(obj: object, path: Path) -> None:
     """torch.save `obj` to `path` atomically; a failed write is the OSError that names `path`."""
+    import torch  # here, not at the top: the run directory's other writers need no torch
+
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         file = _KeepsWriteError(f)
         try:

@@ -10,7 +10,6 @@ that finds them changed refuses in one line instead of training on other data.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -20,8 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.atomic import atomic_path, write_atomic
+from lossbench.atomic import atomic_path
 from lossbench.errors import LossbenchError, require
+from lossbench.rundir import read_json, write_json
 
 INPUTS_DIR, INPUTS_FILE = "inputs", "inputs.json"
 SCORES_KEY = "scores.path"
@@ -138,7 +138,7 @@ def pin_run_inputs(cfg: DictConfig, run_dir: Path) -> DictConfig:
         found = fingerprint(path)
         if found is not None:
             record[key] = {"path": str(path), "fingerprint": found}
-    write_atomic(Path(run_dir) / INPUTS_FILE, json.dumps(record, indent=2) + "\n")
+    write_json(Path(run_dir) / INPUTS_FILE, record)
     return cfg
 
 
@@ -148,7 +148,7 @@ def read_inputs(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
         require(isinstance(record, dict), "not a mapping")
         return record
     except (ValueError, LossbenchError) as err:

@@ -36,6 +36,7 @@ from lossbench import multirun, trust
 from lossbench.atomic import remove_stale_temporaries
 from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
+from lossbench.config import PATH_KEYS, absolute_path, absolute_paths, prepare
 from lossbench.data import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report, flatten
@@ -44,7 +45,8 @@ from lossbench.rundir import (
     find_runs, locked, read_config, read_record, read_status, require_writable, write_record,
 )  # fmt: skip
 from lossbench.pack import train_packed
-from lossbench.train import PATH_KEYS, absolute_path, absolute_paths, build_training, prepare, train_run
+from lossbench.step import build_training
+from lossbench.train import train_run
 from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
 from lossbench.lifeline import exit_if_orphaned, follow_launcher, mark_launcher
 

@@ -1,8 +1,8 @@
 """Metric definitions: per-evaluation metrics of a split (val or test) and the per-run convergence summaries.
 
-The columns of metrics.csv are METRIC_COLUMNS, one row per evaluation. A split's metrics are sums over its
-examples, accumulated on the device batch by batch (`split_sums`, a fixed-length vector) and read back once
-(`split_metrics`). With q = softmax(z), y the true class, pred = argmax q:
+The columns of metrics.csv are METRIC_COLUMNS (lossbench.rundir), one row per evaluation. A split's metrics are
+sums over its examples, accumulated on the device batch by batch (`split_sums`, a fixed-length vector) and read
+back once (`split_metrics`). With q = softmax(z), y the true class, pred = argmax q:
 - nll: -log q_y; acc: pred == y; top5_acc: y among the 5 largest q (NaN when C < 10, where top-5 says little:
   with 4 classes it is 1 for any model).
 - score: S[y, pred], the score the user gets with the usual decision.
@@ -17,9 +17,7 @@ examples, accumulated on the device batch by batch (`split_sums`, a fixed-length
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -28,18 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lossbench.atomic import atomic_path
+from lossbench.rundir import split_columns
 
-SPLIT_METRICS = ["nll", "acc", "top5_acc", "score", "score_bayes", "score_bayes_cal", "expected_score",
-                 "mistake_severity", "ece"]  # fmt: skip
-TRAIN_COLUMNS = ["epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "grad_norm"]
-
-
-def split_columns(split: str) -> list[str]:
-    return [f"{split}_{name}" for name in SPLIT_METRICS]
-
-
-METRIC_COLUMNS = [*TRAIN_COLUMNS, *split_columns("val"), *split_columns("test")]
 TIMING_COLUMNS = ["elapsed_s"]
 ECE_BINS = 15
 TOP_K, TOP_K_MIN_CLASSES = 5, 10
@@ -169,15 +157,6 @@ def confusion_counts(logits: Tensor, targets: Tensor) -> Tensor:
     lead, (n, c) = logits.shape[:-2], logits.shape[-2:]
     cells = targets * c + logits.reshape(-1, n, c).argmax(dim=-1)
     return per_model_sums(cells, torch.ones_like(cells), c * c).view(*lead, c, c)
-
-
-def write_confusion(path: Path, counts: Tensor, classes: Sequence[str]) -> None:
-    """confusion.csv: class names as header and first column, corner cell `true\\pred` (the score-table layout)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true\\pred", *classes])
-        for name, row in zip(classes, counts.tolist()):
-            writer.writerow([name, *row])
 
 
 def epochs_to_target(curve: pd.DataFrame, target: float, column: str = "test_acc") -> tuple[float, float]:

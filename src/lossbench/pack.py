@@ -13,7 +13,7 @@ compute something else: `PackedNetwork` compares its output with each member's o
 a model. Tensors move between the members and the packed network by one rule (`pack_tensor`, `member_part`), so
 weights, batch-norm statistics and optimiser state all travel the same way, and a member's checkpoint is an
 ordinary run's. `train_packed` trains the jobs of a sweep this way: each run keeps its own data order, loss,
-metrics, checkpoint and status, and its life (start, epochs, end) is lossbench.train's.
+metrics, checkpoint and status, and its life (start, epochs, end) is lossbench.run's, as a lone run's is.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from lossbench.data import Batches, normalise, packed_batches
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler
+from lossbench.progress import Progress
 from lossbench.provenance import write_provenance
-from lossbench.rundir import claim, locked
-from lossbench.train import (
-    Progress, Run, compiled, end_epoch, evaluate_models, final_status, finish_run, record_end, recorded_failures,
-    run_config, start_run, train_step, what_failed,
-)  # fmt: skip
+from lossbench.run import Run, end_epoch, finish_run, open_run, record_end, recorded_failures, what_failed
+from lossbench.step import compiled, evaluate_models, train_step
 
 log = logging.getLogger("lossbench")
 
@@ -428,23 +426,18 @@ def train_packed(jobs: list[tuple[DictConfig, Path]], size: int) -> list[str]:
 
 
 def open_job(cfg: DictConfig, run_dir: Path, locks: ExitStack, statuses: dict[Path, str]) -> Run | None:
-    """A job's run, locked and started (from its checkpoint when resuming), as train_run starts it; None when it
-    must not train (finished or diverged already: its status goes into `statuses`) or cannot (failed, logged)."""
+    """A job's run, locked and started (from its checkpoint when resuming) by open_run, as train_run's; None when
+    it must not train (finished or diverged already: its status goes into `statuses`) or cannot (failed, logged)."""
     try:
-        claim(run_dir, "run")
-        locks.enter_context(locked(run_dir))
-        resume = bool(cfg.get("resume", False))
-        done = final_status(run_dir, resume)
-        if done:
-            statuses[run_dir] = done
-            return None
-        with recorded_failures([run_dir]):
-            cfg = run_config(cfg, run_dir, resume)
-            return start_run(cfg, run_dir)
+        run = open_run(cfg, run_dir, bool(cfg.get("resume", False)), locks)
     except LossbenchError as err:
         log.error("%s: %s", run_dir, err)
         statuses[run_dir] = "failed"
         return None
+    if isinstance(run, str):
+        statuses[run_dir] = run
+        return None
+    return run
 
 
 def pack_groups(runs: list[Run], size: int) -> list[list[Run]]:

@@ -23,8 +23,8 @@ from lossbench.data import eval_batches
 from lossbench.errors import LossbenchError, one_line
 from lossbench.metrics import fit_temperature
 
-if TYPE_CHECKING:  # train imports this module
-    from lossbench.train import Run
+if TYPE_CHECKING:  # run imports this module
+    from lossbench.run import Run
 
 PREDICTIONS_FILE = "predictions.npz"
 # decision rules: name -> (words, the metrics.csv column suffix of its score)
@@ -43,9 +43,10 @@ def _probabilities(run: "Run", x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     return torch.cat(logits), y
 
 
-def save_predictions(run: "Run") -> None:
+def save_predictions(run: "Run") -> torch.Tensor:
     """Write run_dir/predictions.npz from the run's final model (atomically): test_probs, test_labels, and where
-    the run has a validation split val_probs, val_labels and the temperature fit on it (NaN without)."""
+    the run has a validation split val_probs, val_labels and the temperature fit on it (NaN without). Returns the
+    test logits (float32, on the device), from which the run's end takes what it has not evaluated."""
     data = run.data
     test_logits, test_y = _probabilities(run, data.test_x, data.test_y)
     arrays = {"test_probs": test_logits.softmax(-1).half().cpu().numpy(), "test_labels": test_y.cpu().numpy(),
@@ -57,6 +58,7 @@ def save_predictions(run: "Run") -> None:
     arrays.update(classes=np.array(run.classes), scores=run.scores.float().cpu().numpy(), epoch=np.int64(run.epoch))
     with atomic_path(run.run_dir / PREDICTIONS_FILE) as tmp, tmp.open("wb") as f:
         np.savez_compressed(f, **arrays)
+    return test_logits
 
 
 @dataclass

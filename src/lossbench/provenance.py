@@ -3,7 +3,6 @@ beside its metrics so that a number can always be traced to the code and the mac
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from functools import lru_cache
@@ -13,10 +12,9 @@ from typing import Any
 
 import torch
 
-from lossbench.atomic import write_atomic
 from lossbench.cpus import cpu_model
 from lossbench.precision import Precision, choice_record
-from lossbench.rundir import PROVENANCE_FILE
+from lossbench.rundir import read_run_record, write_run_record
 
 
 @lru_cache(maxsize=1)
@@ -60,15 +58,13 @@ def provenance(device: torch.device, precision: Precision, setting: str, pack: i
 
 
 def write_provenance(run_dir: Path, device: torch.device, precision: Precision, setting: str, pack: int = 1) -> None:
-    record = provenance(device, precision, setting, pack)
-    write_atomic(run_dir / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
+    write_run_record(run_dir, provenance(device, precision, setting, pack))
 
 
 def recorded_choice(run_dir: Path) -> dict[str, Any]:
     """run.json's fields, for the precision and layout its run chose when it first started; empty when there is no
     readable run.json (a run that never started, or one from a version that recorded none)."""
     try:
-        record = json.loads((run_dir / PROVENANCE_FILE).read_text())
+        return read_run_record(run_dir)
     except (OSError, ValueError):
         return {}
-    return record if isinstance(record, dict) else {}

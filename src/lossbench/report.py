@@ -13,13 +13,10 @@ target. A loss's setting and decision rule are chosen on validation metrics only
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -29,11 +26,11 @@ from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.inputs import input_warnings
 from lossbench.losses import LOSSES
-from lossbench.metrics import METRIC_COLUMNS, epochs_to_target
+from lossbench.metrics import epochs_to_target
 from lossbench.predictions import Predictions, read_predictions
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
-    read_config, read_status,
+    CONFIG_FILE, CONFUSION_FILE, METRIC_COLUMNS, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
+    read_config, read_confusion, read_json, read_metrics, read_run_record, read_status, read_tune_record,
 )  # fmt: skip
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
@@ -42,32 +39,63 @@ TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) acc
 # short window called a slow climb "flat" at a constant learning rate, where epoch-to-epoch noise is larger than
 # a few epochs' gain.
 SLOPE_WINDOW = 5
-REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
 FINAL_METRICS = [
     "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
     "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score", "val_score_bayes",
     "val_score_bayes_cal",
 ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- column names
+# Every column name of the per-run measures and of the per-setting table (summary.csv) is made here.
+
+
+def final(metric: str) -> str:
+    """The measure of a metrics.csv column's value at a run's last evaluation."""
+    return f"final_{metric}"
+
+
+def auc(metric: str) -> str:
+    """The measure of a metrics.csv column's mean over a run's evaluations (complete_mean)."""
+    return f"auc_{metric}"
+
+
+def to_target(unit: str, target: str) -> str:
+    """The measure of the epochs or seconds (`unit`) until the score or acc `target` is first reached."""
+    return f"{unit}_to_target_{target}"
+
+
+def column(measure: str, part: str) -> str:
+    """The per-setting table's column of a measure's `part`: a summary over seeds (STATS), the paired comparison
+    with the reference (PAIRED), its Holm-adjusted p_holm, equivalence_p and equivalence_p_holm."""
+    return f"{measure}_{part}"
+
+
+BEST_TEST_ACC = "best_test_acc"  # for the accuracy target
+AUC_METRICS = ("test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal")
+RUN_MEASURES = [*map(final, FINAL_METRICS), BEST_TEST_ACC, *map(auc, AUC_METRICS)]  # run_measures'
+TARGETS = {"score": "test_score", "acc": "test_acc"}  # target -> the metrics.csv column that reaches it
+TARGET_MEASURES = [to_target(unit, target) for target in TARGETS for unit in ("epochs", "seconds")]
+STATS = ("mean", "sd", "ci95", "n")  # describe_settings' columns of each measure
+PAIRED = ("diff", "diff_ci95", "p_value", "pairs")  # compare_with_reference's, per headline measure
 # headline measure -> (markdown heading, digits, words for a positive / negative difference with ce)
 HEADLINE = {
-    "final_test_acc": ("final test_acc", 3, ("higher", "lower")),
-    "final_test_score": ("final test_score", 3, ("higher", "lower")),
-    "final_test_score_bayes": ("test_score, Bayes decision", 3, ("higher", "lower")),
-    "final_test_score_bayes_cal": ("test_score, calibrated Bayes", 3, ("higher", "lower")),
-    "final_test_expected_score": ("test_expected_score", 3, ("higher", "lower")),
-    "final_test_mistake_severity": ("mistake severity", 3, ("higher", "lower")),
-    "final_test_ece": ("ECE", 3, ("higher", "lower")),
-    "auc_test_acc": ("AUC test_acc", 3, ("higher", "lower")),
-    "auc_test_score": ("AUC test_score", 3, ("higher", "lower")),
-    "epochs_to_target_score": ("epochs to score target", 1, ("slower", "faster")),
-    "seconds_to_target_score": ("seconds to score target", 1, ("slower", "faster")),
-    "epochs_to_target_acc": ("epochs to accuracy target", 1, ("slower", "faster")),
+    final("test_acc"): ("final test_acc", 3, ("higher", "lower")),
+    final("test_score"): ("final test_score", 3, ("higher", "lower")),
+    final("test_score_bayes"): ("test_score, Bayes decision", 3, ("higher", "lower")),
+    final("test_score_bayes_cal"): ("test_score, calibrated Bayes", 3, ("higher", "lower")),
+    final("test_expected_score"): ("test_expected_score", 3, ("higher", "lower")),
+    final("test_mistake_severity"): ("mistake severity", 3, ("higher", "lower")),
+    final("test_ece"): ("ECE", 3, ("higher", "lower")),
+    auc("test_acc"): ("AUC test_acc", 3, ("higher", "lower")),
+    auc("test_score"): ("AUC test_score", 3, ("higher", "lower")),
+    to_target("epochs", "score"): ("epochs to score target", 1, ("slower", "faster")),
+    to_target("seconds", "score"): ("seconds to score target", 1, ("slower", "faster")),
+    to_target("epochs", "acc"): ("epochs to accuracy target", 1, ("slower", "faster")),
 }  # fmt: skip
-# metrics.csv columns kept in curves.csv: today's, plus any the report reads that an older or newer layout lacks
-CURVE_COLUMNS = METRIC_COLUMNS + [m for m in FINAL_METRICS if m not in METRIC_COLUMNS]
+SCORE_MEASURES = (final("test_score"), final("test_score_bayes"), final("test_score_bayes_cal"), auc("test_score"))
 # data.train_subset_seed follows the seed (one training subset per seed): not a setting of its own
 IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name", "data.train_subset_seed"}
-SCORE_MEASURES = ("final_test_score", "final_test_score_bayes", "final_test_score_bayes_cal", "auc_test_score")
 RESCORE_FILE = "rescore.json"  # written by `lossbench rescore` into each rescored run
 IGNORED_PREFIXES = ("report.",)  # report settings are not part of a run's setting
 
@@ -104,7 +132,7 @@ def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_tune_record(path)
         rows = []
         for loss, entry in record["losses"].items():
             chosen = (entry.get("chosen") or {}).get("trial")
@@ -152,67 +180,13 @@ def run_config(run_dir: Path) -> tuple[dict[str, object] | None, str | None]:
     return flat, None
 
 
-def _number(text: str) -> float | None:
-    """A metrics.csv cell as a float (empty = missing = NaN), or None when it is not a number."""
-    if text.strip() == "":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
-    """The usable rows of one run's metrics.csv, and a warning naming the file and the rows used when any of it
-    is damaged. A row is used when it is complete (a file cut mid-write ends without a newline), has the header's
-    number of fields and holds only numbers; a repeated epoch keeps its last row."""
-    empty = pd.DataFrame(columns=CURVE_COLUMNS)
-    if not path.exists():
-        return empty, None  # the run has not finished an epoch
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        return empty, f"{path}: unreadable ({one_line(err)}); no rows used"
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        return empty, f"{path}: empty; no rows used"
-    header = next(csv.reader([lines[0]]))
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        return empty, f"{path}: no column(s) {', '.join(missing)} in its header; no rows used"
-    rows, damaged = [], []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = next(csv.reader([line]), [])
-        values = [_number(v) for v in fields]
-        if (not line.endswith("\n") or len(fields) != len(header) or None in values
-                or math.isnan(values[header.index("epoch")])):  # fmt: skip
-            damaged.append(number)
-        else:
-            rows.append(values)
-    table = pd.DataFrame(rows, columns=header, dtype=float)
-    repeated = int(table.duplicated("epoch", keep="last").sum())
-    table = table.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
-    table = table.reindex(columns=CURVE_COLUMNS)  # metrics an older version did not log are NaN
-    if not damaged and not repeated:
-        return table, None
-    problems = []
-    if damaged:
-        shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-        problems.append(f"damaged line(s) {shown} skipped")
-    if repeated:
-        problems.append(f"{repeated} repeated epoch row(s) replaced by the later one")
-    used = (f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
-            if len(table) else "no rows used")  # fmt: skip
-    return table, f"{path}: {'; '.join(problems)}; {used}"
-
-
 def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str, str, str], str | None]:
     """(device, precision, training) the run used, from run.json; else as requested in config.yaml; else unknown.
     training: "alone", or "packed" when it trained in a packed network with other runs (hydra/launcher=packed).
     With them, a warning naming a damaged run.json (runs of older versions have none: no warning)."""
     path = run_dir / PROVENANCE_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_run_record(run_dir)
         pack = info.get("pack", 1)
         training = "packed" if isinstance(pack, int) and pack > 1 else "alone"
         return (str(info.get("device", "unknown")), str(info.get("precision", "unknown")), training), None
@@ -223,27 +197,6 @@ def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str
     device, precision = config.get("device"), config.get("precision")
     return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown",
             "alone"), warning  # fmt: skip
-
-
-def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
-    """A run's confusion.csv as a (true x predicted) count table, or a warning naming the damaged file."""
-    if not path.exists():
-        return None, None
-    try:
-        # Names as written (csv, not pandas' inference: a class named 00000 is not 0, NA is not missing).
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.reader(f) if row]
-        require(len(rows) >= 2, "no rows")
-        require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
-        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
-                             columns=rows[0][1:])  # fmt: skip
-        values = table.to_numpy(float)
-        require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
-                "rows and columns do not name the same classes")  # fmt: skip
-        require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
-    except Exception as err:
-        return None, f"{path}: unreadable ({one_line(err)})"
-    return table.astype(float), None
 
 
 def is_setting_key(key: str) -> bool:
@@ -293,15 +246,15 @@ def load_runs(root: Path) -> Runs:
                         "costs")  # fmt: skip
     frames = []
     for _, run in runs.iterrows():
-        rows, warning = read_metrics(Path(run["run_dir"]) / METRICS_FILE)
+        rows, warning = read_metrics(Path(run["run_dir"]))
         if warning:
             warnings.append(warning)
         if len(rows):
             frames.append(rows.assign(**run[["loss", "seed", *swept, "status", "run_dir"]].to_dict()))
     front = ["loss", "seed", *swept, "status", "run_dir"]
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     runs["complete"] = complete_runs(runs, curves, warnings)
-    return Runs(runs, curves.reindex(columns=[*front, *CURVE_COLUMNS]), swept, warnings)
+    return Runs(runs, curves.reindex(columns=[*front, *METRIC_COLUMNS]), swept, warnings)
 
 
 def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str]) -> list[bool]:
@@ -357,10 +310,10 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     by_run = final_curves(runs, curves)
     curve_of = [by_run.get(d, curves.iloc[:0]) for d in runs["run_dir"]]
     for metric in FINAL_METRICS:
-        runs[f"final_{metric}"] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
-    runs["best_test_acc"] = [c["test_acc"].max() if len(c) else math.nan for c in curve_of]
-    for column in ("test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal"):
-        runs[f"auc_{column}"] = [complete_mean(c, column) for c in curve_of]
+        runs[final(metric)] = [c[metric].iloc[-1] if len(c) else math.nan for c in curve_of]
+    runs[BEST_TEST_ACC] = [c["test_acc"].max() if len(c) else math.nan for c in curve_of]
+    for metric in AUC_METRICS:
+        runs[auc(metric)] = [complete_mean(c, metric) for c in curve_of]
     return runs
 
 
@@ -381,52 +334,57 @@ def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targ
     """Per run: epochs and seconds until test_score (test_acc) first reaches the score (accuracy) target."""
     runs = runs.copy()
     by_run = final_curves(runs, curves)
-    for kind, column, target in (("score", "test_score", targets.score), ("acc", "test_acc", targets.acc)):
+    for kind, metric in TARGETS.items():
+        target = targets.score if kind == "score" else targets.acc
         # a curve with gaps (a rescored run's scores exist at its last epoch only) cannot say when it got there
-        hits = [epochs_to_target(by_run[d], target, column) if d in by_run and by_run[d][column].notna().all()
+        hits = [epochs_to_target(by_run[d], target, metric) if d in by_run and by_run[d][metric].notna().all()
                 else (math.nan, math.nan) for d in runs["run_dir"]]  # fmt: skip
-        runs[f"epochs_to_target_{kind}"] = [h[0] for h in hits]
-        runs[f"seconds_to_target_{kind}"] = [h[1] for h in hits]
+        runs[to_target("epochs", kind)] = [h[0] for h in hits]
+        runs[to_target("seconds", kind)] = [h[1] for h in hits]
     return runs
 
 
-def measure_names(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c.startswith(("final_", "best_", "auc_", "epochs_to_", "seconds_to_"))]
-
-
-def describe_settings(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """One row per setting: runs, status, and mean / sample SD / 95% CI half-width / n over seeds of every
-    measure (n counts the runs with a value: a run that never reached a target has none)."""
+def describe_settings(runs: pd.DataFrame, swept: list[str], measures: list[str]) -> pd.DataFrame:
+    """One row per setting: runs, status, and mean / sample SD / 95% CI half-width / n over seeds of each of
+    `measures` (n counts the runs with a value: a run that never reached a target has none)."""
     keys = ["loss", *swept]
     rows = []
     for setting, group in runs.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, setting if isinstance(setting, tuple) else (setting,)))
         row["runs"] = len(group)
         row["status"] = ", ".join(f"{n} {s}" for s, n in group["status"].value_counts().items())
-        for measure in measure_names(runs):
+        for measure in measures:
             summary = stats.summarise(group[measure].dropna().to_numpy(float))
-            row.update({f"{measure}_mean": summary.mean, f"{measure}_sd": summary.sd,
-                        f"{measure}_ci95": summary.ci95, f"{measure}_n": summary.n})  # fmt: skip
+            row.update(zip((column(measure, part) for part in STATS),
+                           (summary.mean, summary.sd, summary.ci95, summary.n)))  # fmt: skip
         rows.append(row)
     table = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate(LOSSES)}
     return table.sort_values(by="loss", key=lambda s: s.map(lambda n: order.get(n, len(order))), kind="stable")
 
 
+def with_target_measures(table: pd.DataFrame, runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """The per-setting table with the TARGET_MEASURES' columns added, once the runs have them (the targets
+    themselves come from the table without them)."""
+    added = describe_settings(runs, swept, TARGET_MEASURES)
+    return pd.concat([table, added[[column(m, part) for m in TARGET_MEASURES for part in STATS]]], axis=1)
+
+
 def selection_measure(runs: pd.DataFrame) -> str:
     """Settings are chosen on the final validation score; only runs from before the validation split (no
     val_score) fall back to the test score, which summary.md then says."""
-    return "final_val_score" if runs["final_val_score"].notna().any() else "final_test_score"
+    return final("val_score") if runs[final("val_score")].notna().any() else final("test_score")
 
 
-def select_settings(table: pd.DataFrame, swept: list[str], measure: str) -> pd.DataFrame:
-    """Each loss at the setting of the swept parameters with the best mean `measure` (a loss whose settings all
-    lack it keeps its first)."""
+def select_settings(table: pd.DataFrame, swept: list[str], measure: str) -> pd.Index:
+    """The table's rows (index labels) of each loss at the setting of the swept parameters with the best mean
+    `measure` (a loss whose settings all lack it keeps its first). The table's later columns never change the
+    choice: its rows keep their labels, so the labels select the same settings from any later table."""
     if not swept:
-        return table
-    chosen = [group[f"{measure}_mean"].idxmax() if group[f"{measure}_mean"].notna().any() else group.index[0]
-              for _, group in table.groupby("loss", sort=False)]  # fmt: skip
-    return table.loc[chosen]
+        return table.index
+    mean = column(measure, "mean")
+    return pd.Index([group[mean].idxmax() if group[mean].notna().any() else group.index[0]
+                     for _, group in table.groupby("loss", sort=False)])  # fmt: skip
 
 
 def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.DataFrame:
@@ -441,7 +399,7 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
     """The score target: `target_score` when given, else the runs' common report.target_score, else the
     reference loss's final mean test_score at its chosen setting (else the first registered loss present's):
     none of these move when a loss is added. The accuracy target keeps its old definition."""
-    acc = TARGET_FRACTION * table["best_test_acc_mean"].max()
+    acc = TARGET_FRACTION * table[column(BEST_TEST_ACC, "mean")].max()
     if target_score is not None:
         require(math.isfinite(target_score), f"--target-score {target_score}: must be a finite number")
         return Targets(float(target_score), "set by --target-score", acc)
@@ -453,7 +411,7 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
         require(pd.notna(value) and math.isfinite(value), f"report.target_score {settings[0]!r}: not a finite number")
         return Targets(float(value), "set by report.target_score", acc)
     reference = REFERENCE if REFERENCE in set(chosen["loss"]) else chosen["loss"].iloc[0]
-    value = float(chosen.set_index("loss").loc[reference, "final_test_score_mean"])
+    value = float(chosen.set_index("loss").loc[reference, column(final("test_score"), "mean")])
     source = f"{reference}'s final mean test_score" + (
         "" if reference == REFERENCE else f" ({REFERENCE} is not in this comparison; the first loss present is used)")
     return Targets(value, source, acc)
@@ -478,17 +436,17 @@ def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.D
             pairs = pd.concat([own[measure], reference[measure]], axis=1, join="inner").dropna()
             a, b = pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float)
             result = stats.paired(a, b)
-            table.loc[index, [f"{measure}_diff", f"{measure}_diff_ci95", f"{measure}_p_value", f"{measure}_pairs"]] = [
+            table.loc[index, [column(measure, part) for part in PAIRED]] = [
                 result.diff, result.ci95, result.p_value, result.n]  # fmt: skip
             if measure in SCORE_MEASURES:
-                table.loc[index, f"{measure}_equivalence_p"] = stats.equivalence(a, b, margin)
+                table.loc[index, column(measure, "equivalence_p")] = stats.equivalence(a, b, margin)
     for suffix, family in (("p_value", list(HEADLINE)), ("equivalence_p", list(SCORE_MEASURES))):
-        cells = [(i, m) for i in table.index for m in family if f"{m}_{suffix}" in table]
-        adjusted = stats.holm([table.loc[i, f"{m}_{suffix}"] for i, m in cells])
+        cells = [(i, m) for i in table.index for m in family if column(m, suffix) in table]
+        adjusted = stats.holm([table.loc[i, column(m, suffix)] for i, m in cells])
         target = "p_holm" if suffix == "p_value" else "equivalence_p_holm"
         columns: dict[str, dict] = {}
         for (i, m), value in zip(cells, adjusted):
-            columns.setdefault(f"{m}_{target}", {})[i] = value
+            columns.setdefault(column(m, target), {})[i] = value
         table = pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)
     return table
 
@@ -517,10 +475,10 @@ def add_trends(table: pd.DataFrame, curves: pd.DataFrame, swept: list[str]) -> p
 
 def cell(row: pd.Series, measure: str, digits: int) -> str:
     """mean ± 95% CI half-width; with one value, the value and n (no ± for a spread that was never measured)."""
-    mean, n = row.get(f"{measure}_mean", math.nan), row.get(f"{measure}_n", 0)
+    mean, n = row.get(column(measure, "mean"), math.nan), row.get(column(measure, "n"), 0)
     if pd.isna(mean) or n == 0:
         return "not reached" if "target" in measure else "-"
-    text = f"{mean:.{digits}f} ± {row[f'{measure}_ci95']:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {row[column(measure, 'ci95')]:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
     if "target" in measure and n < row["runs"]:
         return text + f" ({int(n)}/{row['runs']} runs)"
     return text if n > 1 else text + " (n=1)"
@@ -528,7 +486,8 @@ def cell(row: pd.Series, measure: str, digits: int) -> str:
 
 def shown_measures(table: pd.DataFrame) -> dict[str, tuple[str, int, tuple[str, str]]]:
     """The headline measures any setting has a value for (older runs lack the newer metrics)."""
-    return {m: spec for m, spec in HEADLINE.items() if f"{m}_mean" in table and table[f"{m}_mean"].notna().any()}
+    return {m: spec for m, spec in HEADLINE.items()
+            if column(m, "mean") in table and table[column(m, "mean")].notna().any()}  # fmt: skip
 
 
 def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
@@ -550,15 +509,15 @@ def verdict(row: pd.Series, measure: str, words: tuple[str, str], margin: float 
     """The paired comparison in words, and its numbers: a direction only where the Holm-adjusted p-value is below
     0.05; "tied" only where the equivalence test (scores only) shows the difference within +-margin; otherwise
     "no difference shown", which is not a tie."""
-    pairs = row.get(f"{measure}_pairs", 0)
+    pairs = row.get(column(measure, "pairs"), 0)
     pairs = 0 if pd.isna(pairs) else int(pairs)
-    if "target" in measure and row.get(f"{measure}_n", 0) == 0:
+    if "target" in measure and row.get(column(measure, "n"), 0) == 0:
         return "never reached", ""
     if pairs < 2:
         return "not tested", f"{pairs} paired seed{'' if pairs == 1 else 's'}"
-    diff, half, p = row[f"{measure}_diff"], row[f"{measure}_diff_ci95"], row[f"{measure}_p_value"]
-    adjusted = row.get(f"{measure}_p_holm", p)
-    equivalent = row.get(f"{measure}_equivalence_p_holm", math.nan)
+    diff, half, p = (row[column(measure, part)] for part in ("diff", "diff_ci95", "p_value"))
+    adjusted = row.get(column(measure, "p_holm"), p)
+    equivalent = row.get(column(measure, "equivalence_p_holm"), math.nan)
     digits = HEADLINE[measure][1] + 1
     if adjusted < stats.ALPHA:
         word = words[0] if diff > 0 else words[1]
@@ -583,7 +542,7 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str], margin: float = m
     others = chosen[chosen["loss"] != REFERENCE]
     if REFERENCE not in set(chosen["loss"]) or others.empty:
         return [f"No paired comparison: the comparison has no {REFERENCE} runs or no other loss.", ""]
-    if (others["final_test_score_pairs"].fillna(0) < 2).all():  # a table of "not tested" cells says nothing
+    if (others[column(final("test_score"), "pairs")].fillna(0) < 2).all():  # a table of "not tested" cells says nothing
         return [f"No paired comparison: no loss has 2 seeds paired with {REFERENCE}'s (run seeds=[0,1,2] or more).", ""]
     measures = shown_measures(chosen)
     labels = [setting_label(r["loss"], {k: r[k] for k in swept}) for _, r in others.iterrows()]
@@ -602,11 +561,11 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str], margin: float = m
                      + " |")
     lines.append("")
     for label, (_, row) in zip(labels, others.iterrows()):
-        word, numbers = verdict(row, "final_test_score", HEADLINE["final_test_score"][2], margin)
+        word, numbers = verdict(row, final("test_score"), HEADLINE[final("test_score")][2], margin)
         relation = "than" if word in ("higher", "lower") else "with" if word.startswith("tied") else "vs"
         score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
         lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
-                     f"{verdict_text(row, 'epochs_to_target_score', margin)}; test_score over the last half of the "
+                     f"{verdict_text(row, to_target('epochs', 'score'), margin)}; test_score over the last half of the "
                      f"evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
     return lines + [""]
 
@@ -629,7 +588,7 @@ def rescored_lines(runs: pd.DataFrame, predictions: dict[str, Predictions]) -> l
     source = ""
     if note is not None:
         try:
-            record = json.loads(note.read_text(encoding="utf-8"))
+            record = read_json(note)
             source = (f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
                       f"of {Path(str(record.get('source'))).parent}.")
         except (OSError, ValueError, AttributeError):
@@ -645,7 +604,7 @@ def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFra
                      targets: Targets, selected_on: str, warnings: list[str],
                      verdict: verdicts.Verdict | None = None, rescored: list[str] | None = None,
                      margin: float = verdicts.DEFAULT_MARGIN) -> str:  # fmt: skip
-    selection = ("validation score (final val_score)" if selected_on == "final_val_score" else
+    selection = ("validation score (final val_score)" if selected_on == final("val_score") else
                  "final TEST score: these runs predate the validation split, so the choice is optimistic")  # fmt: skip
     parts = ["# Summary", ""]
     if verdict is not None:
@@ -720,16 +679,16 @@ def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: p
                       root / "test_score.png")  # fmt: skip
     plots.save_figure(plots.curve_figure(shown, "grad_norm", "Mean per-example logit-gradient norm",
                                          "||d loss / d logits||", log_y=True), root / "grad_norm.png")  # fmt: skip
-    panels = [("epochs_to_target_score", f"Epochs until test_score first reaches {targets.score:.3f}"),
-              ("epochs_to_target_acc", f"Epochs until test accuracy first reaches {targets.acc:.3f}")]  # fmt: skip
+    panels = [(to_target("epochs", "score"), f"Epochs until test_score first reaches {targets.score:.3f}"),
+              (to_target("epochs", "acc"), f"Epochs until test accuracy first reaches {targets.acc:.3f}")]  # fmt: skip
     plots.save_figure(plots.target_figure(chosen, panels), root / "epochs_to_target.png")
     numeric = [k for k in swept if pd.to_numeric(table[k], errors="coerce").notna().all()]
     if len(swept) == 1 and numeric:
-        figure = plots.sweep_figure(table, swept[0], "final_test_score", "final test_score")
+        figure = plots.sweep_figure(table, swept[0], final("test_score"), "final test_score")
         plots.save_figure(figure, root / f"sweep_{swept[0]}.png")
     pareto = [(m, label, lower) for m, label, lower in (
-        ("final_test_mistake_severity", "mean mistake severity", True), ("final_test_score", "final test_score", False))
-        if table[f"{m}_mean"].notna().any()]  # fmt: skip
+        (final("test_mistake_severity"), "mean mistake severity", True),
+        (final("test_score"), "final test_score", False)) if table[column(m, "mean")].notna().any()]  # fmt: skip
     if pareto:  # no setting has a final value yet (every run unfinished): no front to draw
         plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
     matrices = summed_confusions(runs, chosen, swept, warnings)
@@ -785,13 +744,13 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     predictions = load_predictions(runs, warnings)
     runs = run_measures(runs, curves)
     selected_on = selection_measure(runs)
-    table = describe_settings(runs, swept)
-    targets = choose_targets(runs, select_settings(table, swept, selected_on), table, target_score)
+    table = describe_settings(runs, swept, RUN_MEASURES)
+    picked = select_settings(table, swept, selected_on)  # the one choice of each loss's setting
+    targets = choose_targets(runs, table.loc[picked], table, target_score)
     runs = add_times_to_targets(runs, curves, targets)
-    table = describe_settings(runs, swept)
-    chosen = select_settings(table, swept, selected_on)
-    table = add_trends(compare_with_reference(runs, table, chosen, swept, margin), curves, swept)
-    chosen = select_settings(table, swept, selected_on)
+    table = with_target_measures(table, runs, swept)
+    table = add_trends(compare_with_reference(runs, table, table.loc[picked], swept, margin), curves, swept)
+    chosen = table.loc[picked]
     label_of = lambda r: setting_label(r["loss"], {k: r[k] for k in swept})  # noqa: E731
     verdict = verdicts.build_verdict(runs, chosen, swept, predictions, margin, label_of)
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)

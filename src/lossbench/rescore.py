@@ -31,7 +31,7 @@ from lossbench.predictions import PREDICTIONS_FILE, RULES, Predictions, read_pre
 from lossbench.report import RESCORE_FILE
 from lossbench.rundir import (
     CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNED_FILE, claim, find_runs, locked,
-    read_status,
+    read_status, write_config,
 )  # fmt: skip
 from lossbench.scores import load_scores
 
@@ -69,7 +69,7 @@ def rescore_run(run_dir: Path, new_dir: Path, found: Predictions, scores: np.nda
     config = OmegaConf.load(run_dir / CONFIG_FILE)  # read as data only; nothing in it is instantiated
     trained_with = OmegaConf.to_container(config.get("scores", {}), resolve=False)
     config.scores = {"_target_": "lossbench.scores.load_scores", "name": "file", "path": str(csv_path)}
-    write_atomic(new_dir / CONFIG_FILE, OmegaConf.to_yaml(config))
+    write_config(new_dir, config)
     for name in (STATUS_FILE, PROVENANCE_FILE, CONFUSION_FILE):
         if (run_dir / name).exists():
             with atomic_path(new_dir / name) as tmp:

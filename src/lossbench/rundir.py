@@ -1,32 +1,36 @@
-"""The on-disk layout of runs and comparisons: file names, status, metrics rows, the ownership marker, the lock.
+"""The on-disk layout of runs and comparisons: every file a run or a comparison writes, with its one reader, the
+ownership marker and the lock.
 
 A run directory holds `config.yaml` (resolved, with absolute paths), `metrics.csv` (one row per evaluation),
-`status.json` (running / finished / diverged / interrupted / failed) and `checkpoint.pt`. A comparison directory
-holds `compare.json` (everything `resume` needs, recorded once with absolute paths) and one run directory per
-job. Both carry a `.lossbench` marker (lossbench writes only into directories it made, or empty ones) and a
-`.lossbench.lock` file that a working process holds an OS lock on (released by the OS even after kill -9).
+`status.json` (running / finished / diverged / interrupted / failed), `run.json` (what produced it),
+`confusion.csv` and `checkpoint.pt`. A comparison directory holds `compare.json` (everything `resume` needs,
+recorded once with absolute paths) and one run directory per job; a tune's also `tune.json`. Both carry a
+`.lossbench` marker (lossbench writes only into directories it made, or empty ones) and a `.lossbench.lock` file
+that a working process holds an OS lock on (lossbench.oslock: released by the OS even after kill -9).
 Directories written by lossbench before the marker existed are recognised by their files.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
+import math
 import os
 import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import FILE_MODE, atomic_path, naming, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
 from lossbench.lifeline import GRACE_S, orphaned_worker
-from lossbench.metrics import METRIC_COLUMNS
+from lossbench.oslock import release, try_lock
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt"
 COMPARE_FILE = "compare.json"
@@ -37,6 +41,38 @@ MARKER_FILE, LOCK_FILE = ".lossbench", ".lossbench.lock"
 LAYOUT_VERSION = 2  # 1: no marker, no lock
 KINDS = ("run", "comparison")
 HYDRA_SWEEP_FILE = "multirun.yaml"  # what Hydra writes into a `run -m` sweep directory
+
+# metrics.csv's columns, one row per evaluation (the metrics are defined in lossbench.metrics)
+SPLIT_METRICS = ["nll", "acc", "top5_acc", "score", "score_bayes", "score_bayes_cal", "expected_score",
+                 "mistake_severity", "ece"]  # fmt: skip
+TRAIN_COLUMNS = ["epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "grad_norm"]
+
+
+def split_columns(split: str) -> list[str]:
+    return [f"{split}_{name}" for name in SPLIT_METRICS]
+
+
+METRIC_COLUMNS = [*TRAIN_COLUMNS, *split_columns("val"), *split_columns("test")]
+REQUIRED_COLUMNS = ["epoch", "elapsed_s", "test_acc", "test_score"]  # a metrics.csv without them is unusable
+
+
+# ---------------------------------------------------------------- JSON files
+
+
+def json_text(value: Any, indent: int | None = 2, ensure_ascii: bool = True) -> str:
+    """The text of a JSON file lossbench writes: `value` and a final newline."""
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii) + "\n"
+
+
+def write_json(path: Path, value: Any, indent: int | None = 2, ensure_ascii: bool = True) -> None:
+    """Write a JSON file atomically."""
+    write_atomic(path, json_text(value, indent, ensure_ascii))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value. OSError when it cannot be read, ValueError when it is not UTF-8 JSON: each caller
+    says what that means for its file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- what is lossbench's
@@ -102,7 +138,7 @@ def _marker_name(directory: Path) -> str | None:
 def _marker_field(directory: Path, field: str) -> str | None:
     """A text field of a directory's marker (name, id, comparison), or None."""
     try:
-        value = json.loads((directory / MARKER_FILE).read_text(encoding="utf-8")).get(field)
+        value = read_json(directory / MARKER_FILE).get(field)
         return value if isinstance(value, str) and value else None
     except (OSError, ValueError, AttributeError):
         return None
@@ -114,7 +150,7 @@ def marker_kind(directory: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        kind = json.loads(path.read_text(encoding="utf-8"))["kind"]
+        kind = read_json(path)["kind"]
     except (ValueError, KeyError, TypeError) as err:
         raise LossbenchError(f"{path}: damaged lossbench marker ({one_line(err)}); remove it if lossbench made "
                              "this directory (its runs are then recognised by their files)") from None  # fmt: skip
@@ -149,7 +185,7 @@ def marker_kind_or_none(directory: Path) -> str | None:
 
 def _is_status(path: Path) -> bool:
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json(path)
         return isinstance(info, dict) and isinstance(info.get("status"), str)
     except (OSError, ValueError):
         return False
@@ -203,7 +239,7 @@ def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
         home = next((p for p in directory.resolve().parents if marker_kind_or_none(p) == "comparison"), None)
         if home is not None and _marker_field(home, "id"):
             marker["comparison"] = _marker_field(home, "id")
-    write_atomic(directory / MARKER_FILE, json.dumps(marker) + "\n")
+    write_json(directory / MARKER_FILE, marker, indent=None)
 
 
 def adopt_for_report(directory: Path) -> None:
@@ -244,35 +280,35 @@ def _after_orphan(fd: int, holder: str) -> bool:
     deadline = time.monotonic() + GRACE_S + 5
     while holder.isdigit() and time.monotonic() < deadline:
         stopping = orphaned_worker(int(holder))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if try_lock(fd):
             return True
-        except BlockingIOError:
-            if not stopping:
-                return False
+        if not stopping:
+            return False
         time.sleep(0.2)
     return False
 
 
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive OS lock (flock) on `directory` while the block runs; another process is refused with
-    one line naming the holder's pid. The OS releases the lock when the holder exits, even on kill -9."""
+    """Hold an exclusive OS lock (lossbench.oslock) on `directory` while the block runs; another process is
+    refused with one line naming the holder's pid. The OS releases the lock when the holder exits, even on
+    kill -9."""
     path = Path(directory) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(fd):
             holder = _holder(path)
             if not _after_orphan(fd, holder):
                 raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {holder}); "
-                                         "wait for it to finish or stop it") from None  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+                                         "wait for it to finish or stop it")  # fmt: skip
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            release(fd)
     finally:
-        os.close(fd)  # releases the lock; the file stays, so that no two processes lock different inodes
+        os.close(fd)  # the file stays, so that no two processes lock different inodes
 
 
 def check_comparisons_free(path: Path, itself: bool = False) -> None:
@@ -297,7 +333,7 @@ def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: s
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if environment:
         info["environment"] = True
-    text = json.dumps(info, indent=2) + "\n"
+    text = json_text(info)
     try:
         write_atomic(run_dir / STATUS_FILE, text)
     except PermissionError:
@@ -331,7 +367,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     damaged, so that reports and resumes go on."""
     path = Path(run_dir) / STATUS_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json(path)
         require(isinstance(info, dict) and isinstance(info.get("status"), str), "no status field")
         return {"message": "", **info, "epoch": int(info.get("epoch", 0))}
     except FileNotFoundError:
@@ -379,13 +415,86 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
         os.fsync(f.fileno())
 
 
-def _metric_rows(text: str) -> list[dict[str, str]]:
-    """The rows of metrics.csv's text, each complete with an integer epoch, or LossbenchError."""
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    require(reader.fieldnames == METRIC_COLUMNS, f"header is not {','.join(METRIC_COLUMNS)}")
-    rows = list(reader)
-    for number, row in enumerate(rows, start=2):
-        require(None not in row and None not in row.values(), f"line {number} has a wrong number of values")
+def _number(text: str) -> float | None:
+    """A metrics.csv cell as a float (empty = missing = NaN), or None when it is not a number."""
+    if text.strip() == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_metrics(text: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """metrics.csv's text as (its header, its usable rows as written, the line numbers of the others). A row is
+    usable when it is complete (a file cut mid-write ends without a newline), has the header's number of fields
+    and holds only numbers (an empty cell is a missing one), its epoch among them. The one parser of the file: the
+    report takes what it can from it, a resume needs it whole."""
+    lines = text.splitlines(keepends=True)
+    header = next(csv.reader(lines[:1]), [])
+    epoch = header.index("epoch") if "epoch" in header else None
+    rows, damaged = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = next(csv.reader([line]), [])
+        values = [_number(v) for v in fields]
+        if (not line.endswith("\n") or len(fields) != len(header) or None in values or epoch is None
+                or math.isnan(values[epoch])):  # fmt: skip
+            damaged.append(number)
+        else:
+            rows.append(fields)
+    return header, rows, damaged
+
+
+def read_metrics(run_dir: Path) -> tuple[pd.DataFrame, str | None]:
+    """The usable rows of a run's metrics.csv (parse_metrics) as numbers in METRIC_COLUMNS (metrics an older
+    version did not log are NaN), a repeated epoch keeping its last row, and a warning naming the file and the rows
+    used when any of it is damaged: what reports and tunes read."""
+    path = Path(run_dir) / METRICS_FILE
+    empty = pd.DataFrame(columns=METRIC_COLUMNS)
+    if not path.exists():
+        return empty, None  # the run has not finished an epoch
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return empty, f"{path}: unreadable ({one_line(err)}); no rows used"
+    if not text:
+        return empty, f"{path}: empty; no rows used"
+    header, rows, damaged = parse_metrics(text)
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        return empty, f"{path}: no column(s) {', '.join(missing)} in its header; no rows used"
+    table = pd.DataFrame([[_number(v) for v in row] for row in rows], columns=header, dtype=float)
+    repeated = int(table.duplicated("epoch", keep="last").sum())
+    table = table.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
+    table = table.reindex(columns=METRIC_COLUMNS)
+    if not damaged and not repeated:
+        return table, None
+    problems = []
+    if damaged:
+        shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        problems.append(f"damaged line(s) {shown} skipped")
+    if repeated:
+        problems.append(f"{repeated} repeated epoch row(s) replaced by the later one")
+    used = (f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
+            if len(table) else "no rows used")  # fmt: skip
+    return table, f"{path}: {'; '.join(problems)}; {used}"
+
+
+def final_metric(run_dir: Path, column: str) -> float:
+    """The last evaluation's value of a metrics.csv column (NaN when the run has none)."""
+    table, _ = read_metrics(run_dir)
+    return float(table[column].iloc[-1]) if len(table) and column in table else math.nan
+
+
+def _whole_rows(text: str) -> list[dict[str, str]]:
+    """The rows of metrics.csv's complete lines, as written, when every one is usable and the header is today's;
+    else LossbenchError. An epoch is a whole number."""
+    header, rows, damaged = parse_metrics(text)
+    require(header == METRIC_COLUMNS, f"header is not {','.join(METRIC_COLUMNS)}")
+    if damaged:
+        raise LossbenchError(f"line {damaged[0]} is not a complete row of numbers")
+    rows = [dict(zip(header, row)) for row in rows]
+    for row in rows:
         int(row["epoch"])
     return rows
 
@@ -403,7 +512,7 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
         if not complete and last_epoch == 0:  # nothing trained is lost: the next row makes the file anew
             path.unlink()
             return
-        rows = _metric_rows(complete)
+        rows = _whole_rows(complete)
     except (ValueError, csv.Error, LossbenchError) as err:
         raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove it and {CHECKPOINT_FILE} to restart "
                              "this run from epoch 1") from None  # fmt: skip
@@ -417,7 +526,7 @@ def metric_epochs(run_dir: Path) -> list[int]:
     callers that need it intact read it themselves)."""
     try:
         text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8")
-        return [int(row["epoch"]) for row in _metric_rows(text[: text.rfind("\n") + 1])]
+        return [int(row["epoch"]) for row in _whole_rows(text[: text.rfind("\n") + 1])]
     except (OSError, ValueError, csv.Error, LossbenchError):
         return []
 
@@ -433,18 +542,67 @@ def record_disagreement(run_dir: Path, epochs: int, trained: int | None = None) 
     return f"{METRICS_FILE} holds {held}, not epochs 1-{trained} of {epochs}"
 
 
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """config.yaml: the resolved config a run trains with."""
+    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+
+
+def write_confusion(path: Path, counts: Sequence[Sequence[int]], classes: Sequence[str]) -> None:
+    """confusion.csv: class names as header and first column, corner cell `true\\pred` (the score-table layout)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\pred", *classes])
+        for name, row in zip(classes, counts):
+            writer.writerow([name, *row])
+
+
+def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """A run's confusion.csv as a (true x predicted) count table, or a warning naming the damaged file."""
+    if not path.exists():
+        return None, None
+    try:
+        # Names as written (csv, not pandas' inference: a class named 00000 is not 0, NA is not missing).
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+        require(len(rows) >= 2, "no rows")
+        require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
+        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
+                             columns=rows[0][1:])  # fmt: skip
+        values = table.to_numpy(float)
+        require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
+                "rows and columns do not name the same classes")  # fmt: skip
+        require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
+    except Exception as err:
+        return None, f"{path}: unreadable ({one_line(err)})"
+    return table.astype(float), None
+
+
+def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """run.json: what produced the run (lossbench.provenance)."""
+    write_json(run_dir / PROVENANCE_FILE, record)
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """run.json's record: FileNotFoundError where there is none (a run that never started, or one from a version
+    that recorded none), another OSError or ValueError where it cannot be read or is damaged."""
+    record = read_json(Path(run_dir) / PROVENANCE_FILE)
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    return record
+
+
 # ---------------------------------------------------------------- the comparison's record
 
 
 def write_record(comparison: Path, record: dict[str, Any]) -> None:
-    write_atomic(comparison / COMPARE_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_json(comparison / COMPARE_FILE, record, ensure_ascii=False)
 
 
 def read_record(comparison: Path) -> dict[str, Any]:
     """compare.json: the overrides the comparison was started with (absolute paths since layout version 2)."""
     path = comparison / COMPARE_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
         args = record.get("args") if isinstance(record, dict) else None
         require(isinstance(args, list) and all(isinstance(a, str) for a in args), "no list of args")
         return record
@@ -452,3 +610,13 @@ def read_record(comparison: Path) -> dict[str, Any]:
         raise LossbenchError(f"{path}: damaged ({one_line(err)}); `lossbench report {comparison}` still reports "
                              "its runs, but resuming needs this file: start the comparison again with a new "
                              "--out") from None  # fmt: skip
+
+
+def write_tune_record(directory: Path, record: dict[str, Any]) -> None:
+    """tune.json: every trial of `lossbench tune` and each loss's choice."""
+    write_json(directory / TUNE_FILE, record)
+
+
+def read_tune_record(path: Path) -> Any:
+    """A tune.json's value (`path`: the file); OSError or ValueError when it cannot be read."""
+    return read_json(path)

@@ -11,7 +11,6 @@ report) states the choices.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import logging
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
+from lossbench.config import absolute_paths, prepare
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.launch import (
     checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, new_directory,
@@ -35,9 +35,10 @@ from lossbench.launch import (
 )  # fmt: skip
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
-    CONFIG_FILE, METRICS_FILE, TUNE_FILE, TUNED_FILE, TUNING_DIR, find_runs, locked, read_status,
+    TUNE_FILE, TUNED_FILE, TUNING_DIR, final_metric, find_runs, locked, read_config, read_status, read_tune_record,
+    write_tune_record,
 )  # fmt: skip
-from lossbench.train import absolute_paths, prepare, train_run
+from lossbench.train import train_run
 
 log = logging.getLogger("lossbench")
 
@@ -65,16 +66,6 @@ class Range:
 # ---------------------------------------------------------------- one trial
 
 
-def final_value(run_dir: Path, column: str) -> float:
-    """The last evaluation's value of a metrics.csv column (NaN when the run has none)."""
-    try:
-        with (run_dir / METRICS_FILE).open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        return float(rows[-1][column])
-    except (OSError, IndexError, KeyError, ValueError):
-        return math.nan
-
-
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.configs", config_name="config")
 def trial_job(cfg: DictConfig) -> float:
     """One trial: an ordinary run. It returns the objective to the sweeper: the final val_score, or -inf when the
@@ -89,7 +80,7 @@ def trial_job(cfg: DictConfig) -> float:
         status = "failed"
     finally:
         exit_if_orphaned()
-    value = final_value(run_dir, OBJECTIVE) if status == "finished" else math.nan
+    value = final_metric(run_dir, OBJECTIVE) if status == "finished" else math.nan
     return value if math.isfinite(value) else -math.inf
 
 
@@ -220,9 +211,9 @@ def read_trials(folder: Path, space: dict[str, Range]) -> list[dict]:
     """Every trial of one loss from its run directory: its number, setting, status and final val_score."""
     trials = []
     for run_dir in find_runs(folder):
-        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        cfg = read_config(run_dir)
         status = read_status(run_dir)["status"]
-        value = final_value(run_dir, OBJECTIVE) if status == "finished" else math.nan
+        value = final_metric(run_dir, OBJECTIVE) if status == "finished" else math.nan
         trials.append({"trial": int(run_dir.name.rpartition("_")[2]), "run_dir": str(run_dir), "status": status,
                        "setting": {key: OmegaConf.select(cfg, key) for key in space},
                        OBJECTIVE: value if math.isfinite(value) else None})  # fmt: skip
@@ -276,7 +267,7 @@ def tuned_markdown(record: dict) -> str:
 def read_source(path: Path) -> dict:
     """The tune.json of an earlier `lossbench tune`, for --from."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_tune_record(path)
         ok = isinstance(record, dict) and all(key in record for key in SOURCE_KEYS)
         ok = ok and isinstance(record["losses"], dict) and isinstance(record["args"], list)
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -320,7 +311,7 @@ def search(names: list[str], spaces: dict[str, dict[str, Range]], method: str, s
         record["losses"][name] = {"space": {k: asdict(r) for k, r in spaces[name].items()}, "trials": found,
                                   "chosen": chosen and {"trial": chosen["trial"], "setting": chosen["setting"],
                                                         OBJECTIVE: chosen[OBJECTIVE]}}  # fmt: skip
-        write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
+        write_tune_record(directory, record)
     return record
 
 
@@ -374,7 +365,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
             # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
             record = {**earlier, "args": [*tune_lines, *user], "from": earlier.get("from", str(path)),
                       "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
-            write_atomic(directory / TUNE_FILE, json.dumps(record, indent=2) + "\n")
+            write_tune_record(directory, record)
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
 
         final_user = [line for line in user

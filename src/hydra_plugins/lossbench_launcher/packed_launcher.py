@@ -2,7 +2,7 @@
 that differ only in loss and seed train together as one packed network (lossbench.pack), `size` at a time.
 
 Hydra sets each job up as its basic launcher does (its directory, .hydra/ files); lossbench claims the directory as
-it does for any job; then all of them train at once (lossbench.train.train_packed), logging to the console and to
+it does for any job; then all of them train at once (lossbench.pack.train_packed), logging to the console and to
 the sweep directory's log file. Each job's return value is its run's final status, as with the other launchers.
 """
 
