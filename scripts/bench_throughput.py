@@ -71,7 +71,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from lossbench.cpus import fit_torch_threads
-from lossbench.data import Batches, feature_stats, load_dataset, normalise
+from lossbench.data.batching import Batches, feature_stats, normalise
+from lossbench.data.loading import load_dataset
 from lossbench.losses import build_loss
 from lossbench.models import CPU_LAYOUTS, SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler

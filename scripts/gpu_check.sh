@@ -109,7 +109,7 @@ def phase(name):
     last = now
 import torch; phase("import torch")
 from hydra import compose, initialize_config_module
-from lossbench.data import load_dataset
+from lossbench.data.loading import load_dataset
 from lossbench.train import absolute_paths, build_training, configure_cudnn, prepare, resolve_device
 phase("import hydra, lossbench")
 with initialize_config_module("lossbench.configs", version_base="1.3"):

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import make_cfg
 from lossbench.components import group_options
-from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DOGS20_CLASSES, Source, build_source
+from lossbench.data.classes import CIFAR100_CLASSES, CIFAR10_CLASSES, DOGS20_CLASSES
+from lossbench.data.sources import build_source, Source
 from lossbench.errors import LossbenchError
 from lossbench.launch import DEMO
 from lossbench.losses import LOSSES, build_loss_from_config, loss_parameters

@@ -18,7 +18,8 @@ import torch
 
 from conftest import HANG_S, TINY, evaluation_case, layout_by_timer, make_cfg
 from lossbench.errors import LossbenchError
-from lossbench.data import Dataset, Latest
+from lossbench.data.dataset import Dataset
+from lossbench.data.latest import Latest
 from lossbench.metrics import METRIC_COLUMNS, TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
 from lossbench.rundir import CHECKPOINT_FILE, read_status
 from lossbench.train import compile_mode, configure_cudnn, evaluate, resolve_device, train_run

@@ -36,7 +36,7 @@ from lossbench import multirun, trust
 from lossbench.atomic import remove_stale_temporaries
 from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
-from lossbench.data import load_dataset
+from lossbench.data.loading import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report, flatten
 from lossbench.rundir import (

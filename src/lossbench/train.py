@@ -23,7 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from lossbench.atomic import remove_stale_temporaries, save_atomic, write_atomic
 from lossbench.checks import check_settings
 from lossbench.cpus import fit_torch_threads
-from lossbench.data import Batches, Dataset, Latest, dataset_classes, eval_batches, feature_stats, load_dataset
+from lossbench.data.batching import Batches, eval_batches, feature_stats
+from lossbench.data.dataset import Dataset
+from lossbench.data.latest import Latest
+from lossbench.data.loading import load_dataset
+from lossbench.data.sources import dataset_classes
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require, require_int
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import (
