@@ -73,8 +73,9 @@ from torchvision import transforms
 from lossbench.cpus import fit_torch_threads
 from lossbench.data.batching import Batches, feature_stats, normalise
 from lossbench.data.loading import load_dataset
+from lossbench.layout import CPU_LAYOUTS
 from lossbench.losses import build_loss
-from lossbench.models import CPU_LAYOUTS, SmallCNN
+from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision

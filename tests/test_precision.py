@@ -15,6 +15,7 @@ from conftest import TINY, make_cfg
 
 from lossbench import precision as P
 from lossbench.cpus import CpuFeatures, cpu_features
+from lossbench.layout import LAYOUTS
 from lossbench.models import SmallCNN
 from lossbench.train import train_run
 
