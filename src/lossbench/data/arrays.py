@@ -15,6 +15,7 @@ from lossbench.data.dataset import Dataset, Select, restrict, subsets
 from lossbench.data.sources import Source
 from lossbench.errors import LossbenchError, one_line, require
 
+
 @dataclass(kw_only=True)
 class Arrays(Source):
     """Feature vectors from an .npz file: x_train, y_train, x_test, y_test (float features of any shape [N, ...],
@@ -28,7 +29,6 @@ class Arrays(Source):
 
     def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
         return subsets(restrict(read_arrays(Path(self.path)), classes), select)
-
 
 
 def read_arrays(path: Path) -> Dataset:

@@ -13,6 +13,7 @@ from torch import Tensor
 from lossbench.data.latest import Latest
 from lossbench.errors import require
 
+
 def feature_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and std for standardising inputs: per channel for images ([1, C, 1, 1], in pixel units), per feature
     for vectors ([1, ...]). Accumulated in float64 chunks, so large uint8 datasets never exist as floats at once."""

@@ -13,6 +13,7 @@ from lossbench.data.dataset import Dataset, Select, restrict, subsets
 from lossbench.data.sources import Source
 from lossbench.errors import LossbenchError
 
+
 @dataclass(kw_only=True)
 class TorchvisionCIFAR(Source):
     """torchvision's CIFAR-10 or CIFAR-100 (downloaded into root when download is true)."""
@@ -26,7 +27,6 @@ class TorchvisionCIFAR(Source):
 
     def read(self, classes: list[str], scores: Tensor, select: Select) -> Dataset:
         return subsets(restrict(_torchvision_cifar(self), classes), select)
-
 
 
 def _torchvision_cifar(source: TorchvisionCIFAR) -> Dataset:

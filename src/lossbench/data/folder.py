@@ -19,6 +19,7 @@ from lossbench.data.images import decode_images, image_extensions
 from lossbench.data.sources import Source
 from lossbench.errors import one_line, os_failure, require
 
+
 @dataclass(kw_only=True)
 class ImageFolder(Source):
     """root/{train,test}/<class>/* in any PIL format, resized to image_size. Only the chosen subset is decoded,

@@ -16,6 +16,7 @@ from lossbench.data.latest import Latest
 from lossbench.data.sources import Source, build_source
 from lossbench.errors import require
 
+
 def load_dataset(cfg: DictConfig, classes: Sequence[str], scores: Tensor) -> Dataset:
     """Load the configured source restricted to `classes` (relabelled 0..C-1), subsampled and split.
     The last dataset loaded is kept, so a preflight check and the jobs of a sweep load it once."""

@@ -39,7 +39,6 @@ class Synthetic(Source):
         return subsets(synthetic(self, classes, scores), select)
 
 
-
 def _smooth_noise(n: int, size: int, grid: int, generator: torch.Generator) -> Tensor:
     """n random 3 x size x size images that vary smoothly (random grid x grid values, bilinear upsampling)."""
     coarse = torch.randn(n, 3, grid, grid, generator=generator)
