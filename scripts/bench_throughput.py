@@ -72,10 +72,12 @@ from torchvision import transforms
 
 from lossbench.config import COMPILE_MODES, prepare
 from lossbench.cpus import fit_torch_threads
-from lossbench.data import Batches, feature_stats, load_dataset, normalise
+from lossbench.data.batching import Batches, feature_stats, normalise
+from lossbench.data.loading import load_dataset
 from lossbench.device import configure_cudnn, resolve_device
+from lossbench.layout import CPU_LAYOUTS
 from lossbench.losses import build_loss
-from lossbench.models import CPU_LAYOUTS, SmallCNN
+from lossbench.models import SmallCNN
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.pack import PackedNetwork, member_losses, train_packed_epoch
 from lossbench.precision import resolve_precision

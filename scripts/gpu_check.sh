@@ -109,7 +109,7 @@ def phase(name):
     last = now
 import torch; phase("import torch")
 from hydra import compose, initialize_config_module
-from lossbench.data import load_dataset
+from lossbench.data.loading import load_dataset
 from lossbench.config import absolute_paths, prepare
 from lossbench.device import configure_cudnn, resolve_device
 from lossbench.step import build_training

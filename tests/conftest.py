@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from lossbench.cpus import cpu_features
-from lossbench.data import Dataset
+from lossbench.data.dataset import Dataset
 
 # For a test that runs oneDNN's bf16 kernels themselves. The fallback on a CPU without them (AVX2 only) is tested
 # on every machine by forcing the capability check's answer (tests/test_precision.py).

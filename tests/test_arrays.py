@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import lossbench, make_cfg
-from lossbench.data import dataset_classes, load_dataset
+from lossbench.data.loading import load_dataset
+from lossbench.data.sources import dataset_classes
 from lossbench.errors import LossbenchError
 
 CLASSES = ["alkane", "alkene", "ketone", "ester"]

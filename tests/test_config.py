@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import make_cfg
 from lossbench.components import group_options
-from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DOGS20_CLASSES, Source, build_source
+from lossbench.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DOGS20_CLASSES
+from lossbench.data.sources import Source, build_source
 from lossbench.errors import LossbenchError
 from lossbench.launch import DEMO
 from lossbench.losses import LOSSES, build_loss_from_config, loss_parameters
@@ -68,12 +69,18 @@ def test_every_experiment_composes(experiment):
 
 
 @pytest.mark.parametrize("loss", group_options("loss"))
-def test_loss_configs_carry_the_registered_parameters(loss):
+def test_loss_configs_carry_the_registered_parameters_at_their_defaults(loss):
+    """A loss's defaults live in its class's signature (what `LOSSES[name](S)` in plain Python gets); its config
+    file names each parameter, so that `loss.tau=...` overrides it, at exactly that value and type."""
     cfg = make_cfg(f"loss={loss}")
     assert cfg.loss.name == loss
-    assert {k for k in cfg.loss if k not in ("name", "_target_")} == set(loss_parameters(loss))
+    config = {k: v for k, v in OmegaConf.to_container(cfg.loss).items() if k not in ("name", "_target_")}
+    defaults = loss_parameters(loss)
+    assert config == defaults
+    assert {k: type(v) for k, v in config.items()} == {k: type(v) for k, v in defaults.items()}
     built = build_loss_from_config(cfg.loss, torch.eye(3))
     assert isinstance(built, LOSSES[loss])
+    assert {k: getattr(built, k) for k in defaults} == {k: getattr(LOSSES[loss](torch.eye(3)), k) for k in defaults}
 
 
 def test_every_data_source_instantiates(tmp_path):

@@ -6,18 +6,29 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import HANG_S, make_cfg
-import lossbench.data as data_module
-from lossbench.data import Batches, feature_stats, dataset_classes, load_dataset, stratified_subset, synthetic
+import lossbench.data.images as images_module
+import lossbench.data.loading as loading_module
+from lossbench.data.batching import Batches, feature_stats
+from lossbench.data.classes import CIFAR10_CLASSES
+from lossbench.data.latest import Latest
+from lossbench.data.loading import load_dataset, stratified_subset
+from lossbench.data.sources import Source, dataset_classes
+from lossbench.data.synthetic import synthetic
 from lossbench.errors import LossbenchError
-from lossbench.data import CIFAR10_CLASSES
 from lossbench.scores import load_scores
+from lossbench.trust import check_config, own_targets
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def synthetic_data(*overrides: str):
@@ -181,17 +192,15 @@ def test_synthetic_generic_names():
 
 def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
     """A small trial run on a large folder pays only for the images it uses; the cache is keyed on them."""
-    import lossbench.data as data_module
-
     root = make_folder(tmp_path / "images")
     decoded = []
-    real_decode = data_module._decode
-    monkeypatch.setattr(data_module, "_decode", lambda path, size: decoded.append(path) or real_decode(path, size))
+    real_decode = images_module._decode
+    monkeypatch.setattr(images_module, "_decode", lambda path, size: decoded.append(path) or real_decode(path, size))
     small = load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
     assert len(small.train_y) == 2 and len(decoded) == 4  # 2 train + 2 test, not the whole folder
     decoded.clear()
     # as a new process: only the disk cache remains
-    monkeypatch.setattr(data_module, "_last_loaded", data_module.Latest())
+    monkeypatch.setattr(loading_module, "_last_loaded", Latest())
     load_dataset(folder_cfg(root, "data.train_size=2", "data.test_size=2"), ["cat", "dog"], torch.eye(2))
     assert decoded == []  # the disk cache
     full = load_dataset(folder_cfg(root), ["cat", "dog"], torch.eye(2))
@@ -206,12 +215,12 @@ needs_fork_and_two_cores = pytest.mark.skipif(sys.platform != "linux" or (os.cpu
 def test_large_image_sets_are_decoded_by_worker_processes_into_the_same_tensor(tmp_path, monkeypatch):
     """Threads take turns on the GIL, so large sets go to forked workers: same images, same order."""
     paths = sorted((make_folder(tmp_path / "images", per_class=7) / "train").rglob("*.png"))
-    by_threads = data_module.decode_images(paths, 8)
+    by_threads = images_module.decode_images(paths, 8)
     pools = []
-    real_pool = data_module.ProcessPoolExecutor
-    monkeypatch.setattr(data_module, "ProcessPoolExecutor", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
-    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
-    by_processes = data_module.decode_images(paths, 8)
+    real_pool = images_module.ProcessPoolExecutor
+    monkeypatch.setattr(images_module, "ProcessPoolExecutor", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
+    monkeypatch.setattr(images_module, "PROCESS_DECODE_MIN", 1)
+    by_processes = images_module.decode_images(paths, 8)
     assert pools and by_processes.dtype == torch.uint8 and by_processes.shape == (14, 3, 8, 8)
     assert torch.equal(by_processes, by_threads)
 
@@ -228,38 +237,38 @@ def test_forking_the_decoding_workers_from_a_process_with_threads_warns_nobody(t
         return real_fork()
 
     monkeypatch.setattr(os, "fork", fork_as_in_python_3_12)
-    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
+    monkeypatch.setattr(images_module, "PROCESS_DECODE_MIN", 1)
     paths = sorted((make_folder(tmp_path / "images") / "train").rglob("*.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert data_module.decode_images(paths, 8).shape == (len(paths), 3, 8, 8)
+        assert images_module.decode_images(paths, 8).shape == (len(paths), 3, 8, 8)
 
 
 @needs_fork_and_two_cores
 def test_a_broken_image_decoded_by_a_worker_process_is_named_in_one_line(tmp_path, monkeypatch):
     paths = sorted((make_folder(tmp_path / "images") / "train").rglob("*.png"))
     paths[3].write_bytes(b"not an image")
-    monkeypatch.setattr(data_module, "PROCESS_DECODE_MIN", 1)
+    monkeypatch.setattr(images_module, "PROCESS_DECODE_MIN", 1)
     with pytest.raises(LossbenchError, match=f"{paths[3]}: cannot read image"):
-        data_module.decode_images(paths, 8)
+        images_module.decode_images(paths, 8)
 
 
 INTERRUPTED_DECODE = """
 import os, signal, sys, time
 from pathlib import Path
-import lossbench.data as data_module
-real = data_module._decode
+import lossbench.data.images as images_module
+real = images_module._decode
 def slow_decode(path, size):  # forked workers inherit it; each says whether stop signals are left to the parent
     left = signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     os.write(1, f"worker leaves stop signals to the parent: {left}\\n".encode())  # one write: lines never interleave
     time.sleep(0.2)
     return real(path, size)
-data_module._decode = slow_decode
-data_module.PROCESS_DECODE_MIN, data_module.DECODE_CHUNK = 1, 1
+images_module._decode = slow_decode
+images_module.PROCESS_DECODE_MIN, images_module.DECODE_CHUNK = 1, 1
 paths = sorted(Path(sys.argv[1]).rglob("*.png"))
 print("decoding", flush=True)
 try:
-    data_module.decode_images(paths, 8)
+    images_module.decode_images(paths, 8)
 except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     sys.exit(130)
@@ -291,15 +300,15 @@ def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
 KILLED_DECODE = """
 import os, sys, time
 from pathlib import Path
-import lossbench.data as data_module
-real = data_module._decode
+import lossbench.data.images as images_module
+real = images_module._decode
 def slow_decode(path, size):  # forked workers inherit it and say who they are
     os.write(1, f"{os.getpid()}\\n".encode())
     time.sleep(0.2)
     return real(path, size)
-data_module._decode = slow_decode
-data_module.PROCESS_DECODE_MIN, data_module.DECODE_CHUNK = 1, 1
-data_module.decode_images(sorted(Path(sys.argv[1]).rglob("*.png")), 8)
+images_module._decode = slow_decode
+images_module.PROCESS_DECODE_MIN, images_module.DECODE_CHUNK = 1, 1
+images_module.decode_images(sorted(Path(sys.argv[1]).rglob("*.png")), 8)
 """
 
 
@@ -348,7 +357,7 @@ def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
 def test_high_bit_depth_images_are_scaled_not_clipped(mode):
-    from lossbench.data import to_rgb
+    from lossbench.data.images import to_rgb
 
     image, expected = grey_ramp(mode)
     assert image.mode == mode
@@ -359,7 +368,7 @@ def test_high_bit_depth_images_are_scaled_not_clipped(mode):
 def test_sixteen_bit_png_is_not_white(tmp_path):
     import numpy as np
 
-    from lossbench.data import _decode
+    from lossbench.data.images import _decode
 
     path = tmp_path / "g16.png"
     Image.fromarray(np.full((8, 8), 257 * 100, dtype=np.uint16)).save(path)
@@ -383,7 +392,7 @@ def test_sixteen_bit_png_is_not_white(tmp_path):
     ],
 )  # fmt: skip
 def test_every_mode_decodes_to_rgb(make, expected):
-    from lossbench.data import to_rgb
+    from lossbench.data.images import to_rgb
 
     image = make()
     rgb = to_rgb(image)
@@ -396,7 +405,7 @@ def test_every_mode_decodes_to_rgb(make, expected):
 
 
 def test_palette_with_transparency_is_composited(tmp_path):
-    from lossbench.data import _decode
+    from lossbench.data.images import _decode
 
     image = Image.new("P", (4, 4), 1)
     image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
@@ -467,3 +476,33 @@ def test_a_sources_numbers_are_checked_not_truncated(override, message):
 def test_an_image_folders_size_is_checked_by_the_same_rule(tmp_path):
     with pytest.raises(LossbenchError, match=re.escape("data.image_size must be an integer, not 2.5")):
         dataset_classes(folder_cfg(make_folder(tmp_path / "images"), "data.image_size=2.5"))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"size": 2.5}, "data.size must be an integer, not 2.5"),
+    ({"rate": "abc"}, "data.rate must be a number, not 'abc'"),
+    ({"limit": 0.5}, "data.limit must be an integer, not 0.5"),
+])  # fmt: skip
+def test_a_users_own_source_has_its_numbers_checked_by_the_same_rule(value, message):
+    """A user's Source subclass declares its fields with real types (its module need not postpone annotations):
+    they are checked alike, where comparing annotation strings saw none of them."""
+    mine = make_dataclass("Mine", [("size", int, 3), ("rate", float, 0.5), ("limit", int | None, None)],
+                          bases=(Source,), kw_only=True)  # fmt: skip
+    assert mine(name="mine", limit=None).size == 3  # None where the field allows it
+    with pytest.raises(LossbenchError, match=re.escape(message)):
+        mine(name="mine", **value)
+
+
+def test_the_sources_that_earlier_runs_recorded_still_build():
+    """Every run directory records its source as the config group named it (`lossbench.data.Synthetic`, ...) and
+    resume, report and rescore build it from there again: those names stay lossbench's own and importable. (The
+    oldest runs, from before sources were `_target_` nodes, record none.)"""
+    configs = {path: OmegaConf.load(path) for path in sorted(ROOT.glob("results/*/*/config.yaml"))}
+    recorded = {str(cfg.data._target_): path for path, cfg in configs.items() if "_target_" in cfg.data}
+    assert {"lossbench.data.Synthetic", "lossbench.data.ImageFolder", "lossbench.data.Arrays"} <= set(recorded)
+    for target, path in recorded.items():
+        assert target in own_targets(), path
+        assert issubclass(get_object(target), Source), path
+    quick = OmegaConf.load(recorded["lossbench.data.Synthetic"])
+    check_config(quick, "config.yaml", trusted=(), command="lossbench resume")
+    assert dataset_classes(quick.data) == list(quick.data.classes or CIFAR10_CLASSES)

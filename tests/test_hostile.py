@@ -512,7 +512,7 @@ def test_hydras_errors_over_an_unwritable_log_are_one_line(monkeypatch):
 def test_every_extension_pil_reads_is_an_image(tmp_path):
     from PIL import Image
 
-    from lossbench.data import _decode, image_extensions
+    from lossbench.data.images import _decode, image_extensions
 
     for ext in (".ppm", ".jfif", ".pgm", ".tga", ".JPG", ".PPM"):
         assert ext.lower() in image_extensions()
@@ -525,7 +525,8 @@ def test_every_extension_pil_reads_is_an_image(tmp_path):
                                                              if ext != ".jfif" else "JPEG")  # fmt: skip
     cfg = make_cfg("data=imagefolder", f"data.root={root}", "data.image_size=8", f"data.cache_dir={tmp_path}",
                    "data.val_size=null", "scores=identity")  # fmt: skip
-    from lossbench.data import dataset_classes, load_dataset
+    from lossbench.data.loading import load_dataset
+    from lossbench.data.sources import dataset_classes
 
     data = load_dataset(cfg.data, dataset_classes(cfg.data), __import__("torch").eye(2))
     assert len(data.train_y) == 6 and len(data.test_y) == 6
@@ -547,7 +548,7 @@ def test_class_names_that_look_like_numbers_or_missing_values_survive_confusion_
 def test_bytes_class_names_in_an_npz_are_text(tmp_path):
     import numpy as np
 
-    from lossbench.data import read_arrays
+    from lossbench.data.arrays import read_arrays
 
     np.savez(tmp_path / "b.npz", x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 0, 1]), x_test=np.zeros((2, 2)),
              y_test=np.array([0, 1]), classes=np.array([b"alkane", b"alkene"]))  # fmt: skip
@@ -562,7 +563,7 @@ def test_a_float_image_holding_0_to_255_is_not_white():
     import numpy as np
     from PIL import Image
 
-    from lossbench.data import to_rgb
+    from lossbench.data.images import to_rgb
 
     ramp = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
     assert np.abs(np.asarray(to_rgb(Image.fromarray(ramp, "F")))[..., 0] - ramp.round()).max() <= 1
@@ -575,7 +576,7 @@ def test_a_decompression_bomb_warning_names_the_file(tmp_path, monkeypatch):
 
     from PIL import Image
 
-    from lossbench.data import decode_images
+    from lossbench.data.images import decode_images
 
     Image.new("RGB", (12, 12)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
@@ -713,7 +714,8 @@ def detached(num_classes, in_channels):
 def test_a_custom_models_output_is_checked_before_training(factory, fragment):
     import torch
 
-    from lossbench.data import dataset_classes, load_dataset
+    from lossbench.data.loading import load_dataset
+    from lossbench.data.sources import dataset_classes
     from lossbench.step import build_training
 
     cfg = make_cfg(*NO_MODEL, "model=custom", f"model._target_=test_hostile.{factory}")
@@ -857,7 +859,7 @@ def test_a_resume_without_a_checkpoint_says_it_drops_the_rows(tmp_path, caplog):
 def test_a_resume_from_elsewhere_reads_an_experiments_relative_data_path_where_the_comparison_started(tmp_path):
     from PIL import Image
 
-    from lossbench.data import CIFAR10_CLASSES
+    from lossbench.data.classes import CIFAR10_CLASSES
 
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -27,7 +27,8 @@ from lossbench.pack import (
     PackedNetwork, SharedBatch, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
     unpack_optimizer_state,
 )  # fmt: skip
-from lossbench.data import Batches, Dataset, feature_stats, packed_batches
+from lossbench.data.batching import Batches, feature_stats, packed_batches
+from lossbench.data.dataset import Dataset
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
 from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, claim, read_status

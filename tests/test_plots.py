@@ -25,6 +25,8 @@ def test_every_registered_loss_has_its_own_fixed_colour():
     assert len(set(colours)) == len(set(names))
     assert plots.loss_colour("ce") == "tab:blue" and plots.loss_colour("label_smoothing") == "tab:pink"
     assert plots.loss_colour("my_own_loss") == plots.loss_colour("my_own_loss")  # stable for unknown names too
+    # a loss lossbench ships has a fixed colour, a user's own a spare one: never one a shipped loss wears
+    assert set(LOSSES) <= set(plots.COLOURS) and plots.loss_colour("my_own_loss") in plots.SPARE
 
 
 def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):

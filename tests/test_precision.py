@@ -15,6 +15,7 @@ from conftest import TINY, make_cfg
 
 from lossbench import precision as P
 from lossbench.cpus import CpuFeatures, cpu_features
+from lossbench.layout import LAYOUTS
 from lossbench.models import SmallCNN
 from lossbench.train import train_run
 
@@ -240,7 +241,7 @@ def test_measurement_leaves_the_model_the_rng_and_the_threads_alone():
     expected = torch.rand(3)
     torch.manual_seed(1)
     # The real timer, on a copy, in each precision this CPU runs (on one without bf16 kernels, in each layout).
-    variants = [(None, None), (torch.bfloat16, None)] if cpu_features().onednn_bf16 else [(None, L) for L in P.LAYOUTS]
+    variants = [(None, None), (torch.bfloat16, None)] if cpu_features().onednn_bf16 else [(None, L) for L in LAYOUTS]
     P.time_variants(net, BATCH, P.time_step, variants)
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import TINY, lossbench, make_cfg
-from lossbench.data import dataset_classes, load_dataset
+from lossbench.data.loading import load_dataset
+from lossbench.data.sources import dataset_classes
 from lossbench.pack import train_packed
 from lossbench.predictions import PREDICTIONS_FILE, read_predictions, rule_metrics
 from lossbench.report import build_report

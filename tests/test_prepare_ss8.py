@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import lossbench, make_cfg
-from lossbench.data import dataset_classes, load_dataset
+from lossbench.data.loading import load_dataset
+from lossbench.data.sources import dataset_classes
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "prepare_ss8.py"
 spec = importlib.util.spec_from_file_location("prepare_ss8", SCRIPT)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from lossbench.data import CIFAR10_CLASSES, CIFAR100_CLASSES
+from lossbench.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.scores import diagonal_warnings, load_scores, normalise_scores
 

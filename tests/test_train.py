@@ -19,7 +19,8 @@ import torch
 
 from conftest import HANG_S, TINY, evaluation_case, layout_by_timer, make_cfg
 from lossbench.errors import LossbenchError
-from lossbench.data import Dataset, Latest
+from lossbench.data.dataset import Dataset
+from lossbench.data.latest import Latest
 from lossbench.config import compile_mode
 from lossbench.device import configure_cudnn, resolve_device
 from lossbench.metrics import TIMING_COLUMNS, fit_temperature, split_metrics, split_sums

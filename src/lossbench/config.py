@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.checks import check_settings
-from lossbench.data import dataset_classes
+from lossbench.data.sources import dataset_classes
 from lossbench.errors import require, require_int
 from lossbench.losses import build_loss_from_config
 from lossbench.scores import ScoreMatrix, build_scores

@@ -10,10 +10,9 @@ hardware. torch's own check decides the first, the CPU's flags the second (see C
 A container or a batch job limits a process in two ways: which CPUs it may run on (its affinity, a cpuset) and how
 much CPU time it may take (a cgroup's CFS quota, e.g. Kubernetes' `cpu: 2` or docker's `--cpus 2`). torch counts
 only the first (`os.cpu_count()` neither): on a 64-core host with a quota of 2 CPUs, torch starts 64 threads, and
-the kernel stops them all for most of every scheduling period once the quota is spent. Measured on a 2-core AMD EPYC
-in a cgroup with a quota of 1 CPU: a bf16 SmallCNN step took 207-272 ms with torch's 2 threads and 179-187 ms with
-1 (91 and 168 ms without the quota). So a run counts the quota too and gives torch no more threads than it pays
-for, unless the user chose the number (OMP_NUM_THREADS).
+the kernel stops them all for most of every scheduling period once the quota is spent, so that more threads make
+each step slower and less even (docs/performance.md). So a run counts the quota too and gives torch no more threads
+than it pays for, unless the user chose the number (OMP_NUM_THREADS).
 """
 
 from __future__ import annotations

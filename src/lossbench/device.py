@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lossbench.data import Dataset, Latest, feature_stats
+from lossbench.data.batching import feature_stats
+from lossbench.data.dataset import Dataset
+from lossbench.data.latest import Latest
 
 
 def resolve_device(name: str) -> torch.device:

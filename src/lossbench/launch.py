@@ -37,7 +37,7 @@ from lossbench.atomic import remove_stale_temporaries
 from lossbench.checks import check_seed
 from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.config import PATH_KEYS, absolute_path, absolute_paths, prepare
-from lossbench.data import load_dataset
+from lossbench.data.loading import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.report import build_report, flatten
 from lossbench.rundir import (

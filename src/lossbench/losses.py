@@ -2,6 +2,8 @@
 
 Public API: `LOSSES[name](scores, **params)` is an nn.Module called as `loss(logits, targets)`; it returns the
 batch mean, or one value per example with `reduction="none"`. The math runs in float32 even under autocast.
+A loss's defaults are its signature's (cited where it is defined), so `LOSSES[name](scores)` in plain Python
+trains what `loss=name` does; its config file lists each parameter for the command line, at the same value.
 
 Notation: q = softmax(z), y the true class, Ŝ = `normalise_scores(S)`: each row shifted by its minimum (the
 expected-score objective is unchanged by a per-row constant) and divided by ONE global span, so Ŝ lies in [0, 1]

@@ -15,9 +15,7 @@ from torch import Tensor, nn
 
 from lossbench.components import build
 from lossbench.errors import require
-
-
-CPU_LAYOUTS = ("auto", "onednn", "dense")
+from lossbench.layout import CPU_LAYOUTS
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -38,14 +36,14 @@ class SmallCNN(nn.Module):
 
     Each stage's second ReLU comes after its pool: a maximum commutes with ReLU, so the output, the gradients and
     the pool's choice among ties are bit for bit those of ReLU-then-pool, while the ReLU touches a quarter of the
-    elements (measured: 1-2% of a bf16 training step on a 2-core AMD EPYC). The modules keep the indices and names
+    elements (a small share of a training step: docs/performance.md). The modules keep the indices and names
     of the ReLU-then-pool layout, so checkpoints of either load into the other.
 
     cpu_layout: on a CPU the convolutional stages compute in oneDNN's own blocked layout ("onednn", where
     convolution, batch norm, ReLU and pooling are all oneDNN kernels) or in the input's dense layout ("dense":
     channels_last in a run, where only the convolutions are oneDNN's); "auto" (a run's default) is the faster of
-    the two on this machine, measured with the precision when a run starts and cached (lossbench.precision), and
-    "onednn" until then. Measured on a 2-core AMD EPYC: "onednn" trains 1.10x faster in bf16, 1.15x in fp32.
+    the two on this machine, measured with the precision when a run starts and cached (lossbench.layout,
+    lossbench.precision), and "onednn" until then.
     The blocked tensors carry autocast's dtype themselves (a blocked input takes the dense fp32 weights), so
     autocast is off inside the stages; the result returns dense before the head. CUDA, torch.compile, a torch
     without oneDNN and eval mode with gradients on use the dense layout whatever the setting."""

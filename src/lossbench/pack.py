@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from lossbench.data import Batches, normalise, packed_batches
+from lossbench.data.batching import Batches, normalise, packed_batches
 from lossbench.errors import LossbenchError, require
 from lossbench.losses import ScoreLoss
 from lossbench.optim import build_optimizer, build_scheduler

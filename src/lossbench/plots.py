@@ -21,7 +21,6 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from lossbench.atomic import atomic_path  # noqa: E402
-from lossbench.losses import LOSSES  # noqa: E402
 
 # Fixed per name, so a loss keeps its colour in every figure, whatever else is in the comparison and whatever
 # order the registry lists it in (the first six are the colours the committed results were drawn with).
@@ -39,13 +38,11 @@ DPI = 120
 
 
 def loss_colour(name: str) -> str:
-    """The loss's colour: fixed for the known losses; a registered loss without one gets a spare colour by its
-    rank among those (stable for a given registry), and any other name one picked by a hash of the name."""
+    """The loss's colour: fixed for the known losses (every one lossbench ships), and for any other name (a
+    user's own loss) a spare colour picked by a hash of the name, the same in every figure and every process."""
     if name in COLOURS:
         return COLOURS[name]
-    newcomers = sorted(n for n in LOSSES if n not in COLOURS)
-    index = newcomers.index(name) if name in newcomers else zlib.crc32(name.encode())
-    return SPARE[index % len(SPARE)]
+    return SPARE[zlib.crc32(name.encode()) % len(SPARE)]
 
 
 def save_figure(fig: Figure, path: Path, software: str | None = None) -> None:

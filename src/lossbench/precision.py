@@ -1,14 +1,13 @@
 """The autocast precision of a run: `fp32`, `bf16`, or `auto`, which is never slower than fp32; and, for a model
-whose `cpu_layout` is `auto` (lossbench.models.SmallCNN), the faster of its CPU layouts.
+whose `cpu_layout` is `auto` (lossbench.models.SmallCNN), the faster of its CPU layouts (lossbench.layout).
 
 On CUDA, `auto` is bf16 wherever the GPU supports it. On a CPU no feature flag predicts bf16's speed reliably:
-with AMX, or AVX512-BF16 on AMD Zen 4, bf16 trains 2-3x faster than fp32; on a Xeon with AVX512-BF16 but no AMX
-it ran at half fp32's speed. So `auto` times a few forward+backward steps of the run's own model at its batch
-shape in each precision and keeps the faster one. The answer is cached per machine (CPU model, torch version)
-and model shape in `$XDG_CACHE_HOME/lossbench/precision.json` (default `~/.cache/lossbench`), so a comparison
-pays for the measurement once. For a model whose CPU layout is left to lossbench, both layouts are timed in each
-precision and the pair is decided together: oneDNN's blocked layout trained the SmallCNN 1.10x faster than dense
-channels_last on a 2-core AMD EPYC, and no flag says whether another CPU's kernels agree.
+CPUs with bf16 instructions run it well ahead of fp32 or behind it, by their kernels (docs/performance.md). So
+`auto` times a few forward+backward steps of the run's own model at its batch shape in each precision and keeps
+the faster one. The answer is cached per machine (CPU model, torch version) and model shape in
+`$XDG_CACHE_HOME/lossbench/precision.json` (default `~/.cache/lossbench`), so a comparison pays for the
+measurement once. For a model whose CPU layout is left to lossbench, both layouts are timed in each precision and
+the pair is decided together: which layout is faster is a property of the CPU's kernels too.
 
 A path the CPU cannot run is never chosen: without bf16 kernels (AVX2 only, lossbench.cpus) `precision=bf16` trains
 in fp32 and says so once. A measured choice is made when a run first starts and recorded (run.json, checkpoints):
@@ -35,6 +34,7 @@ from torch import nn
 
 from lossbench.atomic import write_atomic
 from lossbench.cpus import cpu_features, cpu_model
+from lossbench.layout import LAYOUTS, NO_ONEDNN, fastest_layouts, layout_speed, layout_variants, onednn_missing
 
 try:
     import fcntl
@@ -46,9 +46,8 @@ log = logging.getLogger("lossbench")
 CACHE_FILE = "precision.json"
 # bf16 must win by this factor, so that timing noise never trades fp32 for a bf16 that is no faster.
 BF16_MIN_SPEEDUP = 1.1
-ROUNDS = 2  # timed (fp32, bf16) pairs after one warm-up step each: about 2-3 s for the SmallCNN at batch 256
+ROUNDS = 2  # timed rounds of every variant after one warm-up step each: the minimum of two, in a few seconds
 
-LAYOUTS = ("onednn", "dense")  # what a model's cpu_layout=auto chooses between
 EMULATED_BF16 = "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated"
 NO_BF16 = "this CPU has no bf16 kernels (torch's oneDNN needs AVX512BW/VL/DQ or AVX-NE-CONVERT)"
 
@@ -78,10 +77,8 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_s
     the CPU layout for a model whose cpu_layout is auto (the caller sets it on the model)."""
     name, given = runnable_setting(name, device)
     layout = getattr(model, "cpu_layout", None)
-    if device.type == "cpu" and layout == "onednn" and not torch.backends.mkldnn.is_available():
-        # SmallCNN falls back by itself; the user who asked for oneDNN's layout hears why it is not used.
-        _log_once("no oneDNN", "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used",
-                  logging.WARNING)  # fmt: skip
+    if onednn_missing(layout, device):
+        _log_once("no oneDNN", f"model.cpu_layout=onednn: {NO_ONEDNN}; the dense layout is used", logging.WARNING)
     if device.type == "cpu" and layout == "auto":
         return cpu_precision_and_layout(name, model, batch_shape, timer or time_step, cache_path(), given)
     return autocast_precision(name, device, model, batch_shape, timer, given)
@@ -129,9 +126,9 @@ def recorded_precision(recorded: Mapping[str, Any], setting: str, device: torch.
     if name == "bf16" and not bf16_runs(device):
         name, reason = "fp32", f"{NO_BF16}: fp32 instead of the recorded bf16"
         instead.append("fp32 instead of bf16")
-    if layout == "onednn" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+    if onednn_missing(layout, device):
         layout = "dense"
-        instead.append("the dense layout instead of oneDNN's (this torch has no oneDNN)")
+        instead.append(f"the dense layout instead of oneDNN's ({NO_ONEDNN})")
     if instead:
         log.warning("%s: the precision and layout it recorded when it first started cannot run here: it goes on in %s, "
                     "so its epochs from here on round differently from an uninterrupted run's", where,
@@ -178,7 +175,7 @@ def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int
         dtypes, given = [None, torch.bfloat16], None
     else:
         dtypes, given = [torch.bfloat16 if name == "bf16" else None], given or f"precision={name}"
-    variants = [(dtype, layout) for dtype in dtypes for layout in LAYOUTS]
+    variants = layout_variants(dtypes)
     names = [f"{'bf16' if dtype else 'fp32'}_{layout}_s" for dtype, layout in variants]
     key = f"{cache_key(model, batch_shape)} | {' '.join(names)}"
     options = tuple("bf16" if dtype else "fp32" for dtype in dtypes)
@@ -214,10 +211,7 @@ def cached_or_measured(cache: Path, key: str, valid: Callable[[object], bool],
 def decide(seconds: dict[tuple[torch.dtype | None, str], float]) -> tuple[str, str]:
     """(precision, layout) from step seconds by (autocast dtype, layout): each precision in its faster layout,
     then bf16 only when that is clearly faster than fp32's (choose)."""
-    best: dict[torch.dtype | None, tuple[float, str]] = {}
-    for (dtype, layout), s in seconds.items():
-        if dtype not in best or s < best[dtype][0]:
-            best[dtype] = (s, layout)
+    best = fastest_layouts(seconds)
     if len(best) == 2:
         precision = choose(best[None][0], best[torch.bfloat16][0])
     else:
@@ -232,8 +226,7 @@ def explain(entry: dict, both: bool, given: str | None, how: str) -> str:
     if both:
         fp32, bf16 = (min(entry[f"{p}_onednn_s"], entry[f"{p}_dense_s"]) for p in ("fp32", "bf16"))
         parts.append(f"bf16 {fp32 / bf16:.2f}x fp32's speed on this CPU, each in its faster layout")
-    speed = entry[f"{at}_dense_s"] / entry[f"{at}_onednn_s"]
-    parts.append(f"oneDNN's layout {speed:.2f}x the dense one's speed at {at}")
+    parts.append(layout_speed(entry, at))
     return "; ".join(parts + [how])
 
 
@@ -247,8 +240,8 @@ def time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTim
     """Fastest step seconds of each variant (autocast dtype, CPU layout or None for the model's own) of a copy of
     `model`, alternating them so that other work on the machine slows all alike, on one thread: which variant is
     faster is a property of the CPU's kernels, and one thread is not held up waiting for another whose core other
-    work has taken (on 2 busy cores, two threads made bf16 look 0.57x fp32's speed where it is 2.3x). The minimum,
-    since other work only ever adds time. The run's model, its RNG streams, the global RNG and torch's thread
+    work has taken (on busy cores, several threads can invert which variant is faster). The minimum, since other
+    work only ever adds time. The run's model, its RNG streams, the global RNG and torch's thread
     count are left as they were."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lossbench.atomic import atomic_path
-from lossbench.data import eval_batches
+from lossbench.data.batching import eval_batches
 from lossbench.errors import LossbenchError, one_line
 from lossbench.metrics import fit_temperature
 

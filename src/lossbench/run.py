@@ -25,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from lossbench.atomic import remove_stale_temporaries, save_atomic
 from lossbench.config import absolute_paths, prepare
 from lossbench.cpus import fit_torch_threads
-from lossbench.data import Batches, Dataset, load_dataset
+from lossbench.data.batching import Batches
+from lossbench.data.dataset import Dataset
+from lossbench.data.loading import load_dataset
 from lossbench.device import configure_cudnn, on_device, resolve_device
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, os_failure, require
 from lossbench.inputs import pin_run_inputs, resumed_config

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.components import build
-from lossbench.data import CIFAR100_SUPERCLASSES, DOGS20_BREEDS, DOGS20_OBJECTS
+from lossbench.data.classes import CIFAR100_SUPERCLASSES, DOGS20_BREEDS, DOGS20_OBJECTS
 from lossbench.errors import EnvironmentFailure, LossbenchError, require
 
 # Built-in tables: groups of classes that score `near` for one another.

@@ -7,7 +7,8 @@ import torch
 from omegaconf import DictConfig
 
 from lossbench.config import compile_mode
-from lossbench.data import Batches, Dataset, eval_batches
+from lossbench.data.batching import Batches, eval_batches
+from lossbench.data.dataset import Dataset
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.metrics import SUM_SIZE, confusion_counts, fit_temperature, split_metrics, split_sums
 from lossbench.models import build_model

@@ -34,7 +34,7 @@ class PackedLauncher(Launcher):
 
     def keep_checked_configs(self, hydra_context: HydraContext) -> None:
         """Keep each job's config as the sweeper composes it to check the batch, so that launch() reuses it instead
-        of composing it again in this same process (for 21 jobs, 1.2 s on the 2-core AMD EPYC)."""
+        of composing it again in this same process: composing costs time per job, and a sweep has many."""
         loader = hydra_context.config_loader
         self.compose = loader.load_sweep_config
 
