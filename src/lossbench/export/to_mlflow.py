@@ -25,6 +25,7 @@ EXPERIMENT = "lossbench"
 DATABASE, ARTIFACTS = "mlflow.db", "artifacts"
 COMPARISON_TAG, KEY_TAG, STATUS_TAG, OVERRIDES_TAG = ("lossbench.comparison", "lossbench.run", "lossbench.status",
                                                       "lossbench.overrides")  # fmt: skip
+KIND_TAG = "mlflow.experimentKind"  # MLflow's own: training runs, so its UI opens on the runs (not on traces)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 STATES = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "running": "RUNNING"}  # else KILLED
 BATCH, PARAMS_BATCH = 1000, 100  # the most metrics, and params, one log_batch call takes
@@ -60,7 +61,8 @@ def experiment_id(client: MlflowClient, out: Path) -> str:
     export happens to be started)."""
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is None:
-        return client.create_experiment(EXPERIMENT, artifact_location=(out / ARTIFACTS).resolve().as_uri())
+        return client.create_experiment(EXPERIMENT, artifact_location=(out / ARTIFACTS).resolve().as_uri(),
+                                        tags={KIND_TAG: "custom_model_development"})  # fmt: skip
     if found.lifecycle_stage == "deleted":
         client.restore_experiment(found.experiment_id)
     return found.experiment_id

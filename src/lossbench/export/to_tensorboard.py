@@ -22,8 +22,6 @@ from lossbench.export.replay import Comparison, Run
 
 OWNER_FILE = ".lossbench-export"  # names the comparison a log directory was exported from
 TEMPORARY_SUFFIX = ".export-tmp"
-# the hparams table's columns: the final values of these tags
-HEADLINE_METRICS = ("test_score", "test_score_bayes", "test_acc", "val_score")
 
 
 def write(comparison: Comparison, logdir: Path) -> None:
@@ -73,9 +71,12 @@ def write_run(run: Run, directory: Path) -> None:
     try:
         for epoch, name, value in run.scalars():
             writer.add_scalar(name, value, global_step=epoch)
-        finals = {name: run.rows[name].dropna().iloc[-1] for name in HEADLINE_METRICS if run.rows[name].notna().any()}
-        for summary in hparams_summaries({**run.hparams, "status": run.status}, finals):
-            writer.file_writer.add_summary(summary)
+        # The session's hparams only: with no experiment summary, TensorBoard lists the union of every run's
+        # hparams (a loss's own parameter included) and every scalar as a metric; one run's experiment summary
+        # would hide the parameters of the other losses.
+        _, session_start, session_end = hparams_summaries({**run.hparams, "status": run.status}, {})
+        writer.file_writer.add_summary(session_start)
+        writer.file_writer.add_summary(session_end)
     finally:
         writer.close()
 
