@@ -207,6 +207,14 @@ def test_mlflow_replaces_a_run_whose_values_changed_on_disk(comparisons, tmp_pat
     assert steps(runs[STOPPED]["metrics"]["test_score"]) == [1, 2]
 
 
+def test_a_value_longer_than_mlflow_takes_is_cut_and_says_so():
+    from lossbench.export.to_mlflow import PARAM_LIMIT, fitted
+
+    classes = str([f"class_{i}" for i in range(1000)])
+    assert len(fitted(classes, PARAM_LIMIT)) == PARAM_LIMIT and fitted(classes, PARAM_LIMIT).endswith("…")
+    assert fitted("[a, b]", PARAM_LIMIT) == "[a, b]"
+
+
 @pytest.mark.slow
 def test_an_export_writes_only_into_its_own_places(comparisons, tmp_path):
     base, _ = comparisons

@@ -21,7 +21,7 @@ def export(directory: str, to: str, out: str | None = None) -> int:
     require(root.is_dir(), f"{root}: directory not found")
     writer = backend(to)
     comparison = read_comparison(root)
-    partial = [run for run in comparison.runs if run.partial]
+    partial = [run for run in comparison.runs if not run.complete]
     noted = tuple(f"{comparison.root / run.key}: " for run in partial)
     for warning in comparison.warnings:  # the report's reading notes; a partial run's own is said below
         if not warning.startswith(noted):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lossbench.errors import LossbenchError
 from lossbench.report import CURVE_COLUMNS, FIGURES, load_runs, run_config
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, read_record, read_status,
+    COMPARE_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, read_record,
 )  # fmt: skip
 
 # What `lossbench report` writes into a comparison (its sweep_*.png are found by name)
@@ -26,16 +27,12 @@ NAMING_KEYS = ("loss.name", "seed")
 class Run:
     key: str  # the run's folder relative to the comparison: the stable id an export updates
     status: str
+    complete: bool  # finished with every configured epoch's row, as the report counts it; else partial
     epochs: int | None  # configured; None when its config does not say
     config: dict[str, object]  # flattened config.yaml
     hparams: dict[str, object]  # loss, seed, swept keys and the loss's own parameters
     rows: pd.DataFrame  # epoch and the metrics, one row per epoch on disk
     files: list[Path]  # the run's own records, for artifacts
-
-    @property
-    def partial(self) -> bool:
-        return self.status != "finished" or self.epochs is None or list(self.rows["epoch"]) != list(
-            range(1, self.epochs + 1))  # fmt: skip
 
     def scalars(self) -> list[tuple[int, str, float]]:
         """(epoch, metric, value) for every finite value on disk; NaN (a metric this run has no data for, such as
@@ -75,13 +72,23 @@ def read_comparison(directory: Path) -> Comparison:
         config, _ = run_config(run_dir)  # readable: load_runs kept it
         epochs = config.get("train.epochs")
         rows = found.curves[found.curves["run_dir"] == row["run_dir"]][["epoch", *METRICS]].reset_index(drop=True)
-        runs.append(Run(key=run_key(root, run_dir), status=read_status(run_dir)["status"],
+        runs.append(Run(key=run_key(root, run_dir), status=row["status"], complete=bool(row["complete"]),
                         epochs=int(epochs) if isinstance(epochs, int) else None, config=config,
                         hparams=hparams(config, swept), rows=rows,
                         files=[run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]))  # fmt: skip
-    overrides = read_record(root)["args"] if (root / COMPARE_FILE).is_file() else []
     report = [root / name for name in REPORT_FILES if (root / name).is_file()] + sorted(root.glob("sweep_*.png"))
-    return Comparison(root, runs, overrides, report, found.warnings)
+    return Comparison(root, runs, recorded_overrides(root, found.warnings), report, found.warnings)
+
+
+def recorded_overrides(root: Path, warnings: list[str]) -> list[str]:
+    """compare.json's args; none for a plain directory of runs, or (with a warning) a damaged record."""
+    if not (root / COMPARE_FILE).is_file():
+        return []
+    try:
+        return read_record(root)["args"]
+    except LossbenchError as err:
+        warnings.append(f"{err}; exported without the comparison's overrides")
+        return []
 
 
 def run_key(root: Path, run_dir: Path) -> str:
@@ -90,8 +97,7 @@ def run_key(root: Path, run_dir: Path) -> str:
 
 def hparams(config: dict[str, object], swept: list[str]) -> dict[str, object]:
     """The settings that tell runs apart, as TensorBoard's hparams take them (bool, number or text)."""
-    keys = [*NAMING_KEYS, *swept, *(k for k in config if k.startswith("loss.") and k not in ("loss.name",)
-                                    and not k.startswith("loss._"))]  # fmt: skip
-    chosen = {k: config.get(k) for k in dict.fromkeys(keys)}
+    keys = [*NAMING_KEYS, *swept, *(k for k in config if k.startswith("loss.") and not k.startswith("loss._"))]
+    chosen = {k: config.get(k) for k in dict.fromkeys(keys)}  # in that order, each once
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in chosen.items()}
 

@@ -29,6 +29,7 @@ KIND_TAG = "mlflow.experimentKind"  # MLflow's own: training runs, so its UI ope
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 STATES = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "running": "RUNNING"}  # else KILLED
 BATCH, PARAMS_BATCH = 1000, 100  # the most metrics, and params, one log_batch call takes
+PARAM_LIMIT, TAG_LIMIT = 6000, 8000  # the longest param and tag values MLflow stores (a list of 1000 class names)
 
 
 def write(comparison: Comparison, out: Path) -> None:
@@ -43,7 +44,7 @@ def write(comparison: Comparison, out: Path) -> None:
     parent = stored.pop(None, None)
     parent_id = parent.info.run_id if parent else client.create_run(
         experiment, run_name=comparison.name, tags={COMPARISON_TAG: str(comparison.root)}).info.run_id  # fmt: skip
-    client.set_tag(parent_id, OVERRIDES_TAG, " ".join(comparison.overrides))
+    client.set_tag(parent_id, OVERRIDES_TAG, fitted(" ".join(comparison.overrides), TAG_LIMIT))
     for path in comparison.report_files:
         client.log_artifact(parent_id, str(path))
     for run in comparison.runs:
@@ -85,28 +86,32 @@ def stored_runs(client: MlflowClient, experiment: str, root: str) -> dict[str | 
 
 def sync_run(client: MlflowClient, experiment: str, parent_id: str, stored: StoredRun | None, run: Run,
              root: str) -> None:  # fmt: skip
-    params = {key: str(value) for key, value in run.config.items()}
+    params = {key: fitted(str(value), PARAM_LIMIT) for key, value in run.config.items()}
     scalars = run.scalars()
-    if stored is not None and not extendable(client, stored, params, scalars):
+    held = logged_steps(client, stored) if stored is not None else {}
+    if stored is not None and not extendable(stored.data.params, held, params, scalars):
         client.delete_run(stored.info.run_id)
-        stored = None
+        stored, held = None, {}
     if stored is None:
         tags = {COMPARISON_TAG: root, KEY_TAG: run.key, PARENT_TAG: parent_id}
         stored = client.create_run(experiment, run_name=run.key, tags=tags)
     run_id = stored.info.run_id
-    have_params = stored.data.params
-    new_params = [Param(k, v) for k, v in params.items() if k not in have_params]
+    new_params = [Param(k, v) for k, v in params.items() if k not in stored.data.params]
     for start in range(0, len(new_params), PARAMS_BATCH):
         client.log_batch(run_id, params=new_params[start:start + PARAMS_BATCH])
-    have = logged_steps(client, stored)
     now = int(time.time() * 1000)
-    new = [Metric(name, value, now, epoch) for epoch, name, value in scalars if (name, epoch) not in have]
+    new = [Metric(name, value, now, epoch) for epoch, name, value in scalars if (name, epoch) not in held]
     for start in range(0, len(new), BATCH):
         client.log_batch(run_id, metrics=new[start:start + BATCH])
     client.set_tag(run_id, STATUS_TAG, run.status)
     for path in run.files:
         client.log_artifact(run_id, str(path))
     mark(client, run_id, STATES.get(run.status, "KILLED"))
+
+
+def fitted(text: str, limit: int) -> str:
+    """text, cut to MLflow's limit with a mark that says so (the same cut on every export)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def mark(client: MlflowClient, run_id: str, state: str) -> None:
@@ -126,13 +131,13 @@ def logged_steps(client: MlflowClient, stored: StoredRun) -> dict[tuple[str, int
     return held
 
 
-def extendable(client: MlflowClient, stored: StoredRun, params: dict[str, str],
+def extendable(stored_params: dict[str, str], held: dict[tuple[str, int], list[float]], params: dict[str, str],
                scalars: list[tuple[int, str, float]]) -> bool:  # fmt: skip
-    """Whether the stored run is a beginning of what is on disk: its params and every value it holds agree."""
-    if any(params.get(k) != v for k, v in stored.data.params.items()):
+    """Whether a stored run is a beginning of what is on disk: its params and every value it holds agree."""
+    if any(params.get(k) != v for k, v in stored_params.items()):
         return False
     wanted = {(name, epoch): value for epoch, name, value in scalars}
-    return all(values == [wanted.get(step)] for step, values in logged_steps(client, stored).items())
+    return all(values == [wanted.get(step)] for step, values in held.items())
 
 
 def ui_command(out: Path) -> str:
