@@ -14,6 +14,7 @@ from lossbench import launch
 from lossbench.errors import LossbenchError
 from lossbench.export import export
 from lossbench.metrics import TIMING_COLUMNS
+from lossbench.rundir import find_runs
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -135,7 +136,10 @@ def test_a_partial_comparison_exports_what_is_on_disk_and_says_so(comparisons):
 def test_tensorboard_export_after_the_resume_equals_the_straight_comparisons(comparisons, tmp_path):
     base, _ = comparisons
     exported(base / "straight", "tensorboard", tmp_path / "straight")
+    killed = base / "resumed-tensorboard" / f".{STOPPED}.0123abcd.export-tmp"  # as an export killed midway left it
+    killed.mkdir()
     exported(base / "resumed", "tensorboard", base / "resumed-tensorboard")  # over the partial export
+    assert not killed.exists()
     straight, resumed = tensorboard_runs(tmp_path / "straight"), tensorboard_runs(base / "resumed-tensorboard")
     assert set(straight) == KEYS
     for run in [*straight.values(), *resumed.values()]:
@@ -178,7 +182,7 @@ def test_mlflow_export_after_the_resume_equals_the_straight_comparisons(comparis
         for key in KEYS:
             run = runs[key]
             assert run["status"] == "FINISHED" and run["params"]["loss.name"] == key[5:].split(",")[0]
-            assert {"config.yaml", "metrics.csv", "status.json"} <= set(run["artifacts"])
+            assert {"config.yaml", "metrics.csv", "run.json"} <= set(run["artifacts"])
             assert all(steps(history) == [1, 2] for history in run["metrics"].values())  # each epoch once
     for runs in (straight, resumed):
         for run in runs.values():
@@ -244,11 +248,17 @@ def test_a_missing_library_is_one_line_naming_the_extra(tmp_path, to):
 
 
 @pytest.mark.slow
-def test_the_cli_exports_into_the_comparison_by_default(comparisons, tmp_path):
+def test_the_cli_exports_into_the_comparison_by_default_where_nothing_looks_like_a_run(comparisons, tmp_path):
     base, _ = comparisons
     copy = tmp_path / "cmp"
     shutil.copytree(base / "straight", copy)
-    result = lossbench("export", "cmp", "--to", "tensorboard", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"tensorboard --logdir {copy.relative_to(tmp_path)}/tensorboard --host 127.0.0.1" in result.stdout
+    shown = {"tensorboard": "tensorboard --logdir cmp/tensorboard --host 127.0.0.1",
+             "mlflow": f"mlflow ui --backend-store-uri sqlite:///{copy.resolve()}/mlflow/mlflow.db --host 127.0.0.1"}
+    for to, command in shown.items():
+        result = lossbench("export", "cmp", "--to", to, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert command in result.stdout
     assert set(tensorboard_runs(copy / "tensorboard")) == KEYS
+    assert set(mlflow_runs(copy / "mlflow", copy)) == {"", *KEYS}
+    # the records copied into the store are not runs of the comparison (report and resume read find_runs)
+    assert find_runs(copy) == [copy / key for key in sorted(KEYS)]

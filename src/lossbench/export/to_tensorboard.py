@@ -12,6 +12,7 @@ import shlex
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -26,7 +27,7 @@ TEMPORARY_SUFFIX = ".export-tmp"
 
 def write(comparison: Comparison, logdir: Path) -> None:
     claim_logdir(logdir, comparison.root)
-    for stale in logdir.rglob(f".*{TEMPORARY_SUFFIX}"):  # left by a killed export
+    for stale in list(logdir.rglob(f".*{TEMPORARY_SUFFIX}")):  # left by a killed export
         shutil.rmtree(stale)
     for run in comparison.runs:
         replace_dir(logdir / run.key, lambda tmp, run=run: write_run(run, tmp))
@@ -51,7 +52,7 @@ def claim_logdir(logdir: Path, root: Path) -> None:
     write_atomic(owner, json.dumps({"comparison": str(root)}) + "\n")
 
 
-def replace_dir(target: Path, fill) -> None:
+def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
     """Make `target` hold what `fill(directory)` writes, through a temporary folder beside it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
