@@ -82,7 +82,7 @@ def test_losses_lists_every_loss_with_parameters(tmp_path):
     assert "tau=0.1" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["run", "compare", "report", "resume", "losses"])
+@pytest.mark.parametrize("command", ["run", "compare", "report", "resume", "export", "losses"])
 def test_help_on_every_command(tmp_path, command):
     result = lossbench(command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "Usage" in result.stdout
@@ -111,7 +111,7 @@ def test_help_examples_are_found():
     assert "model.widths=[16,32,64]" in help_examples("run")
 
 
-@pytest.mark.parametrize("command", [None, "run", "compare", "report", "resume", "losses", "explain"])
+@pytest.mark.parametrize("command", [None, "run", "compare", "report", "resume", "export", "losses", "explain"])
 def test_help_shows_bracketed_examples(tmp_path, command):
     """Rich markup swallowed `[...]`: `losses=[ce,expected_score]` showed as `losses=`."""
     result = lossbench(*([command] if command else []), "--help", cwd=tmp_path, env={"COLUMNS": "200"})

@@ -150,6 +150,23 @@ def rescore(
 
 
 @app.command()
+def export(
+    directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories"),
+    to: str = typer.Option(..., "--to", help="tensorboard or mlflow"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="The TensorBoard log directory, or the folder of "
+                                      "the MLflow store (mlflow.db, artifacts/); default DIRECTORY/tensorboard or "
+                                      "DIRECTORY/mlflow"),
+) -> None:  # fmt: skip
+    """Replay the runs under DIRECTORY (finished or partial) from disk into TensorBoard event files (per-epoch
+    scalars, hparams) or a local MLflow store (a parent run for the comparison, a child per loss and seed with its
+    config, metrics and records; the report files on the parent). Exporting again updates the export in place.
+    Needs `pip install 'lossbench[tensorboard]'` or `'lossbench[mlflow]'`."""
+    from lossbench.export import export as run_export
+
+    guarded(lambda: run_export(directory, to, out))
+
+
+@app.command()
 def resume(
     directory: str = typer.Argument(..., help="A run directory or a comparison directory"),
     trust: list[str] = typer.Option(
