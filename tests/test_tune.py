@@ -261,7 +261,7 @@ def test_resume_of_a_tune_directory_names_the_way_out(tmp_path):
 
 # ---------------------------------------------------------------- Optuna's study: pruning, workers, old records
 
-PRUNING = [*TINY, "train.epochs=3", "data.val_size=128", "seeds=[0]", "tune.pruner_startup=1"]
+PRUNING = [*TINY, "model.widths=[32,64,128]", "train.epochs=3", "data.val_size=128", "seeds=[0]", "tune.pruner_startup=1"]
 
 
 def test_a_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
