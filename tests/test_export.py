@@ -33,10 +33,10 @@ KEYS = {"loss=ce,seed=0", STOPPED}
 def comparisons(tmp_path_factory):
     """(straight, resumed-after-an-interruption) comparisons, and the exports of the second taken while it was
     interrupted (tensorboard and mlflow outputs, and what the export printed)."""
-    import lossbench.train as T
+    import lossbench.run as R
 
     base = tmp_path_factory.mktemp("export")
-    stop = T.write_status
+    stop = R.write_status
 
     def ctrl_c_after_epoch_1(run_dir, status, epoch, *args, **kwargs):
         stop(run_dir, status, epoch, *args, **kwargs)
@@ -46,10 +46,10 @@ def comparisons(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         assert launch.compare(ARGS, str(base / "straight")) == 0
-        patch.setattr(T, "write_status", ctrl_c_after_epoch_1)
+        patch.setattr(R, "write_status", ctrl_c_after_epoch_1)
         with pytest.raises(KeyboardInterrupt):
             launch.compare(ARGS, str(base / "resumed"))
-        patch.setattr(T, "write_status", stop)
+        patch.setattr(R, "write_status", stop)
         partial = {to: exported(base / "resumed", to, base / f"resumed-{to}") for to in ("tensorboard", "mlflow")}
         assert launch.resume(str(base / "resumed")) == 0
     return base, partial
@@ -153,11 +153,11 @@ def test_tensorboard_export_after_the_resume_equals_the_straight_comparisons(com
 
 @pytest.mark.slow
 def test_tensorboard_scalars_are_the_metrics_csv_values(comparisons, tmp_path):
-    from lossbench.report import read_metrics
+    from lossbench.rundir import read_metrics
 
     base, _ = comparisons
     exported(base / "straight", "tensorboard", tmp_path / "tb")
-    rows, _ = read_metrics(base / "straight" / STOPPED / "metrics.csv")
+    rows, _ = read_metrics(base / "straight" / STOPPED)
     scalars = tensorboard_runs(tmp_path / "tb")[STOPPED]["scalars"]
     for name in ("test_score", "train_loss", "elapsed_s"):
         assert scalars[name] == [(e, pytest.approx(v, rel=1e-6)) for e, v in zip(rows["epoch"], rows[name])]

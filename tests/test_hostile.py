@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import HANG_S, TINY, lossbench, make_cfg
-from lossbench import launch, trust
+from lossbench import hydra_bridge, launch, trust
 from lossbench.errors import LossbenchError
 from lossbench.rundir import CONFIG_FILE, LAYOUT_VERSION, MARKER_FILE, claim, write_record, write_status
 
@@ -502,7 +502,7 @@ def test_hydras_errors_over_an_unwritable_log_are_one_line(monkeypatch):
             raise ValueError("Unable to configure handler 'file'") from err
 
     with pytest.raises(PermissionError) as err:
-        launch.launch_hydra([], job=job)
+        hydra_bridge.launch_hydra([], job=job)
     assert err.value.filename == "/cmp/run/lossbench.log"
 
 

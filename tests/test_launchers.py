@@ -141,3 +141,28 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
         rows = {row["loss"]: row for row in csv.DictReader(f)}
     assert {name: row["status"] for name, row in rows.items()} == {"ce": "1 finished", "expected_score": "1 finished"}
     assert any(f"{killed}: resuming after epoch" in log for log in job_logs(out).values())
+
+
+@pytest.mark.parametrize("launcher, plugin", [("joblib", "hydra_joblib_launcher"),
+                                              ("submitit_local", "hydra_submitit_launcher")])  # fmt: skip
+def test_tune_prunes_trials_run_in_other_processes(tmp_path, launcher, plugin):
+    """A trial's job in a launcher's worker process (joblib's, submitit's) opens the study, reports each epoch and
+    is stopped by the pruner; its run directory and tune.json say pruned."""
+    pytest.importorskip("optuna", minversion="4")
+    pytest.importorskip(f"hydra_plugins.{plugin}")
+    result = lossbench("tune", f"hydra/launcher={launcher}", "losses=[soft_label_ce]", "train.epochs=3",
+                       "train.progress=false", "data.train_size=256", "data.test_size=128", "data.val_size=128",
+                       "seeds=[0]", "tune.pruner_startup=1", "tune.search_only=true", "--trials", "4", "--out", "t",
+                       cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "t" / "tuning" / "soft_label_ce"
+    if launcher == "joblib":
+        assert "Joblib.Parallel" in result.stdout + result.stderr
+    else:
+        assert (folder / ".submitit").is_dir()
+    trials = json.loads((tmp_path / "t" / "tune.json").read_text())["losses"]["soft_label_ce"]["trials"]
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert pruned and all(t["status"] in ("finished", "pruned") for t in trials)
+    for trial in pruned:
+        status = read_status(folder / f"trial_{trial['trial']}")
+        assert status["status"] == "pruned" and f"after epoch {trial['pruned_at']} of 3" in status["message"]

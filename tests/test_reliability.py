@@ -24,7 +24,7 @@ from PIL import Image
 
 from conftest import HANG_S, TINY, lossbench, make_cfg
 import lossbench.run as run_module
-from lossbench import launch
+from lossbench import hydra_bridge, launch
 from lossbench.atomic import save_atomic, write_atomic
 from lossbench.cli import guarded
 from lossbench.errors import EnvironmentFailure, LossbenchError
@@ -479,17 +479,17 @@ def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(LossbenchError, match="^Could not override 'x'. No match in config.$"):
-        launch.launch_hydra([], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config.")))
+        hydra_bridge.launch_hydra([], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config.")))
     missing = MissingConfigException("Could not find 'loss/nope'", "loss/nope", options=["ce", "expected_score"])
     with pytest.raises(LossbenchError, match="^unknown loss 'nope'; known: ce, expected_score$"):
-        launch.launch_hydra([], failing(missing))  # an OSError too, but not the disk's
+        hydra_bridge.launch_hydra([], failing(missing))  # an OSError too, but not the disk's
     with pytest.raises(SystemExit) as caught:
-        launch.launch_hydra([], failing(RuntimeError("a launcher failed")))
+        hydra_bridge.launch_hydra([], failing(RuntimeError("a launcher failed")))
     assert caught.value.code == 1 and "RuntimeError: a launcher failed" in capsys.readouterr().err
     assert "HYDRA_FULL_ERROR" not in os.environ
     monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
     with pytest.raises(RuntimeError):
-        launch.launch_hydra([], failing(RuntimeError("a launcher failed")))
+        hydra_bridge.launch_hydra([], failing(RuntimeError("a launcher failed")))
 
 
 def test_os_errors_exit_1_with_one_line(capsys):

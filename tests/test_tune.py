@@ -1,5 +1,5 @@
 """`lossbench tune`: the search space, the grid, the choice on val, and end to end on tiny synthetic data (Hydra's
-Optuna sweeper, and the grid used without it)."""
+Optuna study asked and told by lossbench, its pruning and its workers, and the grid used without Optuna)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, lossbench, make_cfg
-from lossbench import tune
+from lossbench import study, tune
 from lossbench.errors import LossbenchError
 from lossbench.rundir import find_runs
 from lossbench.losses import LOSSES
@@ -71,7 +71,7 @@ def test_grid_when_the_optuna_plugin_is_absent(monkeypatch):
     assert search_method("auto") == "tpe"
     monkeypatch.setattr(tune, "optuna_installed", lambda: False)
     assert search_method("auto") == "grid"
-    with pytest.raises(LossbenchError, match="needs hydra-optuna-sweeper"):
+    with pytest.raises(LossbenchError, match="needs optuna 4 or newer"):
         search_method("tpe")
 
 
@@ -95,13 +95,22 @@ def test_report_leaves_out_the_tuning_trials(tmp_path):
     assert find_runs(tmp_path / "tuning" / "ce") == [tmp_path / "tuning" / "ce" / "trial_0"]
 
 
+def studies(journal) -> dict[str, list]:
+    """Every study in a journal file: name -> its trials (the workers' counters left out)."""
+    import optuna
+
+    storage = study.open_storage(str(journal))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
+            for s in optuna.get_all_study_summaries(storage) if not s.study_name.endswith(":workers")}  # fmt: skip
+
+
 def final_val_score(run_dir: str) -> float:
     return float(pd.read_csv(f"{run_dir}/metrics.csv")["val_score"].iloc[-1])
 
 
 def test_tune_end_to_end_with_optuna(tmp_path):
     """2 losses x 2 TPE trials on val, then the seed at each loss's best setting, then the report."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna", minversion="4")
     result = lossbench("tune", "losses=[ce,soft_label_ce]", *QUICK, "--trials", "2", "--out", "t", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "t"
@@ -109,7 +118,9 @@ def test_tune_end_to_end_with_optuna(tmp_path):
     assert record["search"] == "tpe" and list(record["losses"]) == ["ce", "soft_label_ce"]
     for loss, keys in [("ce", ["optim.lr"]), ("soft_label_ce", ["optim.lr", "loss.tau"])]:
         entry = record["losses"][loss]
-        assert (out / "tuning" / loss / "optimization_results.yaml").exists()  # written by the Optuna sweeper
+        study = studies(out / "tuning" / "optuna.journal")[f"lossbench/{loss}"]  # the study asked and told
+        assert [(t.number, t.params, t.value) for t in study] == [
+            (t["trial"], t["setting"], t["val_score"]) for t in entry["trials"]]  # fmt: skip
         assert [t["trial"] for t in entry["trials"]] == [0, 1]
         for trial in entry["trials"]:
             assert list(trial["setting"]) == keys
@@ -135,7 +146,7 @@ def test_tune_on_a_grid(tmp_path):
     record = json.loads((tmp_path / "g" / "tune.json").read_text())
     assert record["search"] == "grid"
     assert [t["setting"]["optim.lr"] for t in record["losses"]["ce"]["trials"]] == [0.0178, 0.0562]
-    assert not (tmp_path / "g" / "tuning" / "ce" / "optimization_results.yaml").exists()
+    assert not (tmp_path / "g" / "tuning" / "optuna.journal").exists()  # no study: the grid is one Hydra sweep
     assert "searched by a grid" in (tmp_path / "g" / "summary.md").read_text()
     assert math.isfinite(record["losses"]["ce"]["chosen"]["val_score"])
 
@@ -246,3 +257,140 @@ def test_resume_of_a_tune_directory_names_the_way_out(tmp_path):
     assert result.returncode == 2
     assert "t was made by `lossbench tune`, which cannot be resumed as a whole" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+# ---------------------------------------------------------------- Optuna's study: pruning, workers, old records
+
+PRUNING = [*TINY, "model.widths=[32,64,128]", "train.epochs=3", "data.val_size=128", "seeds=[0]", "tune.pruner_startup=1"]
+
+
+def test_a_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
+    """Each epoch's val_score reaches the median pruner from the trial's own job; a trial it stops is pruned in the
+    study, in tune.json and in its run directory (status, epoch, message), never chosen, and the note counts it."""
+    pytest.importorskip("optuna", minversion="4")
+    result = lossbench("tune", "losses=[soft_label_ce]", *PRUNING, "--trials", "4", "--out", "t", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "t"
+    entry = json.loads((out / "tune.json").read_text())["losses"]["soft_label_ce"]
+    pruned = [t for t in entry["trials"] if t["status"] == "pruned"]
+    assert pruned and entry["chosen"]["trial"] not in [t["trial"] for t in pruned]
+    states = {t.number: t for t in studies(out / "tuning" / "optuna.journal")["lossbench/soft_label_ce"]}
+    for trial in pruned:
+        assert trial["val_score"] is None and 1 <= trial["pruned_at"] < 3
+        assert states[trial["trial"]].state.name == "PRUNED"
+        assert sorted(states[trial["trial"]].intermediate_values) == list(range(1, trial["pruned_at"] + 1))
+        run_dir = tmp_path / trial["run_dir"]
+        status = json.loads((run_dir / "status.json").read_text())
+        rows = pd.read_csv(run_dir / "metrics.csv")
+        assert status["status"] == "pruned" and status["epoch"] == len(rows) >= trial["pruned_at"]
+        assert status["message"].startswith(f"pruned by the search after epoch {trial['pruned_at']} of 3")
+        assert (len(rows) > trial["pruned_at"]) == ("it had trained to epoch" in status["message"])
+        reported = states[trial["trial"]].intermediate_values
+        assert [reported[e] for e in sorted(reported)] == list(rows["val_score"][: len(reported)])
+    for trial in entry["trials"]:
+        if trial["status"] == "finished":
+            assert states[trial["trial"]].state.name == "COMPLETE" and len(pd.read_csv(tmp_path / trial["run_dir"] /
+                                                                                    "metrics.csv")) == 3  # fmt: skip
+    assert f"/4 ({len(pruned)} pruned)" in (out / "summary.md").read_text()
+
+
+def test_one_seed_and_a_new_storage_give_the_same_trials(tmp_path):
+    pytest.importorskip("optuna", minversion="4")
+    records = []
+    for out in ("a", "b"):
+        result = lossbench("tune", "losses=[ce]", *PRUNING, "tune.search_only=true", "--trials", "3", "--out", out,
+                           cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert not find_runs(tmp_path / out)  # search only: no seeds run
+        record = json.loads((tmp_path / out / "tune.json").read_text())["losses"]["ce"]
+        records.append([(t["trial"], t["setting"], t["status"], t["val_score"]) for t in record["trials"]])
+    assert records[0] == records[1] and len(records[0]) == 3
+
+
+def test_two_processes_share_one_study(tmp_path):
+    """Two tune processes on one journal file: the study gets --trials trials in all, each run by one of them, each
+    worker samples with its own seed, and both record the whole study and the same choice."""
+    pytest.importorskip("optuna", minversion="4")
+    import subprocess
+    import sys
+
+    args = ["tune", "losses=[ce]", *PRUNING, "tune.storage=shared.journal", "tune.search_only=true", "--trials", "4"]
+    workers = [subprocess.Popen([sys.executable, "-m", "lossbench.cli", *args, "--out", out], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in ("w1", "w2")]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+    records = [json.loads((tmp_path / out / "tune.json").read_text())["losses"]["ce"] for out in ("w1", "w2")]
+    assert sorted(r["worker"] for r in records) == [0, 1]
+    assert sorted(r["worker_sampler_seed"] for r in records) == [0, 1]
+    assert records[0]["trials"] == records[1]["trials"] and records[0]["chosen"] == records[1]["chosen"]
+    assert [t["trial"] for t in records[0]["trials"]] == [0, 1, 2, 3]
+    assert all(t["status"] in ("finished", "pruned") for t in records[0]["trials"])
+    for trial in records[0]["trials"]:
+        ran_in = [out for out in ("w1", "w2") if (tmp_path / out / "tuning" / "ce" / f"trial_{trial['trial']}").is_dir()]
+        assert len(ran_in) == 1 and trial["run_dir"].startswith(ran_in[0])
+    assert len(studies(tmp_path / "shared.journal")["lossbench/ce"]) >= 4  # plus at most one asked too late
+
+
+def test_workers_number_themselves_in_an_sqlite_storage(tmp_path):
+    pytest.importorskip("optuna", minversion="4")
+    search = {"space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+              "pruner": {"name": "median", "after": 1, "startup": 3}}  # fmt: skip
+    storage = study.open_storage(f"sqlite:///{tmp_path / 'tune.db'}")
+    joined = [study.join_study(storage, "s/ce", search, 7, 2) for _ in range(2)]
+    assert [(worker, seed) for _, worker, seed in joined] == [(0, 7), (1, 8)]
+    other = {**search, "pruner": {"name": "halving", "after": 1, "startup": 3}}
+    with pytest.raises(LossbenchError, match="study s/ce in tune.storage was made by another search"):
+        study.join_study(storage, "s/ce", other, 7, 2)
+
+
+def test_the_reporter_prunes_on_the_rows_in_order(tmp_path):
+    """The pruner sees every epoch once, in order, whenever the rows are read; never after the last epoch."""
+    optuna = pytest.importorskip("optuna", minversion="4")
+    from lossbench.rundir import append_metrics
+
+    s = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    done = s.ask()
+    for epoch, value in enumerate([0.5, 0.6, 0.7], start=1):
+        done.report(value, epoch)
+    s.tell(done, 0.7)
+    row = {"elapsed_s": 1.0, "test_acc": 0.1, "test_score": 0.1}
+    reporter = study.Reporter(s.ask(), tmp_path, epochs=3)
+    assert not reporter.feed()  # no metrics.csv yet
+    for epoch, value in enumerate([0.55, 0.58], start=1):
+        append_metrics(tmp_path, {"epoch": epoch, **row, "val_score": value})
+    assert reporter.feed() and reporter.pruned_at == 2 and reporter.value == 0.58  # 0.58 < median 0.6 at epoch 2
+    assert reporter.message(3).endswith("it had trained to epoch 3 when it stopped, which the search does not use")
+    last = study.Reporter(s.ask(), tmp_path / "x", epochs=1)
+    (tmp_path / "x").mkdir()
+    append_metrics(tmp_path / "x", {"epoch": 1, **row, "val_score": 0.0})
+    assert not last.feed()  # the last epoch ends the trial: finished, never pruned
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["tune.pruner=sometimes"], "tune.pruner must be one of none, median, halving, not 'sometimes'"),
+        (["tune.prune_after=-1"], "tune.prune_after must be an integer >= 0, not -1"),
+        (["tune.search=grid", "tune.storage=s.journal"], "they need tune.search=tpe"),
+        (["tune.study=a:b"], "tune.study must be a name without ':'"),
+        (["hydra.sweeper.n_jobs=4"], "tune asks Optuna for its trials itself, through no Hydra sweeper"),
+    ],
+)
+def test_bad_study_settings_are_one_error_line(tmp_path, args, fragment):
+    pytest.importorskip("optuna", minversion="4")
+    result = lossbench("tune", *TINY, "losses=[ce]", *args, "--out", "t", cwd=tmp_path)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_from_reads_a_record_of_hydras_optuna_sweeper():
+    """results/cifar10_tuning/tune.json was written through hydra-optuna-sweeper: --from and the note read it."""
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "results" / "cifar10_tuning" / "tune.json"
+    record = tune.read_source(path)
+    entry = tune.reused_choice(path, record, make_cfg("loss=soft_label_ce"))
+    assert entry["chosen"]["setting"] == {"optim.lr": 0.08025955666793813, "loss.tau": 0.202727317015276}
+    assert "searched by Optuna's TPE (seed 0)." in tune.tuned_markdown(record)

@@ -108,8 +108,10 @@ def tune(
     for every run, e.g. `losses=[ce,soft_label_ce] seeds=[0,1,2] train.epochs=6`, and `tune.KEY=VALUE` for the
     search (configs/tune.yaml): `tune.lr=[0.01,0.3]` (default: 0.1x to 10x the config's optim.lr,
     log-uniform), `tune.params.soft_label_ce.tau.high=0.5`, `tune.search=grid`, `tune.seed=1`. The search is
-    Hydra's Optuna sweeper (TPE, seeded) when hydra-optuna-sweeper is installed, else a grid. Trials run under
-    OUT/tuning/LOSS/trial_N; OUT/tune.json lists every trial and each loss's choice, which summary.md states.
+    Optuna's TPE (seeded; optuna 4 or newer) with per-epoch pruning (`tune.pruner=median|halving|none`), else a
+    grid. `tune.storage=FILE.journal` or `sqlite:///FILE.db` lets several tune processes (or SLURM jobs) share one
+    study each loss (`tune.search_only=true` for all but one). Trials run under OUT/tuning/LOSS/trial_N; OUT/tune.json
+    lists every trial and each loss's choice, which summary.md states.
     Search on a small budget, then run the full one at the chosen settings:
     `lossbench tune data.train_size=5000 --out small`, then `lossbench tune --from small/tune.json seeds=[0,1,2]`."""
     from lossbench import tune as tuning

@@ -1,8 +1,8 @@
 """Launching runs through Hydra: `run` (one job, or a user's multirun), `compare` (a losses x seeds multirun,
 then the report) and `resume` (a run or a comparison directory).
 
-Typer parses nothing of the Hydra command line: the overrides, `-m` and `hydra/launcher=...` go to `@hydra.main`
-untouched. Before launching, the overrides are composed once with the compose API so that bad input fails fast
+Typer parses nothing of the Hydra command line: the overrides, `-m` and `hydra/launcher=...` go to Hydra (through
+hydra_bridge) untouched. Before launching, the overrides are composed once with the compose API so that bad input fails fast
 with one clear line instead of one traceback per job.
 """
 
@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import sys
 import time
-import traceback
 import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, QuotedString
-from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from lossbench import multirun, trust
 from lossbench.atomic import remove_stale_temporaries
@@ -39,6 +34,7 @@ from lossbench.components import CONFIG_MODULE, group_options
 from lossbench.config import PATH_KEYS, absolute_path, absolute_paths, prepare
 from lossbench.data.loading import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
+from lossbench.hydra_bridge import config_error, hydra_quote, hydra_value, run_command, run_task, sweep_command
 from lossbench.report import build_report, flatten
 from lossbench.rundir import (
     COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, check_comparisons_free, claim,
@@ -48,7 +44,7 @@ from lossbench.pack import train_packed
 from lossbench.step import build_training
 from lossbench.train import train_run
 from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
-from lossbench.lifeline import exit_if_orphaned, follow_launcher, mark_launcher
+from lossbench.lifeline import exit_if_orphaned, follow_launcher
 
 log = logging.getLogger("lossbench")
 
@@ -59,8 +55,8 @@ DEMO = "experiment=quick"  # what `lossbench compare` runs when given no argumen
 finished_jobs: list[tuple[Path, str]] = []
 
 
-@hydra.main(version_base="1.3", config_path="pkg://lossbench.configs", config_name="config")
-def hydra_job(cfg: DictConfig) -> str:
+def run_job(cfg: DictConfig) -> str:
+    """A run's job (`run`, `compare`, `resume`, a tune's final seeds): train one run into its Hydra directory."""
     follow_launcher()  # in a launcher's worker process: stop once the command that started it is gone
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -89,7 +85,7 @@ def hydra_job(cfg: DictConfig) -> str:
 
 def packed_job(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
     """hydra/launcher=packed's task function, called by Hydra once per job: it claims the job's directory as
-    hydra_job does and hands the job back (None when its directory is refused); train_jobs then trains them."""
+    run_job does and hands the job back (None when its directory is refused); train_jobs then trains them."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
@@ -126,45 +122,6 @@ def claim_job_dir(hydra_cfg: DictConfig) -> Path:
     return run_dir
 
 
-HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"  # set to 1, Hydra raises an error that escapes a job instead of printing it
-
-
-def launch_hydra(args: list[str], job: Callable[[], object] = hydra_job) -> None:
-    """Call a @hydra.main job (by default a run's) with `args` as its command line. Hydra prints an error that
-    escapes the job function (with a traceback) and exits 1; here it is raised instead, so that the CLI says in
-    one line what the user can fix: Hydra's own writes failing (its .hydra/ files on a full disk: exit 1) and
-    Hydra's config errors in a sweep's values (exit 2). Anything else (a launcher's failure) is printed with its
-    traceback, as Hydra did, and exits 1. LOSSBENCH_DEBUG=1 or HYDRA_FULL_ERROR=1 raise everything."""
-    saved_argv, full_error = sys.argv, os.environ.get(HYDRA_FULL_ERROR)
-    mark_launcher()  # the jobs' worker processes, if any, stop when this process is gone
-    sys.argv = ["lossbench", *args]
-    os.environ[HYDRA_FULL_ERROR] = "1"
-    try:
-        job()
-    except LossbenchError:
-        raise
-    except Exception as err:
-        if debug_enabled() or full_error == "1":
-            raise
-        if isinstance(err, (HydraException, OmegaConfBaseException)):  # before OSError: a missing config is both
-            raise config_error(err) from None
-        cause = err.__cause__ or err.__context__
-        if not isinstance(err, OSError) and isinstance(cause, OSError):  # e.g. logging's "Unable to configure
-            err = cause  # handler 'file'" over a log file in a read-only folder: the file and the reason
-        if isinstance(err, OSError):
-            if err.filename is None:  # lossbench's writes name their file (atomic.naming): this was one of Hydra's
-                err.filename = "Hydra's files in the run directory (.hydra/, the job log)"
-            raise err from None
-        traceback.print_exc()
-        raise SystemExit(1) from None
-    finally:
-        sys.argv = saved_argv
-        if full_error is None:
-            del os.environ[HYDRA_FULL_ERROR]
-        else:
-            os.environ[HYDRA_FULL_ERROR] = full_error
-
-
 # ---------------------------------------------------------------- overrides and preflight
 
 
@@ -181,14 +138,6 @@ def parse_overrides(args: list[str]) -> list[Override]:
         return OverridesParser.create().parse_overrides(words)
     except Exception as err:  # hydra's OverrideParseException: a malformed key=value
         raise LossbenchError(one_line(err)) from None
-
-
-def hydra_quote(text: str) -> str:
-    """`text` as a Hydra override value that reads back exactly: single-quoted (commas, spaces, non-ASCII
-    survive), quotes escaped as Hydra's grammar wants, and `${` escaped so that OmegaConf does not interpolate."""
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("${", "\\${") + "'"
 
 
 def absolute_overrides(args: list[str], base: Path) -> list[str]:
@@ -208,19 +157,6 @@ def absolute_overrides(args: list[str], base: Path) -> list[str]:
         quoted = ",".join(hydra_quote(absolute_path(t, base)) for t in texts)
         result.append(f"{prefixes.get(override.type, '')}{override.key_or_group}={quoted}")
     return result
-
-
-def hydra_value(value: object) -> str:
-    """A resolved config value as Hydra override text that reads back as exactly that value."""
-    if isinstance(value, str):
-        return hydra_quote(value)
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
 
 
 def resolved_overrides(args: list[str]) -> list[str]:
@@ -298,14 +234,6 @@ def compose_config(overrides: list[Override]) -> DictConfig:
         raise config_error(err) from None
 
 
-def config_error(err: Exception) -> LossbenchError:
-    """A config composition error in one line; a missing option (loss=nope) names its group and the options."""
-    if isinstance(err, MissingConfigException):
-        group, _, option = (err.missing_cfg_file or "").rpartition("/")
-        return LossbenchError(f"unknown {group} '{option}'; known: {', '.join(err.options or [])}")
-    return LossbenchError(one_line(err))
-
-
 def check_sweeps(overrides: list[Override]) -> None:
     """A value listed twice in a sweep (`seed=0,0`, `optim.lr=0.1,0.10`, `loss=ce,'ce'`) is refused: it would
     run the same jobs twice into one directory."""
@@ -360,8 +288,8 @@ def claimed_output_dir(args: list[str], overrides: list[Override]) -> tuple[list
     check_comparisons_free(directory, itself=sweep)
     claim(directory, "comparison" if sweep else "run")
     if not sweep:
-        return [*args, f"hydra.run.dir={hydra_quote(str(directory))}"], directory
-    return ["-m", *pinned_scores(args, directory), multirun.pin_sweep_dir(directory)], directory
+        return run_command(args, directory), directory
+    return sweep_command(pinned_scores(args, directory), directory), directory
 
 
 def checked_losses(cfg: DictConfig) -> list[str]:
@@ -419,7 +347,7 @@ def run(args: list[str]) -> int:
         sweep_dir = directory if multirun_flag else None  # jobs of other processes are read from disk afterwards
     finished_jobs.clear()
     started = time.time()
-    launch_hydra(args)
+    run_task(run_job, args)
     bad = {d.resolve(): s for d, s in finished_jobs if s != "finished"}
     bad.update(multirun.unsuccessful_runs(sweep_dir, started) if sweep_dir else {})
     for run_dir, status in bad.items():
@@ -480,17 +408,11 @@ def launch_comparison(comparison: Path, args: list[str], overrides: list[Overrid
     """The comparison's multirun (the caller holds its lock), then its report."""
     # Job directories are named by the swept keys only: loss=ce,seed=0 (constant overrides are left out).
     constant = sorted({o.key_or_group for o in overrides if is_task_override(o) and not o.is_sweep_override()})
-    hydra_args = [
-        "-m",
-        *args,
-        *sweep,
-        f"hydra.sweep.dir={hydra_quote(str(comparison.resolve()))}",
-        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(['resume', *constant])}]",
-    ]
+    hydra_args = sweep_command(args, comparison.resolve(), sweep, name_by=["resume", *constant])
     if resume:
         hydra_args.append("resume=true")
     try:
-        launch_hydra(hydra_args)
+        run_task(run_job, hydra_args)
     except KeyboardInterrupt:
         print(f"interrupted; continue with `lossbench resume {comparison}`", file=sys.stderr)
         raise

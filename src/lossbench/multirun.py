@@ -2,13 +2,12 @@
 
 Jobs run by an out-of-process launcher (hydra/launcher=joblib, SLURM through submitit) report nothing back to
 this process, so their statuses are read from their run directories, as a comparison's are. The sweep directory
-is resolved once before launching and passed to Hydra, so that a `${now:...}` in it names the same directory
-afterwards.
+is resolved once before launching and passed to Hydra (hydra_bridge.sweep_command), so that a `${now:...}` in it
+names the same directory afterwards.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -29,11 +28,6 @@ def resolved_sweep_dir(overrides: list[Override], key: str = "sweep") -> Path:
         return Path(str(cfg.hydra[key].dir))
     except Exception as err:  # e.g. an unknown hydra/launcher option
         raise LossbenchError(one_line(err)) from None
-
-
-def pin_sweep_dir(sweep_dir: Path) -> str:
-    """The override that makes the multirun write into sweep_dir."""
-    return f"hydra.sweep.dir={json.dumps(str(sweep_dir))}"
 
 
 def unsuccessful_runs(sweep_dir: Path, since: float) -> dict[Path, str]:

@@ -1,18 +1,17 @@
 """`lossbench tune`: a fair comparison, every loss at its own best learning rate and parameter.
 
 Per loss of `losses`, trials search the learning rate (log-uniform) and the loss's own parameter (its range in
-configs/tune.yaml) with Hydra's Optuna sweeper (TPE, seeded, --trials per loss), or a grid when that plugin is
-absent. Each trial is an ordinary run under DIR/tuning/<loss>/trial_<n>; its objective is the final val_score, so
-selection never looks at test data. Then the seeds run at each loss's chosen setting into DIR, named as a
-comparison's runs (loss=<name>,seed=<s>), and the report is written as for a comparison. DIR/tune.json records
-every trial (setting, status, val_score) and each loss's choice; DIR/tuned.md (appended to summary.md by the
-report) states the choices.
+configs/tune.yaml) with Optuna's TPE (seeded, --trials per loss, asked and told here; the study and the pruning in
+lossbench.study), each epoch's val_score reported to a pruner that stops unpromising trials; or a grid when Optuna
+is absent. Hydra composes each trial's config and launches it (any launcher). Each trial is an ordinary run under
+DIR/tuning/<loss>/trial_<n>; its objective is the final val_score, so selection never looks at test data. Then the
+seeds run at each loss's chosen setting into DIR, named as a comparison's runs (loss=<name>,seed=<s>), and the
+report is written as for a comparison. DIR/tune.json records every trial (setting, status, val_score) and each
+loss's choice; DIR/tuned.md (appended to summary.md by the report) states the choices.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import math
 import sys
@@ -21,34 +20,36 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
+from lossbench import study as studies
 from lossbench.config import absolute_paths, prepare
 from lossbench.errors import LossbenchError, one_line, require
+from lossbench.hydra_bridge import run_task, setting, sweep, sweep_command
 from lossbench.launch import (
-    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, launch_hydra, new_directory,
-    parse_overrides, pinned_scores, preflight, report_comparison, resolved_overrides,
+    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, new_directory, parse_overrides,
+    pinned_scores, preflight, report_comparison, resolved_overrides, run_job,
 )  # fmt: skip
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
     TUNE_FILE, TUNED_FILE, TUNING_DIR, final_metric, find_runs, locked, read_config, read_status, read_tune_record,
-    write_tune_record,
+    write_status, write_tune_record,
 )  # fmt: skip
+from lossbench.study import OBJECTIVE, PRUNED, PRUNERS, optuna_installed
 from lossbench.train import train_run
 
 log = logging.getLogger("lossbench")
 
-OBJECTIVE = "val_score"  # maximised; the run's final value on the validation split
 SETTINGS_FILE = "tune.yaml"
 PREFIX = "tune."  # command-line overrides of configs/tune.yaml
 LR = "optim.lr"
 METHODS = ("auto", "tpe", "grid")
 DEFAULT_TRIALS = 12
 SOURCE_KEYS = ("args", "search", "sampler_seed", "trials_per_loss", "losses")  # what --from reads
+JOURNAL_FILE = "optuna.journal"  # DIR/tuning/: the studies of a tune that names no tune.storage
 
 
 @dataclass(frozen=True)
@@ -66,22 +67,35 @@ class Range:
 # ---------------------------------------------------------------- one trial
 
 
-@hydra.main(version_base="1.3", config_path="pkg://lossbench.configs", config_name="config")
-def trial_job(cfg: DictConfig) -> float:
-    """One trial: an ordinary run. It returns the objective to the sweeper: the final val_score, or -inf when the
-    run failed or diverged (a finite number the sampler can learn from: this region is worse than any other)."""
+def trial_job(cfg: DictConfig) -> str:
+    """One trial: an ordinary run. A trial of a study reports each epoch's val_score to it and is stopped when the
+    pruner says so; its run directory then says pruned (status.json), with the epoch and the value. Returns the
+    run's status."""
     follow_launcher()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    reporter = studies.reporter_from_environment(run_dir, int(cfg.train.epochs))
     try:
-        claim_job_dir(HydraConfig.get())
-        status = train_run(absolute_paths(cfg, Path(HydraConfig.get().runtime.cwd)), run_dir)
+        claim_job_dir(hydra_cfg)
+        cfg = absolute_paths(cfg, Path(hydra_cfg.runtime.cwd))
+        if reporter is None:
+            return train_run(cfg, run_dir)
+        with reporter.watching():
+            train_run(cfg, run_dir)
+    except studies.Pruned:
+        pass  # the run stopped between two of its records; the pruning is recorded below
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
         log.error("%s: %s", run_dir, err)
-        status = "failed"
+        return "failed"
     finally:
         exit_if_orphaned()
-    value = final_metric(run_dir, OBJECTIVE) if status == "finished" else math.nan
-    return value if math.isfinite(value) else -math.inf
+    if reporter.feed():  # the rows the watcher had not read yet, in order: the decision never depends on timing
+        trained = final_metric(run_dir, "epoch")
+        trained = int(trained) if math.isfinite(trained) else 0
+        write_status(run_dir, PRUNED, trained, reporter.epochs, reporter.message(trained))
+        log.info("%s: %s", run_dir, reporter.message(trained))
+        return PRUNED
+    return read_status(run_dir)["status"]
 
 
 # ---------------------------------------------------------------- settings and search space
@@ -98,19 +112,46 @@ def load_settings(lines: list[str]) -> DictConfig:
         raise LossbenchError(f"tune settings: {one_line(err)}") from None
 
 
-def optuna_installed() -> bool:
-    return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-
-
 def search_method(choice: str) -> str:
-    """tpe or grid: auto means tpe when hydra-optuna-sweeper is installed, a grid otherwise."""
+    """tpe or grid: auto means tpe when Optuna (4 or newer) is installed, a grid otherwise."""
     require(choice in METHODS, f"tune.search must be one of {', '.join(METHODS)}, not '{choice}'")
     if choice == "auto":
         return "tpe" if optuna_installed() else "grid"
     require(choice == "grid" or optuna_installed(),
-            "tune.search=tpe needs hydra-optuna-sweeper (pip install hydra-optuna-sweeper), "
-            "or use tune.search=grid")  # fmt: skip
+            "tune.search=tpe needs optuna 4 or newer (pip install 'optuna>=4'), or use tune.search=grid")  # fmt: skip
     return choice
+
+
+def pruner_spec(settings: DictConfig) -> dict:
+    """tune.pruner, tune.prune_after and tune.pruner_startup, checked, as a study records them."""
+    require(settings.pruner in PRUNERS, f"tune.pruner must be one of {', '.join(PRUNERS)}, not '{settings.pruner}'")
+    for key in ("prune_after", "pruner_startup"):
+        value = settings[key]
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"tune.{key} must be an integer >= 0, not {value}")  # fmt: skip
+    return {"name": str(settings.pruner), "after": int(settings.prune_after), "startup": int(settings.pruner_startup)}
+
+
+def check_study_settings(settings: DictConfig, method: str) -> None:
+    """tune.storage, tune.study, the pruner's settings and tune.search_only, before anything runs."""
+    storage = settings.storage
+    require(storage is None or (isinstance(storage, str) and storage.strip()),
+            f"tune.storage must be a journal file's path or a database URL, not {storage!r}")  # fmt: skip
+    require(method == "tpe" or (storage is None and not settings.search_only),
+            "tune.storage and tune.search_only are about Optuna's studies: they need tune.search=tpe")  # fmt: skip
+    require(isinstance(settings.study, str) and settings.study.strip() and ":" not in settings.study,
+            f"tune.study must be a name without ':', not {settings.study!r}")  # fmt: skip
+    require(isinstance(settings.search_only, bool), f"tune.search_only must be true or false, not {settings.search_only}")
+    pruner_spec(settings)
+
+
+def storage_spec(settings: DictConfig, directory: Path) -> str:
+    """Where the studies live: tune.storage (a journal file's path or an SQLAlchemy URL), else this tune's own
+    journal file under DIR/tuning/."""
+    storage = settings.storage
+    if storage is None:
+        return str(directory / TUNING_DIR / JOURNAL_FILE)
+    return storage if "://" in storage else str(Path(storage).expanduser())
 
 
 def make_range(where: str, bounds: object, log: bool) -> Range:
@@ -178,12 +219,6 @@ def grid(space: dict[str, Range], trials: int) -> dict[str, list[float]]:
     return {key: [point(rng, (i + 0.5) / k) for i in range(k)] for key, rng in space.items()}
 
 
-def optuna_interval(rng: Range) -> str:
-    """Hydra's sweep syntax for the Optuna sweeper: a (log-)uniform float interval."""
-    interval = f"interval({rng.low!r},{rng.high!r})"
-    return f"tag(log,{interval})" if rng.log else interval
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -192,19 +227,19 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in args if a.startswith(PREFIX)], [a for a in args if not a.startswith(PREFIX)]
 
 
-def trial_args(loss: str, space: dict[str, Range], method: str, trials: int, settings: DictConfig,
-               user: list[str], folder: Path) -> list[str]:  # fmt: skip
-    """The Hydra command line of one loss's trials. The user's overrides come after the sweeper's defaults (so
-    hydra.sweeper.n_jobs=4 wins) and before the layout (loss, where the trials go)."""
-    if method == "grid":
-        sweeper, searched = [], [f"{key}={','.join(map(repr, values))}" for key, values in grid(space, trials).items()]
-    else:
-        sweeper = ["hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", f"hydra.sweeper.n_trials={trials}",
-                   "hydra.sweeper.n_jobs=1", f"hydra.sweeper.sampler.seed={int(settings.seed)}",
-                   f"hydra.sweeper.sampler.n_startup_trials={min(int(settings.startup_trials), trials)}"]  # fmt: skip
-        searched = [f"{key}={optuna_interval(rng)}" for key, rng in space.items()]
-    layout = [f"loss={loss}", f"hydra.sweep.dir={json.dumps(str(folder))}", "hydra.sweep.subdir=trial_${hydra.job.num}"]
-    return ["-m", *sweeper, *user, *searched, *layout]
+def grid_command(loss: str, space: dict[str, Range], trials: int, user: list[str], folder: Path) -> list[str]:
+    """The Hydra command line of one loss's grid: one multirun, every point a job in folder/trial_<n>."""
+    points = [sweep(key, values) for key, values in grid(space, trials).items()]
+    return sweep_command([*user, *points, f"loss={loss}"], folder, subdir="trial_${hydra.job.num}")
+
+
+def trial_command(loss: str, values: dict[str, float], environment: dict[str, str], user: list[str],
+                  run_dir: Path) -> list[str]:  # fmt: skip
+    """The Hydra command line of one asked trial: one job into run_dir (folder/trial_<its number>), told by
+    hydra.job.env_set which trial of which study it runs."""
+    env = [setting(f"++hydra.job.env_set.{key}", value) for key, value in environment.items()]
+    chosen = [setting(key, value) for key, value in values.items()]
+    return sweep_command([*user, *chosen, f"loss={loss}", *env], run_dir.parent, subdir=run_dir.name)
 
 
 def read_trials(folder: Path, space: dict[str, Range]) -> list[dict]:
@@ -226,19 +261,30 @@ def best_trial(trials: list[dict]) -> dict | None:
     return max(done, key=lambda t: t[OBJECTIVE]) if done else None
 
 
-def final_args(loss: str, setting: dict[str, float], seeds: list[int], user: list[str], out: Path) -> list[str]:
+def final_command(loss: str, chosen: dict[str, float], seeds: list[int], user: list[str], out: Path) -> list[str]:
     """The Hydra command line of one loss's seeds at its chosen setting, into `out` like a comparison: run
     directories are named by loss and seed only (loss=ce,seed=0)."""
     constant = sorted({line.partition("=")[0].lstrip("+~") for line in user if not line.startswith("hydra")})
-    exclude = ["resume", *constant, *setting]
-    return ["-m", *user, f"loss={loss}", "seed=" + ",".join(map(str, seeds)),
-            *(f"{key}={value!r}" for key, value in setting.items()), f"hydra.sweep.dir={json.dumps(str(out))}",
-            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"]  # fmt: skip
+    values = [setting(key, value) for key, value in chosen.items()]
+    return sweep_command([*user, *values], out, [f"loss={loss}", sweep("seed", seeds)],
+                         name_by=["resume", *constant, *chosen])  # fmt: skip
+
+
+def search_description(record: dict) -> str:
+    """How a tune.json's trials were drawn, in words (records before Optuna 4 name no pruner)."""
+    if record["search"] != "tpe":
+        return "a grid"
+    pruner = record.get("pruner") or {"name": "none"}
+    pruned = {"median": "below the median of the finished trials at the same epoch",
+              "halving": "outside the best third at its rung (successive halving)"}.get(pruner["name"])  # fmt: skip
+    stops = (f"; a trial whose val_score is {pruned} after epoch {max(1, pruner['after'])} or later is pruned"
+             if pruned else "")  # fmt: skip
+    return f"Optuna's TPE (seed {record['sampler_seed']}{stops})"
 
 
 def tuned_markdown(record: dict) -> str:
     """The note on each loss's chosen setting that the report appends to summary.md."""
-    method = "TPE (Hydra's Optuna sweeper, seed %d)" % record["sampler_seed"] if record["search"] == "tpe" else "a grid"
+    method = search_description(record)
     where = f"Every trial is in {TUNE_FILE}, its run under {TUNING_DIR}/<loss>/."
     if "from" in record:  # --from: the trials ran under another budget, in another directory
         where = (f"The settings were chosen by an earlier `lossbench tune` ({record['from']}, its trials under its "
@@ -256,11 +302,13 @@ def tuned_markdown(record: dict) -> str:
     ]
     for loss, entry in record["losses"].items():
         chosen = entry["chosen"]
-        setting = " ".join(f"{k}={v:.4g}" for k, v in chosen["setting"].items()) if chosen else "none finished"
+        shown = " ".join(f"{k}={v:.4g}" for k, v in chosen["setting"].items()) if chosen else "none finished"
         value = f"{chosen[OBJECTIVE]:.4f}" if chosen else "-"
         finished = sum(t["status"] == "finished" for t in entry["trials"])
+        pruned = sum(t["status"] == PRUNED for t in entry["trials"])
+        count = f"{finished}/{len(entry['trials'])}" + (f" ({pruned} pruned)" if pruned else "")
         searched = "; ".join(f"{k} {Range(**r)}" for k, r in entry["space"].items())
-        lines.append(f"| {loss} | {setting} | {value} | {finished}/{len(entry['trials'])} | {searched} |")
+        lines.append(f"| {loss} | {shown} | {value} | {count} | {searched} |")
     return "\n".join(lines) + "\n"
 
 
@@ -301,18 +349,71 @@ def search(names: list[str], spaces: dict[str, dict[str, Range]], method: str, s
     """Each loss's trials into directory/tuning/<loss>/, recorded in directory/tune.json as each loss finishes."""
     record = {"args": args, "search": method, "sampler_seed": int(settings.seed), "trials_per_loss": trials,
               "objective": f"final {OBJECTIVE} (maximised)", "losses": {}}  # fmt: skip
+    storage = storage_spec(settings, directory)
+    if method == "tpe":
+        record.update(pruner=pruner_spec(settings), storage=storage)
     for name in names:
         folder = directory / TUNING_DIR / name
         searched = ", ".join(f"{key} {rng}" for key, rng in spaces[name].items())
         log.info("tuning %s: %d trials (%s) over %s", name, trials, method, searched)
-        launch_hydra(trial_args(name, spaces[name], method, trials, settings, user, folder), job=trial_job)
-        found = read_trials(folder, spaces[name])
+        if method == "grid":
+            run_task(trial_job, grid_command(name, spaces[name], trials, user, folder))
+            found, worker = read_trials(folder, spaces[name]), {}
+        else:
+            found, worker = search_study(name, spaces[name], settings, trials, user, folder, storage)
         chosen = best_trial(found)
-        record["losses"][name] = {"space": {k: asdict(r) for k, r in spaces[name].items()}, "trials": found,
+        record["losses"][name] = {"space": {k: asdict(r) for k, r in spaces[name].items()}, **worker, "trials": found,
                                   "chosen": chosen and {"trial": chosen["trial"], "setting": chosen["setting"],
                                                         OBJECTIVE: chosen[OBJECTIVE]}}  # fmt: skip
         write_tune_record(directory, record)
     return record
+
+
+def search_study(name: str, space: dict[str, Range], settings: DictConfig, trials: int, user: list[str],
+                 folder: Path, storage: str) -> tuple[list[dict], dict]:  # fmt: skip
+    """One loss's study: ask a trial, run it (one Hydra job into folder/trial_<its number>), tell its outcome, until
+    the study holds `trials` trials (this worker's and the others'); then wait for the others' to end. Returns
+    every trial of the study, and this worker's part (the study, its number, its sampler seed)."""
+    study_name = f"{settings.study}/{name}"
+    searched = {"space": {k: asdict(r) for k, r in space.items()}, "pruner": pruner_spec(settings)}
+    study, worker, seed = studies.join_study(studies.open_storage(storage), study_name, searched, int(settings.seed),
+                                             min(int(settings.startup_trials), trials))  # fmt: skip
+    while studies.budget_left(study, trials):
+        trial = study.ask()
+        if trial.number >= trials:  # another worker asked the last one first
+            studies.surplus(study, trial)
+            break
+        values = {key: trial.suggest_float(key, rng.low, rng.high, log=rng.log) for key, rng in space.items()}
+        run_dir = folder / f"trial_{trial.number}"
+        trial.set_user_attr(studies.RUN_DIR, str(run_dir))
+        environment = studies.trial_environment(storage, study_name, trial.number)
+        try:
+            run_task(trial_job, trial_command(name, values, environment, user, run_dir))
+        except BaseException:  # interrupted, or the launcher failed: no worker may wait for this trial
+            studies.fail(study, trial)
+            raise
+        status, value = read_status(run_dir)["status"], final_metric(run_dir, OBJECTIVE)
+        studies.tell(study, trial, status, value)
+        log.info("%s trial %d: %s%s", name, trial.number, status, f", {OBJECTIVE} {value:.4f}" if status ==
+                 "finished" else "")  # fmt: skip
+    studies.wait_for_workers(study)
+    part = {"study": study_name, "worker": worker, "worker_sampler_seed": seed}
+    return [trial_entry(t, space) for t in studies.own_trials(study)], part
+
+
+def trial_entry(trial, space: dict[str, Range]) -> dict:
+    """A study's trial as tune.json records it: number, run directory, status (its run directory's, where this
+    machine sees it), setting and final val_score (finished trials only); a pruned trial also the epoch."""
+    run_dir = Path(trial.user_attrs[studies.RUN_DIR])
+    status = read_status(run_dir)["status"]
+    if status == "unknown":  # a run directory this machine does not see (another worker's, elsewhere)
+        status = studies.state_status(trial)
+    value = trial.value if status == "finished" and trial.value is not None and math.isfinite(trial.value) else None
+    entry = {"trial": trial.number, "run_dir": str(run_dir), "status": status,
+             "setting": {key: trial.params.get(key) for key in space}, OBJECTIVE: value}  # fmt: skip
+    if status == PRUNED and trial.intermediate_values:
+        entry["pruned_at"] = max(trial.intermediate_values)
+    return entry
 
 
 def tune(args: list[str], trials: int | None, out: str | None, source: str | None = None) -> int:
@@ -329,6 +430,9 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
     require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
     require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
+    require(not any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides),
+            "tune asks Optuna for its trials itself, through no Hydra sweeper: drop hydra.sweeper (for parallel "
+            "trials, run several tune processes on one tune.storage)")  # fmt: skip
     require(not any(o.key_or_group == "hydra/launcher" and o.value() == "packed" for o in overrides),
             "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score "
             "to the search); use compare for it, or another launcher")  # fmt: skip
@@ -340,7 +444,8 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     preflight(cfg)
     loss_cfgs = {name: compose_config(parse_overrides([*user, f"loss={name}"])) for name in names}
     if source is None:
-        method = search_method(str(settings.search))  # a missing plugin fails before anything runs
+        method = search_method(str(settings.search))  # a missing Optuna fails before anything runs
+        check_study_settings(settings, method)
         spaces = {name: search_space(c.loss, float(cfg.optim.lr), settings) for name, c in loss_cfgs.items()}
         for name, loss_cfg in loss_cfgs.items():
             check_range_ends(loss_cfg, spaces[name])
@@ -367,14 +472,17 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
                       "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
             write_tune_record(directory, record)
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
+        if source is None and settings.search_only:
+            print(f"search done: {directory / TUNE_FILE}; run the seeds with `lossbench tune --from "
+                  f"{directory / TUNE_FILE} ...`")  # fmt: skip
+            return 0
 
-        final_user = [line for line in user
-                      if not line.startswith("hydra.sweeper") and line.partition("=")[0] != "seed"]  # fmt: skip
+        final_user = [line for line in user if line.partition("=")[0] != "seed"]
         untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
         for name, entry in record["losses"].items():
             if entry["chosen"] is not None:
-                launch_hydra(final_args(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user,
-                                        directory))  # fmt: skip
+                run_task(run_job, final_command(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds],
+                                                final_user, directory))  # fmt: skip
         for name in untuned:
             print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out",
                   file=sys.stderr)  # fmt: skip

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from lossbench.errors import LossbenchError
-from lossbench.report import CURVE_COLUMNS, FIGURES, load_runs, run_config
+from lossbench.report import FIGURES, load_runs, run_config
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, read_record,
+    COMPARE_FILE, CONFIG_FILE, CONFUSION_FILE, METRIC_COLUMNS, METRICS_FILE, PROVENANCE_FILE, read_record,
 )  # fmt: skip
 
 # What `lossbench report` writes into a comparison (its sweep_*.png are found by name)
@@ -20,7 +20,7 @@ REPORT_FILES = ["summary.md", "summary.csv", "curves.csv", "report.html", *FIGUR
 # A run's records as artifacts, less status.json (a tag): a folder holding a config.yaml and a status.json counts
 # as a run, so a store inside the comparison (the default) must not hold both in one folder.
 RUN_FILES = [CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, CONFUSION_FILE]
-METRICS = [c for c in CURVE_COLUMNS if c != "epoch"]
+METRICS = [c for c in METRIC_COLUMNS if c != "epoch"]
 # hparams for TensorBoard's table: what tells a comparison's runs apart (the rest is alike across them)
 NAMING_KEYS = ("loss.name", "seed")
 
