@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import typer
 
-from lossbench.errors import LossbenchError, debug_enabled, os_failure
+from lossbench.errors import LossbenchError, Terminated, debug_enabled, os_failure, raise_terminated
 
 app = typer.Typer(
     help="Benchmark similarity-aware classification losses against cross-entropy.",
@@ -24,15 +24,6 @@ HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's or `kill`'s stop), raised where Ctrl-C would be so that it is handled alike:
-    the run is marked interrupted and the resume command is printed."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def guarded(action: Callable[[], int]) -> None:
     """Run a command. Exit codes: 2 bad input (one `error:` line naming the culprit), 1 an environment failure
     (disk full, permission denied, a directory in use by another process), 130 Ctrl-C and 143 SIGTERM (the
@@ -43,7 +34,7 @@ def guarded(action: Callable[[], int]) -> None:
     # traceback per line: the run's next write of its records fails and says so in one line.
     logging.raiseExceptions = False
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, raise_terminated)
     from lossbench.lifeline import mark_launcher
 
     mark_launcher(command=True)  # its jobs' worker processes stop when this command is gone

@@ -46,6 +46,16 @@ def os_failure(err: OSError, what: str = "") -> EnvironmentFailure:
     return EnvironmentFailure(f"{name}: {reason}" if name else reason)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised where Ctrl-C would be so that it is handled alike:
+    the run is marked interrupted and the resume command is printed."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler of the CLI and of a job's worker process (lossbench.lifeline)."""
+    raise Terminated()
+
+
 def one_line(err: BaseException) -> str:
     """An exception's message with its line breaks folded, for an `error:` line."""
     return " ".join(str(err).split()) or type(err).__name__

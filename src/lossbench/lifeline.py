@@ -17,6 +17,8 @@ import socket
 import threading
 import time
 
+from lossbench.errors import raise_terminated
+
 LAUNCHER_ENV = "LOSSBENCH_LAUNCHER"  # "host:pid" of the command that launched the jobs
 POLL_S = 0.5
 GRACE_S = 30.0  # after the stop, how long a job may take to record its run as interrupted
@@ -60,9 +62,7 @@ def follow_launcher() -> None:
         return
     launcher = _launcher = int(pid)
     if threading.current_thread() is threading.main_thread():
-        from lossbench.cli import _terminate
-
-        signal.signal(signal.SIGTERM, _terminate)  # the worker's job then records the run as interrupted
+        signal.signal(signal.SIGTERM, raise_terminated)  # the worker's job then records the run as interrupted
 
     def watch() -> None:
         while alive(launcher):
