@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from lossbench import html, plots, stats
 from lossbench import verdict as verdicts
+from lossbench.verdict import runs_of
 from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.inputs import input_warnings
@@ -385,13 +386,6 @@ def select_settings(table: pd.DataFrame, swept: list[str], measure: str) -> pd.I
     mean = column(measure, "mean")
     return pd.Index([group[mean].idxmax() if group[mean].notna().any() else group.index[0]
                      for _, group in table.groupby("loss", sort=False)])  # fmt: skip
-
-
-def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.DataFrame:
-    mask = runs["loss"] == setting["loss"]
-    for key in swept:
-        mask &= runs[key].astype(str) == str(setting[key])
-    return runs[mask]
 
 
 def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame,

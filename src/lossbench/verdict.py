@@ -239,11 +239,17 @@ def gains_against_plain(best: Candidate, plain: Candidate | None, runs_plain: pd
     return text
 
 
+def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.DataFrame:
+    """The rows of `runs` (runs or curves) that belong to a setting: its loss and its values of the swept keys."""
+    mask = runs["loss"] == setting["loss"]
+    for key in swept:
+        mask &= runs[key].astype(str) == str(setting[key])
+    return runs[mask]
+
+
 def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], predictions: dict[str, Predictions],
                   margin: float, label_of) -> Verdict:  # fmt: skip
     """The verdict over the chosen settings' finished runs. `label_of(setting row)` names a setting."""
-    from lossbench.report import runs_of  # report imports this module
-
     finished = runs[runs["status"] == "finished"]
     candidates, plain, plain_runs = [], None, None
     for _, setting in chosen.iterrows():
