@@ -34,12 +34,8 @@ from torch import nn
 
 from lossbench.atomic import write_atomic
 from lossbench.cpus import cpu_features, cpu_model
+from lossbench.oslock import wait_lock
 from lossbench.layout import LAYOUTS, NO_ONEDNN, fastest_layouts, layout_speed, layout_variants, onednn_missing
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock; jobs starting together may each measure once
-    fcntl = None
 
 log = logging.getLogger("lossbench")
 
@@ -309,7 +305,7 @@ def cache_key(model: nn.Module, batch_shape: tuple[int, ...]) -> str:
 def cache_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside the cache while reading, measuring and writing it: the jobs of a comparison
     start together, and without it each would measure (slowing the others' measurements) and they could
-    disagree. The first measures; the others wait and find its answer. No lock where none can be taken."""
+    disagree. The first measures; the others wait and find its answer. No lock where the file cannot be opened."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.with_name(path.name + ".lock").open("a")
@@ -317,8 +313,7 @@ def cache_lock(path: Path) -> Iterator[None]:
         yield
         return
     with handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        wait_lock(handle.fileno())  # released when the handle closes
         yield
 
 
