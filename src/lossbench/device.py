@@ -17,8 +17,8 @@ def resolve_device(name: str) -> torch.device:
 def configure_cudnn(device: torch.device, benchmark: bool) -> None:
     """On CUDA, whether cuDNN times its convolution algorithms once per shape (`train.cudnn_benchmark`, off by
     default). Timing costs seconds per shape, the evaluation's included, and all processes sharing a GPU pay it at
-    once; it bought nothing measurable for one run on an H200 and 2.5% per packed step on an H100, where the full
-    packed CIFAR-10 comparison took 78 s with it and 67 s without. A CPU run leaves cuDNN's settings as they are."""
+    once, for a gain too small to pay for it (measured: docs/performance.md). A CPU run leaves cuDNN's settings as
+    they are."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = benchmark
 
@@ -29,8 +29,8 @@ _device_copy = Latest()
 def on_device(data: Dataset, device: torch.device) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
     """The dataset on `device` and its training inputs' mean and std (feature_stats), made once: the runs of a
     pack share them (load_dataset's own cache hands them the same host dataset), where each run computing the
-    statistics again cost 0.6 s on the 2-core AMD EPYC for CIFAR-10 (13 s of a 21-run pack's start-up). Copy and
-    statistics are dropped together, before the next dataset's are made."""
+    statistics again added up to seconds of a large pack's start-up (docs/performance.md). Copy and statistics are
+    dropped together, before the next dataset's are made."""
 
     def copy_and_stats() -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
         copy = data.to(device)

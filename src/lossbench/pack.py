@@ -320,10 +320,9 @@ class Pack:
 
     def evaluate(self) -> list[tuple[dict[str, float], Tensor] | None]:
         """On a GPU, each member's metrics and test confusion from the packed network fed the same batches: one
-        set of kernels for all members, as in training (each member's own model costs M times the launches; on
-        an H200 a packed epoch of 21 runs went from 4.3 s to 3.6 s). On a CPU, None for each: the members then
-        evaluate their own models (end_epoch), since oneDNN's grouped convolutions are slower than its plain
-        ones (the packed demo took 103 s with this evaluation, 86 s without, on the 2-core AMD EPYC)."""
+        set of kernels for all members, as in training (each member's own model costs M times the launches). On a
+        CPU, None for each: the members then evaluate their own models (end_epoch), since oneDNN's grouped
+        convolutions are slower than its plain ones (measured: docs/performance.md)."""
         first = self.runs[0]
         if first.scores.device.type != "cuda":
             return [None] * len(self.runs)
