@@ -506,3 +506,30 @@ def test_the_sources_that_earlier_runs_recorded_still_build():
     quick = OmegaConf.load(recorded["lossbench.data.Synthetic"])
     check_config(quick, "config.yaml", trusted=(), command="lossbench resume")
     assert dataset_classes(quick.data) == list(quick.data.classes or CIFAR10_CLASSES)
+
+
+@pytest.mark.parametrize("target", ["lossbench.data.Synthetic", "lossbench.data.synthetic.Synthetic"])
+def test_a_built_in_source_named_by_its_module_gets_its_checks(target):
+    """The Synthetic range checks and the input pinning follow the class, not the string that names it."""
+    from lossbench.checks import check_settings
+
+    with pytest.raises(LossbenchError, match=r"data.similarity=2: must be a number in \[0, 1\]"):
+        check_settings(make_cfg(f"data._target_={target}", "data.similarity=2"))
+
+
+@pytest.mark.parametrize("target", ["lossbench.data.Arrays", "lossbench.data.arrays.Arrays"])
+def test_an_arrays_file_is_pinned_whichever_name_its_source_has(target, tmp_path):
+    from lossbench.inputs import data_inputs
+
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"")
+    cfg = make_cfg("data=arrays", f"data._target_={target}", f"data.path={path}")
+    assert data_inputs(cfg) == {"data.path": path}
+
+
+def test_builtin_name_imports_nothing_outside_lossbench():
+    from lossbench.data.sources import builtin_name
+
+    assert builtin_name("os.system") is None
+    assert builtin_name("lossbench.data.nowhere.Synthetic") is None
+    assert builtin_name("lossbench.data.synthetic.Synthetic") == "lossbench.data.Synthetic"

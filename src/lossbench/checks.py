@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lossbench.data.sources import builtin_name
 from lossbench.errors import require, require_int
 
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest normal float32, about 1.2e-38
@@ -68,7 +69,7 @@ def check_settings(cfg: DictConfig) -> None:
     warmup = OmegaConf.select(cfg, "schedule.warmup_epochs", default=None)
     require(warmup is None or (is_number(warmup) and math.isfinite(warmup) and warmup >= 0),
             f"schedule.warmup_epochs={warmup!r}: must be a finite number >= 0")  # fmt: skip
-    if OmegaConf.select(cfg, "data._target_", default=None) == "lossbench.data.Synthetic":
+    if builtin_name(OmegaConf.select(cfg, "data._target_", default=None)) == "lossbench.data.Synthetic":
         for key, low, high in (("data.similarity", 0, 1), ("data.noise", 0, 1e6)):
             value = OmegaConf.select(cfg, key, default=None)
             require(value is None or (is_number(value) and low <= value <= high),

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.atomic import atomic_path
+from lossbench.data.sources import builtin_name
 from lossbench.errors import LossbenchError, require
 from lossbench.rundir import read_json, write_json
 
@@ -70,9 +71,10 @@ def fingerprint(path: Path) -> str | None:
 def data_inputs(cfg: DictConfig) -> dict[str, Path]:
     """The data a run reads from disk: {config key: path} for lossbench's own file and folder sources."""
     data = cfg.get("data")
-    if not isinstance(data, DictConfig) or data.get("_target_") not in DATA_SOURCES:
+    source = builtin_name(data.get("_target_")) if isinstance(data, DictConfig) else None
+    if source not in DATA_SOURCES:
         return {}
-    key, folders = DATA_SOURCES[str(data._target_)]
+    key, folders = DATA_SOURCES[source]
     value = OmegaConf.select(cfg, key, default=None)
     if not isinstance(value, str) or not value:
         return {}

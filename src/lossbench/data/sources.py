@@ -4,6 +4,7 @@ arrays.Arrays; a user's own subclass of Source works the same way (`data._target
 
 from __future__ import annotations
 
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -13,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import Tensor
 
+from lossbench import data as data_package
 from lossbench.components import build
 from lossbench.data.dataset import Dataset, Select
 from lossbench.errors import require, require_int
@@ -95,3 +97,17 @@ def dataset_classes(cfg: DictConfig) -> list[str]:
     require(not absent, f"data.classes: {absent} not in the {source.name} dataset (it has {available})")
     require(len(set(wanted)) == len(wanted), f"data.classes lists a class twice: {wanted}")
     return wanted
+
+
+def builtin_name(target: object) -> str | None:
+    """The name configs give a built-in source (`lossbench.data.Synthetic`) when `target` names it, by that name or
+    by its defining module's (`lossbench.data.synthetic.Synthetic`); None for anything else. Only lossbench's own
+    modules are imported to tell."""
+    if not isinstance(target, str) or not target.startswith("lossbench.data."):
+        return None
+    module, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return next((f"lossbench.data.{n}" for n in data_package.__all__ if getattr(data_package, n) is found), None)
