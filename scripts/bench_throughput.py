@@ -206,8 +206,9 @@ class EpochLoop:
         return self.images, time.perf_counter() - began, cpu_seconds() - cpu
 
 
-def step_batches(images, labels, cfg, batch: int, generators: list[torch.Generator]
-                 ) -> tuple[list[Batches], list[Batches]]:  # fmt: skip
+def step_batches(
+    images, labels, cfg, batch: int, generators: list[torch.Generator]
+) -> tuple[list[Batches], list[Batches]]:
     """Per generator, Batches whose "epoch" is exactly the wanted number of steps (len = images // batch size), so
     that the training loops run unchanged: `warm` is one step, `timed` the rest. The data's statistics are computed
     once; Batches over the same tensors share them (packed_batches gathers from them once for all members)."""
@@ -221,8 +222,21 @@ def step_batches(images, labels, cfg, batch: int, generators: list[torch.Generat
 class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train` (lossbench.step's)."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch,
-                 compile_model: str | None, contiguous: bool, cpu_layout: str):  # fmt: skip
+    def __init__(
+        self,
+        images,
+        labels,
+        scores,
+        cfg,
+        device,
+        dtype,
+        num_classes,
+        steps,
+        batch,
+        compile_model: str | None,
+        contiguous: bool,
+        cpu_layout: str,
+    ):
         self.device, self.dtype = device, dtype
         generator = torch.Generator(device=device).manual_seed(0)
         (self.warm,), (self.timed,) = step_batches(images.to(device), labels.to(device), cfg, batch, [generator])
@@ -247,8 +261,21 @@ class PackedLoop(EpochLoop):
     draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
     and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
-    def __init__(self, images, labels, scores, cfg, device, dtype, num_classes, steps, batch, members: int,
-                 contiguous: bool, cpu_layout: str):  # fmt: skip
+    def __init__(
+        self,
+        images,
+        labels,
+        scores,
+        cfg,
+        device,
+        dtype,
+        num_classes,
+        steps,
+        batch,
+        members: int,
+        contiguous: bool,
+        cpu_layout: str,
+    ):
         self.device, self.dtype = device, dtype
         generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
         self.warm, self.timed = step_batches(images.to(device), labels.to(device), cfg, batch, generators)
@@ -270,28 +297,37 @@ class PackedLoop(EpochLoop):
         train_packed_epoch(self.model, batches, self.losses_of, self.optimizer, self.scheduler, self.dtype).tolist()
 
 
-
 class NaiveLoop:
     """The usual PyTorch tutorial loop: PIL images, torchvision transforms, a multi-worker DataLoader, fp32."""
 
     def __init__(self, images, labels, device, num_classes, steps, batch):
         self.device, self.steps, self.batch = device, steps, batch
         mean, std = feature_stats(images)
-        transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize((mean / 255).flatten().tolist(), (std / 255).flatten().tolist()),
-        ])  # fmt: skip
+        transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize((mean / 255).flatten().tolist(), (std / 255).flatten().tolist()),
+            ]
+        )
         dataset = PILImages(images, labels, transform)
         workers = os.cpu_count() or 1
         self.workers = workers
-        self.loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                 persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=True,
+            pin_memory=device.type == "cuda",
+        )
         torch.manual_seed(0)
         self.model = SmallCNN(num_classes, cpu_layout="dense").to(device)  # as most people's loop has it
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                                         weight_decay=5e-4)  # fmt: skip
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
 
     def step(self, x, y) -> float:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -337,39 +373,83 @@ def profile_steps(loop: EpochLoop, steps: int) -> None:
     print(f"profile: {steps} steps of the {type(loop).__name__}, the ops by their own {'CUDA' if cuda else 'CPU'} time")
     print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
     print("the same ops by input shape (which layer's convolution, batch norm ... costs what):")
-    print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25, max_name_column_width=40,
-                                                             max_shapes_column_width=90))  # fmt: skip
+    print(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by=key, row_limit=25, max_name_column_width=40, max_shapes_column_width=90
+        )
+    )
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="lossbench's precision setting (default auto, as in a run); the naive loop is always fp32",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size of both loops (default 256)")
-    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
-                        help="torch.compile lossbench's model in this mode (default: default), as train.compile does")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="CUDA: cuDNN autotuning (train.cudnn_benchmark=true; off by default, as in a run)")
-    parser.add_argument("--pack", type=int, default=0, metavar="M",
-                        help="also time M SmallCNNs trained as one packed network (default 0: not timed)")
-    parser.add_argument("--contiguous", action="store_true",
-                        help="lossbench's and the packed model in contiguous NCHW instead of channels_last")
-    parser.add_argument("--cpu-layout", choices=CPU_LAYOUTS, default="auto",
-                        help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default auto, as "
-                             "in a run)")  # fmt: skip
-    parser.add_argument("--vs-dense", action="store_true",
-                        help="also time lossbench's loop with model.cpu_layout=dense, alternated with the others (CPU)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after the rounds, profile N steps of the packed loop (else lossbench's) and print the "
-                             "ops that took the most device time (default 0: no profile)")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile lossbench's model in this mode (default: default), as train.compile does",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="CUDA: cuDNN autotuning (train.cudnn_benchmark=true; off by default, as in a run)",
+    )
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also time M SmallCNNs trained as one packed network (default 0: not timed)",
+    )
+    parser.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="lossbench's and the packed model in contiguous NCHW instead of channels_last",
+    )
+    parser.add_argument(
+        "--cpu-layout",
+        choices=CPU_LAYOUTS,
+        default="auto",
+        help="model.cpu_layout of lossbench's and the packed SmallCNNs on a CPU (default auto, as in a run)",
+    )
+    parser.add_argument(
+        "--vs-dense",
+        action="store_true",
+        help="also time lossbench's loop with model.cpu_layout=dense, alternated with the others (CPU)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the rounds, profile N steps of the packed loop (else lossbench's) and print the "
+        "ops that took the most device time (default 0: no profile)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default 5)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round (default 6)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop before the first round "
-                        "(default 3; oneDNN builds its kernels in the first steps, the DataLoader starts its "
-                        "workers)")  # fmt: skip
-    parser.add_argument("--data-root", default=None, help="an image folder root/{train,test}/<class>/* instead of "
-                        "synthetic data (decoded once by lossbench's loader and cached)")  # fmt: skip
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps of each loop before the first round "
+        "(default 3; oneDNN builds its kernels in the first steps, the DataLoader starts its "
+        "workers)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="an image folder root/{train,test}/<class>/* instead of "
+        "synthetic data (decoded once by lossbench's loader and cached)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or min(args.pack, args.profile) < 0:
         parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup, --pack and --profile >= 0")
@@ -395,31 +475,73 @@ def main(args) -> None:
     cpu_layout = "onednn" if args.vs_dense else precision.layout or args.cpu_layout
     dtype = precision.dtype
     source = args.data_root or "synthetic"
-    print(f"device: {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"device: {device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     amp = f"{dtype} autocast" if dtype else "fp32"
     layout = "contiguous NCHW" if args.contiguous else "channels_last"
     if device.type == "cpu" and cpu_layout != "dense":
         layout += " batches, oneDNN's blocked layout inside"
-    print(f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
-          f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
-          f"{', cuDNN autotuning' if device.type == 'cuda' and args.cudnn_benchmark else ''}; "
-          "naive fp32, contiguous")  # fmt: skip
-    print(f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
-          f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop")  # fmt: skip
+    print(
+        f"precision: lossbench {amp} (precision={args.precision}: {precision.reason}), {layout}"
+        f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
+        f"{', cuDNN autotuning' if device.type == 'cuda' and args.cudnn_benchmark else ''}; "
+        "naive fp32, contiguous"
+    )
+    print(
+        f"data: {source}, {num_classes} classes, batch {batch}; {args.warmup} warmup steps per loop, then "
+        f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop"
+    )
 
-    lossbench = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.compile,
-                              args.contiguous, cpu_layout)  # fmt: skip
+    lossbench = LossbenchLoop(
+        images,
+        labels,
+        scores,
+        cfg,
+        device,
+        dtype,
+        num_classes,
+        args.steps,
+        batch,
+        args.compile,
+        args.contiguous,
+        cpu_layout,
+    )
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
-        loops["packed"] = PackedLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
-                                     args.pack, args.contiguous, cpu_layout)  # fmt: skip
+        loops["packed"] = PackedLoop(
+            images,
+            labels,
+            scores,
+            cfg,
+            device,
+            dtype,
+            num_classes,
+            args.steps,
+            batch,
+            args.pack,
+            args.contiguous,
+            cpu_layout,
+        )
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     if args.vs_dense:
-        loops["dense"] = LossbenchLoop(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch,
-                                       args.compile, args.contiguous, "dense")  # fmt: skip
+        loops["dense"] = LossbenchLoop(
+            images,
+            labels,
+            scores,
+            cfg,
+            device,
+            dtype,
+            num_classes,
+            args.steps,
+            batch,
+            args.compile,
+            args.contiguous,
+            "dense",
+        )
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
@@ -449,34 +571,45 @@ def main(args) -> None:
             if name == "lossbench":
                 peaks.append(matmul_peak(device, peak_dtype))
                 efficiencies.append(rate * flops / peaks[-1])
-                print(f"round {r + 1} peak      {peaks[-1] / 1e9:8.1f} GFLOP/s "
-                      f"{str(peak_dtype).removeprefix('torch.')} dense product; lossbench {rate * flops / 1e9:.1f} "
-                      f"GFLOP/s = efficiency {efficiencies[-1]:.2f}", flush=True)  # fmt: skip
+                print(
+                    f"round {r + 1} peak      {peaks[-1] / 1e9:8.1f} GFLOP/s "
+                    f"{str(peak_dtype).removeprefix('torch.')} dense product; lossbench {rate * flops / 1e9:.1f} "
+                    f"GFLOP/s = efficiency {efficiencies[-1]:.2f}",
+                    flush=True,
+                )
 
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
         print(f"median {name:<9} {medians[name]:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in rates)})")
     if device.type == "cuda":
-        print("peak CUDA memory allocated during the rounds: "
-              f"{', '.join(f'{n} {m:.0f} MiB' for n, m in memory.items())} "
-              f"(each includes {resident:.0f} MiB held throughout: lossbench's dataset on the device, the models and "
-              "optimiser states built before the rounds)")  # fmt: skip
+        print(
+            "peak CUDA memory allocated during the rounds: "
+            f"{', '.join(f'{n} {m:.0f} MiB' for n, m in memory.items())} "
+            f"(each includes {resident:.0f} MiB held throughout: lossbench's dataset on the device, the models and "
+            "optimiser states built before the rounds)"
+        )
     else:
         del naive.loader  # shut the workers down so that RUSAGE_CHILDREN counts them
         gc.collect()
-        print(f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
-              f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker "
-              f"{max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")  # fmt: skip
-    print(f"dense peak {statistics.median(peaks) / 1e9:.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} "
-          f"(median of the rounds' best; rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); lossbench "
-          f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median")  # fmt: skip
+        print(
+            f"peak RSS: main process {rss_lossbench:.0f} MiB after lossbench's warmup, "
+            f"{max_rss_mb():.0f} MiB after both; largest DataLoader worker "
+            f"{max_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB"
+        )
+    print(
+        f"dense peak {statistics.median(peaks) / 1e9:.1f} GFLOP/s {str(peak_dtype).removeprefix('torch.')} "
+        f"(median of the rounds' best; rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)}); lossbench "
+        f"{medians['lossbench'] * flops / 1e9:.1f} GFLOP/s at its median"
+    )
     print(f"efficiency: {statistics.median(efficiencies):.2f}")
     print(f"ratio: {medians['lossbench'] / medians['naive']:.2f}")
     if args.profile:
         profile_steps(loops.get("packed", lossbench), args.profile)
     if args.pack:  # above 1: packing M runs into one process trains them faster than one run at a time
-        print(f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, "
-              f"{args.pack} members)")  # fmt: skip
+        print(
+            f"pack: {medians['packed'] / medians['lossbench']:.2f} (packed images/s over lossbench's, "
+            f"{args.pack} members)"
+        )
     if args.vs_dense:  # above 1: oneDNN's blocked layout trains faster than the dense one on this machine
         print(f"onednn: {medians['lossbench'] / medians['dense']:.2f} (lossbench's images/s over the dense layout's)")
 

@@ -46,14 +46,18 @@ def file_groups(data_path: str) -> dict[str, str]:
     """{class: group} from the class_groups array of a data=arrays file."""
     try:
         with np.load(data_path, allow_pickle=False) as npz:
-            require("class_groups" in npz.files and "classes" in npz.files,
-                    f"{data_path}: no class_groups (and classes) array; name the groups with --groups")  # fmt: skip
+            require(
+                "class_groups" in npz.files and "classes" in npz.files,
+                f"{data_path}: no class_groups (and classes) array; name the groups with --groups",
+            )
             classes, groups = npz["classes"].tolist(), npz["class_groups"].tolist()
     except (OSError, ValueError) as err:
-        raise LossbenchError(f"{data_path}: not a readable .npz file ({one_line(err)}); name the groups with "
-                             "--groups") from None  # fmt: skip
-    require(len(classes) == len(groups), f"{data_path}: class_groups has {len(groups)} names for {len(classes)} "
-                                         "classes")  # fmt: skip
+        raise LossbenchError(
+            f"{data_path}: not a readable .npz file ({one_line(err)}); name the groups with --groups"
+        ) from None
+    require(
+        len(classes) == len(groups), f"{data_path}: class_groups has {len(groups)} names for {len(classes)} classes"
+    )
     return dict(zip(classes, groups))
 
 
@@ -108,15 +112,30 @@ def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
 def markdown(measures: pd.DataFrame) -> str:
     reference = measures[measures["loss"] == "ce"]
     recalls = [c for c in measures.columns if c.startswith("recall_")]
-    header = ["loss", "accuracy (Q8)", "vs ce", "group accuracy (Q3)", "vs ce",
-              *(f"recall {c.removeprefix('recall_')}" for c in recalls), "seeds"]  # fmt: skip
+    header = [
+        "loss",
+        "accuracy (Q8)",
+        "vs ce",
+        "group accuracy (Q3)",
+        "vs ce",
+        *(f"recall {c.removeprefix('recall_')}" for c in recalls),
+        "seeds",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for loss, group in measures.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference) > 0
-        acc_vs, group_vs = (versus(group, reference, c) for c in ("accuracy", "group_accuracy")) if compare \
-            else ("-", "-")  # fmt: skip
-        cells = [loss, interval_text(group["accuracy"]), acc_vs, interval_text(group["group_accuracy"]), group_vs,
-                 *(interval_text(group[c]) for c in recalls), str(len(group))]  # fmt: skip
+        acc_vs, group_vs = (
+            (versus(group, reference, c) for c in ("accuracy", "group_accuracy")) if compare else ("-", "-")
+        )
+        cells = [
+            loss,
+            interval_text(group["accuracy"]),
+            acc_vs,
+            interval_text(group["group_accuracy"]),
+            group_vs,
+            *(interval_text(group[c]) for c in recalls),
+            str(len(group)),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

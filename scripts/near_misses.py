@@ -57,8 +57,12 @@ def run_shares(root: Path, trusted: list[str] | tuple[str, ...] = ()) -> pd.Data
             continue
         try:
             cfg = read_config(run_dir)
-            check_config(OmegaConf.create({"scores": cfg.scores}), str(run_dir / "config.yaml"), trusted,
-                         f"python scripts/near_misses.py {root}")  # fmt: skip
+            check_config(
+                OmegaConf.create({"scores": cfg.scores}),
+                str(run_dir / "config.yaml"),
+                trusted,
+                f"python scripts/near_misses.py {root}",
+            )
             loss, seed = str(cfg.loss.name), int(cfg.seed)
             matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
         except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
@@ -76,14 +80,17 @@ def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
 
 def markdown(shares: pd.DataFrame) -> str:
     reference = shares[shares["loss"] == "ce"]
-    lines = ["| loss | near misses among mistakes | vs ce (paired) | "
-             "far mistakes per example | vs ce (paired) | seeds |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| loss | near misses among mistakes | vs ce (paired) | far mistakes per example | vs ce (paired) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for loss, group in shares.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference)
         share_vs, far_vs = (versus(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
-        lines.append(f"| {loss} | {interval_text(group['share'])} | {share_vs} | {interval_text(group['far'])} | {far_vs} | "
-                     f"{len(group)} |")  # fmt: skip
+        lines.append(
+            f"| {loss} | {interval_text(group['share'])} | {share_vs} | {interval_text(group['far'])} | {far_vs} | "
+            f"{len(group)} |"
+        )
     return "\n".join(lines)
 
 

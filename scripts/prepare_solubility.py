@@ -57,8 +57,7 @@ def records(path: Path) -> list[tuple[str, dict[str, str]]]:
         block, _, data = text.partition("M  END\n")
         lines = data.splitlines()
         # a field is a header line `>  <NAME>  (1)` and its value on the next line
-        fields = {match[1]: value.strip() for line, value in zip(lines, lines[1:])
-                  if (match := FIELD.match(line))}  # fmt: skip
+        fields = {match[1]: value.strip() for line, value in zip(lines, lines[1:]) if (match := FIELD.match(line))}
         out.append((block + "M  END\n", fields))
     return out
 
@@ -69,9 +68,15 @@ def features(mol, bits: int) -> np.ndarray:
     fingerprint = fingerprints.GetMorganGenerator(radius=2, fpSize=bits).GetFingerprintAsNumPy(mol)
     heavy = mol.GetNumHeavyAtoms()
     aromatic = sum(atom.GetIsAromatic() for atom in mol.GetAtoms())
-    values = [crippen.MolLogP(mol), descriptors.MolWt(mol), lipinski.NumRotatableBonds(mol),
-              aromatic / heavy if heavy else 0.0, mol_descriptors.CalcTPSA(mol), lipinski.NumHDonors(mol),
-              lipinski.NumHAcceptors(mol)]  # fmt: skip
+    values = [
+        crippen.MolLogP(mol),
+        descriptors.MolWt(mol),
+        lipinski.NumRotatableBonds(mol),
+        aromatic / heavy if heavy else 0.0,
+        mol_descriptors.CalcTPSA(mol),
+        lipinski.NumHDonors(mol),
+        lipinski.NumHAcceptors(mol),
+    ]
     return np.concatenate([fingerprint.astype(np.float32), np.array(values, dtype=np.float32)])
 
 
@@ -101,14 +106,18 @@ def prepare(source: Path, out: Path, bits: int) -> dict[str, np.ndarray]:
         counts = Counter(CLASSES[i] for i in y.tolist())
         print(f"{split} ({name}): {len(y):,} molecules: " + ", ".join(f"{c} {counts[c]:,}" for c in CLASSES))
         if skipped:
-            print(f"  skipped {len(skipped)} record(s) RDKit could not parse or without a known class: "
-                  + ", ".join(skipped))  # fmt: skip
+            print(
+                f"  skipped {len(skipped)} record(s) RDKit could not parse or without a known class: "
+                + ", ".join(skipped)
+            )
     arrays["classes"] = np.array(CLASSES)
     arrays["feature_names"] = np.array([f"morgan_{i}" for i in range(bits)] + DESCRIPTORS)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
-    print(f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
-          f"({bits} fingerprint bits + {len(DESCRIPTORS)} descriptors)")
+    print(
+        f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
+        f"({bits} fingerprint bits + {len(DESCRIPTORS)} descriptors)"
+    )
     return arrays
 
 

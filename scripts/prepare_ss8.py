@@ -57,9 +57,11 @@ def read_chains(path: Path) -> list[tuple[list[str], list[str], np.ndarray]]:
     for number, row in enumerate(rows, start=1):
         residues, states, disorder = ((row[c] or "").split() for c in COLUMNS)
         where = f"{path}: chain {number}"
-        require(len(residues) == len(states) == len(disorder),
-                f"{where}: input, dssp8 and disorder have different lengths "
-                f"({len(residues)}, {len(states)}, {len(disorder)})")  # fmt: skip
+        require(
+            len(residues) == len(states) == len(disorder),
+            f"{where}: input, dssp8 and disorder have different lengths "
+            f"({len(residues)}, {len(states)}, {len(disorder)})",
+        )
         unknown = sorted(set(states) - set(STATES))
         if unknown:
             raise LossbenchError(f"{where}: unknown state {unknown[0]!r} in dssp8 (known: {' '.join(STATES)})")
@@ -99,8 +101,9 @@ def families(chains: list[tuple[list[str], list[str], np.ndarray]]) -> np.ndarra
     return np.unique([root(i) for i in range(len(chains))], return_inverse=True)[1].reshape(-1)
 
 
-def examples(chains: list[tuple[list[str], list[str], np.ndarray]], window: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def examples(
+    chains: list[tuple[list[str], list[str], np.ndarray]], window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, y and the family number of each resolved residue's chain."""
     xs, ys, groups = [], [], []
     for family, (residues, states, resolved) in zip(families(chains), chains):
@@ -118,18 +121,24 @@ def prepare(source: Path, out: Path, window: int) -> dict[str, np.ndarray]:
         x, y, groups = examples(chains, window)
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
         counts = Counter(STATES[i] for i in y.tolist())
-        print(f"{split} ({name}): {len(chains)} chains, {sum(len(c[0]) for c in chains):,} residues, "
-              f"{len(y):,} resolved: " + ", ".join(f"{s} {counts[s]:,}" for s in STATES))
+        print(
+            f"{split} ({name}): {len(chains)} chains, {sum(len(c[0]) for c in chains):,} residues, "
+            f"{len(y):,} resolved: " + ", ".join(f"{s} {counts[s]:,}" for s in STATES)
+        )
         if split == "train":
             arrays["groups_train"] = groups
-            print(f"  {len(np.unique(groups))} families (chains sharing an identical stretch of {FAMILY_STRETCH} "
-                  "residues): the validation split keeps each whole")  # fmt: skip
+            print(
+                f"  {len(np.unique(groups))} families (chains sharing an identical stretch of {FAMILY_STRETCH} "
+                "residues): the validation split keeps each whole"
+            )
     arrays["classes"] = np.array(STATES)
     arrays["class_groups"] = np.array(STATE_GROUPS)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
-    print(f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
-          f"([N, {CHANNELS} channels, {2 * window + 1} positions])")
+    print(
+        f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
+        f"([N, {CHANNELS} channels, {2 * window + 1} positions])"
+    )
     return arrays
 
 

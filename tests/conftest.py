@@ -17,8 +17,9 @@ from lossbench.data.dataset import Dataset
 
 # For a test that runs oneDNN's bf16 kernels themselves. The fallback on a CPU without them (AVX2 only) is tested
 # on every machine by forcing the capability check's answer (tests/test_precision.py).
-needs_bf16_kernels = pytest.mark.skipif(not cpu_features().onednn_bf16,
-                                        reason="this CPU has no oneDNN bf16 kernels (AVX2 only)")  # fmt: skip
+needs_bf16_kernels = pytest.mark.skipif(
+    not cpu_features().onednn_bf16, reason="this CPU has no oneDNN bf16 kernels (AVX2 only)"
+)
 
 # Tiny runs train on the CPU, where a seed repeats bit for bit, wherever the suite runs; tests/test_cuda.py covers
 # the GPU. LOSSBENCH_TEST_DEVICE=cuda runs them on the GPU instead (repeat-exactly tests then fail by design).
@@ -46,8 +47,7 @@ def evaluation_case(side: int, sizes: tuple[int, int, int]):
     images = lambda n: torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=generator)  # noqa: E731
     labels = lambda n: torch.randint(0, 3, (n,), generator=generator)  # noqa: E731
     train, test, val = sizes
-    data = Dataset(images(train), labels(train), images(test), labels(test), ["a", "b", "c"], images(val),
-                   labels(val))  # fmt: skip
+    data = Dataset(images(train), labels(train), images(test), labels(test), ["a", "b", "c"], images(val), labels(val))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * side * side, 3))
     scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
     return model, data, scores, torch.full((1, 3, 1, 1), 128.0), torch.full((1, 3, 1, 1), 64.0)
@@ -58,8 +58,9 @@ def evaluation_case(side: int, sizes: tuple[int, int, int]):
 HANG_S = 1800
 
 
-def lossbench(*args: str, cwd: Path, timeout: float = HANG_S,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def lossbench(
+    *args: str, cwd: Path, timeout: float = HANG_S, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (as a user would), returning its output; `env` adds variables."""
     return subprocess.run(
         [sys.executable, "-m", "lossbench.cli", *args],

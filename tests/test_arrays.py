@@ -9,15 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import lossbench, make_cfg
+
 from lossbench.data.loading import load_dataset
 from lossbench.data.sources import dataset_classes
 from lossbench.errors import LossbenchError
 
 CLASSES = ["alkane", "alkene", "ketone", "ester"]
-VECTOR_ARGS = ["data=arrays", "model=mlp", "model.hidden=[32]", "train.epochs=2", "train.batch_size=32",
-               "train.progress=false", "scores=file"]  # fmt: skip
+VECTOR_ARGS = [
+    "data=arrays",
+    "model=mlp",
+    "model.hidden=[32]",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.progress=false",
+    "scores=file",
+]
 
 
 def make_npz(path, n_train=240, n_test=80, features=(12,), names=True, **replace):
@@ -40,8 +47,9 @@ def make_npz(path, n_train=240, n_test=80, features=(12,), names=True, **replace
 
 
 def score_csv(path):
-    path.write_text("true\\pred," + ",".join(CLASSES) + "\n"
-                    "alkane,2,1,-1,-1\nalkene,1,2,-1,-1\nketone,-1,-1,2,0\nester,-1,-1,0,2\n")  # fmt: skip
+    path.write_text(
+        "true\\pred," + ",".join(CLASSES) + "\nalkane,2,1,-1,-1\nalkene,1,2,-1,-1\nketone,-1,-1,2,0\nester,-1,-1,0,2\n"
+    )
     return path
 
 
@@ -89,8 +97,13 @@ def test_classes_absent_from_the_test_split_are_one_clear_error(tmp_path):
 
 def test_not_an_npz_file(tmp_path):
     (tmp_path / "d.npz").write_text("hello")
-    result = lossbench("run", *VECTOR_ARGS, f"data.path={tmp_path / 'd.npz'}",
-                       f"scores.path={score_csv(tmp_path / 's.csv')}", cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "run",
+        *VECTOR_ARGS,
+        f"data.path={tmp_path / 'd.npz'}",
+        f"scores.path={score_csv(tmp_path / 's.csv')}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "not a readable .npz file" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -125,8 +138,14 @@ def test_a_users_own_model_class(tmp_path):
         "        return self.fc(x)\n"
     )
     npz, scores = make_npz(tmp_path / "d.npz"), score_csv(tmp_path / "s.csv")
-    args = [*VECTOR_ARGS[3:], "data=arrays", f"data.path={npz}", f"scores.path={scores}", "train.epochs=1",
-            "hydra.run.dir=run"]  # fmt: skip
+    args = [
+        *VECTOR_ARGS[3:],
+        "data=arrays",
+        f"data.path={npz}",
+        f"scores.path={scores}",
+        "train.epochs=1",
+        "hydra.run.dir=run",
+    ]
     env = {"PYTHONPATH": str(tmp_path)}
     ok = lossbench("run", *args, "model=custom", "model._target_=mynets.Net", cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
@@ -134,7 +153,6 @@ def test_a_users_own_model_class(tmp_path):
     missing = lossbench("run", *args, "model=custom", "model._target_=mynets.Nope", cwd=tmp_path, env=env)
     assert missing.returncode == 2 and "model._target_=mynets.Nope: cannot import it" in missing.stderr
     assert "Traceback" not in missing.stderr
-
 
 
 def indexed_npz(path, groups, labels=None):
@@ -152,8 +170,9 @@ def split_groups(data, groups) -> tuple[set, set]:
 def test_a_grouped_validation_split_keeps_every_group_whole_and_is_stratified_as_far_as_groups_allow(tmp_path):
     # 60 groups of 4 examples, each group of one class (as a protein chain's residues share their windows)
     groups, labels = np.repeat(np.arange(60), 4), np.repeat(np.arange(60) % 4, 4)
-    cfg = make_cfg("data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups, labels)}",
-                   "data.val_size=0.2").data  # fmt: skip
+    cfg = make_cfg(
+        "data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups, labels)}", "data.val_size=0.2"
+    ).data
     data = load_dataset(cfg, dataset_classes(cfg), torch.eye(4))
     val, train = split_groups(data, groups)
     assert not val & train and len(val | train) == 60  # no group on both sides
@@ -175,7 +194,8 @@ def test_a_grouped_split_near_stratified_when_groups_mix_classes(tmp_path):
 def test_a_grouped_split_is_seeded(tmp_path):
     npz = indexed_npz(tmp_path / "d.npz", np.repeat(np.arange(40), 6))
     load = lambda seed: load_dataset(  # noqa: E731
-        make_cfg("data=arrays", f"data.path={npz}", f"data.subset_seed={seed}").data, CLASSES, torch.eye(4))
+        make_cfg("data=arrays", f"data.path={npz}", f"data.subset_seed={seed}").data, CLASSES, torch.eye(4)
+    )
     first = load(0).val_x.clone()
     assert not torch.equal(first, load(1).val_x) and torch.equal(first, load(0).val_x)
 
@@ -187,8 +207,12 @@ def test_without_groups_the_split_is_by_example(tmp_path):
 
 def test_groups_follow_the_class_restriction_and_the_training_subset(tmp_path):
     groups = np.array([f"chain{i // 4}" for i in range(240)])  # names work as well as numbers
-    cfg = make_cfg("data=arrays", f"data.path={indexed_npz(tmp_path / 'd.npz', groups)}",
-                   "data.classes=[ketone,alkane]", "data.train_size=100").data  # fmt: skip
+    cfg = make_cfg(
+        "data=arrays",
+        f"data.path={indexed_npz(tmp_path / 'd.npz', groups)}",
+        "data.classes=[ketone,alkane]",
+        "data.train_size=100",
+    ).data
     data = load_dataset(cfg, dataset_classes(cfg), torch.eye(2))
     val, train = split_groups(data, groups)
     assert not val & train and len(data.train_groups) == len(data.train_y)

@@ -9,8 +9,8 @@ import re
 import pandas as pd
 import pytest
 import typer
-
 from conftest import TINY, lossbench
+
 from lossbench.cli import app
 from lossbench.losses import LOSSES
 from lossbench.multirun import unsuccessful_runs
@@ -60,8 +60,16 @@ def test_report_rebuilds_the_same_tables(comparison, tmp_path):
 
 @pytest.mark.slow
 def test_sweeps_become_report_columns(tmp_path):
-    result = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "optim.lr=0.01,0.1",
-                       "--out", "sweep", cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "compare",
+        *TINY,
+        "train.epochs=1",
+        "losses=[ce,expected_score]",
+        "optim.lr=0.01,0.1",
+        "--out",
+        "sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     curves = pd.read_csv(tmp_path / "sweep" / "curves.csv")
     assert sorted(set(curves["optim.lr"])) == [0.01, 0.1]
@@ -126,8 +134,16 @@ def test_run_multirun_on_joblib_fails_when_any_job_failed(tmp_path):
     """Jobs in other processes report nothing back: their statuses are read from the sweep's run directories.
     optim.lr=-1 passes the preflight (sweep values are only seen by their job) and fails inside its job."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    result = lossbench("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.05,-1", *TINY,
-                       "train.epochs=1", cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "run",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optim.lr=0.05,-1",
+        *TINY,
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     named = [line for line in result.stderr.splitlines() if line.startswith(str(tmp_path))]
     assert len(named) == 1 and "optim.lr=-1," in named[0] and ": failed optim.lr must be > 0" in named[0]

@@ -7,10 +7,11 @@ from importlib import resources
 import pytest
 import torch
 import yaml
+from conftest import make_cfg
 from omegaconf import OmegaConf
 
-from conftest import make_cfg
 from lossbench.components import group_options
+from lossbench.config import prepare, validate
 from lossbench.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DOGS20_CLASSES
 from lossbench.data.sources import Source, build_source
 from lossbench.errors import LossbenchError
@@ -19,7 +20,6 @@ from lossbench.losses import LOSSES, build_loss_from_config, loss_parameters
 from lossbench.models import build_model
 from lossbench.optim import build_optimizer, build_scheduler
 from lossbench.scores import build_scores
-from lossbench.config import prepare, validate
 
 GROUPS = ("data", "scores", "loss", "model", "optim", "schedule", "experiment")
 
@@ -33,7 +33,8 @@ def test_groups_mirror_modules():
         assert group_options(group), group
     assert group_options("loss") == sorted(LOSSES)
     assert {"quick", "cifar10", "cifar100", "synthetic100", "dogs20", "ss8", "solubility"} <= set(
-        group_options("experiment"))
+        group_options("experiment")
+    )
     assert {"small_cnn", "resnet18", "mlp", "cnn1d", "custom"} <= set(group_options("model"))
 
 
@@ -94,8 +95,9 @@ def test_every_data_source_instantiates(tmp_path):
 def test_every_score_table_instantiates(tmp_path, option):
     classes = {"cifar100_superclass": CIFAR100_CLASSES, "dogs20_groups": DOGS20_CLASSES}.get(option, CIFAR10_CLASSES)
     table = tmp_path / "s.csv"  # a bare numeric square, taken in the dataset's class order
-    table.write_text("\n".join(",".join("2" if i == j else "0" for j in range(len(classes)))
-                               for i in range(len(classes))))  # fmt: skip
+    table.write_text(
+        "\n".join(",".join("2" if i == j else "0" for j in range(len(classes))) for i in range(len(classes)))
+    )
     cfg = make_cfg(f"scores={option}", *([f"scores.path={table}"] if option == "file" else []))
     scores = build_scores(cfg.scores, classes, warn=False)
     assert scores.matrix.shape == (len(classes), len(classes)) and scores.classes == list(classes)

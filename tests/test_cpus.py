@@ -21,8 +21,10 @@ def fake_proc(tmp_path: Path, memberships: list[str], mounts: list[tuple[str, st
     proc = tmp_path / "proc"
     proc.mkdir(parents=True)
     (proc / "cgroup").write_text("".join(f"{line}\n" for line in memberships))
-    lines = [f"{30 + i} 23 0:{40 + i} {root} {point} rw,relatime - {kind} {kind} {options}\n"
-             for i, (root, point, kind, options) in enumerate(mounts)]  # fmt: skip
+    lines = [
+        f"{30 + i} 23 0:{40 + i} {root} {point} rw,relatime - {kind} {kind} {options}\n"
+        for i, (root, point, kind, options) in enumerate(mounts)
+    ]
     (proc / "mountinfo").write_text("".join(lines))
     return proc
 
@@ -71,9 +73,11 @@ def test_v1_mount_of_a_subtree_and_an_escaped_mount_point(tmp_path):
     write(other, cpu__cfs_quota_us="10000", cpu__cfs_period_us="100000")
     memory = tmp_path / "memory"
     write(memory, cpu__cfs_quota_us="10000", cpu__cfs_period_us="100000")
-    mounts = [("/docker/abc", str(mount).replace(" ", "\\040"), "cgroup", "rw,cpu"),
-              ("/docker/zzz", str(other), "cgroup", "rw,cpu"),
-              ("/docker/abc", str(memory), "cgroup", "rw,memory")]  # fmt: skip
+    mounts = [
+        ("/docker/abc", str(mount).replace(" ", "\\040"), "cgroup", "rw,cpu"),
+        ("/docker/zzz", str(other), "cgroup", "rw,cpu"),
+        ("/docker/abc", str(memory), "cgroup", "rw,memory"),
+    ]
     proc = fake_proc(tmp_path, ["3:cpu:/docker/abc", "2:memory:/docker/abc"], mounts)
     assert cpus.cgroup_cpu_quota(proc) == 2.0
     outside = fake_proc(tmp_path / "ns", ["3:cpu:/docker/abc/.."], mounts)  # above the namespace's root
@@ -159,12 +163,18 @@ def test_an_omp_num_threads_that_torch_ignores_does_not_stop_the_fitting(monkeyp
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.parametrize("cpuinfo, model, flags", [
-    ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", "AMD EPYC",
-     {"fpu", "avx2", "avx512f", "avx512_bf16"}),
-    ("processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd40\n", None, {"fp", "asimd", "sve", "bf16"}),
-    ("", None, set()),  # unreadable or empty: the model from platform, no flags
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "cpuinfo, model, flags",
+    [
+        (
+            "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n",
+            "AMD EPYC",
+            {"fpu", "avx2", "avx512f", "avx512_bf16"},
+        ),
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd40\n", None, {"fp", "asimd", "sve", "bf16"}),
+        ("", None, set()),  # unreadable or empty: the model from platform, no flags
+    ],
+)
 def test_the_cpu_model_and_flags_are_read_from_x86_and_aarch64_cpuinfo(tmp_path, monkeypatch, cpuinfo, model, flags):
     path = tmp_path / "cpuinfo"
     if cpuinfo:

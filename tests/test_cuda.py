@@ -10,10 +10,10 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, evaluation_case, lossbench, make_cfg
 
 import lossbench.run as R
 import lossbench.train as T
-from conftest import TINY, evaluation_case, lossbench, make_cfg
 from lossbench.pack import train_packed
 from lossbench.rundir import read_status
 from lossbench.step import evaluate
@@ -60,8 +60,17 @@ def test_comparison_shares_one_gpu_between_processes(tmp_path):
     """Two losses x two seeds through the joblib launcher: four processes on one GPU, one report."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     out = tmp_path / "cmp"
-    result = lossbench("compare", *ON_GPU, "losses=[ce,expected_score]", "seeds=[0,1]", "hydra/launcher=joblib",
-                       "hydra.launcher.n_jobs=4", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "compare",
+        *ON_GPU,
+        "losses=[ce,expected_score]",
+        "seeds=[0,1]",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     runs = sorted(out.glob("loss=*"))
     assert len(runs) == 4
@@ -76,8 +85,10 @@ def test_a_pack_trains_on_the_gpu_as_its_runs_do_alone(tmp_path):
     packed runs' first-epoch losses match the same runs trained alone there (rounding, TF32 convolutions and
     cuDNN's choice of algorithm differ, so the tolerance is looser than on the CPU)."""
     specs = [("ce", 0), ("expected_score", 1)]
-    jobs = [(make_cfg(*ON_GPU, "precision=fp32", f"loss={loss}", f"seed={seed}"), tmp_path / f"{loss}_{seed}")
-            for loss, seed in specs]  # fmt: skip
+    jobs = [
+        (make_cfg(*ON_GPU, "precision=fp32", f"loss={loss}", f"seed={seed}"), tmp_path / f"{loss}_{seed}")
+        for loss, seed in specs
+    ]
     assert train_packed(jobs, size=0) == ["finished", "finished"]
     for cfg, run_dir in jobs:
         alone = tmp_path / "alone" / run_dir.name

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_S, make_cfg
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import HANG_S, make_cfg
 import lossbench.data.images as images_module
 import lossbench.data.loading as loading_module
 from lossbench.data.batching import Batches, feature_stats
@@ -89,8 +89,9 @@ def make_folder(root, classes=("cat", "dog"), per_class=3, size=40):
 
 
 def folder_cfg(root, *overrides):
-    return make_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={root}/cache", "data.val_size=null",
-                    *overrides).data  # fmt: skip
+    return make_cfg(
+        "data=imagefolder", f"data.root={root}", f"data.cache_dir={root}/cache", "data.val_size=null", *overrides
+    ).data
 
 
 def test_image_folder_is_decoded_resized_and_cached(tmp_path):
@@ -159,9 +160,13 @@ def test_crop_and_flip_are_shifted_or_mirrored_copies():
     padded = torch.nn.functional.pad(images.float(), (4, 4, 4, 4))
     flips = 0
     for i in range(64):
-        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                 if torch.equal(out[i],
-                                (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]  # fmt: skip
+        found = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (False, True)
+            if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy : dy + 8, dx : dx + 8]))
+        ]
         assert found, i
         flips += found[0][2]
     assert 10 < flips < 54  # about half are mirrored
@@ -183,8 +188,9 @@ def test_feature_stats():
 
 
 def test_synthetic_generic_names():
-    cfg = make_cfg("data.names=generic", "data.num_classes=3", "scores=identity", "data.train_size=30",
-                   "data.test_size=30").data  # fmt: skip
+    cfg = make_cfg(
+        "data.names=generic", "data.num_classes=3", "scores=identity", "data.train_size=30", "data.test_size=30"
+    ).data
     classes = dataset_classes(cfg)
     assert classes == ["class_000", "class_001", "class_002"]
     assert synthetic(cfg, classes, torch.eye(3)).train_x.shape[0] == 30
@@ -207,8 +213,9 @@ def test_image_folder_decodes_only_the_chosen_subset(tmp_path, monkeypatch):
     assert len(decoded) == len(full.train_y) + len(full.test_y)  # another subset: another cache entry
 
 
-needs_fork_and_two_cores = pytest.mark.skipif(sys.platform != "linux" or (os.cpu_count() or 1) < 2,
-                                              reason="worker processes decode on Linux with 2+ cores")  # fmt: skip
+needs_fork_and_two_cores = pytest.mark.skipif(
+    sys.platform != "linux" or (os.cpu_count() or 1) < 2, reason="worker processes decode on Linux with 2+ cores"
+)
 
 
 @needs_fork_and_two_cores
@@ -232,8 +239,11 @@ def test_forking_the_decoding_workers_from_a_process_with_threads_warns_nobody(t
     real_fork = os.fork
 
     def fork_as_in_python_3_12() -> int:
-        warnings.warn(f"This process (pid={os.getpid()}) is multi-threaded, use of fork() may lead to deadlocks in "
-                      "the child.", DeprecationWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"This process (pid={os.getpid()}) is multi-threaded, use of fork() may lead to deadlocks in the child.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return real_fork()
 
     monkeypatch.setattr(os, "fork", fork_as_in_python_3_12)
@@ -284,9 +294,14 @@ def test_ctrl_c_stops_worker_processes_quietly_and_soon(tmp_path):
     import subprocess
 
     root = make_folder(tmp_path / "images", per_class=75)
-    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_DECODE, str(root)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_DECODE, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert process.stdout.readline() == "decoding\n"
     first = process.stdout.readline()  # a worker has started decoding
     os.killpg(process.pid, signal.SIGINT)
@@ -347,8 +362,12 @@ def grey_ramp(mode: str) -> tuple[Image.Image, list[int]]:
     8-bit values they must decode to."""
     import numpy as np
 
-    levels = {"I;16": [0, 257 * 64, 257 * 128, 65535], "I;16B": [0, 257 * 64, 257 * 128, 65535],
-              "I": [0, 257 * 64, 257 * 128, 65535], "F": [0.0, 64 / 255, 128 / 255, 1.0]}[mode]  # fmt: skip
+    levels = {
+        "I;16": [0, 257 * 64, 257 * 128, 65535],
+        "I;16B": [0, 257 * 64, 257 * 128, 65535],
+        "I": [0, 257 * 64, 257 * 128, 65535],
+        "F": [0.0, 64 / 255, 128 / 255, 1.0],
+    }[mode]
     if mode == "I;16B":
         return Image.frombytes("I;16B", (4, 1), np.array(levels, dtype=">u2").tobytes()), [0, 64, 128, 255]
     dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
@@ -390,7 +409,7 @@ def test_sixteen_bit_png_is_not_white(tmp_path):
         (lambda: Image.new("CMYK", (2, 2), (0, 0, 0, 0)), (255, 255, 255)),
         (lambda: Image.new("RGB", (2, 2), (10, 200, 30)).convert("YCbCr"), None),
     ],
-)  # fmt: skip
+)
 def test_every_mode_decodes_to_rgb(make, expected):
     from lossbench.data.images import to_rgb
 
@@ -433,8 +452,11 @@ def test_damaged_cache_warns_once_and_is_rebuilt(tmp_path):
     (cache,) = (root / "cache" / "lossbench").glob("*.pt")
     cache.write_bytes(cache.read_bytes()[:100])
     with pytest.warns(UserWarning, match=f"image cache {cache} is damaged .*rebuilding it") as caught:
-        again = load_dataset(folder_cfg(root, "data.train_size=null", "data.test_size=null", "data.subset_seed=1"),
-                             ["cat", "dog"], torch.eye(2))  # fmt: skip
+        again = load_dataset(
+            folder_cfg(root, "data.train_size=null", "data.test_size=null", "data.subset_seed=1"),
+            ["cat", "dog"],
+            torch.eye(2),
+        )
     assert len(caught) == 1 and torch.equal(again.train_x, first.train_x)
     assert torch.load(cache, weights_only=True)[0].shape == first.train_x.shape  # rewritten whole
 
@@ -461,12 +483,15 @@ def test_empty_class_list_is_an_error():
         dataset_classes(make_cfg("data.classes=[]").data)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.image_size=2.5", "data.image_size must be an integer, not 2.5"),
-    ("data.image_size=abc", "data.image_size must be an integer, not 'abc'"),
-    ("data.seed=0.5", "data.seed must be an integer, not 0.5"),
-    ("data.noise=abc", "data.noise must be a number, not 'abc'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_size=2.5", "data.image_size must be an integer, not 2.5"),
+        ("data.image_size=abc", "data.image_size must be an integer, not 'abc'"),
+        ("data.seed=0.5", "data.seed must be an integer, not 0.5"),
+        ("data.noise=abc", "data.noise must be a number, not 'abc'"),
+    ],
+)
 def test_a_sources_numbers_are_checked_not_truncated(override, message):
     """2.5 pixels used to become 2 (then a model error about 2x2 images), 'abc' an int() error naming no key."""
     with pytest.raises(LossbenchError, match=re.escape(message)):
@@ -478,16 +503,20 @@ def test_an_image_folders_size_is_checked_by_the_same_rule(tmp_path):
         dataset_classes(folder_cfg(make_folder(tmp_path / "images"), "data.image_size=2.5"))
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ({"size": 2.5}, "data.size must be an integer, not 2.5"),
-    ({"rate": "abc"}, "data.rate must be a number, not 'abc'"),
-    ({"limit": 0.5}, "data.limit must be an integer, not 0.5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"size": 2.5}, "data.size must be an integer, not 2.5"),
+        ({"rate": "abc"}, "data.rate must be a number, not 'abc'"),
+        ({"limit": 0.5}, "data.limit must be an integer, not 0.5"),
+    ],
+)
 def test_a_users_own_source_has_its_numbers_checked_by_the_same_rule(value, message):
     """A user's Source subclass declares its fields with real types (its module need not postpone annotations):
     they are checked alike, where comparing annotation strings saw none of them."""
-    mine = make_dataclass("Mine", [("size", int, 3), ("rate", float, 0.5), ("limit", int | None, None)],
-                          bases=(Source,), kw_only=True)  # fmt: skip
+    mine = make_dataclass(
+        "Mine", [("size", int, 3), ("rate", float, 0.5), ("limit", int | None, None)], bases=(Source,), kw_only=True
+    )
     assert mine(name="mine", limit=None).size == 3  # None where the field allows it
     with pytest.raises(LossbenchError, match=re.escape(message)):
         mine(name="mine", **value)

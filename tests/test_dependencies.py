@@ -26,7 +26,10 @@ def normalized(name: str) -> str:
 def declared() -> dict[str, str]:
     """Every requirement of pyproject.toml (core and extras): normalised name -> its lower bound."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
     bounds = {}
     for requirement in requirements:
         match = REQUIREMENT.match(requirement)
@@ -45,16 +48,23 @@ def imported_modules() -> dict[str, set[str]]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip" and node.args
-                  and isinstance(node.args[0], ast.Constant)):  # fmt: skip
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "importorskip"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 names = [node.args[0].value]
             else:
                 continue
             for name in names:
                 parts = name.split(".")
                 module = ".".join(parts[:2]) if parts[0] == "hydra_plugins" else parts[0]
-                if (module not in sys.stdlib_module_names and module not in OWN
-                        and not (REPO / "tests" / f"{module}.py").exists()):  # fmt: skip
+                if (
+                    module not in sys.stdlib_module_names
+                    and module not in OWN
+                    and not (REPO / "tests" / f"{module}.py").exists()
+                ):
                     found.setdefault(module, set()).add(str(path.relative_to(REPO)))
     return found
 
@@ -68,8 +78,11 @@ def distributions(module: str) -> set[str]:
 
 def test_every_imported_package_is_declared():
     bounds = declared()
-    missing = {module: sorted(files) for module, files in imported_modules().items()
-               if not distributions(module) & bounds.keys()}  # fmt: skip
+    missing = {
+        module: sorted(files)
+        for module, files in imported_modules().items()
+        if not distributions(module) & bounds.keys()
+    }
     assert not missing, f"imported but not in pyproject.toml: {missing}"
 
 

@@ -140,14 +140,19 @@ def test_the_check_finds_each_kind_of_broken_link(tmp_path):
         "# Top\n\n"
         "[fine](docs/page.md#two-words-code-here) ![fine](fig.png) [web](https://example.org/x.md) [self](#top)\n"
         "```\n[in code](nowhere.md)\n```\n`[in a span](nowhere.md)`\n"
-        "[missing](docs/nope.md) ![missing](figs/none.png) <img src=\"gone.png\" alt=\"x\">\n"
+        '[missing](docs/nope.md) ![missing](figs/none.png) <img src="gone.png" alt="x">\n'
         "[bad anchor](docs/page.md#three-words) [escapes](../outside.md)\n[ref]: docs/other.md\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     problems = broken_links(readme, tmp_path)
     assert [p.split(":")[0] for p in problems] == [
-        "docs/nope.md", "figs/none.png", "docs/page.md#three-words", "../outside.md", "docs/other.md", "gone.png",
-    ]  # fmt: skip
+        "docs/nope.md",
+        "figs/none.png",
+        "docs/page.md#three-words",
+        "../outside.md",
+        "docs/other.md",
+        "gone.png",
+    ]
 
 
 def test_slugs_follow_githubs_rules():

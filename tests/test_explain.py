@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.explain import build_losses, explain, format_text, gradient_norms, load, plot
 from lossbench.data.classes import CIFAR10_CLASSES
+from lossbench.explain import build_losses, explain, format_text, gradient_norms, load, plot
 from lossbench.scores import ScoreMatrix
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, lossbench
+
 from lossbench import launch
 from lossbench.errors import LossbenchError
 from lossbench.export import export
@@ -80,8 +80,11 @@ def tensorboard_runs(logdir: Path) -> dict[str, dict]:
         content = reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         started = HParamsPluginData.FromString(content).session_start_info.hparams
         hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in started.items()}
-        runs[run_dir.name] = {"scalars": scalars, "hparams": hparams,
-                              "files": len(list(run_dir.glob("events.out.tfevents.*")))}  # fmt: skip
+        runs[run_dir.name] = {
+            "scalars": scalars,
+            "hparams": hparams,
+            "files": len(list(run_dir.glob("events.out.tfevents.*"))),
+        }
     return runs
 
 
@@ -96,8 +99,10 @@ def mlflow_runs(out: Path, comparison: Path) -> dict[str, dict]:
         assert run.data.tags["lossbench.comparison"] == root
         key = run.data.tags.get("lossbench.run", "")
         assert key not in runs, f"{key or 'the parent'} exported twice"
-        histories = {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
-                     for name in run.data.metrics}  # fmt: skip
+        histories = {
+            name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+            for name in run.data.metrics
+        }
         runs[key] = {
             "params": {k: v for k, v in run.data.params.items() if root not in v},  # pinned inputs' copies
             "metrics": histories,
@@ -111,8 +116,10 @@ def mlflow_runs(out: Path, comparison: Path) -> dict[str, dict]:
 
 def untimed(runs: dict[str, dict], field: str) -> dict[str, dict]:
     """Everything but the wall times, which differ between any two trainings of a run."""
-    return {key: {**run, field: {k: v for k, v in run[field].items() if k not in TIMING_COLUMNS}}
-            for key, run in runs.items()}  # fmt: skip
+    return {
+        key: {**run, field: {k: v for k, v in run[field].items() if k not in TIMING_COLUMNS}}
+        for key, run in runs.items()
+    }
 
 
 def steps(history: list[tuple[int, float]]) -> list[int]:
@@ -125,7 +132,7 @@ def steps(history: list[tuple[int, float]]) -> list[int]:
 @pytest.mark.slow
 def test_a_partial_comparison_exports_what_is_on_disk_and_says_so(comparisons):
     base, partial = comparisons
-    for to, printed in partial.items():
+    for printed in partial.values():
         assert f"warning: {STOPPED}: interrupted; exported epochs 1-1 of 2 as they are on disk (partial)" in printed
         assert "loss=ce,seed=0: finished" not in printed, printed
         assert f"exported 2 run(s) of {(base / 'resumed').resolve()}" in printed
@@ -242,8 +249,9 @@ def test_a_missing_library_is_one_line_naming_the_extra(tmp_path, to):
     (hidden / "__init__.py").write_text(f"raise ImportError('No module named {to}')\n")
     result = lossbench("export", str(tmp_path), "--to", to, cwd=tmp_path, env={"PYTHONPATH": str(hidden.parent)})
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip() == (f"error: --to {to} needs {to}, which is not installed: "
-                                     f"pip install 'lossbench[{to}]'")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: --to {to} needs {to}, which is not installed: pip install 'lossbench[{to}]'"
+    )
     assert not (tmp_path / to).exists()
 
 
@@ -252,8 +260,10 @@ def test_the_cli_exports_into_the_comparison_by_default_where_nothing_looks_like
     base, _ = comparisons
     copy = tmp_path / "cmp"
     shutil.copytree(base / "straight", copy)
-    shown = {"tensorboard": "tensorboard --logdir cmp/tensorboard --host 127.0.0.1",
-             "mlflow": f"mlflow ui --backend-store-uri sqlite:///{copy.resolve()}/mlflow/mlflow.db --host 127.0.0.1"}
+    shown = {
+        "tensorboard": "tensorboard --logdir cmp/tensorboard --host 127.0.0.1",
+        "mlflow": f"mlflow ui --backend-store-uri sqlite:///{copy.resolve()}/mlflow/mlflow.db --host 127.0.0.1",
+    }
     for to, command in shown.items():
         result = lossbench("export", "cmp", "--to", to, cwd=tmp_path)
         assert result.returncode == 0, result.stderr

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import make_cfg
+from omegaconf import OmegaConf
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "group_accuracy.py"
 spec = importlib.util.spec_from_file_location("group_accuracy", SCRIPT)
@@ -59,8 +58,13 @@ def test_table_reads_the_groups_from_the_data_file_and_pairs_with_ce(tmp_path, c
     data = data_file(tmp_path / "d.npz")
     for seed, near in enumerate([2, 4, 6]):  # soft_label_ce turns `near` cross-group E mistakes into exact ones
         fake_run(tmp_path / "cmp", "ce", seed, [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]], data)
-        fake_run(tmp_path / "cmp", "soft_label_ce", seed,
-                 [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15 + near, 10 - near], [0, 0, 5, 10]], data)  # fmt: skip
+        fake_run(
+            tmp_path / "cmp",
+            "soft_label_ce",
+            seed,
+            [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15 + near, 10 - near], [0, 0, 5, 10]],
+            data,
+        )
     assert group_accuracy.main([str(tmp_path / "cmp"), "--recall", "G,E"]) == 0
     out = capsys.readouterr().out
     assert "| loss | accuracy (Q8) | vs ce | group accuracy (Q3) | vs ce | recall G | recall E | seeds |" in out
@@ -70,8 +74,13 @@ def test_table_reads_the_groups_from_the_data_file_and_pairs_with_ce(tmp_path, c
 
 
 def test_groups_given_on_the_command_line_replace_the_files(tmp_path, capsys):
-    fake_run(tmp_path, "ce", 0, [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]],
-             data_file(tmp_path / "d.npz", class_groups=None))  # fmt: skip
+    fake_run(
+        tmp_path,
+        "ce",
+        0,
+        [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]],
+        data_file(tmp_path / "d.npz", class_groups=None),
+    )
     assert group_accuracy.main([str(tmp_path), "--groups", "helix=H,G", "other=E,C"]) == 0
     # H with G and E with C: 95 of 100 in the right group; no class under 5% of the examples, so no recall column
     assert "| ce | 0.700 | - | 0.950 | - | 1 |" in capsys.readouterr().out
@@ -88,8 +97,13 @@ def test_groups_given_on_the_command_line_replace_the_files(tmp_path, capsys):
     ],
 )
 def test_bad_groupings_are_one_error_line(tmp_path, capsys, args, message):
-    fake_run(tmp_path, "ce", 0, [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]],
-             data_file(tmp_path / "d.npz", class_groups=None))  # fmt: skip
+    fake_run(
+        tmp_path,
+        "ce",
+        0,
+        [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]],
+        data_file(tmp_path / "d.npz", class_groups=None),
+    )
     assert group_accuracy.main([str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1

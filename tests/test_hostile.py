@@ -4,15 +4,15 @@ folders that are not lossbench's, and numbers at the edges. Each test names the 
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import HANG_S, TINY, lossbench, make_cfg
 from omegaconf import OmegaConf
 
-from conftest import HANG_S, TINY, lossbench, make_cfg
 from lossbench import hydra_bridge, launch, trust
 from lossbench.errors import LossbenchError
 from lossbench.rundir import CONFIG_FILE, LAYOUT_VERSION, MARKER_FILE, claim, write_record, write_status
@@ -43,15 +43,18 @@ def interrupted_run(run_dir: Path, **edits: object) -> Path:
 COPY = {"_target_": "shutil.copyfile", "src": "/etc/hostname", "dst": "victim.txt"}
 
 
-@pytest.mark.parametrize("key, value", [
-    ("data", COPY),  # the issue's case
-    ("model", {**COPY}),
-    ("loss.reduction", COPY),  # nested: Hydra instantiates it recursively
-    ("optim.extra", [1, COPY]),  # inside a list
-    ("scores", {"_target_": "lossbench.atomic.write_atomic", "path": "victim.txt", "text": "x"}),  # lossbench's,
-    # but not a component
-    ("model", {"_target_": "${oc.env:EVIL}", "num_classes": 2}),  # an interpolated target
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("data", COPY),  # the issue's case
+        ("model", {**COPY}),
+        ("loss.reduction", COPY),  # nested: Hydra instantiates it recursively
+        ("optim.extra", [1, COPY]),  # inside a list
+        ("scores", {"_target_": "lossbench.atomic.write_atomic", "path": "victim.txt", "text": "x"}),  # lossbench's,
+        # but not a component
+        ("model", {"_target_": "${oc.env:EVIL}", "num_classes": 2}),  # an interpolated target
+    ],
+)
 def test_resume_never_calls_a_target_that_is_not_lossbenchs(tmp_path, key, value):
     run_dir = interrupted_run(tmp_path / "run", **{key: value})
     (tmp_path / "victim.txt").write_text("mine")
@@ -66,7 +69,8 @@ def test_a_target_named_again_on_the_command_line_is_built(tmp_path):
     (tmp_path / "mynets.py").write_text(
         "import torch\n"
         "def Net(num_classes, in_channels):\n"
-        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))\n")
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))\n"
+    )
     run_dir = interrupted_run(tmp_path / "run", **{"model": {"_target_": "mynets.Net"}, "train.epochs": 1})
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     refused = lossbench("resume", str(run_dir), cwd=tmp_path, env=env)
@@ -78,21 +82,31 @@ def test_a_target_named_again_on_the_command_line_is_built(tmp_path):
 
 def comparison_record(path: Path, *args: str) -> Path:
     claim(path, "comparison")
-    write_record(path, {"version": LAYOUT_VERSION, "args": [*TINY, "losses=[ce]", *args], "cwd": str(path),
-                        "created": "2026-01-01_00-00-00"})  # fmt: skip
+    write_record(
+        path,
+        {
+            "version": LAYOUT_VERSION,
+            "args": [*TINY, "losses=[ce]", *args],
+            "cwd": str(path),
+            "created": "2026-01-01_00-00-00",
+        },
+    )
     return path
 
 
-@pytest.mark.parametrize("args, named", [
-    (["model=custom", "model._target_=shutil.copyfile"], "model._target_=shutil.copyfile"),
-    (["model=custom", "model._target_=lossbench.models.SmallCNN,shutil.copyfile"], "shutil.copyfile"),  # a sweep
-    (["+data.extra={_target_:shutil.copyfile,src:a,dst:b}"], "shutil.copyfile"),
-    (["hydra.launcher._target_=shutil.copyfile"], "hydra.launcher._target_=shutil.copyfile"),
-    (["hydra/launcher=submitit_local", "+hydra.launcher.setup=[touch victim]"], "hydra.launcher.setup"),
-    (["+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so"], "hydra.job.env_set"),
-    (["hydra.searchpath=[file:///tmp/evil]"], "hydra.searchpath"),
-    (["hydra.job_logging.handlers.console.class=shutil.rmtree"], "hydra.job_logging"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["model=custom", "model._target_=shutil.copyfile"], "model._target_=shutil.copyfile"),
+        (["model=custom", "model._target_=lossbench.models.SmallCNN,shutil.copyfile"], "shutil.copyfile"),  # a sweep
+        (["+data.extra={_target_:shutil.copyfile,src:a,dst:b}"], "shutil.copyfile"),
+        (["hydra.launcher._target_=shutil.copyfile"], "hydra.launcher._target_=shutil.copyfile"),
+        (["hydra/launcher=submitit_local", "+hydra.launcher.setup=[touch victim]"], "hydra.launcher.setup"),
+        (["+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so"], "hydra.job.env_set"),
+        (["hydra.searchpath=[file:///tmp/evil]"], "hydra.searchpath"),
+        (["hydra.job_logging.handlers.console.class=shutil.rmtree"], "hydra.job_logging"),
+    ],
+)
 def test_resume_of_a_comparison_never_calls_what_its_record_names(tmp_path, args, named):
     cmp = comparison_record(tmp_path / "cmp", *args)
     with pytest.raises(LossbenchError, match="--trust") as err:
@@ -121,8 +135,9 @@ def test_resume_of_a_comparison_refuses_a_run_whose_config_was_edited(tmp_path, 
 def test_lossbench_components_and_installed_launchers_pass(tmp_path):
     assert {"lossbench.models.SmallCNN", "torch.optim.SGD", "lossbench.scores.load_scores"} <= trust.own_targets()
     cmp = comparison_record(tmp_path / "cmp", "hydra/launcher=joblib", "model=resnet18", "optim=adamw")
-    launch.check_recorded_overrides(launch.parse_overrides([*TINY, "hydra/launcher=joblib", "optim=adamw"]),
-                                    str(cmp), (), "lossbench resume cmp")  # fmt: skip
+    launch.check_recorded_overrides(
+        launch.parse_overrides([*TINY, "hydra/launcher=joblib", "optim=adamw"]), str(cmp), (), "lossbench resume cmp"
+    )
 
 
 # ---------------------------------------------------------------- 2. records pin what they used
@@ -131,13 +146,29 @@ def test_lossbench_components_and_installed_launchers_pass(tmp_path):
 def test_recorded_overrides_hold_resolved_values(monkeypatch):
     monkeypatch.setenv("H3DATA", "/data/h3")
     monkeypatch.setenv("LR", "0.05")
-    got = launch.resolved_overrides(["-m", "data=imagefolder", "data.root=${oc.env:H3DATA}",
-                                     "data.cache_dir='${oc.env:H3DATA}/c'", "+data.extra=[${oc.env:H3DATA},b]",
-                                     "optim.lr='${oc.decode:${oc.env:LR}}'", "name=n${seed}",
-                                     "data.subset_seed=1,${seed}", "train.epochs=2"])  # fmt: skip
-    assert got == ["data=imagefolder", "data.root='/data/h3'", "data.cache_dir='/data/h3/c'",
-                   "+data.extra=['/data/h3','b']", "optim.lr=0.05", "name='n0'", "data.subset_seed=1,0",
-                   "train.epochs=2"]  # fmt: skip
+    got = launch.resolved_overrides(
+        [
+            "-m",
+            "data=imagefolder",
+            "data.root=${oc.env:H3DATA}",
+            "data.cache_dir='${oc.env:H3DATA}/c'",
+            "+data.extra=[${oc.env:H3DATA},b]",
+            "optim.lr='${oc.decode:${oc.env:LR}}'",
+            "name=n${seed}",
+            "data.subset_seed=1,${seed}",
+            "train.epochs=2",
+        ]
+    )
+    assert got == [
+        "data=imagefolder",
+        "data.root='/data/h3'",
+        "data.cache_dir='/data/h3/c'",
+        "+data.extra=['/data/h3','b']",
+        "optim.lr=0.05",
+        "name='n0'",
+        "data.subset_seed=1,0",
+        "train.epochs=2",
+    ]
     assert launch.resolved_overrides(["name='\\${literal}'"]) == ["name='\\${literal}'"]
     monkeypatch.delenv("H3DATA")
     with pytest.raises(LossbenchError, match="data.root=.*cannot resolve its interpolation now"):
@@ -155,8 +186,15 @@ TWO = ["data.names=generic", "data.num_classes=2", "data.classes=null", "train.e
 def test_a_comparison_pins_its_score_table_and_interpolations(tmp_path):
     table = score_csv(tmp_path / "s.csv", 1)
     env = {"TABLE_DIR": str(tmp_path)}
-    args = [*TINY, "data.names=generic", "data.num_classes=2", "scores=file",
-            "scores.path=${oc.env:TABLE_DIR}/s.csv", "train.epochs=1", "losses=[ce,expected_score]"]  # fmt: skip
+    args = [
+        *TINY,
+        "data.names=generic",
+        "data.num_classes=2",
+        "scores=file",
+        "scores.path=${oc.env:TABLE_DIR}/s.csv",
+        "train.epochs=1",
+        "losses=[ce,expected_score]",
+    ]
     done = lossbench("compare", *args, "--out", "cmp", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
@@ -193,8 +231,15 @@ def npz(path: Path, permute: bool = False) -> Path:
     return path
 
 
-ARRAYS = ["data=arrays", "model=mlp", "model.hidden=[8]", "scores=identity", "device=cpu", "train.progress=false",
-          "train.batch_size=64"]  # fmt: skip
+ARRAYS = [
+    "data=arrays",
+    "model=mlp",
+    "model.hidden=[8]",
+    "scores=identity",
+    "device=cpu",
+    "train.progress=false",
+    "train.batch_size=64",
+]
 
 
 @pytest.mark.parametrize("change", ["replace", "remove", "folder"])
@@ -209,8 +254,16 @@ def test_a_resume_refuses_data_that_changed_since_the_run_started(tmp_path, chan
                 (tmp_path / "img" / split / name).mkdir(parents=True)
                 for j in range(4):
                     Image.new("RGB", (8, 8), (j * 50, 0, 0)).save(tmp_path / "img" / split / name / f"{j}.png")
-        args = ["data=imagefolder", f"data.root={tmp_path / 'img'}", "data.image_size=8", "data.val_size=null",
-                "model.widths=[4]", "scores=identity", "device=cpu", "train.progress=false"]  # fmt: skip
+        args = [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'img'}",
+            "data.image_size=8",
+            "data.val_size=null",
+            "model.widths=[4]",
+            "scores=identity",
+            "device=cpu",
+            "train.progress=false",
+        ]
     else:
         args = [*ARRAYS, f"data.path={npz(tmp_path / 'x.npz')}"]
     cfg = make_cfg(*args, "train.epochs=2", f"data.cache_dir={tmp_path / 'cache'}" if change == "folder" else "seed=0")
@@ -279,8 +332,9 @@ def test_compare_refuses_a_hydra_apps_sweep_folder(tmp_path):
 
 
 def test_version_1_folders_are_still_recognised_by_their_contents(tmp_path):
-    run = users_folder(tmp_path / "sweep" / "0", **{"status.json": '{"status": "finished"}',
-                                                    "config.yaml": "loss:\n  name: ce\n"})  # fmt: skip
+    run = users_folder(
+        tmp_path / "sweep" / "0", **{"status.json": '{"status": "finished"}', "config.yaml": "loss:\n  name: ce\n"}
+    )
     claim(run, "run")
     users_folder(tmp_path / "sweep2", **{"multirun.yaml": "hydra:\n  job:\n    name: lossbench\n"})
     (tmp_path / "sweep" / "multirun.yaml").write_text("hydra:\n  job:\n    name: lossbench\n")
@@ -297,8 +351,9 @@ def test_run_resolves_an_interpolated_output_directory_before_claiming_it(tmp_pa
     result = lossbench("run", *TINY, "hydra.run.dir=${oc.env:MYOUT}", cwd=tmp_path, env={"MYOUT": str(folder)})
     assert "not empty and not made by lossbench" in one_error(result)
     assert (folder / ".hydra" / "config.yaml").read_text() == "mine"
-    sweep = lossbench("run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=${oc.env:MYOUT}", cwd=tmp_path,
-                      env={"MYOUT": str(folder)})  # fmt: skip
+    sweep = lossbench(
+        "run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=${oc.env:MYOUT}", cwd=tmp_path, env={"MYOUT": str(folder)}
+    )
     assert "not empty and not made by lossbench" in one_error(sweep)
 
 
@@ -316,9 +371,15 @@ def test_run_into_a_comparison_is_refused_while_the_comparison_is_in_use(tmp_pat
     # Once it is free, runs started side by side in it do not stop each other.
     import sys
 
-    runs = [subprocess.Popen([sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=1",
-                              f"hydra.run.dir={cmp / name}"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-            for name in "ab"]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=1", f"hydra.run.dir={cmp / name}"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in "ab"
+    ]
     assert all(run.wait(timeout=HANG_S) == 0 for run in runs), [run.stderr.read() for run in runs]
 
 
@@ -341,11 +402,11 @@ def test_explain_replaces_only_its_own_figure(tmp_path):
 
 def test_report_leaves_out_a_nested_comparison_and_copied_runs_and_names_them(tmp_path):
     base = tmp_path / "base"
-    done = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "--out", str(base),
-                     cwd=tmp_path)  # fmt: skip
+    done = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce,expected_score]", "--out", str(base), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    inner = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "data.noise=9", "--out",
-                      str(base / "inner"), cwd=tmp_path)  # fmt: skip
+    inner = lossbench(
+        "compare", *TINY, "train.epochs=1", "losses=[ce]", "data.noise=9", "--out", str(base / "inner"), cwd=tmp_path
+    )
     assert inner.returncode == 0, inner.stderr
     shutil.copytree(base / "loss=ce,seed=0", base / "loss=ce,seed=0 (copy)")
     report = lossbench("report", str(base), cwd=tmp_path)
@@ -403,8 +464,8 @@ def test_a_status_hand_set_to_finished_is_not_believed_without_its_rows(tmp_path
 def test_the_report_never_takes_an_unfinished_run_as_final(tmp_path):
     import pandas as pd
 
-    from lossbench.rundir import METRIC_COLUMNS
     from lossbench.report import build_report
+    from lossbench.rundir import METRIC_COLUMNS
 
     def run(name, seed, accuracies, status):
         run_dir = tmp_path / name
@@ -439,10 +500,24 @@ def test_no_joblib_worker_outlives_a_killed_compare(tmp_path):
 
     from lossbench.lifeline import alive
 
-    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=100000",
-                                "losses=[ce,expected_score]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                "--out", "cmp"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lossbench.cli",
+            "compare",
+            *TINY,
+            "train.epochs=100000",
+            "losses=[ce,expected_score]",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "--out",
+            "cmp",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     runs = [tmp_path / "cmp" / f"loss={loss},seed=0" for loss in ("ce", "expected_score")]
     try:
         deadline = time.time() + HANG_S
@@ -478,8 +553,11 @@ def test_a_read_only_run_is_refused_in_one_line_and_recorded_failed(tmp_path, mo
     cmp = comparison_record(tmp_path / "cmp")
     interrupted_run(cmp / "loss=ce,seed=0", losses=["ce"])
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path).name in ("run", "loss=ce,seed=0")
-                        else real_access(path, mode))  # fmt: skip
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: False if Path(path).name in ("run", "loss=ce,seed=0") else real_access(path, mode),
+    )
     import lossbench.atomic
 
     def no_new_files(*args, **kwargs):
@@ -521,10 +599,17 @@ def test_every_extension_pil_reads_is_an_image(tmp_path):
         for name, ext in (("a", ".ppm"), ("b", ".jfif")):
             (root / split / name).mkdir(parents=True)
             for j in range(3):
-                Image.new("RGB", (8, 8), (j * 60, 0, 0)).save(root / split / name / f"{j}{ext}", format=None
-                                                             if ext != ".jfif" else "JPEG")  # fmt: skip
-    cfg = make_cfg("data=imagefolder", f"data.root={root}", "data.image_size=8", f"data.cache_dir={tmp_path}",
-                   "data.val_size=null", "scores=identity")  # fmt: skip
+                Image.new("RGB", (8, 8), (j * 60, 0, 0)).save(
+                    root / split / name / f"{j}{ext}", format=None if ext != ".jfif" else "JPEG"
+                )
+    cfg = make_cfg(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=8",
+        f"data.cache_dir={tmp_path}",
+        "data.val_size=null",
+        "scores=identity",
+    )
     from lossbench.data.loading import load_dataset
     from lossbench.data.sources import dataset_classes
 
@@ -550,11 +635,23 @@ def test_bytes_class_names_in_an_npz_are_text(tmp_path):
 
     from lossbench.data.arrays import read_arrays
 
-    np.savez(tmp_path / "b.npz", x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 0, 1]), x_test=np.zeros((2, 2)),
-             y_test=np.array([0, 1]), classes=np.array([b"alkane", b"alkene"]))  # fmt: skip
+    np.savez(
+        tmp_path / "b.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.array([0, 1, 0, 1]),
+        x_test=np.zeros((2, 2)),
+        y_test=np.array([0, 1]),
+        classes=np.array([b"alkane", b"alkene"]),
+    )
     assert read_arrays(tmp_path / "b.npz").classes == ["alkane", "alkene"]
-    np.savez(tmp_path / "c.npz", x_train=np.zeros((4, 2)), y_train=np.array([0, 1, 0, 1]), x_test=np.zeros((2, 2)),
-             y_test=np.array([0, 1]), classes=np.array([b"\xff", b"x"]))  # fmt: skip
+    np.savez(
+        tmp_path / "c.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.array([0, 1, 0, 1]),
+        x_test=np.zeros((2, 2)),
+        y_test=np.array([0, 1]),
+        classes=np.array([b"\xff", b"x"]),
+    )
     with pytest.raises(LossbenchError, match="classes are not UTF-8 text"):
         read_arrays(tmp_path / "c.npz")
 
@@ -591,36 +688,39 @@ def test_a_decompression_bomb_warning_names_the_file(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- 8. numbers refused up front, or computed right
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["optim.lr=1e-300"], "optim.lr=1e-300: must be a number in [1.18e-38, 3.4e+38]"),
-    (["optim.lr=1e-45"], "optim.lr=1e-45: must be a number in"),  # a float32 subnormal
-    (["optim.lr=1e300"], "optim.lr=1e+300: must be a number in"),
-    (["optim.lr=inf"], "optim.lr must be > 0 and finite"),
-    (["optim.momentum=1.5"], "optim.momentum=1.5: must be a number in [0, 1)"),
-    (["optim.momentum=1"], "optim.momentum=1: must be a number in [0, 1)"),
-    (["optim.momentum=-0.1"], "optim.momentum=-0.1: must be a number in [0, 1)"),
-    (["seed=1180591620717411303424"], "seed=1180591620717411303424: must be an integer in [0, 2^63-1]"),
-    (["seed=-1"], "seed=-1: must be an integer in [0, 2^63-1]"),
-    (["data.subset_seed=1180591620717411303424"], "data.subset_seed=1180591620717411303424: must be an integer"),
-    (["data.augment.crop_padding=-5"], "data.augment.crop_padding=-5: must be an integer >= 0"),
-    (["data.augment.crop_padding=2.5"], "data.augment.crop_padding must be an integer"),
-    (["data.augment.flip=maybe"], "data.augment.flip='maybe': must be true or false"),
-    (["data.augment.flip=1"], "data.augment.flip=1: must be true or false"),
-    (["data.classes=cat"], "data.classes='cat': must be a list of class names"),
-    (["loss=soft_label_ce", "loss.tau=inf"], "tau must be > 0 and finite"),
-    (["loss=soft_label_ce", "loss.tau=nan"], "tau must be > 0 and finite"),
-    (["loss=ce_expected_score", "loss.lam=inf"], "lam must be in [0, 3.4e+38]"),
-    (["loss=log_expected_score", "loss.eps=1e30"], "eps must be in [1.18e-38, 1)"),
-    (["loss=log_expected_score", "loss.eps=1e-300"], "eps must be in [1.18e-38, 1)"),
-    (["loss=power_expected_score", "loss.eps=2"], "eps must be 0 or in [1.18e-38, 1)"),
-    (["loss=power_expected_score", "loss.eps=1e-300"], "eps must be 0 or in [1.18e-38, 1)"),
-    (["scores.exact=3e38", "scores.far=-3e38"], "scores.exact: 3e+38 is outside [-1e+32, 1e+32]"),
-    (["schedule.warmup_epochs=inf"], "schedule.warmup_epochs=inf: must be a finite number >= 0"),
-    (["optim.nesterov=maybe"], "optim.nesterov='maybe': must be true or false"),
-    (["train.checkpoint=yes please"], "train.checkpoint='yes please': must be true or false"),
-    (["data.noise=inf"], "data.noise=inf: must be a number in [0, 1e+06]"),
-    (["data.similarity=2"], "data.similarity=2: must be a number in [0, 1]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["optim.lr=1e-300"], "optim.lr=1e-300: must be a number in [1.18e-38, 3.4e+38]"),
+        (["optim.lr=1e-45"], "optim.lr=1e-45: must be a number in"),  # a float32 subnormal
+        (["optim.lr=1e300"], "optim.lr=1e+300: must be a number in"),
+        (["optim.lr=inf"], "optim.lr must be > 0 and finite"),
+        (["optim.momentum=1.5"], "optim.momentum=1.5: must be a number in [0, 1)"),
+        (["optim.momentum=1"], "optim.momentum=1: must be a number in [0, 1)"),
+        (["optim.momentum=-0.1"], "optim.momentum=-0.1: must be a number in [0, 1)"),
+        (["seed=1180591620717411303424"], "seed=1180591620717411303424: must be an integer in [0, 2^63-1]"),
+        (["seed=-1"], "seed=-1: must be an integer in [0, 2^63-1]"),
+        (["data.subset_seed=1180591620717411303424"], "data.subset_seed=1180591620717411303424: must be an integer"),
+        (["data.augment.crop_padding=-5"], "data.augment.crop_padding=-5: must be an integer >= 0"),
+        (["data.augment.crop_padding=2.5"], "data.augment.crop_padding must be an integer"),
+        (["data.augment.flip=maybe"], "data.augment.flip='maybe': must be true or false"),
+        (["data.augment.flip=1"], "data.augment.flip=1: must be true or false"),
+        (["data.classes=cat"], "data.classes='cat': must be a list of class names"),
+        (["loss=soft_label_ce", "loss.tau=inf"], "tau must be > 0 and finite"),
+        (["loss=soft_label_ce", "loss.tau=nan"], "tau must be > 0 and finite"),
+        (["loss=ce_expected_score", "loss.lam=inf"], "lam must be in [0, 3.4e+38]"),
+        (["loss=log_expected_score", "loss.eps=1e30"], "eps must be in [1.18e-38, 1)"),
+        (["loss=log_expected_score", "loss.eps=1e-300"], "eps must be in [1.18e-38, 1)"),
+        (["loss=power_expected_score", "loss.eps=2"], "eps must be 0 or in [1.18e-38, 1)"),
+        (["loss=power_expected_score", "loss.eps=1e-300"], "eps must be 0 or in [1.18e-38, 1)"),
+        (["scores.exact=3e38", "scores.far=-3e38"], "scores.exact: 3e+38 is outside [-1e+32, 1e+32]"),
+        (["schedule.warmup_epochs=inf"], "schedule.warmup_epochs=inf: must be a finite number >= 0"),
+        (["optim.nesterov=maybe"], "optim.nesterov='maybe': must be true or false"),
+        (["train.checkpoint=yes please"], "train.checkpoint='yes please': must be true or false"),
+        (["data.noise=inf"], "data.noise=inf: must be a number in [0, 1e+06]"),
+        (["data.similarity=2"], "data.similarity=2: must be a number in [0, 1]"),
+    ],
+)
 def test_numbers_that_would_do_nothing_or_blow_up_are_refused_up_front(tmp_path, args, fragment):
     result = lossbench("run", *TINY, *args, cwd=tmp_path)
     assert fragment in one_error(result)
@@ -706,11 +806,14 @@ def detached(num_classes, in_channels):
     return Detached()
 
 
-@pytest.mark.parametrize("factory, fragment", [
-    ("one_more_class", "returns shape [2, 11] for a batch of 2, not [2, 10]"),
-    ("a_tuple", "returns a tuple, not a tensor of logits [batch, 10]"),
-    ("detached", "logits that depend on no trainable parameter"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "factory, fragment",
+    [
+        ("one_more_class", "returns shape [2, 11] for a batch of 2, not [2, 10]"),
+        ("a_tuple", "returns a tuple, not a tensor of logits [batch, 10]"),
+        ("detached", "logits that depend on no trainable parameter"),
+    ],
+)
 def test_a_custom_models_output_is_checked_before_training(factory, fragment):
     import torch
 
@@ -746,18 +849,22 @@ def test_out_expands_the_home_directory(tmp_path):
     done = lossbench("explain", "--scores", "identity", "--out=~/x", cwd=tmp_path, env={"HOME": str(home)})
     assert done.returncode == 0, done.stderr
     assert (home / "x" / "explain_grad_norm.png").exists() and not (tmp_path / "~").exists()
-    done = lossbench("compare", *TINY, "train.epochs=1", "losses=[ce]", "--out=~/cmp", cwd=tmp_path,
-                     env={"HOME": str(home)})  # fmt: skip
+    done = lossbench(
+        "compare", *TINY, "train.epochs=1", "losses=[ce]", "--out=~/cmp", cwd=tmp_path, env={"HOME": str(home)}
+    )
     assert done.returncode == 0, done.stderr
     assert (home / "cmp" / "compare.json").exists() and not (tmp_path / "~").exists()
 
 
-@pytest.mark.parametrize("sweep, fragment", [
-    ("optim.lr=0.1,0.10", "optim.lr: 0.1 listed more than once"),
-    ("seed=0,0", "seed: 0 listed more than once"),
-    ("loss=ce,'ce'", "loss: ce listed more than once"),
-    ("optim.lr=1,1.0", "optim.lr: 1 listed more than once"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "sweep, fragment",
+    [
+        ("optim.lr=0.1,0.10", "optim.lr: 0.1 listed more than once"),
+        ("seed=0,0", "seed: 0 listed more than once"),
+        ("loss=ce,'ce'", "loss: ce listed more than once"),
+        ("optim.lr=1,1.0", "optim.lr: 1 listed more than once"),
+    ],
+)
 def test_a_value_listed_twice_in_a_sweep_is_refused_up_front(tmp_path, sweep, fragment):
     assert fragment in one_error(lossbench("run", "-m", *TINY, sweep, cwd=tmp_path))
     assert fragment in one_error(lossbench("compare", *TINY, sweep, "--out", "cmp", cwd=tmp_path))
@@ -771,9 +878,9 @@ def test_commands_started_in_the_same_second_get_their_own_directories(tmp_path)
 
 
 def test_a_report_removes_what_a_killed_report_left(tmp_path):
-    from lossbench.rundir import METRIC_COLUMNS
-
     import pandas as pd
+
+    from lossbench.rundir import METRIC_COLUMNS
 
     claim(tmp_path, "comparison")
     run_dir = tmp_path / "a"
@@ -793,8 +900,9 @@ def test_a_report_removes_what_a_killed_report_left(tmp_path):
 
 def test_relative_paths_mean_the_same_with_hydra_job_chdir(tmp_path):
     npz(tmp_path / "x.npz")
-    done = lossbench("run", *ARRAYS, "data.path=x.npz", "train.epochs=1", "hydra.job.chdir=true",
-                     "hydra.run.dir=out", cwd=tmp_path)  # fmt: skip
+    done = lossbench(
+        "run", *ARRAYS, "data.path=x.npz", "train.epochs=1", "hydra.job.chdir=true", "hydra.run.dir=out", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert OmegaConf.load(tmp_path / "out" / CONFIG_FILE).data.path == str(tmp_path / "x.npz")
 
@@ -828,15 +936,37 @@ def test_a_read_only_report_folder_names_the_target_not_the_temporary_file(tmp_p
 
 
 def test_a_tune_records_resolved_values_and_pins_its_score_table(tmp_path):
-    record = {"args": [], "search": "grid", "sampler_seed": 0, "trials_per_loss": 1, "losses": {"ce": {
-        "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
-        "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
-        "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0}}}}  # fmt: skip
+    record = {
+        "args": [],
+        "search": "grid",
+        "sampler_seed": 0,
+        "trials_per_loss": 1,
+        "losses": {
+            "ce": {
+                "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+                "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
+                "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0},
+            }
+        },
+    }
     (tmp_path / "rec.json").write_text(json.dumps(record))
     score_csv(tmp_path / "s.csv", 1)
-    done = lossbench("tune", "--from", "rec.json", *TINY, "train.epochs=1", "losses=[ce]", "data.names=generic",
-                     "data.num_classes=2", "scores=file", "scores.path=${oc.env:TABLE}", "--out", "t", cwd=tmp_path,
-                     env={"TABLE": str(tmp_path / "s.csv")})  # fmt: skip
+    done = lossbench(
+        "tune",
+        "--from",
+        "rec.json",
+        *TINY,
+        "train.epochs=1",
+        "losses=[ce]",
+        "data.names=generic",
+        "data.num_classes=2",
+        "scores=file",
+        "scores.path=${oc.env:TABLE}",
+        "--out",
+        "t",
+        cwd=tmp_path,
+        env={"TABLE": str(tmp_path / "s.csv")},
+    )
     assert done.returncode == 0, done.stderr
     recorded = json.loads((tmp_path / "t" / "tune.json").read_text())["args"]
     assert not any("${" in a for a in recorded), recorded
@@ -867,11 +997,20 @@ def test_a_resume_from_elsewhere_reads_an_experiments_relative_data_path_where_t
         for i, name in enumerate(CIFAR10_CLASSES):
             (start / "data" / "cifar10" / split / name).mkdir(parents=True)
             for j in range(2):
-                Image.new("RGB", (32, 32), (i * 25, j * 100, 0)).save(start / "data" / "cifar10" / split / name
-                                                                      / f"{j}.png")  # fmt: skip
-    args = ["experiment=cifar10_folder", *NO_MODEL, "model.widths=[4]", "train.epochs=1", "data.val_size=null",
-            "data.train_size=null", "data.test_size=null", f"data.cache_dir={tmp_path / 'cache'}",
-            "losses=[ce,expected_score]"]  # fmt: skip
+                Image.new("RGB", (32, 32), (i * 25, j * 100, 0)).save(
+                    start / "data" / "cifar10" / split / name / f"{j}.png"
+                )
+    args = [
+        "experiment=cifar10_folder",
+        *NO_MODEL,
+        "model.widths=[4]",
+        "train.epochs=1",
+        "data.val_size=null",
+        "data.train_size=null",
+        "data.test_size=null",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "losses=[ce,expected_score]",
+    ]
     first = lossbench("compare", *args, "--out", "cmp", cwd=start)
     assert first.returncode == 0, first.stderr
     shutil.rmtree(start / "cmp" / "loss=expected_score,seed=0")  # as if it had never started
@@ -895,8 +1034,9 @@ def test_a_run_copied_in_from_another_comparison_is_left_out_and_named(tmp_path)
     shutil.copytree(theirs, tmp_path / "b" / "loss=ce,seed=5")
     runs, notes = own_runs(tmp_path / "b")
     assert runs == [mine]
-    assert notes == [f"{tmp_path / 'b' / 'loss=ce,seed=5'}: made by another comparison and copied in (its marker "
-                     "says so); left out"]  # fmt: skip
+    assert notes == [
+        f"{tmp_path / 'b' / 'loss=ce,seed=5'}: made by another comparison and copied in (its marker says so); left out"
+    ]
 
 
 def test_the_report_says_when_runs_used_different_or_since_changed_data(tmp_path):
@@ -910,8 +1050,9 @@ def test_the_report_says_when_runs_used_different_or_since_changed_data(tmp_path
         npz(data, permute=seed == 0)  # replaced between the two runs, and back after the second
     warnings = build_report(tmp_path / "cmp").warnings
     assert any("the runs used 2 different data.path inputs" in w for w in warnings), warnings
-    assert any(f"{tmp_path / 'cmp' / 'seed=1'}: data.path" in w and "changed since the run started" in w
-               for w in warnings), warnings  # fmt: skip
+    assert any(
+        f"{tmp_path / 'cmp' / 'seed=1'}: data.path" in w and "changed since the run started" in w for w in warnings
+    ), warnings
 
 
 def test_a_command_is_the_launcher_of_its_own_jobs_whatever_it_inherited(monkeypatch):

@@ -29,8 +29,9 @@ def parsed(command: list[str]) -> dict[str, object]:
 
 
 def test_a_sweep_into_an_awkward_folder_reads_back():
-    command = hydra_bridge.sweep_command(["train.epochs=2"], AWKWARD, ["seed=0,1"], subdir="trial_${hydra.job.num}",
-                                         name_by=["resume", "train.epochs"])  # fmt: skip
+    command = hydra_bridge.sweep_command(
+        ["train.epochs=2"], AWKWARD, ["seed=0,1"], subdir="trial_${hydra.job.num}", name_by=["resume", "train.epochs"]
+    )
     assert command[0] == "-m"
     values = parsed(command)
     assert values["hydra.sweep.dir"] == str(AWKWARD) and values["seed"] == [0, 1]
@@ -41,8 +42,13 @@ def test_a_sweep_into_an_awkward_folder_reads_back():
 
 def test_tunes_command_lines_carry_exact_values():
     lr = 0.08025955666793813
-    trial = trial_command("soft_label_ce", {"optim.lr": lr, "loss.tau": 0.2}, {"LOSSBENCH_TUNE_STORAGE": str(AWKWARD)},
-                          ["train.epochs=4"], AWKWARD / "trial_3")  # fmt: skip
+    trial = trial_command(
+        "soft_label_ce",
+        {"optim.lr": lr, "loss.tau": 0.2},
+        {"LOSSBENCH_TUNE_STORAGE": str(AWKWARD)},
+        ["train.epochs=4"],
+        AWKWARD / "trial_3",
+    )
     values = parsed(trial)
     assert values["optim.lr"] == lr and values["loss.tau"] == 0.2 and values["loss"] == "soft_label_ce"
     assert values["++hydra.job.env_set.LOSSBENCH_TUNE_STORAGE".lstrip("+")] == str(AWKWARD)

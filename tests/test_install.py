@@ -13,9 +13,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import lossbench.configs
+import pytest
 from conftest import HANG_S, TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +27,7 @@ def test_the_editable_install_finds_the_configs_at_the_top_of_the_repository():
 
 
 def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=HANG_S,
-                            env=env)  # fmt: skip
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert result.returncode == 0, (command, result.stdout, result.stderr)
     return result
 
@@ -44,8 +42,19 @@ def build_wheel(tmp_path: Path) -> Path:
         else:
             tree.mkdir(exist_ok=True)
             shutil.copy2(source, tree / name)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
-        tmp_path / "wheels", tree, cwd=tmp_path)  # fmt: skip
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        tmp_path / "wheels",
+        tree,
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "wheels").glob("lossbench-*.whl")
     return wheel
 
@@ -61,7 +70,9 @@ def fresh_environment(tmp_path: Path, wheel: Path) -> Path:
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
     run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel, cwd=tmp_path)
-    site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=tmp_path).stdout.strip())
+    site = Path(
+        run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=tmp_path).stdout.strip()
+    )
     borrowed = dict.fromkeys(str(Path(m.__file__).parents[1]) for m in (torch, hydra, typer, pandas))
     (site / "borrowed_dependencies.pth").write_text("\n".join(borrowed) + "\n")
     return venv
@@ -71,10 +82,14 @@ def fresh_environment(tmp_path: Path, wheel: Path) -> Path:
 def test_a_wheel_in_a_fresh_environment_runs_from_another_directory_with_its_own_configs(tmp_path):
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {f"lossbench/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")}
+    configs = {
+        f"lossbench/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")
+    }
     assert configs and configs <= names, sorted(configs - names)
-    plugins = {f"hydra_plugins/{p.relative_to(REPO / 'src' / 'hydra_plugins').as_posix()}"
-               for p in (REPO / "src" / "hydra_plugins").rglob("*.py")}  # fmt: skip
+    plugins = {
+        f"hydra_plugins/{p.relative_to(REPO / 'src' / 'hydra_plugins').as_posix()}"
+        for p in (REPO / "src" / "hydra_plugins").rglob("*.py")
+    }
     assert "hydra_plugins/lossbench_launcher/packed_launcher.py" in plugins and plugins <= names
     modules = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src" / "lossbench").rglob("*.py")}
     assert modules <= names, sorted(modules - names)  # every subpackage listed in pyproject's packages
@@ -83,10 +98,12 @@ def test_a_wheel_in_a_fresh_environment_runs_from_another_directory_with_its_own
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = run(venv / "bin" / "python", "-c", "import lossbench.configs as c; print(c.__file__)", cwd=elsewhere,
-                env=env).stdout.strip()  # fmt: skip
+    where = run(
+        venv / "bin" / "python", "-c", "import lossbench.configs as c; print(c.__file__)", cwd=elsewhere, env=env
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the wheel's copy, not the checkout's
-    result = run(venv / "bin" / "lossbench", "run", *TINY, "train.epochs=1", "hydra.run.dir=run", cwd=elsewhere,
-                 env=env)  # fmt: skip
+    result = run(
+        venv / "bin" / "lossbench", "run", *TINY, "train.epochs=1", "hydra.run.dir=run", cwd=elsewhere, env=env
+    )
     assert (elsewhere / "run" / "metrics.csv").read_text().count("\n") == 2, result.stderr  # header, epoch 1
     assert not (elsewhere / "configs").exists()

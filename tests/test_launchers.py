@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import HANG_S, lossbench
 from hydra import compose, initialize_config_module
+
 from lossbench.rundir import read_status
 
 
@@ -100,9 +101,21 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
     finishes it from its checkpoint, leaves the finished run alone, and reports both."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     out = tmp_path / "cmp"
-    command = [sys.executable, "-m", "lossbench.cli", "compare", "hydra/launcher=submitit_local",
-               "losses=[ce,expected_score]", "train.epochs=5", "train.progress=false", "data.train_size=2048",
-               "data.test_size=256", "model.widths=[8,16,16]", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "lossbench.cli",
+        "compare",
+        "hydra/launcher=submitit_local",
+        "losses=[ce,expected_score]",
+        "train.epochs=5",
+        "train.progress=false",
+        "data.train_size=2048",
+        "data.test_size=256",
+        "model.widths=[8,16,16]",
+        "--out",
+        str(out),
+    ]
     compare = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + HANG_S
@@ -143,17 +156,32 @@ def test_compare_through_submitit_local_survives_a_killed_job(tmp_path):
     assert any(f"{killed}: resuming after epoch" in log for log in job_logs(out).values())
 
 
-@pytest.mark.parametrize("launcher, plugin", [("joblib", "hydra_joblib_launcher"),
-                                              ("submitit_local", "hydra_submitit_launcher")])  # fmt: skip
+@pytest.mark.parametrize(
+    "launcher, plugin", [("joblib", "hydra_joblib_launcher"), ("submitit_local", "hydra_submitit_launcher")]
+)
 def test_tune_prunes_trials_run_in_other_processes(tmp_path, launcher, plugin):
     """A trial's job in a launcher's worker process (joblib's, submitit's) opens the study, reports each epoch and
     is stopped by the pruner; its run directory and tune.json say pruned."""
     pytest.importorskip("optuna", minversion="4")
     pytest.importorskip(f"hydra_plugins.{plugin}")
-    result = lossbench("tune", f"hydra/launcher={launcher}", "losses=[soft_label_ce]", "train.epochs=3",
-                       "train.progress=false", "data.train_size=256", "data.test_size=128", "data.val_size=128",
-                       "seeds=[0]", "tune.pruner_startup=1", "tune.search_only=true", "--trials", "4", "--out", "t",
-                       cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "tune",
+        f"hydra/launcher={launcher}",
+        "losses=[soft_label_ce]",
+        "train.epochs=3",
+        "train.progress=false",
+        "data.train_size=256",
+        "data.test_size=128",
+        "data.val_size=128",
+        "seeds=[0]",
+        "tune.pruner_startup=1",
+        "tune.search_only=true",
+        "--trials",
+        "4",
+        "--out",
+        "t",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "t" / "tuning" / "soft_label_ce"
     if launcher == "joblib":

@@ -11,8 +11,12 @@ from lossbench.models import SmallCNN
 
 
 def test_every_precision_is_timed_in_every_layout():
-    assert layout_variants(["fp32", "bf16"]) == [("fp32", "onednn"), ("fp32", "dense"),
-                                                  ("bf16", "onednn"), ("bf16", "dense")]  # fmt: skip
+    assert layout_variants(["fp32", "bf16"]) == [
+        ("fp32", "onednn"),
+        ("fp32", "dense"),
+        ("bf16", "onednn"),
+        ("bf16", "dense"),
+    ]
     assert CPU_LAYOUTS == ("auto", *LAYOUTS)
 
 

@@ -34,10 +34,28 @@ def metrics(logits=LOGITS, targets=TARGETS, scores=S, temperature=None, split="t
 
 
 def test_columns_are_the_guides():
-    split = ["nll", "acc", "top5_acc", "score", "score_bayes", "score_bayes_cal", "expected_score",
-             "mistake_severity", "ece"]  # fmt: skip
-    assert METRIC_COLUMNS == ["epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "grad_norm",
-                              *[f"val_{m}" for m in split], *[f"test_{m}" for m in split]]  # fmt: skip
+    split = [
+        "nll",
+        "acc",
+        "top5_acc",
+        "score",
+        "score_bayes",
+        "score_bayes_cal",
+        "expected_score",
+        "mistake_severity",
+        "ece",
+    ]
+    assert METRIC_COLUMNS == [
+        "epoch",
+        "step",
+        "elapsed_s",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "grad_norm",
+        *[f"val_{m}" for m in split],
+        *[f"test_{m}" for m in split],
+    ]
 
 
 def test_hand_computed_case():
@@ -131,8 +149,9 @@ def _scipy_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     def nll(log_t: float) -> float:
         return float(torch.nn.functional.cross_entropy(logits.double() / math.exp(log_t), targets))
 
-    return math.exp(minimize_scalar(nll, bounds=(-math.log(100), math.log(100)), method="bounded",
-                                    options={"xatol": 1e-9}).x)  # fmt: skip
+    return math.exp(
+        minimize_scalar(nll, bounds=(-math.log(100), math.log(100)), method="bounded", options={"xatol": 1e-9}).x
+    )
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor, t: float) -> float:
@@ -168,5 +187,8 @@ def test_confusion_counts_and_file(tmp_path):
     assert counts.tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 1]]  # rows true, columns argmax
     write_confusion(tmp_path / "confusion.csv", counts.tolist(), ["cat", "dog", "car"])
     assert (tmp_path / "confusion.csv").read_text().splitlines() == [
-        "true\\pred,cat,dog,car", "cat,1,0,0", "dog,1,0,0", "car,1,0,1",
-    ]  # fmt: skip
+        "true\\pred,cat,dog,car",
+        "cat,1,0,0",
+        "dog,1,0,0",
+        "car,1,0,1",
+    ]

@@ -24,10 +24,15 @@ def relu_then_pool(model: SmallCNN) -> SmallCNN:
     return other
 
 
-@pytest.mark.parametrize("dtype, layout", [
-    (None, "onednn"), (None, "dense"), pytest.param(torch.bfloat16, "onednn", marks=needs_bf16_kernels),
-    (torch.bfloat16, "dense"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype, layout",
+    [
+        (None, "onednn"),
+        (None, "dense"),
+        pytest.param(torch.bfloat16, "onednn", marks=needs_bf16_kernels),
+        (torch.bfloat16, "dense"),
+    ],
+)
 def test_pooling_before_the_relu_is_bit_for_bit_relu_before_pooling(dtype, layout):
     torch.manual_seed(0)
     model = SmallCNN(5, widths=(4, 8), cpu_layout=layout).to(memory_format=torch.channels_last)
@@ -58,7 +63,8 @@ def twins(**kwargs) -> tuple[SmallCNN, SmallCNN]:
 
 def images(n: int = 32, size: int = 16) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
-        memory_format=torch.channels_last)  # fmt: skip
+        memory_format=torch.channels_last
+    )
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import make_cfg
+from omegaconf import OmegaConf
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "near_misses.py"
 spec = importlib.util.spec_from_file_location("near_misses", SCRIPT)
@@ -42,7 +41,8 @@ def fake_run(root: Path, loss: str, seed: int, table: list[list[int]]) -> None:
     (run / "status.json").write_text('{"status": "finished"}')
     # a (airplane) and b (automobile) are vehicles, c (cat) an animal
     counts(table).set_axis(["airplane", "automobile", "cat"], axis=0).set_axis(
-        ["airplane", "automobile", "cat"], axis=1).to_csv(run / "confusion.csv")
+        ["airplane", "automobile", "cat"], axis=1
+    ).to_csv(run / "confusion.csv")
 
 
 def test_table_with_paired_difference(tmp_path, capsys):
@@ -53,8 +53,9 @@ def test_table_with_paired_difference(tmp_path, capsys):
     out = capsys.readouterr().out
     # near: 2/8, 3/8, 4/8 (SD 0.125, t(2) 4.303); far: 6, 5, 4 of 108
     assert "| ce | 0.375 ± 0.311 | - | 0.046 ± 0.023 | - | 3 |" in out
-    assert ("| soft_label_ce | 0.875 ± 0.311 | +0.500 ± 0.000 (p = 0) | 0.009 ± 0.023 | "
-            "-0.037 ± 0.000 (p = 0) | 3 |") in out  # fmt: skip
+    assert (
+        "| soft_label_ce | 0.875 ± 0.311 | +0.500 ± 0.000 (p = 0) | 0.009 ± 0.023 | -0.037 ± 0.000 (p = 0) | 3 |"
+    ) in out
 
 
 def test_no_runs_is_one_error_line(tmp_path, capsys):
@@ -84,8 +85,11 @@ def test_a_score_table_that_is_not_lossbenchs_is_never_built(tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
     config = OmegaConf.load(tmp_path / "loss=ce,seed=1" / "config.yaml")
-    config.scores = {"_target_": "shutil.copyfile", "src": str(tmp_path / "loss=ce,seed=0" / "config.yaml"),
-                     "dst": str(victim)}  # fmt: skip
+    config.scores = {
+        "_target_": "shutil.copyfile",
+        "src": str(tmp_path / "loss=ce,seed=0" / "config.yaml"),
+        "dst": str(victim),
+    }
     OmegaConf.save(config, tmp_path / "loss=ce,seed=1" / "config.yaml")
     assert near_misses.main([str(tmp_path)]) == 0
     err = capsys.readouterr().err

@@ -13,26 +13,33 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, evaluation_case, layout_by_timer, lossbench, make_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
 import lossbench.pack as pack_module
 import lossbench.provenance as provenance_module
 import lossbench.run as run_module
-from conftest import TINY, evaluation_case, layout_by_timer, lossbench, make_cfg
-from lossbench.errors import LossbenchError
-from lossbench.models import MLP, SmallCNN, resnet18_cifar
-from lossbench.precision import Precision
-from lossbench.pack import (
-    PackedNetwork, SharedBatch, member_losses, pack_groups, pack_inputs, pack_optimizer_state, train_pack, train_packed,
-    unpack_optimizer_state,
-)  # fmt: skip
 from lossbench.data.batching import Batches, feature_stats, packed_batches
 from lossbench.data.dataset import Dataset
+from lossbench.errors import LossbenchError
 from lossbench.losses import build_loss_from_config
 from lossbench.metrics import TIMING_COLUMNS
-from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, claim, read_status
+from lossbench.models import MLP, SmallCNN, resnet18_cifar
+from lossbench.pack import (
+    PackedNetwork,
+    SharedBatch,
+    member_losses,
+    pack_groups,
+    pack_inputs,
+    pack_optimizer_state,
+    train_pack,
+    train_packed,
+    unpack_optimizer_state,
+)
+from lossbench.precision import Precision
 from lossbench.run import start_run
+from lossbench.rundir import CHECKPOINT_FILE, METRICS_FILE, claim, read_status
 from lossbench.step import evaluate, evaluate_models
 from lossbench.train import train_run
 
@@ -133,10 +140,13 @@ class Mixing(nn.Module):
         return self.head(x - x.mean(dim=1, keepdim=True))  # the mean runs over every member's features
 
 
-@pytest.mark.parametrize(("model", "message"), [
-    (Normed, "Normed cannot be packed: its LayerNorm (norm) has weights of a kind only Conv1d"),
-    (Mixing, "Mixing cannot be packed: its forward mixes the packed models' channels"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (Normed, "Normed cannot be packed: its LayerNorm (norm) has weights of a kind only Conv1d"),
+        (Mixing, "Mixing cannot be packed: its forward mixes the packed models' channels"),
+    ],
+)
 def test_a_model_that_cannot_be_packed_is_refused_by_name(model, message):
     with pytest.raises(LossbenchError, match=re.escape(message)):
         PackedNetwork([model(), model()], torch.randn(4, 6))
@@ -145,9 +155,14 @@ def test_a_model_that_cannot_be_packed_is_refused_by_name(model, message):
 def test_the_probe_check_computes_float32_exactly_and_restores_the_settings(monkeypatch):
     """On a GPU, TF32 and autotuned algorithms round a grouped and a plain convolution differently; the check must
     see structure, not rounding, and leave the user's settings as they were."""
+
     def settings() -> tuple:
-        return (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-                torch.backends.cudnn.deterministic)  # fmt: skip
+        return (
+            torch.get_float32_matmul_precision(),
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
+        )
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
@@ -174,8 +189,9 @@ def test_a_pack_evaluates_its_members_at_once_as_each_evaluates_alone(kind):
         make, shape = (lambda: SmallCNN(3, widths=(4, 8))), (3, 16, 16)
     else:  # feature vectors: the images' pixels as floats, standardised per feature
         flat = lambda x: x.flatten(1).float()  # noqa: E731
-        data = Dataset(flat(data.train_x), data.train_y, flat(data.test_x), data.test_y, data.classes, flat(data.val_x),
-                       data.val_y)  # fmt: skip
+        data = Dataset(
+            flat(data.train_x), data.train_y, flat(data.test_x), data.test_y, data.classes, flat(data.val_x), data.val_y
+        )
         mean, std = feature_stats(data.train_x)
         make, shape = (lambda: MLP(3, (768,), hidden=(16, 8), dropout=0.0)), (768,)
     nets = [make() for _ in range(3)]
@@ -198,8 +214,10 @@ def test_a_pack_evaluates_its_members_at_once_as_each_evaluates_alone(kind):
 
 def jobs_for(tmp_path, specs, *extra: str) -> list[tuple]:
     """(config, run directory) per (loss, seed), tiny and in fp32 (packed and alone then agree closely)."""
-    return [(make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"seed={seed}", *extra), tmp_path / f"{loss}_{seed}")
-            for loss, seed in specs]  # fmt: skip
+    return [
+        (make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"seed={seed}", *extra), tmp_path / f"{loss}_{seed}")
+        for loss, seed in specs
+    ]
 
 
 SPECS = [("ce", 0), ("expected_score", 1), ("soft_label_ce", 2)]
@@ -231,8 +249,7 @@ def test_packed_runs_train_as_the_same_runs_trained_alone(tmp_path):
 
 @pytest.mark.parametrize("kind", ["images", "vectors"])
 def test_packed_batches_are_each_members_own_batches_bit_for_bit(kind):
-    inputs = (torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8) if kind == "images"
-              else torch.randn(40, 6))  # fmt: skip
+    inputs = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8) if kind == "images" else torch.randn(40, 6)
     labels = torch.randint(0, 5, (40,))
     mean, std = feature_stats(inputs)
 
@@ -268,7 +285,7 @@ def test_a_pack_of_one_is_its_run_trained_alone_to_the_last_bits(tmp_path):
     """With one member the grouped convolutions are plain ones (only the head's batched matmul rounds otherwise),
     so the whole pipeline (data order, optimiser, schedule, statistics, checkpoint) must repeat the lone run to
     float32 rounding. Several members drift further apart, by rounding amplified over the steps (above)."""
-    (cfg, run_dir), = jobs_for(tmp_path / "packed", SPECS[1:2])
+    ((cfg, run_dir),) = jobs_for(tmp_path / "packed", SPECS[1:2])
     assert train_packed([(cfg, run_dir)], size=0) == ["finished"]
     assert train_run(cfg, tmp_path / "alone") == "finished"
     mine, theirs = (pd.read_csv(d / METRICS_FILE).drop(columns=TIMING_COLUMNS) for d in (run_dir, tmp_path / "alone"))
@@ -277,8 +294,9 @@ def test_a_pack_of_one_is_its_run_trained_alone_to_the_last_bits(tmp_path):
     for key, value in b["model"].items():
         torch.testing.assert_close(a["model"][key], value, atol=1e-6, rtol=1e-5, msg=key)
     for i, state in b["optimizer"]["state"].items():
-        torch.testing.assert_close(a["optimizer"]["state"][i]["momentum_buffer"], state["momentum_buffer"], atol=1e-6,
-                                   rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            a["optimizer"]["state"][i]["momentum_buffer"], state["momentum_buffer"], atol=1e-6, rtol=1e-5
+        )
     assert torch.equal(a["data_rng"], b["data_rng"]) and a["scheduler"] == b["scheduler"]
 
 
@@ -302,7 +320,7 @@ def test_on_a_cpu_the_members_evaluate_their_own_models_and_on_a_gpu_the_pack_ev
 
 def test_a_packed_runs_checkpoint_resumes_alone_and_a_lone_runs_in_a_pack(tmp_path):
     jobs = jobs_for(tmp_path, SPECS[:2], "train.epochs=3")
-    for cfg, run_dir in jobs:  # stopped after epoch 1: the first in a pack, the second alone
+    for cfg, _ in jobs:  # stopped after epoch 1: the first in a pack, the second alone
         cfg.train.epochs = 1
     train_packed(jobs[:1], size=0)
     train_run(jobs[1][0], jobs[1][1])
@@ -369,20 +387,25 @@ def test_a_pack_stopped_between_epochs_resumes_as_it_would_have_trained_on(tmp_p
 def test_a_sweep_over_data_packs_each_dataset_apart_whatever_the_job_order(tmp_path):
     """Jobs alternating two datasets: each pack trains on its own data (the runs are opened in job order, so the
     members of one pack do not hold the same data tensors)."""
-    jobs = [(make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"data.train_size={size}"), tmp_path / f"{loss}_{size}")
-            for loss in ("ce", "expected_score") for size in (256, 192)]  # fmt: skip
+    jobs = [
+        (make_cfg(*TINY, "precision=fp32", f"loss={loss}", f"data.train_size={size}"), tmp_path / f"{loss}_{size}")
+        for loss in ("ce", "expected_score")
+        for size in (256, 192)
+    ]
     assert train_packed(jobs, size=0) == ["finished"] * 4
-    for cfg, run_dir in jobs:  # 90% of the images train, in batches of 64: 3 steps for 256, 2 for 192
+    for _, run_dir in jobs:  # 90% of the images train, in batches of 64: 3 steps for 256, 2 for 192
         assert pd.read_csv(run_dir / METRICS_FILE)["step"].tolist() == ([3, 6] if "256" in run_dir.name else [2, 4])
 
 
 def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_them(tmp_path):
     fp32 = Precision("fp32", "precision=fp32", "onednn")
     runs = [SimpleNamespace(cfg=cfg, epoch=0, precision=fp32) for cfg, _ in jobs_for(tmp_path, SPECS)]
-    runs += [SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0, precision=fp32),
-             SimpleNamespace(cfg=runs[0].cfg, epoch=1, precision=fp32),
-             # resumed in the layout it recorded, another than the others': it trains apart
-             SimpleNamespace(cfg=runs[0].cfg, epoch=0, precision=Precision("fp32", "recorded", "dense"))]  # fmt: skip
+    runs += [
+        SimpleNamespace(cfg=make_cfg(*TINY, "precision=fp32", "optim.lr=0.01"), epoch=0, precision=fp32),
+        SimpleNamespace(cfg=runs[0].cfg, epoch=1, precision=fp32),
+        # resumed in the layout it recorded, another than the others': it trains apart
+        SimpleNamespace(cfg=runs[0].cfg, epoch=0, precision=Precision("fp32", "recorded", "dense")),
+    ]
     groups = pack_groups(runs, size=0)
     assert [[runs.index(r) for r in group] for group in groups] == [[0, 1, 2], [3], [4], [5]]
     assert [[runs.index(r) for r in group] for group in pack_groups(runs, size=2)] == [[0, 1], [2], [3], [4], [5]]
@@ -391,11 +414,14 @@ def test_packs_hold_runs_that_differ_only_in_loss_and_seed_and_at_most_size_of_t
 def test_each_run_records_its_provenance_once_naming_the_pack_it_trained_in(tmp_path, monkeypatch):
     written: list[Path] = []
     real_write = provenance_module.write_run_record
-    monkeypatch.setattr(provenance_module, "write_run_record", lambda run_dir, record: (written.append(run_dir),
-                                                                                      real_write(run_dir, record)))
+    monkeypatch.setattr(
+        provenance_module,
+        "write_run_record",
+        lambda run_dir, record: (written.append(run_dir), real_write(run_dir, record)),
+    )
     packed = jobs_for(tmp_path / "packed", SPECS[:2])
     assert train_packed(packed, size=0) == ["finished"] * 2
-    (cfg, _), = jobs_for(tmp_path, SPECS[:1])
+    ((cfg, _),) = jobs_for(tmp_path, SPECS[:1])
     assert train_run(cfg, tmp_path / "alone") == "finished"
     run_dirs = [run_dir for _, run_dir in packed] + [tmp_path / "alone"]
     assert written == run_dirs
@@ -533,8 +559,17 @@ def normed_net(num_classes: int, input_shape) -> nn.Module:
 @pytest.mark.slow
 def test_compare_through_the_packed_launcher_trains_every_run_and_reports(tmp_path):
     out = tmp_path / "cmp"
-    done = lossbench("compare", "losses=[ce,expected_score]", "seeds=[0,1]", *TINY, "hydra/launcher=packed",
-                     "hydra.launcher.size=3", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    done = lossbench(
+        "compare",
+        "losses=[ce,expected_score]",
+        "seeds=[0,1]",
+        *TINY,
+        "hydra/launcher=packed",
+        "hydra.launcher.size=3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "packed 3 at a time" in done.stdout + done.stderr
     runs = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.startswith("loss="))
@@ -550,11 +585,16 @@ def test_compare_through_the_packed_launcher_trains_every_run_and_reports(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["hydra.launcher.size=-1"], "hydra.launcher.size must be >= 0 (0: all runs that can pack together), not -1"),
-    (["hydra.launcher.size=2.5"],
-     "hydra.launcher.size must be an integer (0: all runs that can pack together), not 2.5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hydra.launcher.size=-1"], "hydra.launcher.size must be >= 0 (0: all runs that can pack together), not -1"),
+        (
+            ["hydra.launcher.size=2.5"],
+            "hydra.launcher.size must be an integer (0: all runs that can pack together), not 2.5",
+        ),
+    ],
+)
 def test_a_bad_pack_size_is_one_line_before_anything_runs(tmp_path, args, message):
     done = lossbench("compare", *TINY, "hydra/launcher=packed", *args, "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}"
@@ -576,14 +616,21 @@ def test_the_packed_launcher_composes_each_jobs_config_once(tmp_path, monkeypatc
 
     composed = []
     compose = ConfigLoaderImpl.load_sweep_config
-    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", lambda self, master_config, sweep_overrides:
-                        composed.append(tuple(sweep_overrides)) or compose(self, master_config, sweep_overrides))
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_sweep_config",
+        lambda self, master_config, sweep_overrides: (
+            composed.append(tuple(sweep_overrides)) or compose(self, master_config, sweep_overrides)
+        ),
+    )
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "cmp"
     assert compare(["losses=[ce,expected_score]", *TINY, "train.epochs=1", "hydra/launcher=packed"], str(out)) == 0
     # seeds sweep first (launch.comparison_sweep): the last two overrides are the seed and the loss
-    assert sorted(tuple(sorted(job[-2:])) for job in composed) == [("loss=ce", "seed=0"), ("loss=expected_score",
-                                                                                          "seed=0")]
+    assert sorted(tuple(sorted(job[-2:])) for job in composed) == [
+        ("loss=ce", "seed=0"),
+        ("loss=expected_score", "seed=0"),
+    ]
     assert {read_status(out / f"loss={loss},seed=0")["status"] for loss in ("ce", "expected_score")} == {"finished"}
 
 

@@ -55,8 +55,12 @@ def setting_table(n: int) -> pd.DataFrame:
     rows = []
     for i, loss in enumerate(["ce", "expected_score", "label_smoothing"]):
         row = {"loss": loss, "label": loss, "runs": n}
-        for measure, value in (("final_test_acc", 0.8 - 0.1 * i), ("final_test_mistake_severity", 1 + 0.2 * i),
-                               ("final_test_score", 1.5 - 0.2 * i), ("epochs_to_target_score", 3 + i)):  # fmt: skip
+        for measure, value in (
+            ("final_test_acc", 0.8 - 0.1 * i),
+            ("final_test_mistake_severity", 1 + 0.2 * i),
+            ("final_test_score", 1.5 - 0.2 * i),
+            ("epochs_to_target_score", 3 + i),
+        ):
             row.update({f"{measure}_mean": value, f"{measure}_ci95": 0.05 if n > 1 else np.nan, f"{measure}_n": n})
         rows.append(row)
     rows[2]["epochs_to_target_score_mean"], rows[2]["epochs_to_target_score_n"] = np.nan, 0
@@ -84,25 +88,52 @@ def test_confusion_figure_row_normalised(tmp_path, classes):
     names = [f"c{i}" for i in range(classes)]
     counts = pd.DataFrame(np.eye(classes) * 30 + 1, index=names, columns=names)
     counts.iloc[0] = 0  # a class with no test examples must not divide by zero
-    plots.save_figure(plots.confusion_figure([("ce", "ce", counts), ("es", "expected_score", counts)]),
-                      tmp_path / "c.png")  # fmt: skip
+    plots.save_figure(
+        plots.confusion_figure([("ce", "ce", counts), ("es", "expected_score", counts)]), tmp_path / "c.png"
+    )
     picture(tmp_path / "c.png")
 
 
 def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
-    trials = pd.DataFrame([
-        {"loss": "ce", "lr": 0.01, "param": None, "value": np.nan, "log": False, "val_score": 1.2, "chosen": False},
-        {"loss": "ce", "lr": 0.1, "param": None, "value": np.nan, "log": False, "val_score": 1.5, "chosen": True},
-        {"loss": "ce", "lr": 1.0, "param": None, "value": np.nan, "log": False, "val_score": np.nan, "chosen": False},
-        {"loss": "soft_label_ce", "lr": 0.05, "param": "loss.tau", "value": 0.1, "log": True, "val_score": 1.4,
-         "chosen": True},
-        {"loss": "soft_label_ce", "lr": 0.2, "param": "loss.tau", "value": 0.5, "log": True, "val_score": 1.1,
-         "chosen": False},
-    ])  # fmt: skip
+    trials = pd.DataFrame(
+        [
+            {"loss": "ce", "lr": 0.01, "param": None, "value": np.nan, "log": False, "val_score": 1.2, "chosen": False},
+            {"loss": "ce", "lr": 0.1, "param": None, "value": np.nan, "log": False, "val_score": 1.5, "chosen": True},
+            {
+                "loss": "ce",
+                "lr": 1.0,
+                "param": None,
+                "value": np.nan,
+                "log": False,
+                "val_score": np.nan,
+                "chosen": False,
+            },
+            {
+                "loss": "soft_label_ce",
+                "lr": 0.05,
+                "param": "loss.tau",
+                "value": 0.1,
+                "log": True,
+                "val_score": 1.4,
+                "chosen": True,
+            },
+            {
+                "loss": "soft_label_ce",
+                "lr": 0.2,
+                "param": "loss.tau",
+                "value": 0.5,
+                "log": True,
+                "val_score": 1.1,
+                "chosen": False,
+            },
+        ]
+    )
     fig = plots.tuning_figure(trials, "val_score")
     panels = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in panels] == ["ce (2 of 3 trials finished)",
-                                                 "soft_label_ce (2 of 2 trials finished)"]  # fmt: skip
+    assert [ax.get_title() for ax in panels] == [
+        "ce (2 of 3 trials finished)",
+        "soft_label_ce (2 of 2 trials finished)",
+    ]
     assert any(ax.get_ylabel() == "tau" for ax in fig.axes)  # the colour bar names the loss's parameter
     plots.save_figure(fig, tmp_path / "tuning.png")
     picture(tmp_path / "tuning.png")

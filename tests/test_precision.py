@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -69,6 +68,7 @@ def test_explicit_choice_is_kept_without_measuring(cpu, name, dtype):
 
 def layout_timer(seconds: dict[tuple, float], calls: list) -> P.StepTimer:
     """Step seconds by (dtype, the model's cpu_layout), as one CPU's kernels might give them."""
+
     def timer(model, x, dtype):
         calls.append((dtype, model.cpu_layout))
         return seconds[dtype, model.cpu_layout]
@@ -80,8 +80,12 @@ def auto_layout() -> SmallCNN:
     return SmallCNN(10, (8, 8, 8), cpu_layout="auto")
 
 
-BF16_DENSE_WINS = {(None, "onednn"): 0.3, (None, "dense"): 0.25, (torch.bfloat16, "onednn"): 0.1,
-                   (torch.bfloat16, "dense"): 0.08}  # fmt: skip
+BF16_DENSE_WINS = {
+    (None, "onednn"): 0.3,
+    (None, "dense"): 0.25,
+    (torch.bfloat16, "onednn"): 0.1,
+    (torch.bfloat16, "dense"): 0.08,
+}
 
 
 def test_an_auto_layout_is_decided_with_the_precision_and_cached(cpu):
@@ -89,11 +93,14 @@ def test_an_auto_layout_is_decided_with_the_precision_and_cached(cpu):
     net = auto_layout()
     chosen = P.resolve_precision("auto", cpu, net, BATCH, timer=layout_timer(BF16_DENSE_WINS, calls))
     assert (chosen.name, chosen.layout) == ("bf16", "dense")
-    assert chosen.reason.startswith("bf16 3.12x fp32's speed on this CPU, each in its faster layout; oneDNN's layout "
-                                    "0.80x the dense one's speed at bf16; measured, cached in")  # fmt: skip
+    assert chosen.reason.startswith(
+        "bf16 3.12x fp32's speed on this CPU, each in its faster layout; oneDNN's layout "
+        "0.80x the dense one's speed at bf16; measured, cached in"
+    )
     # One warm-up step each, then the four alternating, each precision in each layout.
     assert calls == [(None, "onednn"), (None, "dense"), (torch.bfloat16, "onednn"), (torch.bfloat16, "dense")] * (
-        1 + P.ROUNDS)  # fmt: skip
+        1 + P.ROUNDS
+    )
     assert net.cpu_layout == "auto"  # timed on a copy: the caller sets the answer on the run's model
     again = P.resolve_precision("auto", cpu, net, BATCH, timer=no_timer)
     assert (again.name, again.layout) == ("bf16", "dense") and "measured earlier" in again.reason
@@ -102,8 +109,12 @@ def test_an_auto_layout_is_decided_with_the_precision_and_cached(cpu):
 def test_bf16_is_not_chosen_when_fp32_in_its_faster_layout_beats_it(cpu):
     # In oneDNN's layout bf16 is 1.5x fp32, but fp32 in the dense layout beats both: deciding the precision in
     # one layout and then the layout would train 2x slower than fp32 could.
-    seconds = {(None, "onednn"): 0.3, (None, "dense"): 0.1, (torch.bfloat16, "onednn"): 0.2,
-               (torch.bfloat16, "dense"): 0.25}  # fmt: skip
+    seconds = {
+        (None, "onednn"): 0.3,
+        (None, "dense"): 0.1,
+        (torch.bfloat16, "onednn"): 0.2,
+        (torch.bfloat16, "dense"): 0.25,
+    }
     chosen = P.resolve_precision("auto", cpu, auto_layout(), BATCH, timer=layout_timer(seconds, []))
     assert (chosen.name, chosen.layout) == ("fp32", "dense")
 
@@ -125,12 +136,15 @@ def test_without_native_bf16_an_auto_layout_is_measured_in_fp32_only(cpu, monkey
     assert chosen.reason.startswith("this CPU has neither AMX nor AVX512-BF16")
 
 
-@pytest.mark.parametrize("fp32_s, bf16_s, expected", [
-    (0.30, 0.10, "bf16"),   # AMX / Zen 4: bf16 much faster
-    (0.30, 0.60, "fp32"),   # a Xeon with AVX512-BF16 but no AMX: bf16 half as fast
-    (0.30, 0.29, "fp32"),   # within noise: fp32, never a bf16 that is no faster
-    (0.33, 0.30, "bf16"),   # exactly the margin
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fp32_s, bf16_s, expected",
+    [
+        (0.30, 0.10, "bf16"),  # AMX / Zen 4: bf16 much faster
+        (0.30, 0.60, "fp32"),  # a Xeon with AVX512-BF16 but no AMX: bf16 half as fast
+        (0.30, 0.29, "fp32"),  # within noise: fp32, never a bf16 that is no faster
+        (0.33, 0.30, "bf16"),  # exactly the margin
+    ],
+)
 def test_choose(fp32_s, bf16_s, expected):
     assert P.choose(fp32_s, bf16_s) == expected
 
@@ -190,12 +204,15 @@ def set_timings(value) -> Callable[[dict], None]:
 
 
 @pytest.mark.parametrize("layout", ["onednn", "auto"])  # the precision's entry; the precision-and-layout one
-@pytest.mark.parametrize("damage", [
-    drop_a_timing,
-    set_timings("fast"),                            # not a number
-    set_timings(0),                                 # a ratio would divide by zero
-    lambda e: e.update(precision="fp16", layout="blocked"),  # a decision that is not one of the options
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "damage",
+    [
+        drop_a_timing,
+        set_timings("fast"),  # not a number
+        set_timings(0),  # a ratio would divide by zero
+        lambda e: e.update(precision="fp16", layout="blocked"),  # a decision that is not one of the options
+    ],
+)
 def test_a_damaged_cache_entry_is_measured_again_not_a_failed_run(cpu, layout, damage):
     net = SmallCNN(10, (8, 8, 8), cpu_layout=layout)
     P.resolve_precision("auto", cpu, net, BATCH, timer=layout_timer(BF16_DENSE_WINS, []))
@@ -261,8 +278,9 @@ def test_jobs_starting_together_measure_once(cpu):
     first = threading.Thread(target=P.resolve_precision, args=("auto", cpu, model(), BATCH, slow_first))
     first.start()
     started.wait(5)
-    second = threading.Thread(target=lambda: calls.append(
-        P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6))))  # fmt: skip
+    second = threading.Thread(
+        target=lambda: calls.append(P.resolve_precision("auto", cpu, model(), BATCH, timer=fake_timer(0.3, 0.6)))
+    )
     second.start()
     release.set()
     first.join(5)
@@ -279,7 +297,7 @@ def test_a_run_trains_in_the_measured_layout_and_records_it(tmp_path, monkeypatc
         return 0.1 if model.cpu_layout == "dense" else 0.2
 
     def forward(self, x):  # the layout of each training and evaluation forward (not the 2-example fit check
-        if len(x) > 2:     # that runs before anything is measured)
+        if len(x) > 2:  # that runs before anything is measured)
             seen.append(self.in_onednn_layout(x))
         return original(self, x)
 
@@ -327,20 +345,24 @@ def test_a_cache_that_cannot_be_written_is_one_warning_naming_it_once(tmp_path, 
     assert [r.getMessage() for r in caplog.records] == [f"precision cache {path} not written: Is a directory"]
 
 
-@pytest.mark.parametrize("features, setting, expected, timed", [
-    (AVX2, "auto", "fp32", False),          # no bf16 kernels at all: nothing to time
-    (AVX2, "bf16", "fp32", False),          # refused with a warning, never torch's RuntimeError
-    (AVX2, "fp32", "fp32", False),
-    (AVX512, "auto", "fp32", False),        # bf16 runs, emulated: always slower, so not timed
-    (AVX512, "bf16", "bf16", False),        # asked for, and it runs
-    (AVX512_BF16, "auto", "bf16", True),    # native: timed (this timer makes bf16 3x faster)
-    (AVX512_BF16, "bf16", "bf16", False),
-    (AMX, "auto", "bf16", True),
-    (AMX, "fp32", "fp32", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "features, setting, expected, timed",
+    [
+        (AVX2, "auto", "fp32", False),  # no bf16 kernels at all: nothing to time
+        (AVX2, "bf16", "fp32", False),  # refused with a warning, never torch's RuntimeError
+        (AVX2, "fp32", "fp32", False),
+        (AVX512, "auto", "fp32", False),  # bf16 runs, emulated: always slower, so not timed
+        (AVX512, "bf16", "bf16", False),  # asked for, and it runs
+        (AVX512_BF16, "auto", "bf16", True),  # native: timed (this timer makes bf16 3x faster)
+        (AVX512_BF16, "bf16", "bf16", False),
+        (AMX, "auto", "bf16", True),
+        (AMX, "fp32", "fp32", False),
+    ],
+)
 @pytest.mark.parametrize("layout", ["onednn", "auto"])
-def test_each_kind_of_cpu_gets_only_a_precision_it_can_run(cpu, monkeypatch, caplog, features, setting, expected,
-                                                           timed, layout):  # fmt: skip
+def test_each_kind_of_cpu_gets_only_a_precision_it_can_run(
+    cpu, monkeypatch, caplog, features, setting, expected, timed, layout
+):
     as_cpu(monkeypatch, features)
     calls = []
     timer = layout_timer(BF16_DENSE_WINS, calls)
@@ -376,13 +398,16 @@ def test_a_recorded_choice_is_reused_as_it_was(cpu, caplog):
     assert P.choice_record(chosen, "auto") == RECORDED  # what a checkpoint keeps reads back as it was
 
 
-@pytest.mark.parametrize("recorded", [
-    {**RECORDED, "precision_setting": "fp32"},  # the user asked for another setting since: decide anew
-    {key: value for key, value in RECORDED.items() if key != "precision_setting"},  # from an older version
-    {**RECORDED, "precision": "fp16"},
-    {**RECORDED, "cpu_layout": "blocked"},
-    {},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        {**RECORDED, "precision_setting": "fp32"},  # the user asked for another setting since: decide anew
+        {key: value for key, value in RECORDED.items() if key != "precision_setting"},  # from an older version
+        {**RECORDED, "precision": "fp16"},
+        {**RECORDED, "cpu_layout": "blocked"},
+        {},
+    ],
+)
 def test_a_choice_recorded_under_another_setting_or_damaged_is_not_reused(cpu, recorded):
     assert P.recorded_precision(recorded, "auto", cpu, "run") is None
 
@@ -405,7 +430,8 @@ def test_a_onednn_layout_on_a_torch_without_onednn_is_the_dense_one_with_one_war
         for _ in range(2):
             P.resolve_precision("fp32", cpu, net, BATCH, timer=no_timer)
     assert [r.getMessage() for r in caplog.records] == [
-        "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used"]
+        "model.cpu_layout=onednn: this torch has no oneDNN; the dense layout is used"
+    ]
     assert not net.in_onednn_layout(torch.zeros(BATCH))
 
 

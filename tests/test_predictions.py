@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, lossbench, make_cfg
+
 from lossbench.data.loading import load_dataset
 from lossbench.data.sources import dataset_classes
 from lossbench.pack import train_packed
@@ -29,11 +29,16 @@ def check_against_metrics(run_dir):
     assert warning is None and found is not None
     last = pd.read_csv(run_dir / METRICS_FILE).iloc[-1]
     assert found.test_probs.shape == (128, 10) and len(found.val_labels) > 0
-    for rule, column in (("argmax", "test_score"), ("bayes", "test_score_bayes"), ("bayes_cal", "test_score_bayes_cal")):
+    for rule, column in (
+        ("argmax", "test_score"),
+        ("bayes", "test_score_bayes"),
+        ("bayes_cal", "test_score_bayes_cal"),
+    ):
         value = rule_metrics(found.test_probs, found.test_labels, found.scores, rule, found.temperature)["score"]
         assert abs(value - last[column]) <= 2 * ONE_FLIP, column  # float16 probabilities: a near-tie may flip
     assert rule_metrics(found.test_probs, found.test_labels, found.scores, "argmax")["acc"] == pytest.approx(
-        last["test_acc"], abs=2 / 128)
+        last["test_acc"], abs=2 / 128
+    )
     assert not found.rescored
 
 
@@ -41,8 +46,10 @@ def test_a_run_and_a_pack_save_their_final_predictions(tmp_path):
     cfg = make_cfg(*TINY, "precision=fp32", "loss=ce")
     assert train_run(cfg, tmp_path / "alone") == "finished"
     check_against_metrics(tmp_path / "alone")
-    jobs = [(make_cfg(*TINY, "precision=fp32", f"loss={loss}"), tmp_path / "packed" / loss)
-            for loss in ("ce", "soft_label_ce")]  # fmt: skip
+    jobs = [
+        (make_cfg(*TINY, "precision=fp32", f"loss={loss}"), tmp_path / "packed" / loss)
+        for loss in ("ce", "soft_label_ce")
+    ]
     assert train_packed(jobs, size=0) == ["finished", "finished"]
     for _, run_dir in jobs:
         check_against_metrics(run_dir)
@@ -66,7 +73,7 @@ def test_the_report_gives_a_test_set_interval_beside_the_seed_interval(compariso
         low, high = candidate.test_interval
         assert low <= candidate.summary.mean <= high and high - low > 0.05  # 128 images: a wide interval
     glance = report.markdown.split("## At a glance")[1].split("## Details")[0]
-    assert " to " in glance and "Test-set interval \"-\"" not in glance
+    assert " to " in glance and 'Test-set interval "-"' not in glance
 
 
 def test_rescore_redecides_every_run_under_another_table_without_its_config(comparison, tmp_path):
@@ -74,8 +81,9 @@ def test_rescore_redecides_every_run_under_another_table_without_its_config(comp
     classes = read_predictions(comparison / "loss=ce,seed=0")[0].classes
     other = np.where(np.eye(10) > 0, 1.0, 0.0)
     other[1, 9] = 5.0  # answering the last class for the second pays most
-    lines = ["true\\pred," + ",".join(classes)] + [f"{c}," + ",".join(f"{v:g}" for v in row)
-                                                   for c, row in zip(classes, other)]  # fmt: skip
+    lines = ["true\\pred," + ",".join(classes)] + [
+        f"{c}," + ",".join(f"{v:g}" for v in row) for c, row in zip(classes, other)
+    ]
     table.write_text("\n".join(lines) + "\n")
     # a config naming a class that does not exist: rescoring must build nothing from it
     copied = tmp_path / "source"

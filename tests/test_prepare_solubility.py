@@ -45,8 +45,13 @@ def test_features_are_fingerprint_bits_then_descriptors(tmp_path):
 
 
 def test_prepare_writes_labels_in_order_and_skips_what_it_cannot_use(tmp_path, capsys):
-    train = [record("1", "CCCCC", "(A) low"), record("2", "CCO", "(C) high"), record("3", None, "(B) medium"),
-             record("4", "CC(=O)O", None), record("5", "c1ccccc1O", "(B) medium")]  # fmt: skip
+    train = [
+        record("1", "CCCCC", "(A) low"),
+        record("2", "CCO", "(C) high"),
+        record("3", None, "(B) medium"),
+        record("4", "CC(=O)O", None),
+        record("5", "c1ccccc1O", "(B) medium"),
+    ]
     source = write_source(tmp_path / "sol", train, [record("9", "CCN", "(C) high")])
     out = tmp_path / "sol.npz"
     assert prepare_solubility.main([str(source), str(out), "--bits", "32"]) == 0

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import lossbench, make_cfg
+
 from lossbench.data.loading import load_dataset
 from lossbench.data.sources import dataset_classes
 
@@ -45,8 +45,9 @@ def test_windows_are_one_hot_with_unknown_and_beyond_the_chain_end():
 
 
 def test_prepare_keeps_resolved_residues_with_their_chain_as_group(tmp_path, capsys):
-    source = write_source(tmp_path / "ss8", [row("MKVL", "HHGE", "0111"), row("ACDEF", "CCTSB", "11111")],
-                          [row("GHI", "IEC", "110")])  # fmt: skip
+    source = write_source(
+        tmp_path / "ss8", [row("MKVL", "HHGE", "0111"), row("ACDEF", "CCTSB", "11111")], [row("GHI", "IEC", "110")]
+    )
     out = tmp_path / "ss8.npz"
     assert prepare_ss8.main([str(source), str(out), "--window", "2"]) == 0
     npz = np.load(out)
@@ -110,9 +111,18 @@ def test_the_ss8_preset_trains_on_a_prepared_file_and_scores_it_with_the_q3_tabl
     source = write_source(tmp_path / "ss8", train, [row(chains[0], "HHHHHGGGIIEEEEBBTTSSCCCCCHHHHH", "1" * 30)])
     assert prepare_ss8.main([str(source), str(tmp_path / "ss8.npz")]) == 0
     table = Path(__file__).parents[1] / "scripts" / "reference" / "ss8_q3_scores.csv"
-    result = lossbench("run", "experiment=ss8", f"model={model}", f"data.path={tmp_path / 'ss8.npz'}", f"scores.path={table}",
-                       "train.epochs=1", "train.batch_size=64", "train.progress=false", "hydra.run.dir=run",
-                       cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "run",
+        "experiment=ss8",
+        f"model={model}",
+        f"data.path={tmp_path / 'ss8.npz'}",
+        f"scores.path={table}",
+        "train.epochs=1",
+        "train.batch_size=64",
+        "train.progress=false",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     confusion = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
     assert list(confusion.columns) == ["H", "G", "I", "E", "B", "T", "S", "C"] and confusion.to_numpy().sum() == 30

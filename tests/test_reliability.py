@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import torch
 import typer
+from conftest import HANG_S, TINY, lossbench, make_cfg
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import HANG_S, TINY, lossbench, make_cfg
 import lossbench.run as run_module
 from lossbench import hydra_bridge, launch
 from lossbench.atomic import save_atomic, write_atomic
@@ -118,14 +118,25 @@ def image_folder(root, corrupt=False, empty_class=False, test_classes=("cat", "d
 )
 def test_bad_image_folder(tmp_path, kind, fragment):
     root = image_folder(tmp_path / "images", **kind)
-    args = ["data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path}", "scores=identity",
-            "data.train_size=null", "data.test_size=null"]  # fmt: skip
+    args = [
+        "data=imagefolder",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path}",
+        "scores=identity",
+        "data.train_size=null",
+        "data.test_size=null",
+    ]
     assert_clean_error(lossbench("compare", *TINY, *args, cwd=tmp_path), fragment)
 
 
 def test_debug_env_shows_the_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lossbench.cli", "run", "train.epochs=0"], cwd=tmp_path,
-                            capture_output=True, text=True, env={**os.environ, "LOSSBENCH_DEBUG": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "lossbench.cli", "run", "train.epochs=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOSSBENCH_DEBUG": "1"},
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
@@ -145,13 +156,19 @@ def huge_scores(tmp_path):
 
 
 def two_class_args(tmp_path):
-    return ["data.names=generic", "data.num_classes=2", "scores=file", f"scores.path={huge_scores(tmp_path)}",
-            "schedule.warmup_epochs=0"]  # fmt: skip
+    return [
+        "data.names=generic",
+        "data.num_classes=2",
+        "scores=file",
+        f"scores.path={huge_scores(tmp_path)}",
+        "schedule.warmup_epochs=0",
+    ]
 
 
 def test_diverged_run_does_not_stop_the_comparison(tmp_path):
-    result = lossbench("compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score,ce]", "--out", "cmp",
-                       cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score,ce]", "--out", "cmp", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert read_status(tmp_path / "cmp" / "loss=expected_score,seed=0")["status"] == "diverged"
     assert read_status(tmp_path / "cmp" / "loss=ce,seed=0")["status"] == "finished"
@@ -161,8 +178,9 @@ def test_diverged_run_does_not_stop_the_comparison(tmp_path):
 
 
 def test_comparison_with_no_finished_run_exits_non_zero(tmp_path):
-    result = lossbench("compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score]", "--out", "cmp",
-                       cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "compare", *TINY, *two_class_args(tmp_path), "losses=[expected_score]", "--out", "cmp", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert "no run of cmp finished" in result.stderr and "Traceback" not in result.stderr
 
@@ -181,9 +199,12 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum,
     # SIGINT, its children inherit that, and Python then leaves SIGINT ignored: the run would rightly train on.
     process = subprocess.Popen(
         [sys.executable, "-m", "lossbench.cli", "run", *TINY, "train.epochs=100000", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
     wait_for(run_dir / CHECKPOINT_FILE, process)
     process.send_signal(signum)
     try:
@@ -191,8 +212,10 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, signum,
     except subprocess.TimeoutExpired:  # say where it was: still training, or stuck on the way out
         process.kill()
         out, err = process.communicate()
-        pytest.fail(f"no exit 60 s after the signal; status {read_status(run_dir)}; stdout ends {out[-1500:]!r}; "
-                    f"stderr ends {err[-1500:]!r}")  # fmt: skip
+        pytest.fail(
+            f"no exit 60 s after the signal; status {read_status(run_dir)}; stdout ends {out[-1500:]!r}; "
+            f"stderr ends {err[-1500:]!r}"
+        )
     assert process.returncode == code
     assert "Traceback" not in err and f"lossbench resume {run_dir}" in out + err
     assert read_status(run_dir)["status"] == "interrupted"
@@ -208,8 +231,12 @@ def test_killed_comparison_resumes_only_unfinished_runs(tmp_path):
     straight = lossbench("compare", *args, "--out", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 
-    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *args, "--out", "cmp"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lossbench.cli", "compare", *args, "--out", "cmp"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     second = tmp_path / "cmp" / "loss=expected_score,seed=0"
     wait_for(second / "metrics.csv", process)
     os.kill(process.pid, signal.SIGKILL)
@@ -245,9 +272,12 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_second_writer_is_refused_while_a_comparison_runs_and_kill_9_frees_it(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=100000",
-                                "losses=[ce]", "--out", "cmp"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lossbench.cli", "compare", *TINY, "train.epochs=100000", "losses=[ce]", "--out", "cmp"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(tmp_path / "cmp" / "loss=ce,seed=0" / "metrics.csv", process)
         for command in (["resume", "cmp"], ["report", "cmp"], ["resume", "cmp/loss=ce,seed=0"]):
@@ -272,8 +302,15 @@ def test_resume_from_another_directory_reads_the_files_the_comparison_started_wi
     elsewhere.mkdir()
     (start / "s.csv").write_text("2,0\n0,2\n")
     (elsewhere / "s.csv").write_text("5,0\n0,5\n")
-    args = [*TINY, "train.epochs=1", "data.names=generic", "data.num_classes=2", "scores=file", "scores.path=s.csv",
-            "losses=[ce,expected_score]"]  # fmt: skip
+    args = [
+        *TINY,
+        "train.epochs=1",
+        "data.names=generic",
+        "data.num_classes=2",
+        "scores=file",
+        "scores.path=s.csv",
+        "losses=[ce,expected_score]",
+    ]
     first = lossbench("compare", *args, "--out", "café, it's", cwd=start)
     assert first.returncode == 0, first.stderr
     comparison = start / "café, it's"
@@ -395,9 +432,11 @@ def full_disk_for_new_files(monkeypatch):
 @needs_dev_full
 def test_a_full_disk_names_the_file_each_write_was_writing(tmp_path, full_disk_for_new_files):
     """A failed write() carries no file name; each of lossbench's writes adds it, and leaves no temporary file."""
-    writes = {"checkpoint.pt": lambda path: save_atomic({"w": torch.zeros(100_000)}, path),
-              "status.json": lambda path: write_status(path.parent, "running", 1, 2),
-              "metrics.csv": lambda path: append_metrics(path.parent, {"epoch": 1})}  # fmt: skip
+    writes = {
+        "checkpoint.pt": lambda path: save_atomic({"w": torch.zeros(100_000)}, path),
+        "status.json": lambda path: write_status(path.parent, "running", 1, 2),
+        "metrics.csv": lambda path: append_metrics(path.parent, {"epoch": 1}),
+    }
     for name, write in writes.items():
         with pytest.raises(OSError) as caught:
             write(tmp_path / name)
@@ -417,12 +456,13 @@ def test_appending_to_metrics_on_a_full_disk_names_the_file(tmp_path):
 def test_hydras_own_files_and_log_on_a_full_disk_are_one_line_without_tracebacks(tmp_path):
     run_dir = tmp_path / "r"
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".lossbench").write_text('{"kind": "run", "version": %d}\n' % LAYOUT_VERSION)
+    (run_dir / ".lossbench").write_text(f'{{"kind": "run", "version": {LAYOUT_VERSION}}}\n')
     (run_dir / ".hydra" / "config.yaml").symlink_to(FULL)
     result = lossbench("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == ("error: Hydra's files in the run directory (.hydra/, the job "
-                                                      "log): No space left on device")  # fmt: skip
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Hydra's files in the run directory (.hydra/, the job log): No space left on device"
+    )
     # The job log on a full disk: its lines are dropped (the console has them), not a traceback for each.
     (run_dir / ".hydra" / "config.yaml").unlink()
     (run_dir / "lossbench.log").unlink(missing_ok=True)
@@ -479,7 +519,9 @@ def test_hydra_errors_escaping_a_job_are_raised_not_printed_by_hydra(monkeypatch
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(LossbenchError, match="^Could not override 'x'. No match in config.$"):
-        hydra_bridge.launch_hydra([], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config.")))
+        hydra_bridge.launch_hydra(
+            [], failing(ConfigCompositionException("Could not override 'x'.\nNo match in config."))
+        )
     missing = MissingConfigException("Could not find 'loss/nope'", "loss/nope", options=["ce", "expected_score"])
     with pytest.raises(LossbenchError, match="^unknown loss 'nope'; known: ce, expected_score$"):
         hydra_bridge.launch_hydra([], failing(missing))  # an OSError too, but not the disk's
@@ -509,6 +551,7 @@ def test_huge_learning_rate_diverges(tmp_path):
 
 def test_non_finite_test_metric_means_diverged(tmp_path, monkeypatch):
     real = run_module.evaluate
+
     def with_nan(*args):
         row, confusion = real(*args)
         return {**row, "test_acc": math.nan}, confusion

@@ -25,8 +25,13 @@ def fake_run(root, name, loss, seed, accuracies, lr=0.1, status="finished", extr
     """A run directory whose test_score is 2 x test_acc unless `columns` gives other per-epoch values."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = {"seed": seed, "loss": {"name": loss, **(extra or {})}, "optim": {"lr": lr}, "data": {"name": "x"},
-              **(config or {})}  # fmt: skip
+    config = {
+        "seed": seed,
+        "loss": {"name": loss, **(extra or {})},
+        "optim": {"lr": lr},
+        "data": {"name": "x"},
+        **(config or {}),
+    }
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     (run_dir / "status.json").write_text(json.dumps({"status": status, "epoch": len(accuracies)}))
     if accuracies:
@@ -49,8 +54,14 @@ def png_is_a_picture(path) -> bool:
 
 
 def test_convergence_measures():
-    curve = pd.DataFrame({"epoch": [1, 2, 3, 4], "elapsed_s": [5, 10, 15, 20], "test_acc": [0.2, 0.5, 0.8, 0.9],
-                          "test_score": [1.0, 1.5, 1.2, 1.7]})  # fmt: skip
+    curve = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4],
+            "elapsed_s": [5, 10, 15, 20],
+            "test_acc": [0.2, 0.5, 0.8, 0.9],
+            "test_score": [1.0, 1.5, 1.2, 1.7],
+        }
+    )
     assert epochs_to_target(curve, 0.75) == (3.0, 15.0)
     assert epochs_to_target(curve, 1.6, "test_score") == (4.0, 20.0)
     assert all(pd.isna(v) for v in epochs_to_target(curve, 0.95))
@@ -160,8 +171,9 @@ def test_score_target_from_the_user_or_without_ce(tmp_path):
     assert result.exit_code == 0, result.output
     assert "test_score 0.700 (set by --target-score" in (tmp_path / "summary.md").read_text()
     for run in ("a", "b"):
-        (tmp_path / run / "config.yaml").write_text((tmp_path / run / "config.yaml").read_text().replace(
-            "target_score: 0.5", "target_score: null"))  # fmt: skip
+        (tmp_path / run / "config.yaml").write_text(
+            (tmp_path / run / "config.yaml").read_text().replace("target_score: 0.5", "target_score: null")
+        )
     report = build_report(tmp_path)
     assert report.summary.attrs["target_score"] == pytest.approx(0.6)  # expected_score: the first loss present
     assert "ce is not in this comparison" in report.markdown
@@ -331,13 +343,20 @@ def test_figures_confusion_and_pareto(tmp_path, classes):
     for loss in ("ce", "expected_score", "soft_label_ce", "label_smoothing"):
         for seed in (0, 1):
             severity = {"test_mistake_severity": [1.5, 1.0 + 0.1 * seed + 0.2 * len(loss) / 10]}
-            run = fake_run(tmp_path, f"{loss}{seed}", loss, seed, [0.4, 0.6 + 0.05 * seed + len(loss) / 100],
-                           columns=severity)  # fmt: skip
+            run = fake_run(
+                tmp_path, f"{loss}{seed}", loss, seed, [0.4, 0.6 + 0.05 * seed + len(loss) / 100], columns=severity
+            )
             confusion(run, names, rng.integers(0, 5, (classes, classes)) + np.diag([40] * classes))
     damaged = tmp_path / "ce0" / "confusion.csv"
     report = build_report(tmp_path)
-    for png in ("test_acc.png", "test_score.png", "grad_norm.png", "epochs_to_target.png", "pareto.png",
-                "confusion.png"):  # fmt: skip
+    for png in (
+        "test_acc.png",
+        "test_score.png",
+        "grad_norm.png",
+        "epochs_to_target.png",
+        "pareto.png",
+        "confusion.png",
+    ):
         assert png_is_a_picture(tmp_path / png), png
     assert not report.warnings
     damaged.write_text("true\\pred,a\nb,1,2\n")

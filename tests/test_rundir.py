@@ -19,9 +19,21 @@ from conftest import HANG_S
 from lossbench.atomic import atomic_path, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.rundir import (
-    COMPARE_FILE, LOCK_FILE, MARKER_FILE, METRICS_FILE, adopt_for_report, claim, find_runs, locked, read_config,
-    append_metrics, read_record, read_status, truncate_metrics, write_status,
-)  # fmt: skip
+    COMPARE_FILE,
+    LOCK_FILE,
+    MARKER_FILE,
+    METRICS_FILE,
+    adopt_for_report,
+    append_metrics,
+    claim,
+    find_runs,
+    locked,
+    read_config,
+    read_record,
+    read_status,
+    truncate_metrics,
+    write_status,
+)
 
 HOLDER = textwrap.dedent(
     """
@@ -36,16 +48,18 @@ HOLDER = textwrap.dedent(
 
 def hold_lock(directory) -> subprocess.Popen:
     """A second, real process that takes the lock on `directory` and holds it until its stdin closes."""
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "locked"
     return process
 
 
 def test_a_second_process_is_refused_naming_the_holder_and_may_go_on_once_it_exits(tmp_path):
     holder = hold_lock(tmp_path)
-    with pytest.raises(EnvironmentFailure,
-                       match=rf"{tmp_path} is in use by another lossbench process \(pid {holder.pid}\)"):  # fmt: skip
+    with pytest.raises(
+        EnvironmentFailure, match=rf"{tmp_path} is in use by another lossbench process \(pid {holder.pid}\)"
+    ):
         with locked(tmp_path):
             pass
     holder.communicate("\n")
@@ -81,8 +95,12 @@ def test_racing_processes_one_wins(tmp_path):
     )
     release = tmp_path / "release"
     (tmp_path / "run").mkdir()
-    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(release)],
-                               stdout=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "run"), str(release)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     deadline = time.monotonic() + HANG_S
     while sum(p.poll() is not None for p in racers) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

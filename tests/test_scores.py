@@ -141,9 +141,15 @@ def test_expected_score_decision_is_unchanged_by_normalising():
 
 @pytest.mark.parametrize(
     "cell, fragment",
-    [("1_0", "'1_0' is not a number"), ("0x10", "'0x10' is not a number"), ("nan", "nan is not finite"),
-     ("-inf", "-inf is not finite"), ("1e39", "does not fit float32"), ("", "'' is not a number")],
-)  # fmt: skip
+    [
+        ("1_0", "'1_0' is not a number"),
+        ("0x10", "'0x10' is not a number"),
+        ("nan", "nan is not finite"),
+        ("-inf", "-inf is not finite"),
+        ("1e39", "does not fit float32"),
+        ("", "'' is not a number"),
+    ],
+)
 def test_score_cells_must_be_plain_float32_numbers(tmp_path, cell, fragment):
     path = write(tmp_path, f",a,b\na,2,{cell}\nb,0,2\n")
     with pytest.raises(LossbenchError, match=rf"{path}, row 'a', column 'b': .*{re.escape(fragment)}"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,21 +16,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import HANG_S, TINY, evaluation_case, layout_by_timer, make_cfg
-from lossbench.errors import LossbenchError
-from lossbench.data.dataset import Dataset
-from lossbench.data.latest import Latest
-from lossbench.config import compile_mode
-from lossbench.device import configure_cudnn, resolve_device
-from lossbench.metrics import TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
-from lossbench.rundir import CHECKPOINT_FILE, METRIC_COLUMNS, read_status
-from lossbench.step import evaluate
-from lossbench.train import train_run
+
 import lossbench.device as D
 import lossbench.run as R
 import lossbench.step as S
 import lossbench.train as T
+from lossbench.config import compile_mode
+from lossbench.data.dataset import Dataset
+from lossbench.data.latest import Latest
+from lossbench.device import configure_cudnn, resolve_device
+from lossbench.errors import LossbenchError
+from lossbench.metrics import TIMING_COLUMNS, fit_temperature, split_metrics, split_sums
+from lossbench.rundir import CHECKPOINT_FILE, METRIC_COLUMNS, read_status
+from lossbench.step import evaluate
+from lossbench.train import train_run
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -123,8 +123,10 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "lossbench.cli", "run", *overrides, f"hydra.run.dir={killed}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + HANG_S
     while not (killed / CHECKPOINT_FILE).exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -133,8 +135,13 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     done = read_status(killed)["epoch"]
     assert done < 4, "the run finished before it could be killed"
 
-    result = subprocess.run([sys.executable, "-m", "lossbench.cli", "resume", str(killed)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "lossbench.cli", "resume", str(killed)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((killed / "status.json").read_text())["status"] == "finished"
     pd.testing.assert_frame_equal(without_timing(metrics(killed)), without_timing(metrics(tmp_path / "straight")))
@@ -249,17 +256,22 @@ def test_device_auto_is_cuda_when_present_and_only_cuda_runs_touch_cudnn(monkeyp
     assert torch.backends.cudnn.benchmark is False
 
 
-@pytest.mark.parametrize(("value", "mode"), [(False, None), (True, "default"), ("reduce-overhead", "reduce-overhead"),
-                                             ("max-autotune", "max-autotune")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [(False, None), (True, "default"), ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")],
+)
 def test_train_compile_names_a_torch_compile_mode(value, mode):
     assert compile_mode(value) == mode
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.compile=fast", "train.compile must be true, false or one of default, reduce-overhead"),
-    ("train.compile=1", "train.compile must be true, false or one of"),
-    ("train.cudnn_benchmark=maybe", "train.cudnn_benchmark must be true or false, not 'maybe'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.compile=fast", "train.compile must be true, false or one of default, reduce-overhead"),
+        ("train.compile=1", "train.compile must be true, false or one of"),
+        ("train.cudnn_benchmark=maybe", "train.cudnn_benchmark must be true or false, not 'maybe'"),
+    ],
+)
 def test_bad_compile_and_cudnn_settings_are_refused_before_training(tmp_path, override, message):
     with pytest.raises(LossbenchError, match=re.escape(message)):
         train_run(make_cfg(*TINY, override), tmp_path / "run")
@@ -345,8 +357,9 @@ def test_a_resumed_run_keeps_the_layout_it_measured_first_to_the_bit(tmp_path, m
     layout_by_timer(monkeypatch, tmp_path, "dense")  # a new measurement would now choose the dense layout
     assert train_run(cfg, tmp_path / "stopped", resume=True) == "finished"
     assert json.loads((tmp_path / "stopped" / "run.json").read_text())["cpu_layout"] == "onednn"
-    pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "stopped")),
-                                  without_timing(metrics(tmp_path / "straight")), check_exact=True)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        without_timing(metrics(tmp_path / "stopped")), without_timing(metrics(tmp_path / "straight")), check_exact=True
+    )
     a, b = (torch.load(tmp_path / d / CHECKPOINT_FILE, weights_only=True)["model"] for d in ("stopped", "straight"))
     assert all(torch.equal(a[key], value) for key, value in b.items())
 

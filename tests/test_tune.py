@@ -8,13 +8,13 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import TINY, lossbench, make_cfg
 from omegaconf import OmegaConf
 
-from conftest import TINY, lossbench, make_cfg
 from lossbench import study, tune
 from lossbench.errors import LossbenchError
-from lossbench.rundir import find_runs
 from lossbench.losses import LOSSES
+from lossbench.rundir import find_runs
 from lossbench.tune import Range, best_trial, check_range_ends, grid, load_settings, search_method, search_space
 
 QUICK = [*TINY, "train.epochs=1", "seeds=[0]"]
@@ -34,8 +34,9 @@ def test_search_space_scales_the_configured_lr_and_reads_the_loss_range():
     assert space["optim.lr"] == Range(pytest.approx(0.002), pytest.approx(0.2), True)
     assert space["loss.tau"] == Range(0.03, 1.0, True)
     assert list(search_space(make_cfg("loss=ce").loss, 0.02, load_settings([]))) == ["optim.lr"]
-    custom = search_space(cfg.loss, 0.02, load_settings(["tune.lr=[0.001,0.1]",
-                                                         "tune.params.soft_label_ce.tau.high=0.5"]))  # fmt: skip
+    custom = search_space(
+        cfg.loss, 0.02, load_settings(["tune.lr=[0.001,0.1]", "tune.params.soft_label_ce.tau.high=0.5"])
+    )
     assert custom == {"optim.lr": Range(0.001, 0.1, True), "loss.tau": Range(0.03, 0.5, True)}
 
 
@@ -100,8 +101,11 @@ def studies(journal) -> dict[str, list]:
     import optuna
 
     storage = study.open_storage(str(journal))
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
-            for s in optuna.get_all_study_summaries(storage) if not s.study_name.endswith(":workers")}  # fmt: skip
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.endswith(":workers")
+    }
 
 
 def final_val_score(run_dir: str) -> float:
@@ -120,7 +124,8 @@ def test_tune_end_to_end_with_optuna(tmp_path):
         entry = record["losses"][loss]
         study = studies(out / "tuning" / "optuna.journal")[f"lossbench/{loss}"]  # the study asked and told
         assert [(t.number, t.params, t.value) for t in study] == [
-            (t["trial"], t["setting"], t["val_score"]) for t in entry["trials"]]  # fmt: skip
+            (t["trial"], t["setting"], t["val_score"]) for t in entry["trials"]
+        ]
         assert [t["trial"] for t in entry["trials"]] == [0, 1]
         for trial in entry["trials"]:
             assert list(trial["setting"]) == keys
@@ -134,14 +139,26 @@ def test_tune_end_to_end_with_optuna(tmp_path):
     curves = pd.read_csv(out / "curves.csv")
     assert sorted(curves["loss"]) == ["ce", "soft_label_ce"]  # the final runs only, not the trials
     summary = (out / "summary.md").read_text()
-    assert ("## Tuned settings" in summary
-            and f"optim.lr={record['losses']['ce']['chosen']['setting']['optim.lr']:.4g}" in summary)  # fmt: skip
+    assert (
+        "## Tuned settings" in summary
+        and f"optim.lr={record['losses']['ce']['chosen']['setting']['optim.lr']:.4g}" in summary
+    )
     assert "## Tuned settings" in result.stdout
 
 
 def test_tune_on_a_grid(tmp_path):
-    result = lossbench("tune", "losses=[ce]", *QUICK, "tune.search=grid", "tune.lr=[0.01,0.1]", "--trials", "2",
-                       "--out", "g", cwd=tmp_path)  # fmt: skip
+    result = lossbench(
+        "tune",
+        "losses=[ce]",
+        *QUICK,
+        "tune.search=grid",
+        "tune.lr=[0.01,0.1]",
+        "--trials",
+        "2",
+        "--out",
+        "g",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "g" / "tune.json").read_text())
     assert record["search"] == "grid"
@@ -174,13 +191,33 @@ def test_bad_input_is_one_error_line(tmp_path, args, fragment):
 def test_from_runs_the_seeds_at_the_settings_an_earlier_tune_chose(tmp_path):
     """Search on one budget, then reuse its choices on another: no trials run, the record and the note say where
     the settings came from, and both reports draw the trials."""
-    small = lossbench("tune", "losses=[ce,label_smoothing]", *QUICK, "tune.search=grid", "--trials", "2",
-                      "--out", "small", cwd=tmp_path)  # fmt: skip
+    small = lossbench(
+        "tune",
+        "losses=[ce,label_smoothing]",
+        *QUICK,
+        "tune.search=grid",
+        "--trials",
+        "2",
+        "--out",
+        "small",
+        cwd=tmp_path,
+    )
     assert small.returncode == 0, small.stderr
-    chosen = {loss: e["chosen"]["setting"]
-              for loss, e in json.loads((tmp_path / "small" / "tune.json").read_text())["losses"].items()}  # fmt: skip
-    result = lossbench("tune", "--from", "small/tune.json", "losses=[ce,label_smoothing]", *TINY, "seeds=[0,1]",
-                       "--out", "big", cwd=tmp_path)  # fmt: skip
+    chosen = {
+        loss: e["chosen"]["setting"]
+        for loss, e in json.loads((tmp_path / "small" / "tune.json").read_text())["losses"].items()
+    }
+    result = lossbench(
+        "tune",
+        "--from",
+        "small/tune.json",
+        "losses=[ce,label_smoothing]",
+        *TINY,
+        "seeds=[0,1]",
+        "--out",
+        "big",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     big = tmp_path / "big"
     assert not (big / "tuning").exists()
@@ -197,10 +234,19 @@ def test_from_runs_the_seeds_at_the_settings_an_earlier_tune_chose(tmp_path):
 
 def edited_record(tmp_path, edit) -> str:
     """A tune.json of one loss (ce at lr 0.05) changed by edit, written to tmp_path; returns its name."""
-    record = {"args": [], "search": "grid", "sampler_seed": 0, "trials_per_loss": 1, "losses": {"ce": {
-        "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
-        "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
-        "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0}}}}  # fmt: skip
+    record = {
+        "args": [],
+        "search": "grid",
+        "sampler_seed": 0,
+        "trials_per_loss": 1,
+        "losses": {
+            "ce": {
+                "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+                "trials": [{"trial": 0, "setting": {"optim.lr": 0.05}, "status": "finished", "val_score": 1.0}],
+                "chosen": {"trial": 0, "setting": {"optim.lr": 0.05}, "val_score": 1.0},
+            }
+        },
+    }
     (tmp_path / "rec.json").write_text(edit(record) if callable(edit) else edit)
     return "rec.json"
 
@@ -209,6 +255,7 @@ def setting(value):
     def edit(record):
         record["losses"]["ce"]["chosen"]["setting"] = value
         return json.dumps(record)
+
     return edit
 
 
@@ -261,7 +308,14 @@ def test_resume_of_a_tune_directory_names_the_way_out(tmp_path):
 
 # ---------------------------------------------------------------- Optuna's study: pruning, workers, old records
 
-PRUNING = [*TINY, "model.widths=[32,64,128]", "train.epochs=3", "data.val_size=128", "seeds=[0]", "tune.pruner_startup=1"]
+PRUNING = [
+    *TINY,
+    "model.widths=[32,64,128]",
+    "train.epochs=3",
+    "data.val_size=128",
+    "seeds=[0]",
+    "tune.pruner_startup=1",
+]
 
 
 def test_a_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
@@ -289,8 +343,10 @@ def test_a_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
         assert [reported[e] for e in sorted(reported)] == list(rows["val_score"][: len(reported)])
     for trial in entry["trials"]:
         if trial["status"] == "finished":
-            assert states[trial["trial"]].state.name == "COMPLETE" and len(pd.read_csv(tmp_path / trial["run_dir"] /
-                                                                                    "metrics.csv")) == 3  # fmt: skip
+            assert (
+                states[trial["trial"]].state.name == "COMPLETE"
+                and len(pd.read_csv(tmp_path / trial["run_dir"] / "metrics.csv")) == 3
+            )
     assert f"/4 ({len(pruned)} pruned)" in (out / "summary.md").read_text()
 
 
@@ -298,8 +354,9 @@ def test_one_seed_and_a_new_storage_give_the_same_trials(tmp_path):
     pytest.importorskip("optuna", minversion="4")
     records = []
     for out in ("a", "b"):
-        result = lossbench("tune", "losses=[ce]", *PRUNING, "tune.search_only=true", "--trials", "3", "--out", out,
-                           cwd=tmp_path)  # fmt: skip
+        result = lossbench(
+            "tune", "losses=[ce]", *PRUNING, "tune.search_only=true", "--trials", "3", "--out", out, cwd=tmp_path
+        )
         assert result.returncode == 0, result.stderr
         assert not find_runs(tmp_path / out)  # search only: no seeds run
         record = json.loads((tmp_path / out / "tune.json").read_text())["losses"]["ce"]
@@ -315,8 +372,16 @@ def test_two_processes_share_one_study(tmp_path):
     import sys
 
     args = ["tune", "losses=[ce]", *PRUNING, "tune.storage=shared.journal", "tune.search_only=true", "--trials", "4"]
-    workers = [subprocess.Popen([sys.executable, "-m", "lossbench.cli", *args, "--out", out], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in ("w1", "w2")]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lossbench.cli", *args, "--out", out],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in ("w1", "w2")
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err
@@ -327,15 +392,19 @@ def test_two_processes_share_one_study(tmp_path):
     assert [t["trial"] for t in records[0]["trials"]] == [0, 1, 2, 3]
     assert all(t["status"] in ("finished", "pruned") for t in records[0]["trials"])
     for trial in records[0]["trials"]:
-        ran_in = [out for out in ("w1", "w2") if (tmp_path / out / "tuning" / "ce" / f"trial_{trial['trial']}").is_dir()]
+        ran_in = [
+            out for out in ("w1", "w2") if (tmp_path / out / "tuning" / "ce" / f"trial_{trial['trial']}").is_dir()
+        ]
         assert len(ran_in) == 1 and trial["run_dir"].startswith(ran_in[0])
     assert len(studies(tmp_path / "shared.journal")["lossbench/ce"]) >= 4  # plus at most one asked too late
 
 
 def test_workers_number_themselves_in_an_sqlite_storage(tmp_path):
     pytest.importorskip("optuna", minversion="4")
-    search = {"space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
-              "pruner": {"name": "median", "after": 1, "startup": 3}}  # fmt: skip
+    search = {
+        "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
+        "pruner": {"name": "median", "after": 1, "startup": 3},
+    }
     storage = study.open_storage(f"sqlite:///{tmp_path / 'tune.db'}")
     joined = [study.join_study(storage, "s/ce", search, 7, 2) for _ in range(2)]
     assert [(worker, seed) for _, worker, seed in joined] == [(0, 7), (1, 8)]

@@ -8,14 +8,19 @@ import re
 
 import numpy as np
 import pandas as pd
-import pytest
+from test_report import fake_run
 
 from lossbench.report import build_report
 from lossbench.stats import holm
-from test_report import fake_run
 
-FINAL = {"val_score": 1.0, "val_score_bayes": 1.0, "val_score_bayes_cal": 1.0,
-         "test_score_bayes": 1.0, "test_score_bayes_cal": 1.0, "test_mistake_severity": 1.0}  # fmt: skip
+FINAL = {
+    "val_score": 1.0,
+    "val_score_bayes": 1.0,
+    "val_score_bayes_cal": 1.0,
+    "test_score_bayes": 1.0,
+    "test_score_bayes_cal": 1.0,
+    "test_mistake_severity": 1.0,
+}
 
 
 def run_with(root, loss, seed, test=None, val=None, acc=0.7):
@@ -32,11 +37,21 @@ def test_rule_is_chosen_on_val_and_the_best_is_ranked_on_test(tmp_path):
     noise = [0.004, -0.003, 0.001, 0.0, -0.002]
     for seed, e in enumerate(noise):
         # ce: Bayes wins on val (and on test); argmax would be far lower on test
-        run_with(tmp_path, "ce", seed, test={"argmax": 1.70 + e, "bayes": 1.98 + e, "bayes_cal": 1.97 + e},
-                 val={"argmax": 1.7, "bayes": 1.9, "bayes_cal": 1.8})
+        run_with(
+            tmp_path,
+            "ce",
+            seed,
+            test={"argmax": 1.70 + e, "bayes": 1.98 + e, "bayes_cal": 1.97 + e},
+            val={"argmax": 1.7, "bayes": 1.9, "bayes_cal": 1.8},
+        )
         # soft_label_ce: argmax best on val although Bayes is higher on test: test must not choose
-        run_with(tmp_path, "soft_label_ce", seed, test={"argmax": 1.90 + 2 * e, "bayes": 2.5, "bayes_cal": 2.5},
-                 val={"argmax": 1.95, "bayes": 1.9, "bayes_cal": 1.9})
+        run_with(
+            tmp_path,
+            "soft_label_ce",
+            seed,
+            test={"argmax": 1.90 + 2 * e, "bayes": 2.5, "bayes_cal": 2.5},
+            val={"argmax": 1.95, "bayes": 1.9, "bayes_cal": 1.9},
+        )
     report = build_report(tmp_path)
     verdict = report.verdict
     by_loss = {c.loss: c for c in verdict.candidates}
@@ -92,8 +107,14 @@ def test_holm_over_the_comparisons_against_ce_and_the_best_in_summary_csv(tmp_pa
         base = 1.6 + rng.normal(0, 0.01)
         run_with(tmp_path, "ce", seed, test={"argmax": base}, val={"argmax": 1.6}, acc=0.7)
         for k, loss in enumerate(("expected_score", "soft_label_ce", "ce_expected_score")):
-            run_with(tmp_path, loss, seed, test={"argmax": base - 0.02 * k + rng.normal(0, 0.02)},
-                     val={"argmax": 1.6}, acc=0.7 - 0.01 * k)  # fmt: skip
+            run_with(
+                tmp_path,
+                loss,
+                seed,
+                test={"argmax": base - 0.02 * k + rng.normal(0, 0.02)},
+                val={"argmax": 1.6},
+                acc=0.7 - 0.01 * k,
+            )
     build_report(tmp_path)
     table = pd.read_csv(tmp_path / "summary.csv")
     raw = [c for c in table.columns if c.endswith("_p_value") and not c.startswith("vs_best")]
@@ -102,8 +123,14 @@ def test_holm_over_the_comparisons_against_ce_and_the_best_in_summary_csv(tmp_pa
     keep = ~np.isnan(values)
     assert keep.sum() > 10  # many tests against ce: one family
     np.testing.assert_allclose(adjusted[keep], holm(values[keep]))
-    assert {"vs_best_p_value", "vs_best_p_holm", "vs_best_equivalence_p", "vs_best_equivalence_p_holm",
-            "verdict_rule", "final_test_score_equivalence_p_holm"} <= set(table.columns)  # fmt: skip
+    assert {
+        "vs_best_p_value",
+        "vs_best_p_holm",
+        "vs_best_equivalence_p",
+        "vs_best_equivalence_p_holm",
+        "verdict_rule",
+        "final_test_score_equivalence_p_holm",
+    } <= set(table.columns)
     best = table[table["vs_best"] == "best"]
     assert len(best) == 1
 
@@ -121,7 +148,7 @@ def test_summary_md_opens_with_the_verdict_and_a_compact_table(tmp_path):
     header = next(li for li in glance.splitlines() if li.startswith("| loss |"))
     assert len(header.strip("|").split("|")) <= 8
     assert "(n=1)" not in glance
-    assert "Test-set interval \"-\"" in glance  # no predictions.npz: said so
+    assert 'Test-set interval "-"' in glance  # no predictions.npz: said so
     # the console: the verdict first, then the compact table
     console = report.console.splitlines()
     assert console[0] == "Verdict" and any(li.startswith("loss ") for li in console)

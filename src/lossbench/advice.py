@@ -19,19 +19,29 @@ def by_role(role: str) -> str:
 # (results directory, what its verdict shows), with {baseline} and {control} filled from the roles. The numbers are
 # each candidate's mean final test score over seeds, its decision rule chosen on the validation split.
 EVIDENCE = [
-    ("results/offdiag4", "a row peaking off the diagonal: {baseline} + Bayes 1.986 cannot be told from the best, "
-                         "{control} + Bayes 1.987 (3 seeds), where {baseline} + argmax scores 1.758"),
-    ("results/cifar10", "{baseline} + calibrated Bayes 1.690 is tied within ±0.02 with the best, {control} + "
-                        "calibrated Bayes 1.694 (5 seeds); every loss that replaces cross-entropy scores lower"),
-    ("results/dogs20", "{baseline} + calibrated Bayes 1.266 cannot be told from the best, {control} + Bayes 1.271 "
-                       "(3 seeds)"),
+    (
+        "results/offdiag4",
+        "a row peaking off the diagonal: {baseline} + Bayes 1.986 cannot be told from the best, "
+        "{control} + Bayes 1.987 (3 seeds), where {baseline} + argmax scores 1.758",
+    ),
+    (
+        "results/cifar10",
+        "{baseline} + calibrated Bayes 1.690 is tied within ±0.02 with the best, {control} + "
+        "calibrated Bayes 1.694 (5 seeds); every loss that replaces cross-entropy scores lower",
+    ),
+    (
+        "results/dogs20",
+        "{baseline} + calibrated Bayes 1.266 cannot be told from the best, {control} + Bayes 1.271 (3 seeds)",
+    ),
     ("results/cifar10_h200", "{baseline} + Bayes 1.756 is the best (3 seeds, every loss untuned)"),
 ]
 
-ADVICE = ("train with {baseline} (or {control}) and decide with a Bayes rule, argmax_k sum_i q_i S[i,k], choosing "
-          "between argmax, Bayes and calibrated Bayes on a validation split (lossbench compare does both); a loss "
-          "that puts the table into training is worth it only if `lossbench compare` on your own data shows it above "
-          "that")
+ADVICE = (
+    "train with {baseline} (or {control}) and decide with a Bayes rule, argmax_k sum_i q_i S[i,k], choosing "
+    "between argmax, Bayes and calibrated Bayes on a validation split (lossbench compare does both); a loss "
+    "that puts the table into training is worth it only if `lossbench compare` on your own data shows it above "
+    "that"
+)
 
 
 def fill(text: str) -> str:

@@ -22,8 +22,14 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes any 64-bit value; one range for every seed
 SEED_KEYS = ("seed", "data.seed", "data.subset_seed")
 # Yes/no settings: a string such as "maybe" would pass for true where Python tests it.
-BOOLEAN_KEYS = ("train.checkpoint", "train.progress", "optim.nesterov", "data.download", "data.cache",
-                "data.augment.flip")  # fmt: skip
+BOOLEAN_KEYS = (
+    "train.checkpoint",
+    "train.progress",
+    "optim.nesterov",
+    "data.download",
+    "data.cache",
+    "data.augment.flip",
+)
 
 
 def is_number(value: Any) -> bool:
@@ -32,9 +38,11 @@ def is_number(value: Any) -> bool:
 
 def check_float32(value: Any, key: str, note: str = "") -> None:
     """A positive setting that float32 must hold as a normal, non-zero number."""
-    require(is_number(value) and math.isfinite(value) and FLOAT32_TINY <= value <= FLOAT32_MAX,
-            f"{key}={value!r}: must be a number in [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] (float32, which the "
-            f"network computes in, holds it as neither 0 nor infinity){note}")  # fmt: skip
+    require(
+        is_number(value) and math.isfinite(value) and FLOAT32_TINY <= value <= FLOAT32_MAX,
+        f"{key}={value!r}: must be a number in [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] (float32, which the "
+        f"network computes in, holds it as neither 0 nor infinity){note}",
+    )
 
 
 def check_seed(value: Any, key: str) -> None:
@@ -55,9 +63,10 @@ def check_settings(cfg: DictConfig) -> None:
         if value is not None:
             check_seed(value, key)
     classes = OmegaConf.select(cfg, "data.classes", default=None)
-    require(classes is None or isinstance(classes, ListConfig),
-            f"data.classes={classes!r}: must be a list of class names, e.g. data.classes=[cat,dog] "
-            "(or null for all)")  # fmt: skip
+    require(
+        classes is None or isinstance(classes, ListConfig),
+        f"data.classes={classes!r}: must be a list of class names, e.g. data.classes=[cat,dog] (or null for all)",
+    )
     augment = OmegaConf.select(cfg, "data.augment", default=None)
     if isinstance(augment, DictConfig):
         padding = augment.get("crop_padding", 0)
@@ -67,10 +76,14 @@ def check_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         require(value is None or isinstance(value, bool), f"{key}={value!r}: must be true or false")
     warmup = OmegaConf.select(cfg, "schedule.warmup_epochs", default=None)
-    require(warmup is None or (is_number(warmup) and math.isfinite(warmup) and warmup >= 0),
-            f"schedule.warmup_epochs={warmup!r}: must be a finite number >= 0")  # fmt: skip
+    require(
+        warmup is None or (is_number(warmup) and math.isfinite(warmup) and warmup >= 0),
+        f"schedule.warmup_epochs={warmup!r}: must be a finite number >= 0",
+    )
     if builtin_name(OmegaConf.select(cfg, "data._target_", default=None)) == "lossbench.data.Synthetic":
         for key, low, high in (("data.similarity", 0, 1), ("data.noise", 0, 1e6)):
             value = OmegaConf.select(cfg, key, default=None)
-            require(value is None or (is_number(value) and low <= value <= high),
-                    f"{key}={value!r}: must be a number in [{low}, {high:g}]")  # fmt: skip
+            require(
+                value is None or (is_number(value) and low <= value <= high),
+                f"{key}={value!r}: must be a number in [{low}, {high:g}]",
+            )

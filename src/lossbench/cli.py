@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import typer
 
@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # Rich markup mode would swallow `[...]` in examples such as
-                                  # losses=[ce,expected_score]
+    # losses=[ce,expected_score]
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
@@ -67,9 +67,7 @@ def run(ctx: typer.Context) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def compare(
     ctx: typer.Context,
-    out: Optional[str] = typer.Option(
-        None, "--out", "-o", help="Comparison directory (default: comparisons/NAME_TIME)"
-    ),
+    out: str | None = typer.Option(None, "--out", "-o", help="Comparison directory (default: comparisons/NAME_TIME)"),
 ) -> None:
     """Train every loss of `losses` for every seed of `seeds`, then write the report (curves.csv, summary.md,
     PNGs). With no arguments: the offline quick demo. Examples: `experiment=cifar10 seeds=[0,1,2]`,
@@ -82,15 +80,15 @@ def compare(
 @app.command(context_settings=HYDRA_ARGS)
 def tune(
     ctx: typer.Context,
-    trials: Optional[int] = typer.Option(
+    trials: int | None = typer.Option(
         None, "--trials", help="Trials per loss (default 12; a grid: floor(N^(1/d)) points per searched key)"
     ),
-    out: Optional[str] = typer.Option(
-        None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"
-    ),
-    source: Optional[str] = typer.Option(
-        None, "--from", help="Skip the search: run at the settings chosen in this tune.json of an earlier tune "
-                             "(e.g. tuned on a smaller budget)"
+    out: str | None = typer.Option(None, "--out", "-o", help="Output directory (default: comparisons/NAME_tuned_TIME)"),
+    source: str | None = typer.Option(
+        None,
+        "--from",
+        help="Skip the search: run at the settings chosen in this tune.json of an earlier tune "
+        "(e.g. tuned on a smaller budget)",
     ),
 ) -> None:
     """A fair comparison: per loss of `losses`, search the learning rate and the loss's own parameter (tau, lam,
@@ -113,13 +111,19 @@ def tune(
 @app.command()
 def report(
     directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories"),
-    target_score: Optional[float] = typer.Option(
-        None, "--target-score", help="Score target for the time-to-target columns (default: the runs' "
-        "report.target_score, else ce's final mean test_score)"),
-    margin: Optional[float] = typer.Option(
-        None, "--margin", help="Equivalence margin: the largest test-score difference that counts as a tie (default: "
-        "the runs' report.margin, else 0.02)"),
-) -> None:  # fmt: skip
+    target_score: float | None = typer.Option(
+        None,
+        "--target-score",
+        help="Score target for the time-to-target columns (default: the runs' "
+        "report.target_score, else ce's final mean test_score)",
+    ),
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        help="Equivalence margin: the largest test-score difference that counts as a tie (default: "
+        "the runs' report.margin, else 0.02)",
+    ),
+) -> None:
     """Rebuild the report (summary.md, summary.csv, report.html, figures) from the run directories under DIRECTORY
     (finished or partial)."""
     from lossbench import launch
@@ -131,9 +135,10 @@ def report(
 def rescore(
     directory: str = typer.Argument(..., help="A comparison (or any) directory holding finished runs"),
     scores: str = typer.Option(..., "--scores", help="The other score table, a CSV (the layout of scores=file)"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where the rescored runs and their report go "
-                                      "(default: DIRECTORY_rescored_<csv name>)"),
-) -> None:  # fmt: skip
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Where the rescored runs and their report go (default: DIRECTORY_rescored_<csv name>)"
+    ),
+) -> None:
     """What if my table changes? Re-decide and re-score every finished run under DIRECTORY under another score
     table, from its saved predictions.npz, without training; then write the report there, which says which runs
     were trained with another table than the one they are scored on."""
@@ -146,10 +151,15 @@ def rescore(
 def export(
     directory: str = typer.Argument(..., help="A comparison (or any) directory holding run directories"),
     to: str = typer.Option(..., "--to", help="tensorboard or mlflow"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="The TensorBoard log directory, or the folder of "
-                                      "the MLflow store (mlflow.db, artifacts/); default DIRECTORY/tensorboard or "
-                                      "DIRECTORY/mlflow"),
-) -> None:  # fmt: skip
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="The TensorBoard log directory, or the folder of "
+        "the MLflow store (mlflow.db, artifacts/); default DIRECTORY/tensorboard or "
+        "DIRECTORY/mlflow",
+    ),
+) -> None:
     """Replay the runs under DIRECTORY (finished or partial) from disk into TensorBoard event files (per-epoch
     scalars, hparams) or a local MLflow store (a parent run for the comparison, a child per loss and seed with its
     config, metrics and records; the report files on the parent). Exporting again updates the export in place.
@@ -163,9 +173,12 @@ def export(
 def resume(
     directory: str = typer.Argument(..., help="A run directory or a comparison directory"),
     trust: list[str] = typer.Option(
-        [], "--trust", help="A component of your own that the recorded config names (e.g. mypkg.MyNet, or a Hydra "
-        "key such as hydra.launcher.setup): only lossbench's own are built from a directory unless named here"),
-) -> None:  # fmt: skip
+        [],
+        "--trust",
+        help="A component of your own that the recorded config names (e.g. mypkg.MyNet, or a Hydra "
+        "key such as hydra.launcher.setup): only lossbench's own are built from a directory unless named here",
+    ),
+) -> None:
     """Continue an interrupted run from its last checkpoint, or the unfinished runs of a comparison (then
     rewrite its report)."""
     from lossbench import launch
@@ -189,11 +202,9 @@ def explain(
     scores: str = typer.Option(
         ..., "--scores", help="A score CSV file or a built-in: identity, cifar10_groups, cifar100_superclass"
     ),
-    tau: Optional[float] = typer.Option(
-        None, "--tau", help="soft_label_ce temperature (default: the loss's own default)"
-    ),
+    tau: float | None = typer.Option(None, "--tau", help="soft_label_ce temperature (default: the loss's own default)"),
     out: str = typer.Option(".", "--out", "-o", help="Directory for explain_grad_norm.png"),
-    classes: Optional[str] = typer.Option(
+    classes: str | None = typer.Option(
         None, "--classes", help="Comma-separated class names to keep, in order (identity: or a count N)"
     ),
 ) -> None:

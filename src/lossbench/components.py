@@ -29,8 +29,9 @@ def group_options(group: str) -> list[str]:
 
 def target_of(node: DictConfig, what: str) -> Any:
     """The class or function named by node._target_, with a one-line error when it cannot be imported."""
-    require(not OmegaConf.is_missing(node, "_target_"),
-            f"{what}._target_ is not set (e.g. {what}._target_=mypkg.MyClass)")  # fmt: skip
+    require(
+        not OmegaConf.is_missing(node, "_target_"), f"{what}._target_ is not set (e.g. {what}._target_=mypkg.MyClass)"
+    )
     path = str(node._target_)
     quiet = logging.getLogger("hydra.utils")  # get_object logs its failure over three lines before raising it
     disabled, quiet.disabled = quiet.disabled, True

@@ -55,8 +55,9 @@ def compile_mode(value: Any) -> str | None:
     name; "reduce-overhead" captures the steps in CUDA graphs, the cure for a GPU starved by kernel launches."""
     if value is False or value is True:
         return "default" if value else None
-    require(value in COMPILE_MODES, f"train.compile must be true, false or one of {', '.join(COMPILE_MODES)}, "
-                                    f"not {value!r}")  # fmt: skip
+    require(
+        value in COMPILE_MODES, f"train.compile must be true, false or one of {', '.join(COMPILE_MODES)}, not {value!r}"
+    )
     return value
 
 

@@ -207,8 +207,12 @@ def fit_torch_threads(proc: Path = PROC) -> None:
     if threads > cpus:
         torch.set_num_threads(cpus)
         limit = f"a cgroup CPU quota of {quota:.3g} CPU" if quota is not None else f"{cpus} CPUs in its affinity"
-        log.info("torch threads: %d instead of %d: this process has %s (OMP_NUM_THREADS sets another number)",
-                 cpus, threads, limit)  # fmt: skip
+        log.info(
+            "torch threads: %d instead of %d: this process has %s (OMP_NUM_THREADS sets another number)",
+            cpus,
+            threads,
+            limit,
+        )
 
 
 if __name__ == "__main__":  # `python -m lossbench.cpus`: the line `make test` prints first

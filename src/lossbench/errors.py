@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DEBUG_ENV = "LOSSBENCH_DEBUG"  # set to 1 to get tracebacks instead of one-line errors
 

@@ -8,9 +8,10 @@ explanation follows the code when the code changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -158,9 +159,18 @@ def explain(scores: ScoreMatrix, tau: float, source: str = "") -> Explanation:
     curve = {rest: gradient_norms(losses, scores.matrix, curve_q, rest) for rest in ("uniform", "worst")}
     scale_error, shift_error = linear_invariance_errors(scores.matrix)
     return Explanation(
-        source, scores, tau, diagonal_warnings(scores), losses["soft_label_ce"].soft_labels,
-        states, curve_q, curve, scale_error, shift_error, true_class_misses(losses, scores),
-    )  # fmt: skip
+        source,
+        scores,
+        tau,
+        diagonal_warnings(scores),
+        losses["soft_label_ce"].soft_labels,
+        states,
+        curve_q,
+        curve,
+        scale_error,
+        shift_error,
+        true_class_misses(losses, scores),
+    )
 
 
 def _join(items: Sequence[str], last: str = "and") -> str:
@@ -176,10 +186,11 @@ def format_rewards(expl: Explanation) -> list[str]:
     """Per true class: where the linear loss puts all probability, and the soft label soft_label_ce trains on."""
     classes, matrix = expl.scores.classes, expl.scores.matrix
     answers = [
-        " = ".join(classes[int(i)] for i in (row == row.max()).nonzero()) if row.max() > row.min()
+        " = ".join(classes[int(i)] for i in (row == row.max()).nonzero())
+        if row.max() > row.min()
         else "(anything: no spread)"
         for row in matrix
-    ]  # fmt: skip
+    ]
     width = max(len(c) for c in classes + ["true class"]) + 2
     answer_width = max(len(a) for a in answers + ["linear loss answers"]) + 2
     lines = [
@@ -218,9 +229,7 @@ def diagnosis(expl: Explanation) -> list[str]:
     """4-7 plain sentences, each built from the computed numbers or from the committed results (advice.py): the
     losses are named by their roles, never here."""
     base, linear = advice.by_role("baseline"), advice.by_role("linear")
-    init, wrong, half = (
-        {name: norms[name] / norms[base] for name in LOSSES} for norms in expl.states.values()
-    )  # fmt: skip
+    init, wrong, half = ({name: norms[name] / norms[base] for name in LOSSES} for norms in expl.states.values())
     lin_init, lin_wrong, lin_half = init[linear], wrong[linear], half[linear]
     if lin_wrong < 0.1:
         verdict = "early mistakes are almost never corrected"
@@ -240,8 +249,9 @@ def diagnosis(expl: Explanation) -> list[str]:
     sentences.append(f"Advice: {advice.advice()}. It rests on the committed results: {advice.evidence()}.")
     # Worth comparing: at least half of the baseline's push both at the start and on confident mistakes (a loss
     # weak at the start, like the log loss on a table with generous near misses, trained behind it on CIFAR-10).
-    keep = [n for n in LOSSES if LOSSES[n].role == "score-aware" and min(init[n], wrong[n]) >= 0.5
-            and not expl.misses[n]]  # fmt: skip
+    keep = [
+        n for n in LOSSES if LOSSES[n].role == "score-aware" and min(init[n], wrong[n]) >= 0.5 and not expl.misses[n]
+    ]
     if keep:
         sentences.append(
             f"To put this S into training, the candidates worth comparing against that are {_join(keep)}: "
@@ -259,9 +269,12 @@ def diagnosis(expl: Explanation) -> list[str]:
     sentences.append(
         "Multiplying S by c multiplies the linear loss's gradient by c, the same as changing the learning rate, "
         "and adding a constant to a row changes nothing for that row"
-        + (" (checked on this S)." if checked else
-           f" (yet on this S the code deviates by {expl.scale_error:.2g} and {expl.shift_error:.2g}).")
-    )  # fmt: skip
+        + (
+            " (checked on this S)."
+            if checked
+            else f" (yet on this S the code deviates by {expl.scale_error:.2g} and {expl.shift_error:.2g})."
+        )
+    )
     missing = [n for n in LOSSES if expl.misses[n]]
     if missing:
         rows = sorted({y for n in missing for y in expl.misses[n]}, key=expl.scores.classes.index)
@@ -278,8 +291,11 @@ def diagnosis(expl: Explanation) -> list[str]:
 def format_text(expl: Explanation) -> str:
     """The whole printed explanation."""
     scores = expl.scores
-    lines = [f"Score table {expl.source}: {len(scores)} classes, S from {float(scores.matrix.min()):g} "
-             f"to {float(scores.matrix.max()):g}", ""]  # fmt: skip
+    lines = [
+        f"Score table {expl.source}: {len(scores)} classes, S from {float(scores.matrix.min()):g} "
+        f"to {float(scores.matrix.max()):g}",
+        "",
+    ]
     lines += [f"warning: {m}" for m in expl.warnings] or ["Every row's maximum is on the diagonal."]
     lines += [""] + format_rewards(expl) + [""] + format_gradients(expl)
     lines += ["", "Diagnosis:"] + [f"  {s}" for s in diagnosis(expl)]
@@ -311,10 +327,11 @@ def main(source: str, tau: float | None, out: str, classes: str | None) -> int:
     out_dir = Path(out).expanduser()
     require(not out_dir.exists() or out_dir.is_dir(), f"--out {out}: exists and is not a directory")
     figure = out_dir / FIGURE
-    require(not (figure.exists() or figure.is_symlink()) or (figure.is_file() and not figure.is_symlink()
-                                                             and written_by_explain(figure)),
-            f"--out {out}: {figure} exists and was not written by lossbench explain; choose another --out or "
-            "move it away")  # fmt: skip
+    require(
+        not (figure.exists() or figure.is_symlink())
+        or (figure.is_file() and not figure.is_symlink() and written_by_explain(figure)),
+        f"--out {out}: {figure} exists and was not written by lossbench explain; choose another --out or move it away",
+    )
     scores = load(source, parse_classes(classes))
     expl = explain(scores, loss_parameters("soft_label_ce")["tau"] if tau is None else tau, source)
     print(format_text(expl))

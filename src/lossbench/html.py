@@ -49,8 +49,11 @@ def _table(rows: list[list[str]], best_first: bool = False, cards: bool = False)
     head, body = rows[0], rows[1:]
     table_class = ' class="cards"' if cards else ""
     cell_class = "" if cards else ' class="wrap"'
-    out = [f'<div class="scroll"><table{table_class}>',
-           "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>", "<tbody>"]  # fmt: skip
+    out = [
+        f'<div class="scroll"><table{table_class}>',
+        "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>",
+        "<tbody>",
+    ]
     for i, row in enumerate(body):
         css = ' class="best"' if best_first and i == 0 else ""
         cells = "".join(f'<td data-label="{html.escape(h)}"{cell_class}>{_inline(c)}</td>' for h, c in zip(head, row))
@@ -107,18 +110,21 @@ def markdown_to_html(text: str) -> str:
 def figure(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     name = html.escape(Path(path).name)
-    return (f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{name}</figcaption></figure>")  # fmt: skip
+    return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
 
 
 def page(title: str, verdict, markdown: str, figures: list[Path]) -> str:
     """The whole report.html: the verdict, the compact table, the figures, then summary.md's details folded."""
     from lossbench.verdict import compact_rows  # verdict imports nothing of this module; report imports both
 
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>lossbench report: {html.escape(title)}</title>", f"<style>{STYLE}</style></head><body>",
-             f"<h1>lossbench report: {html.escape(title)}</h1>"]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>lossbench report: {html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>lossbench report: {html.escape(title)}</h1>",
+    ]
     if verdict is not None:
         parts.append('<section class="verdict" id="verdict"><h2>Verdict</h2>')
         parts.append(f"<p>{_inline(verdict.headline)}</p>")
@@ -129,8 +135,11 @@ def page(title: str, verdict, markdown: str, figures: list[Path]) -> str:
         parts.append("</section>")
         header, rows = compact_rows(verdict)
         if rows:
-            parts += ['<section id="glance"><h2>At a glance</h2>', _table([header, *rows], best_first=True, cards=True),
-                      "</section>"]  # fmt: skip
+            parts += [
+                '<section id="glance"><h2>At a glance</h2>',
+                _table([header, *rows], best_first=True, cards=True),
+                "</section>",
+            ]
     if figures:
         parts += ['<section id="figures"><h2>Figures</h2>', *(figure(p) for p in figures), "</section>"]
     shown, folded = [], []
@@ -140,6 +149,10 @@ def page(title: str, verdict, markdown: str, figures: list[Path]) -> str:
             continue
         (shown if heading.startswith("## Rescored") else folded).append(section)
     parts += [markdown_to_html(s) for s in shown]
-    parts += ['<details id="details"><summary>Details: every measure, the tests against ce, warnings</summary>',
-              markdown_to_html("\n".join(folded)), "</details>", "</body></html>"]  # fmt: skip
+    parts += [
+        '<details id="details"><summary>Details: every measure, the tests against ce, warnings</summary>',
+        markdown_to_html("\n".join(folded)),
+        "</details>",
+        "</body></html>",
+    ]
     return "\n".join(parts) + "\n"

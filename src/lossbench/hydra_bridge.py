@@ -12,8 +12,8 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import hydra
 from hydra.errors import HydraException, MissingConfigException
@@ -66,8 +66,13 @@ def run_command(args: list[str], run_dir: Path) -> list[str]:
     return [*args, setting("hydra.run.dir", str(run_dir))]
 
 
-def sweep_command(args: list[str], sweep_dir: Path, sweeps: Sequence[str] = (), subdir: str | None = None,
-                  name_by: list[str] | None = None) -> list[str]:  # fmt: skip
+def sweep_command(
+    args: list[str],
+    sweep_dir: Path,
+    sweeps: Sequence[str] = (),
+    subdir: str | None = None,
+    name_by: list[str] | None = None,
+) -> list[str]:
     """The command line of a multirun into sweep_dir: the user's args, then the sweeps. `subdir` names each job's
     directory (a Hydra interpolation such as trial_${hydra.job.num}, passed as it is); `name_by`, when given, are
     the keys left out of the default job directory name (hydra.job.override_dirname)."""

@@ -31,8 +31,10 @@ PINNED_NAME = re.compile(r"scores-([0-9a-f]{16})\.csv")
 DATA_SOURCES = {
     "lossbench.data.Arrays": ("data.path", None),
     "lossbench.data.ImageFolder": ("data.root", None),
-    "lossbench.data.TorchvisionCIFAR": ("data.root", {"cifar10": "cifar-10-batches-py",
-                                                      "cifar100": "cifar-100-python"}),
+    "lossbench.data.TorchvisionCIFAR": (
+        "data.root",
+        {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"},
+    ),
 }
 
 
@@ -101,9 +103,11 @@ def check_pinned(path: Path) -> None:
     """A pinned copy must still hold what its name says."""
     digest = pinned_digest(path)
     if digest is not None and Path(path).is_file():
-        require(file_digest(path)[:16] == digest,
-                f"score table {path} was changed after lossbench copied it (its name is its content's SHA-256); "
-                "the runs that used it would mix two tables: restore it, or start again with a new --out")  # fmt: skip
+        require(
+            file_digest(path)[:16] == digest,
+            f"score table {path} was changed after lossbench copied it (its name is its content's SHA-256); "
+            "the runs that used it would mix two tables: restore it, or start again with a new --out",
+        )
 
 
 def pin_scores(source: Path, directory: Path) -> Path:
@@ -154,8 +158,10 @@ def read_inputs(run_dir: Path) -> dict[str, Any]:
         require(isinstance(record, dict), "not a mapping")
         return record
     except (ValueError, LossbenchError) as err:
-        raise LossbenchError(f"{path}: damaged ({err}); it pins the run's inputs: restore it, or remove the run "
-                             "directory to run it again from scratch") from None  # fmt: skip
+        raise LossbenchError(
+            f"{path}: damaged ({err}); it pins the run's inputs: restore it, or remove the run "
+            "directory to run it again from scratch"
+        ) from None
 
 
 def changed_inputs(run_dir: Path, seen: dict[tuple[str, str], str | None] | None = None) -> list[str]:
@@ -187,8 +193,11 @@ def check_run_inputs(run_dir: Path) -> None:
     """Refuse to go on with a run whose inputs changed since it started (the run would mix two data sets or
     tables)."""
     problems = changed_inputs(run_dir)
-    require(not problems, f"{run_dir}: {'; '.join(problems)}: resuming would train one run on two inputs; restore "
-                          "the original, or start the run again in a new directory")  # fmt: skip
+    require(
+        not problems,
+        f"{run_dir}: {'; '.join(problems)}: resuming would train one run on two inputs; restore "
+        "the original, or start the run again in a new directory",
+    )
 
 
 def resumed_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -229,8 +238,9 @@ def input_warnings(run_dirs: list[Path]) -> list[str]:
         groups = [runs for (k, _), runs in used.items() if k == key]
         if len(groups) > 1:
             shown = "; ".join(f"{len(runs)} run(s) such as {runs[0].name}" for runs in groups)
-            warnings.append(f"the runs used {len(groups)} different {key} inputs ({shown}): they are not one "
-                            "comparison")  # fmt: skip
+            warnings.append(
+                f"the runs used {len(groups)} different {key} inputs ({shown}): they are not one comparison"
+            )
     seen: dict[tuple[str, str], str | None] = {}
     for run_dir in run_dirs:
         for problem in changed_inputs(run_dir, seen):

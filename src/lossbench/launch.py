@@ -2,8 +2,8 @@
 then the report) and `resume` (a run or a comparison directory).
 
 Typer parses nothing of the Hydra command line: the overrides, `-m` and `hydra/launcher=...` go to Hydra (through
-hydra_bridge) untouched. Before launching, the overrides are composed once with the compose API so that bad input fails fast
-with one clear line instead of one traceback per job.
+hydra_bridge) untouched. Before launching, the overrides are composed once with the compose API so that bad input
+fails fast with one clear line instead of one traceback per job.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, QuotedString
+from hydra.core.utils import JobReturn
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,16 +35,29 @@ from lossbench.config import PATH_KEYS, absolute_path, absolute_paths, prepare
 from lossbench.data.loading import load_dataset
 from lossbench.errors import EnvironmentFailure, LossbenchError, debug_enabled, one_line, require, require_int
 from lossbench.hydra_bridge import config_error, hydra_quote, hydra_value, run_command, run_task, sweep_command
-from lossbench.report import build_report, flatten
-from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, LAYOUT_VERSION, STATUS_FILE, TUNE_FILE, adopt_for_report, check_comparisons_free, claim,
-    find_runs, locked, read_config, read_record, read_status, require_writable, write_record,
-)  # fmt: skip
-from lossbench.pack import train_packed
-from lossbench.step import build_training
-from lossbench.train import train_run
 from lossbench.inputs import SCORES_KEY, changed_inputs, check_pinned, pin_scores, scores_file
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
+from lossbench.pack import train_packed
+from lossbench.report import build_report, flatten
+from lossbench.rundir import (
+    COMPARE_FILE,
+    CONFIG_FILE,
+    LAYOUT_VERSION,
+    STATUS_FILE,
+    TUNE_FILE,
+    adopt_for_report,
+    check_comparisons_free,
+    claim,
+    find_runs,
+    locked,
+    read_config,
+    read_record,
+    read_status,
+    require_writable,
+    write_record,
+)
+from lossbench.step import build_training
+from lossbench.train import train_run
 
 log = logging.getLogger("lossbench")
 
@@ -149,8 +162,10 @@ def absolute_overrides(args: list[str], base: Path) -> list[str]:
         value = override.value()
         values = value.list if isinstance(value, ChoiceSweep) else [value]
         texts = [v.text if isinstance(v, QuotedString) else v for v in values]
-        if override.key_or_group not in PATH_KEYS or override.type not in (OverrideType.CHANGE, *prefixes) or not all(
-            isinstance(t, str) and t and "${" not in t for t in texts
+        if (
+            override.key_or_group not in PATH_KEYS
+            or override.type not in (OverrideType.CHANGE, *prefixes)
+            or not all(isinstance(t, str) and t and "${" not in t for t in texts)
         ):
             result.append(arg)
             continue
@@ -180,13 +195,20 @@ def resolved_overrides(args: list[str]) -> list[str]:
         for choice in choices:
             probe = context.copy()
             try:
-                OmegaConf.update(probe, override.key_or_group, choice.text if isinstance(choice, QuotedString)
-                                 else choice, force_add=True, merge=False)  # fmt: skip
+                OmegaConf.update(
+                    probe,
+                    override.key_or_group,
+                    choice.text if isinstance(choice, QuotedString) else choice,
+                    force_add=True,
+                    merge=False,
+                )
                 found = OmegaConf.select(probe, override.key_or_group, throw_on_resolution_failure=True)
                 found = OmegaConf.to_container(found, resolve=True) if OmegaConf.is_config(found) else found
             except Exception as err:  # an unset variable, an unknown resolver
-                raise LossbenchError(f"{override.input_line}: cannot resolve its interpolation now "
-                                     f"({one_line(err)}); a record must hold the value the runs use") from None
+                raise LossbenchError(
+                    f"{override.input_line}: cannot resolve its interpolation now "
+                    f"({one_line(err)}); a record must hold the value the runs use"
+                ) from None
             texts.append(hydra_value(found))
         result[i] = f"{prefixes.get(override.type, '')}{override.key_or_group}={','.join(texts)}"
     return result
@@ -208,8 +230,7 @@ def pinned_scores(args: list[str], directory: Path) -> list[str]:
         value = override.value()
         choices = value.list if isinstance(value, ChoiceSweep) else [value]
         texts = [c.text if isinstance(c, QuotedString) else c for c in choices]
-        copies = [str(pin_scores(Path(t), directory)) if isinstance(t, str) and Path(t).is_file() else t
-                  for t in texts]  # fmt: skip
+        copies = [str(pin_scores(Path(t), directory)) if isinstance(t, str) and Path(t).is_file() else t for t in texts]
         result.append(f"{prefixes.get(override.type, '')}{SCORES_KEY}={','.join(hydra_value(c) for c in copies)}")
     if not named:
         table = scores_file(absolute_paths(compose_config(overrides)))
@@ -248,8 +269,7 @@ def check_sweeps(overrides: list[Override]) -> None:
             if key in seen and seen[key] not in twice:
                 twice.append(seen[key])
             seen.setdefault(key, text)
-        require(not twice, f"{override.key_or_group}: {', '.join(map(str, twice))} listed more than once in the "
-                           "sweep")  # fmt: skip
+        require(not twice, f"{override.key_or_group}: {', '.join(map(str, twice))} listed more than once in the sweep")
 
 
 def check_pack_size(overrides: list[Override]) -> None:
@@ -283,8 +303,11 @@ def claimed_output_dir(args: list[str], overrides: list[Override]) -> tuple[list
     table pinned in it too: every job of the sweep reads one copy), and the directory."""
     sweep = any(a in MULTIRUN_FLAGS for a in args)
     directory = multirun.resolved_sweep_dir(overrides, "sweep" if sweep else "run")
-    require("${" not in str(directory), f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
-                                        "with '${' cannot pass through Hydra, which would interpolate it")  # fmt: skip
+    require(
+        "${" not in str(directory),
+        f"hydra.{'sweep' if sweep else 'run'}.dir {directory}: a directory name "
+        "with '${' cannot pass through Hydra, which would interpolate it",
+    )
     check_comparisons_free(directory, itself=sweep)
     claim(directory, "comparison" if sweep else "run")
     if not sweep:
@@ -365,8 +388,9 @@ def compare(args: list[str], out: str | None = None) -> int:
     preflight(cfg)
     sweep = comparison_sweep(cfg, overrides)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    comparison = (Path(out).expanduser() if out is not None
-                  else new_directory(Path("comparisons"), f"{cfg.name}_{stamp}"))  # fmt: skip
+    comparison = (
+        Path(out).expanduser() if out is not None else new_directory(Path("comparisons"), f"{cfg.name}_{stamp}")
+    )
     claim_comparison(comparison)
     with locked(comparison):
         require(
@@ -398,13 +422,17 @@ def claim_comparison(comparison: Path) -> None:
     """Make `comparison` lossbench's comparison directory (new, empty or its own; never a user's folder)."""
     # Hydra resolves a job's output directory twice (its log file's name interpolates it again), so no
     # escaping carries a literal '${' through: refuse it rather than let Hydra interpolate the user's name.
-    require("${" not in str(comparison), f"--out {comparison}: a directory name with '${{' cannot pass through "
-                                         "Hydra, which would interpolate it; choose another name")  # fmt: skip
+    require(
+        "${" not in str(comparison),
+        f"--out {comparison}: a directory name with '${{' cannot pass through "
+        "Hydra, which would interpolate it; choose another name",
+    )
     claim(comparison, "comparison")
 
 
-def launch_comparison(comparison: Path, args: list[str], overrides: list[Override], sweep: list[str],
-                      resume: bool) -> int:  # fmt: skip
+def launch_comparison(
+    comparison: Path, args: list[str], overrides: list[Override], sweep: list[str], resume: bool
+) -> int:
     """The comparison's multirun (the caller holds its lock), then its report."""
     # Job directories are named by the swept keys only: loss=ce,seed=0 (constant overrides are left out).
     constant = sorted({o.key_or_group for o in overrides if is_task_override(o) and not o.is_sweep_override()})
@@ -428,16 +456,18 @@ def launch_comparison(comparison: Path, args: list[str], overrides: list[Overrid
     return report_comparison(comparison)
 
 
-def report_comparison(comparison: Path, partial_ok: bool = False, target_score: float | None = None,
-                      margin: float | None = None) -> int:  # fmt: skip
+def report_comparison(
+    comparison: Path, partial_ok: bool = False, target_score: float | None = None, margin: float | None = None
+) -> int:
     """Write the report and say which runs did not finish. Exit code: 0 when any run finished (or partial_ok),
     2 when every run failed on bad input, 1 otherwise (all diverged, say, or the disk is full). target_score: see
     build_report."""
     remove_stale_temporaries(comparison)  # a report killed while writing a figure left its temporary file
     statuses = {run_dir: read_status(run_dir) for run_dir in find_runs(comparison)}
     if not statuses:  # jobs ran, and none could write even its first status.json: a full or read-only disk
-        raise EnvironmentFailure(f"{comparison}: no run could record its start ({STATUS_FILE}); the errors above "
-                                 "say why")  # fmt: skip
+        raise EnvironmentFailure(
+            f"{comparison}: no run could record its start ({STATUS_FILE}); the errors above say why"
+        )
     failed = {d: s for d, s in statuses.items() if s["status"] != "finished"}
     if len(failed) < len(statuses) or any(s["epoch"] > 0 for s in statuses.values()):
         report = build_report(comparison, target_score, margin)
@@ -471,12 +501,16 @@ def resume(directory: str, trusted: list[str] | tuple[str, ...] = ()) -> int:
     if (path / COMPARE_FILE).exists():
         return resume_comparison(path, trusted)
     # A tune's seeds are several sweeps (one per loss at its own setting), which compare.json cannot replay.
-    require(not (path / TUNE_FILE).exists(),
-            f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
-            f"(`lossbench resume {path}/<run>`) and rebuild the report (`lossbench report {path}`); runs that never "
-            f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`")  # fmt: skip
-    require((path / CONFIG_FILE).exists(),
-            f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})")  # fmt: skip
+    require(
+        not (path / TUNE_FILE).exists(),
+        f"{path} was made by `lossbench tune`, which cannot be resumed as a whole: resume each interrupted run "
+        f"(`lossbench resume {path}/<run>`) and rebuild the report (`lossbench report {path}`); runs that never "
+        f"started need a new `lossbench tune --from {path / TUNE_FILE} ... --out NEW`",
+    )
+    require(
+        (path / CONFIG_FILE).exists(),
+        f"{path}: neither a run directory ({CONFIG_FILE}) nor a comparison ({COMPARE_FILE})",
+    )
     cfg = read_config(path)
     trust.check_config(cfg, str(path / CONFIG_FILE), trusted, resume_command(path))
     check_comparisons_free(path)  # not while its comparison is being run, resumed or reported
@@ -490,8 +524,9 @@ def resume_command(path: Path) -> str:
     return f"lossbench resume {shlex.quote(str(path))}"
 
 
-def check_recorded_overrides(overrides: list[Override], source: str, trusted: list[str] | tuple[str, ...],
-                             command: str) -> None:  # fmt: skip
+def check_recorded_overrides(
+    overrides: list[Override], source: str, trusted: list[str] | tuple[str, ...], command: str
+) -> None:
     """Refuse recorded overrides (compare.json's) that would make lossbench call what is not its own, unless the
     user names it again (`trusted`): a `_target_` set by value, one a composed config holds that no config group
     of lossbench's or of an installed Hydra plugin names, and the Hydra settings that run commands. Checked
@@ -500,9 +535,11 @@ def check_recorded_overrides(overrides: list[Override], source: str, trusted: li
     for override in overrides:
         key = override.key_or_group
         if trust.is_code_key(key) and key not in trusted:
-            raise LossbenchError(f"{source} sets {key}, which makes Hydra run code or commands of its own; a "
-                                 f"record read from disk is resumed with it only when you name it again: "
-                                 f"`{command} --trust {key}` (only if you trust it)")  # fmt: skip
+            raise LossbenchError(
+                f"{source} sets {key}, which makes Hydra run code or commands of its own; a "
+                f"record read from disk is resumed with it only when you name it again: "
+                f"`{command} --trust {key}` (only if you trust it)"
+            )
         value = override.value()
         values = value.list if isinstance(value, ChoiceSweep) else [value]
         found = {}
@@ -515,8 +552,14 @@ def check_recorded_overrides(overrides: list[Override], source: str, trusted: li
         if bad:
             raise trust.refusal(source, *next(iter(bad.items())), command)
     # What the groups the record chooses name (lossbench's, an installed launcher's): its own, as it were.
-    choices = [o.input_line for o in overrides if "." not in o.key_or_group and not o.is_sweep_override()
-               and isinstance(o.value(), str) and "${" not in o.value()]  # fmt: skip
+    choices = [
+        o.input_line
+        for o in overrides
+        if "." not in o.key_or_group
+        and not o.is_sweep_override()
+        and isinstance(o.value(), str)
+        and "${" not in o.value()
+    ]
     lines = [o.input_line for o in overrides if not o.is_sweep_override()]
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -591,13 +634,20 @@ def check_unchanged(comparison: Path, overrides: list[Override], cfg: DictConfig
             recorded = {k: str(v) for k, v in flatten_config(read_config(run_dir)).items()}
         except LossbenchError:
             continue  # a damaged config.yaml: its job says so
-        differ = [k for k in sorted(set(now) & set(recorded))
-                  if now[k] != recorded[k] and not any(k == s or k.startswith(s + ".") for s in swept)]  # fmt: skip
-        problems += [f"{run_dir.name}/{CONFIG_FILE} records {k}={recorded[k]}, the record now gives {now[k]}"
-                     for k in differ[:2]]  # fmt: skip
-    require(not problems, f"{comparison}: an input changed since its runs started ({'; '.join(problems[:3])}"
-                          f"{' ...' if len(problems) > 3 else ''}); resuming would mix two inputs in one comparison: "
-                          "restore them, or start a new comparison")  # fmt: skip
+        differ = [
+            k
+            for k in sorted(set(now) & set(recorded))
+            if now[k] != recorded[k] and not any(k == s or k.startswith(s + ".") for s in swept)
+        ]
+        problems += [
+            f"{run_dir.name}/{CONFIG_FILE} records {k}={recorded[k]}, the record now gives {now[k]}" for k in differ[:2]
+        ]
+    require(
+        not problems,
+        f"{comparison}: an input changed since its runs started ({'; '.join(problems[:3])}"
+        f"{' ...' if len(problems) > 3 else ''}); resuming would mix two inputs in one comparison: "
+        "restore them, or start a new comparison",
+    )
 
 
 def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = ()) -> int:
@@ -611,8 +661,11 @@ def resume_comparison(comparison: Path, trusted: list[str] | tuple[str, ...] = (
         if "cwd" not in record:  # written before paths were recorded absolute: the best guess is here
             args = absolute_overrides(args, Path.cwd())
             if args != record["args"]:
-                warnings.warn(f"{comparison / COMPARE_FILE} records relative paths (an older lossbench); "
-                              f"reading them from {Path.cwd()}")  # fmt: skip
+                warnings.warn(
+                    f"{comparison / COMPARE_FILE} records relative paths (an older lossbench); "
+                    f"reading them from {Path.cwd()}",
+                    stacklevel=2,
+                )
         overrides = parse_overrides(args)
         check_recorded_overrides(overrides, str(comparison / COMPARE_FILE), trusted, resume_command(comparison))
         cfg = compose_config(overrides)

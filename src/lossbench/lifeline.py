@@ -91,5 +91,4 @@ def orphaned_worker(pid: int) -> bool:
     except OSError:
         return False
     host, _, launcher = environ.get(LAUNCHER_ENV.encode(), b"").decode(errors="replace").rpartition(":")
-    return (launcher.isdigit() and int(launcher) != pid and host == socket.gethostname()
-            and not alive(int(launcher)))  # fmt: skip
+    return launcher.isdigit() and int(launcher) != pid and host == socket.gethostname() and not alive(int(launcher))

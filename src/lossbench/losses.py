@@ -49,9 +49,11 @@ def check_eps(eps: float, loss: str, zero: bool = False) -> None:
     and below 1 (a larger one flattens the loss until it teaches nothing)."""
     if zero and isinstance(eps, (int, float)) and eps == 0:
         return
-    require(isinstance(eps, (int, float)) and FLOAT32_TINY <= eps < 1,
-            f"{loss}: eps must be {'0 or ' if zero else ''}in [{FLOAT32_TINY:.3g}, 1) (non-zero in float32; a larger "
-            f"eps flattens the loss), not {eps}")  # fmt: skip
+    require(
+        isinstance(eps, (int, float)) and FLOAT32_TINY <= eps < 1,
+        f"{loss}: eps must be {'0 or ' if zero else ''}in [{FLOAT32_TINY:.3g}, 1) (non-zero in float32; a larger "
+        f"eps flattens the loss), not {eps}",
+    )
 
 
 class ScoreLoss(nn.Module):
@@ -126,8 +128,10 @@ class SoftLabelCE(ScoreLoss):
 
     def __init__(self, scores: Tensor, tau: float = 0.1, reduction: str = "mean"):
         super().__init__(scores, reduction)
-        require(isinstance(tau, (int, float)) and 0 < tau < math.inf, f"soft_label_ce: tau must be > 0 and finite, "
-                                                                       f"not {tau}")  # fmt: skip
+        require(
+            isinstance(tau, (int, float)) and 0 < tau < math.inf,
+            f"soft_label_ce: tau must be > 0 and finite, not {tau}",
+        )
         self.tau = tau
         soft = (self.scores_normalised / tau).softmax(dim=1)
         if not bool(torch.isfinite(soft).all()):
@@ -149,8 +153,10 @@ class CEExpectedScore(ScoreLoss):
 
     def __init__(self, scores: Tensor, lam: float = 10.0, reduction: str = "mean"):
         super().__init__(scores, reduction)
-        require(isinstance(lam, (int, float)) and 0 <= lam <= FLOAT32_MAX,
-                f"ce_expected_score: lam must be in [0, {FLOAT32_MAX:.3g}] (finite in float32), not {lam}")  # fmt: skip
+        require(
+            isinstance(lam, (int, float)) and 0 <= lam <= FLOAT32_MAX,
+            f"ce_expected_score: lam must be in [0, {FLOAT32_MAX:.3g}] (finite in float32), not {lam}",
+        )
         self.lam = lam
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -223,6 +229,7 @@ def build_loss(name: str, scores: Tensor, reduction: str = "mean", **params: Any
 def build_loss_from_config(cfg: DictConfig, scores: Tensor) -> ScoreLoss:
     """The loss of a `loss` config node: its `_target_` class with S; `name` is the run's label, not a parameter."""
     loss = build(cfg, "loss", drop=("name",), scores=scores)
-    require(isinstance(loss, nn.Module),
-            f"loss._target_={cfg._target_} built a {type(loss).__name__}, not an nn.Module")  # fmt: skip
+    require(
+        isinstance(loss, nn.Module), f"loss._target_={cfg._target_} built a {type(loss).__name__}, not an nn.Module"
+    )
     return loss

@@ -18,7 +18,7 @@ back once (`split_metrics`). With q = softmax(z), y the true class, pred = argma
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,18 @@ TIMING_COLUMNS = ["elapsed_s"]
 ECE_BINS = 15
 TOP_K, TOP_K_MIN_CLASSES = 5, 10
 # Layout of split_sums: the per-example sums, then per confidence bin the sums of confidence and of correctness.
-SUM_FIELDS = ["count", "nll", "correct", "top5_correct", "score", "score_bayes", "score_bayes_cal", "expected_score",
-              "severity", "mistakes"]  # fmt: skip
+SUM_FIELDS = [
+    "count",
+    "nll",
+    "correct",
+    "top5_correct",
+    "score",
+    "score_bayes",
+    "score_bayes_cal",
+    "expected_score",
+    "severity",
+    "mistakes",
+]
 SUM_SIZE = len(SUM_FIELDS) + 2 * ECE_BINS
 # Temperature search: golden-section on log T over [1/100, 100]; NLL is convex in 1/T, so unimodal in log T.
 LOG_T_RANGE, T_ITERATIONS = (-math.log(100.0), math.log(100.0)), 40  # 40 steps: below float32 resolution
@@ -73,22 +83,26 @@ def split_sums(logits: Tensor, targets: Tensor, scores: Tensor, temperature: Ten
 
     calibrated = nan if temperature is None else bayes_scores((logits / temperature.reshape(m, 1, 1)).softmax(dim=-1))
     mistake = 1 - correct
-    totals = torch.stack([
-        logits.new_full((m,), float(n)),
-        torch.stack([F.cross_entropy(own, targets, reduction="sum") for own in logits]),
-        correct.sum(dim=-1),
-        top5,
-        score.sum(dim=-1),
-        bayes_scores(q),
-        calibrated,
-        (rows * q).sum(dim=(1, 2)),
-        ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(dim=-1),
-        mistake.sum(dim=-1),
-    ], dim=-1)  # fmt: skip
+    totals = torch.stack(
+        [
+            logits.new_full((m,), float(n)),
+            torch.stack([F.cross_entropy(own, targets, reduction="sum") for own in logits]),
+            correct.sum(dim=-1),
+            top5,
+            score.sum(dim=-1),
+            bayes_scores(q),
+            calibrated,
+            (rows * q).sum(dim=(1, 2)),
+            ((rows.gather(1, targets[:, None]).squeeze(1) - score) * mistake).sum(dim=-1),
+            mistake.sum(dim=-1),
+        ],
+        dim=-1,
+    )
     # bins (k/15, (k+1)/15]; a confidence is at least 1/C > 0, so the clamp only guards rounding at 1
     bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-    sums = torch.cat([totals, per_model_sums(bins, confidence, ECE_BINS), per_model_sums(bins, correct, ECE_BINS)],
-                     dim=-1)  # fmt: skip
+    sums = torch.cat(
+        [totals, per_model_sums(bins, confidence, ECE_BINS), per_model_sums(bins, correct, ECE_BINS)], dim=-1
+    )
     return sums.view(*lead, SUM_SIZE)
 
 

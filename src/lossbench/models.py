@@ -7,7 +7,7 @@ num_classes works too (`model=custom model._target_=mypkg.MyNet`)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -48,14 +48,21 @@ class SmallCNN(nn.Module):
     autocast is off inside the stages; the result returns dense before the head. CUDA, torch.compile, a torch
     without oneDNN and eval mode with gradients on use the dense layout whatever the setting."""
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3,
-                 stem_stride: int = 1, cpu_layout: str = "onednn"):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        widths: Sequence[int] = (32, 64, 128),
+        in_channels: int = 3,
+        stem_stride: int = 1,
+        cpu_layout: str = "onednn",
+    ):
         super().__init__()
         widths = [int(w) for w in widths]
         require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
         require(stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, not {stem_stride}")
-        require(cpu_layout in CPU_LAYOUTS,
-                f"model.cpu_layout must be one of {', '.join(CPU_LAYOUTS)}, not {cpu_layout}")  # fmt: skip
+        require(
+            cpu_layout in CPU_LAYOUTS, f"model.cpu_layout must be one of {', '.join(CPU_LAYOUTS)}, not {cpu_layout}"
+        )
         self.cpu_layout = cpu_layout
         stages, channels = [], in_channels
         for i, width in enumerate(widths):
@@ -81,8 +88,13 @@ class SmallCNN(nn.Module):
         """Whether this forward computes its stages in oneDNN's blocked layout (see cpu_layout). Not in eval mode
         with gradients on (frozen statistics while training something): oneDNN's batch norm has no backward there."""
         usable = self.training or not torch.is_grad_enabled()
-        return (usable and self.cpu_layout != "dense" and x.device.type == "cpu"
-                and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())  # fmt: skip
+        return (
+            usable
+            and self.cpu_layout != "dense"
+            and x.device.type == "cpu"
+            and torch.backends.mkldnn.is_available()
+            and not torch.compiler.is_compiling()
+        )
 
 
 def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -98,8 +110,9 @@ def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
 class MLP(nn.Module):
     """Flatten, then Linear-BatchNorm-ReLU-Dropout blocks and a linear head: for feature vectors."""
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256),
-                 dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self, num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256), dropout: float = 0.1
+    ):
         super().__init__()
         hidden = [int(h) for h in hidden]
         require(all(h > 0 for h in hidden), f"model.hidden must be positive, not {hidden}")
@@ -129,23 +142,37 @@ class CNN1d(nn.Module):
       only to read one: 3.3x the arithmetic at 3 layers of kernel 5 on a window of 15.
     - `pool` (a label of the whole window): 'same' padding, then the mean over the positions."""
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 32, 32),
-                 kernel_size: int = 5, readout: str = "centre", dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        widths: Sequence[int] = (32, 32, 32),
+        kernel_size: int = 5,
+        readout: str = "centre",
+        dropout: float = 0.1,
+    ):
         super().__init__()
-        require(len(input_shape) == 2, f"model=cnn1d needs inputs shaped [N, channels, positions], not "
-                                       f"[N, {', '.join(str(d) for d in input_shape)}]")  # fmt: skip
+        require(
+            len(input_shape) == 2,
+            f"model=cnn1d needs inputs shaped [N, channels, positions], not "
+            f"[N, {', '.join(str(d) for d in input_shape)}]",
+        )
         widths = [int(w) for w in widths]
         require(widths and all(w > 0 for w in widths), f"model.widths must be positive, not {widths}")
-        require(kernel_size > 0 and kernel_size % 2 == 1,
-                f"model.kernel_size must be odd and positive (a window centred on each position), "
-                f"not {kernel_size}")  # fmt: skip
+        require(
+            kernel_size > 0 and kernel_size % 2 == 1,
+            f"model.kernel_size must be odd and positive (a window centred on each position), not {kernel_size}",
+        )
         require(readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}, not {readout}")
         require(0 <= dropout < 1, f"model.dropout must be in [0, 1), not {dropout}")
         layers: list[nn.Module] = []
         channels, padding = int(input_shape[0]), 0 if readout == "centre" else kernel_size // 2
         for width in widths:
-            layers += [nn.Conv1d(channels, width, kernel_size, padding=padding, bias=False),
-                       nn.BatchNorm1d(width), nn.ReLU(inplace=True)]  # fmt: skip
+            layers += [
+                nn.Conv1d(channels, width, kernel_size, padding=padding, bias=False),
+                nn.BatchNorm1d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.readout = readout
@@ -173,10 +200,14 @@ def build_model(cfg: DictConfig, num_classes: int, input_shape: Sequence[int]) -
     if len(shape) == 3:
         runtime["in_channels"] = shape[0]
     model = build(cfg, "model", **runtime)
-    require(isinstance(model, nn.Module),
-            f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module")  # fmt: skip
+    require(
+        isinstance(model, nn.Module), f"model._target_={cfg._target_} built a {type(model).__name__}, not an nn.Module"
+    )
     size = getattr(model, "min_size", 1)
     if len(shape) == 3:
-        require(min(shape[1:]) >= size, f"model: needs images of at least {size}x{size} pixels (fewer stages or "
-                                        f"stem_stride=1), not {shape[1]}x{shape[2]}")  # fmt: skip
+        require(
+            min(shape[1:]) >= size,
+            f"model: needs images of at least {size}x{size} pixels (fewer stages or "
+            f"stem_stride=1), not {shape[1]}x{shape[2]}",
+        )
     return model

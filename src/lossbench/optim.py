@@ -24,8 +24,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimiser of the config's `_target_` (a partial) over the model's parameter groups."""
     weight_decay = cfg.get("weight_decay", 0.0)
-    require(isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0,
-            f"optim.weight_decay must be a finite number >= 0, not {weight_decay}")  # fmt: skip
+    require(
+        isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0,
+        f"optim.weight_decay must be a finite number >= 0, not {weight_decay}",
+    )
     make = build(cfg, "optim")
     require(callable(make), f"optim: {cfg._target_} must be a partial (optim._partial_=true)")
     try:
@@ -44,8 +46,10 @@ class WarmupDecay:
     warmup_epochs: float = 1.0
 
     def __post_init__(self) -> None:
-        require(self.decay in ("cosine", "linear", "constant"),
-                f"schedule.decay must be cosine, linear or constant, not '{self.decay}'")  # fmt: skip
+        require(
+            self.decay in ("cosine", "linear", "constant"),
+            f"schedule.decay must be cosine, linear or constant, not '{self.decay}'",
+        )
         require(self.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, not {self.warmup_epochs}")
 
     def factor(self, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -59,11 +63,13 @@ class WarmupDecay:
         return 1.0
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     schedule = build(cfg, "schedule")
-    require(isinstance(schedule, WarmupDecay),
-            f"schedule._target_ must be lossbench.optim.WarmupDecay, not {cfg._target_}")  # fmt: skip
+    require(
+        isinstance(schedule, WarmupDecay), f"schedule._target_ must be lossbench.optim.WarmupDecay, not {cfg._target_}"
+    )
     total = steps_per_epoch * epochs
     warmup = round(schedule.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, total, warmup))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -66,9 +66,17 @@ def packed_layer(layers: Sequence[nn.Module]) -> nn.Module:
     if isinstance(first, nn.Linear):
         return PackedLinear(layers)
     if isinstance(first, nn.modules.conv._ConvNd):
-        return type(first)(first.in_channels * m, first.out_channels * m, first.kernel_size, first.stride,
-                           first.padding, first.dilation, first.groups * m, first.bias is not None,
-                           first.padding_mode)  # fmt: skip
+        return type(first)(
+            first.in_channels * m,
+            first.out_channels * m,
+            first.kernel_size,
+            first.stride,
+            first.padding,
+            first.dilation,
+            first.groups * m,
+            first.bias is not None,
+            first.padding_mode,
+        )
     return type(first)(first.num_features * m, first.eps, first.momentum, first.affine, first.track_running_stats)
 
 
@@ -117,9 +125,11 @@ class PackedNetwork(nn.Module):
             elif has_own_tensors(module):
                 kinds = ", ".join(t.__name__ for t in PACKABLE)
                 where = f"{type(module).__name__} ({name or 'the model itself'})"
-                raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its {where} has weights of "
-                                     f"a kind only {kinds} can be packed; train these runs with another "
-                                     "launcher")  # fmt: skip
+                raise LossbenchError(
+                    f"{type(members[0]).__name__} cannot be packed: its {where} has weights of "
+                    f"a kind only {kinds} can be packed; train these runs with another "
+                    "launcher"
+                )
         self.to(next(members[0].parameters()).device)
         self.load_members(members)
         self.check(members, probe)
@@ -131,8 +141,9 @@ class PackedNetwork(nn.Module):
     def load_members(self, members: Sequence[nn.Module]) -> None:
         """Set the packed weights and statistics from the members'."""
         states = [m.state_dict() for m in members]
-        self.net.load_state_dict({key: pack_tensor(value.shape, [s[key] for s in states])
-                                  for key, value in self.net.state_dict().items()})  # fmt: skip
+        self.net.load_state_dict(
+            {key: pack_tensor(value.shape, [s[key] for s in states]) for key, value in self.net.state_dict().items()}
+        )
 
     def unpack_into(self, members: Sequence[nn.Module]) -> None:
         """Copy the packed weights and statistics back into the members (for evaluation and checkpoints)."""
@@ -157,9 +168,11 @@ class PackedNetwork(nn.Module):
                 member.train(mode)
         scale = own.abs().max().clamp(min=1.0)
         if packed.shape != own.shape or not torch.allclose(packed, own, rtol=1e-3, atol=1e-4 * float(scale)):
-            raise LossbenchError(f"{type(members[0]).__name__} cannot be packed: its forward mixes the packed models' "
-                                 "channels (the packed output differs from each model's own); train these runs with "
-                                 "another launcher")  # fmt: skip
+            raise LossbenchError(
+                f"{type(members[0]).__name__} cannot be packed: its forward mixes the packed models' "
+                "channels (the packed output differs from each model's own); train these runs with "
+                "another launcher"
+            )
 
 
 @contextmanager
@@ -170,8 +183,9 @@ def exact_float32() -> Iterator[None]:
     matmul = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True,
-                                        allow_tf32=False):  # fmt: skip
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
+        ):
             yield
     finally:
         torch.set_float32_matmul_precision(matmul)
@@ -203,9 +217,14 @@ def pack_optimizer_state(packed: torch.optim.Optimizer, members: Sequence[torch.
     state = {}
     for index in states[0]["state"]:
         entries = [s["state"][index] for s in states]
-        state[index] = {key: pack_tensor(shapes[index] if torch.is_tensor(value) and value.ndim else torch.Size(),
-                                         [e[key] for e in entries]) if torch.is_tensor(value) else value
-                        for key, value in entries[0].items()}  # fmt: skip
+        state[index] = {
+            key: pack_tensor(
+                shapes[index] if torch.is_tensor(value) and value.ndim else torch.Size(), [e[key] for e in entries]
+            )
+            if torch.is_tensor(value)
+            else value
+            for key, value in entries[0].items()
+        }
     packed.load_state_dict({"state": state, "param_groups": states[0]["param_groups"]})
 
 
@@ -216,11 +235,17 @@ def unpack_optimizer_state(packed: torch.optim.Optimizer, members: Sequence[torc
     for m, member in enumerate(members):
         own = member.state_dict()
         shapes = {i: p.shape for i, p in enumerate(p for g in member.param_groups for p in g["params"])}
-        member_state = {index: {key: member_part(value, shapes[index], m).clone() if torch.is_tensor(value) else value
-                                for key, value in entry.items()}
-                        for index, entry in state["state"].items()}  # fmt: skip
-        groups = [{**own_group, **{k: v for k, v in group.items() if k != "params"}}
-                  for own_group, group in zip(own["param_groups"], state["param_groups"])]  # fmt: skip
+        member_state = {
+            index: {
+                key: member_part(value, shapes[index], m).clone() if torch.is_tensor(value) else value
+                for key, value in entry.items()
+            }
+            for index, entry in state["state"].items()
+        }
+        groups = [
+            {**own_group, **{k: v for k, v in group.items() if k != "params"}}
+            for own_group, group in zip(own["param_groups"], state["param_groups"])
+        ]
         member.load_state_dict({"state": member_state, "param_groups": groups})
 
 
@@ -243,23 +268,25 @@ class MemberFailure(Exception):
         self.members = members
 
 
-def train_packed_epoch(packed: torch.nn.Module, batches: Sequence[Batches], losses_of, optimizer, scheduler,
-                       dtype) -> torch.Tensor:  # fmt: skip
+def train_packed_epoch(
+    packed: torch.nn.Module, batches: Sequence[Batches], losses_of, optimizer, scheduler, dtype
+) -> torch.Tensor:
     """One pass over the members' training batches: each member draws its own (its own order and augmentation)
     and scores its own loss (`losses_of`, from member_losses); one backward pass and one optimiser step serve all.
     Returns train_one_epoch's device-side sums per member, [M, 3]."""
     packed.train()
     sums = torch.zeros(len(batches), 3, device=batches[0].labels.device)
     for x, y in packed_batches(batches):
-        z, losses = train_step(packed, x, lambda z: losses_of(z, y), optimizer, scheduler, dtype)
+        z, losses = train_step(packed, x, lambda z: losses_of(z, y), optimizer, scheduler, dtype)  # noqa: B023 (called in this iteration)
         n = y.shape[1]
         correct = (z.detach().argmax(2) == y).sum(1).float()
         sums += torch.stack([losses * n, correct, z.grad.norm(dim=2).sum(1) * n], dim=1)
     return sums
 
 
-def member_losses(loss_fns: Sequence[nn.Module], keys: Sequence[str], device: torch.device
-                  ) -> Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
+def member_losses(
+    loss_fns: Sequence[nn.Module], keys: Sequence[str], device: torch.device
+) -> Callable[[Tensor, Tensor], Tensor]:
     """The function from the pack's logits [M, B, C] and labels [M, B] to each member's loss [M]. Members whose
     losses are one and the same (equal `keys`: the same loss, parameters and score table, seeds apart) are scored
     by one call over all their examples, one batch mean per member: the same values, in fewer kernels."""
@@ -310,12 +337,19 @@ class Pack:
         # After the schedule is built (which sets the learning rate of its first step), as a checkpoint loads.
         pack_optimizer_state(self.optimizer, [run.optimizer for run in runs])
         self.scheduler.load_state_dict(first.scheduler.state_dict())
-        self.losses_of = member_losses([run.loss_fn for run in runs], [OmegaConf.to_yaml(run.cfg.loss) for run in runs],
-                                       first.scores.device)  # fmt: skip
+        self.losses_of = member_losses(
+            [run.loss_fn for run in runs], [OmegaConf.to_yaml(run.cfg.loss) for run in runs], first.scores.device
+        )
 
     def train_epoch(self) -> list[list[float]]:
-        sums = train_packed_epoch(self.step_network, [run.batches for run in self.runs], self.losses_of,
-                                  self.optimizer, self.scheduler, self.runs[0].precision.dtype)  # fmt: skip
+        sums = train_packed_epoch(
+            self.step_network,
+            [run.batches for run in self.runs],
+            self.losses_of,
+            self.optimizer,
+            self.scheduler,
+            self.runs[0].precision.dtype,
+        )
         return sums.tolist()  # the epoch's one sync
 
     def evaluate(self) -> list[tuple[dict[str, float], Tensor] | None]:
@@ -328,8 +362,15 @@ class Pack:
             return [None] * len(self.runs)
         shared = SharedBatch(self.network)
         try:
-            return evaluate_models(shared, first.data, first.scores, int(first.cfg.train.eval_batch_size), first.mean,
-                                   first.std, first.precision.dtype)  # fmt: skip
+            return evaluate_models(
+                shared,
+                first.data,
+                first.scores,
+                int(first.cfg.train.eval_batch_size),
+                first.mean,
+                first.std,
+                first.precision.dtype,
+            )
         finally:
             self.network.train()
 
@@ -348,8 +389,9 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
     ends), so each goes on as it would have alone."""
     statuses: dict[Path, str] = {}
     epochs, steps = runs[0].epochs, len(runs[0].batches)
-    progress = Progress(f"pack of {len(runs)} runs", epochs * steps, runs[0].epoch * steps,
-                        bool(runs[0].cfg.train.progress))  # fmt: skip
+    progress = Progress(
+        f"pack of {len(runs)} runs", epochs * steps, runs[0].epoch * steps, bool(runs[0].cfg.train.progress)
+    )
     try:
         pack = repack(runs, progress)
         # The report says which runs shared their training time: the pack they started in, which a member that
@@ -375,8 +417,11 @@ def train_pack(runs: list[Run]) -> dict[Path, str]:
                 pack.unpack()
                 evaluated = pack.evaluate()
                 spent = time.perf_counter() - began  # each member's epoch: the pack's training and evaluation
-                gone = [run for run, own, result in zip(runs, sums, evaluated)
-                        if end_epoch(run, own, spent, progress, result)]  # fmt: skip
+                gone = [
+                    run
+                    for run, own, result in zip(runs, sums, evaluated)
+                    if end_epoch(run, own, spent, progress, result)
+                ]
                 statuses.update({run.run_dir: "diverged" for run in gone})
             if gone:
                 runs = [run for run in runs if run not in gone]

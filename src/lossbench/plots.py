@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -50,8 +50,9 @@ def save_figure(fig: Figure, path: Path, software: str | None = None) -> None:
     PNG's Software field (how lossbench later tells its own figure from a user's file of the same name)."""
     try:
         with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight",
-                        metadata={"Software": software} if software else None)  # fmt: skip
+            fig.savefig(
+                tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": software} if software else None
+            )
     finally:
         plt.close(fig)
 
@@ -68,9 +69,13 @@ def _style(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def curve_figure(
-    shown: Sequence[tuple[str, str, pd.DataFrame]], metric: str, title: str, ylabel: str,
-    log_y: bool = False, dashed: str | None = None,
-) -> Figure:  # fmt: skip
+    shown: Sequence[tuple[str, str, pd.DataFrame]],
+    metric: str,
+    title: str,
+    ylabel: str,
+    log_y: bool = False,
+    dashed: str | None = None,
+) -> Figure:
     """metric against epoch, one line per (label, loss, rows): the mean over the rows' seeds, and a band from
     their minimum to maximum; `dashed` draws a second metric of the same rows dashed, unlabelled."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -79,8 +84,14 @@ def curve_figure(
             if column is None or rows.empty or column not in rows or rows[column].isna().all():
                 continue
             stats = rows.groupby("epoch")[column].agg(["mean", "min", "max"])
-            ax.plot(stats.index, stats["mean"], style, color=loss_colour(loss), label=label if style == "-" else None,
-                    lw=1.8)  # fmt: skip
+            ax.plot(
+                stats.index,
+                stats["mean"],
+                style,
+                color=loss_colour(loss),
+                label=label if style == "-" else None,
+                lw=1.8,
+            )
             ax.fill_between(stats.index, stats["min"], stats["max"], color=loss_colour(loss), alpha=0.15, lw=0)
     if log_y:
         ax.set_yscale("log")
@@ -122,8 +133,15 @@ def sweep_figure(table: pd.DataFrame, key: str, measure: str, ylabel: str) -> Fi
     for loss, group in table.groupby("loss", sort=False):
         group = group.assign(x=pd.to_numeric(group[key])).sort_values("x")
         errors = group[f"{measure}_ci95"].where(group[f"{measure}_n"] > 1)
-        ax.errorbar(group["x"], group[f"{measure}_mean"], yerr=None if errors.isna().all() else errors.fillna(0),
-                    fmt="o-", color=loss_colour(loss), label=loss, capsize=3)  # fmt: skip
+        ax.errorbar(
+            group["x"],
+            group[f"{measure}_mean"],
+            yerr=None if errors.isna().all() else errors.fillna(0),
+            fmt="o-",
+            color=loss_colour(loss),
+            label=loss,
+            capsize=3,
+        )
     if (pd.to_numeric(table[key]) > 0).all():
         ax.set_xscale("log")
     seeds = int(table[f"{measure}_n"].max())
@@ -139,8 +157,9 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
     columns = min(3, len(matrices))
     rows = math.ceil(len(matrices) / columns)
     side = max(3.6, 0.3 * classes + 1.5)
-    fig, axes = plt.subplots(rows, columns, figsize=(side * columns + 1, side * rows), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(side * columns + 1, side * rows), squeeze=False, layout="constrained"
+    )
     image = None
     for ax, (label, loss, counts) in zip(axes.flat, matrices):
         totals = counts.sum(axis=1).to_numpy(float)[:, None]
@@ -154,9 +173,16 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
         ax.set_title(label, fontsize=10, color=loss_colour(loss))
         if classes <= 12:
             for (i, j), value in np.ndenumerate(share):
-                ax.text(j, i, f"{value:.0%}"[:-1], ha="center", va="center", fontsize=6,
-                        color="white" if value > 0.5 else "black")  # fmt: skip
-    for ax in axes.flat[len(matrices):]:
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.0%}"[:-1],
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if value > 0.5 else "black",
+                )
+    for ax in axes.flat[len(matrices) :]:
         ax.axis("off")
     in_cells = " (in %)" if classes <= 12 else ""
     fig.suptitle(f"Test confusion summed over seeds, each row normalised: share of the true class's examples{in_cells}")
@@ -193,17 +219,22 @@ def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
         _style(ax, "learning rate", f"final {objective}", f"{loss} ({len(done)} of {len(group)} trials finished)")
         ax.title.set_color(loss_colour(loss))
         ax.title.set_fontsize(10)
-    for ax in axes.flat[len(losses):]:
+    for ax in axes.flat[len(losses) :]:
         ax.axis("off")
-    fig.suptitle(f"Tuning: each trial's final {objective} (validation split) against its learning rate\n"
-                 "red star: the chosen trial; grey cross: a trial that failed or diverged")  # fmt: skip
+    fig.suptitle(
+        f"Tuning: each trial's final {objective} (validation split) against its learning rate\n"
+        "red star: the chosen trial; grey cross: a trial that failed or diverged"
+    )
     return fig
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float], lower_x_better: bool) -> list[int]:
     """Indices of the points no other point beats on both axes (y: higher is better), ordered along x."""
-    points = [(i, xi if lower_x_better else -xi, yi) for i, (xi, yi) in enumerate(zip(x, y))
-              if not (pd.isna(xi) or pd.isna(yi))]  # fmt: skip
+    points = [
+        (i, xi if lower_x_better else -xi, yi)
+        for i, (xi, yi) in enumerate(zip(x, y))
+        if not (pd.isna(xi) or pd.isna(yi))
+    ]
     front = [i for i, a, b in points if not any(c <= a and d >= b and (c < a or d > b) for _, c, d in points)]
     return sorted(front, key=lambda i: x[i])
 
@@ -221,16 +252,32 @@ def pareto_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str, bool]]) 
         seen = set()
         for i, (label, loss) in enumerate(zip(table["label"], table["loss"])):
             # one legend entry per loss; a swept setting is written beside its point
-            ax.errorbar(x[i], y[i], xerr=xerr[i], yerr=yerr[i], fmt="o", color=loss_colour(loss), capsize=3, ms=6,
-                        label=None if loss in seen else loss)  # fmt: skip
+            ax.errorbar(
+                x[i],
+                y[i],
+                xerr=xerr[i],
+                yerr=yerr[i],
+                fmt="o",
+                color=loss_colour(loss),
+                capsize=3,
+                ms=6,
+                label=None if loss in seen else loss,
+            )
             seen.add(loss)
             if label != loss:
-                ax.annotate(label.removeprefix(loss).strip(), (x[i], y[i]), xytext=(4, 4), textcoords="offset points",
-                            fontsize=6, color=loss_colour(loss))  # fmt: skip
+                ax.annotate(
+                    label.removeprefix(loss).strip(),
+                    (x[i], y[i]),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color=loss_colour(loss),
+                )
         front = pareto_front(list(x), list(y), lower_better)
         # rings, so that a front of one point shows too
-        ax.plot(x[front], y[front], "--o", color="black", lw=1, alpha=0.6, ms=13, mfc="none", label="Pareto front",
-                zorder=0)  # fmt: skip
+        ax.plot(
+            x[front], y[front], "--o", color="black", lw=1, alpha=0.6, ms=13, mfc="none", label="Pareto front", zorder=0
+        )
         better = "lower is better" if lower_better else "higher is better"
         _style(ax, f"{xlabel} ({better})", "final test accuracy", f"Accuracy vs {xlabel}")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -239,8 +286,13 @@ def pareto_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str, bool]]) 
     return fig
 
 
-def gradient_figure(curve_q: Sequence[float], curves: dict[str, dict[str, Sequence[float]]], panels: dict[str, str],
-                    num_classes: int, title: str) -> Figure:  # fmt: skip
+def gradient_figure(
+    curve_q: Sequence[float],
+    curves: dict[str, dict[str, Sequence[float]]],
+    panels: dict[str, str],
+    num_classes: int,
+    title: str,
+) -> Figure:
     """`lossbench explain`: gradient norm against q_y per loss, log-log, one panel per way of placing the wrong
     probability (curves[panel][loss] = norms at curve_q); a dotted line marks q_y = 1/C."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True, squeeze=False)

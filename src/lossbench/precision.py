@@ -23,19 +23,20 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from lossbench.atomic import write_atomic
 from lossbench.cpus import cpu_features, cpu_model
-from lossbench.oslock import wait_lock
 from lossbench.layout import LAYOUTS, NO_ONEDNN, fastest_layouts, layout_speed, layout_variants, onednn_missing
+from lossbench.oslock import wait_lock
 
 log = logging.getLogger("lossbench")
 
@@ -67,8 +68,9 @@ class Precision:
         return torch.bfloat16 if self.name == "bf16" else None
 
 
-def resolve_precision(name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...],
-                      timer: StepTimer | None = None) -> Precision:  # fmt: skip
+def resolve_precision(
+    name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer | None = None
+) -> Precision:
     """The precision for training `model` on batches of `batch_shape` on `device` under the setting `name`, with
     the CPU layout for a model whose cpu_layout is auto (the caller sets it on the model)."""
     name, given = runnable_setting(name, device)
@@ -94,8 +96,14 @@ def bf16_runs(device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_features().onednn_bf16
 
 
-def autocast_precision(name: str, device: torch.device, model: nn.Module, batch_shape: tuple[int, ...],
-                       timer: StepTimer | None = None, given: str | None = None) -> Precision:  # fmt: skip
+def autocast_precision(
+    name: str,
+    device: torch.device,
+    model: nn.Module,
+    batch_shape: tuple[int, ...],
+    timer: StepTimer | None = None,
+    given: str | None = None,
+) -> Precision:
     if name in ("fp32", "bf16"):
         return Precision(name, given or f"precision={name}")
     if device.type == "cuda":
@@ -109,8 +117,9 @@ def autocast_precision(name: str, device: torch.device, model: nn.Module, batch_
     return _announce(key, cpu_precision(key, model, batch_shape, timer or time_step, cache_path()))
 
 
-def recorded_precision(recorded: Mapping[str, Any], setting: str, device: torch.device,
-                       where: Path) -> Precision | None:  # fmt: skip
+def recorded_precision(
+    recorded: Mapping[str, Any], setting: str, device: torch.device, where: Path
+) -> Precision | None:
     """The precision (and CPU layout) a run chose when it first started under the same `setting`, from its record
     (run.json's or a checkpoint's fields), for its resume; None where none was recorded (measure as a new run).
     Where the recorded choice cannot run here (a bf16 run resumed on a CPU without bf16 kernels, a oneDNN layout
@@ -126,9 +135,12 @@ def recorded_precision(recorded: Mapping[str, Any], setting: str, device: torch.
         layout = "dense"
         instead.append(f"the dense layout instead of oneDNN's ({NO_ONEDNN})")
     if instead:
-        log.warning("%s: the precision and layout it recorded when it first started cannot run here: it goes on in %s, "
-                    "so its epochs from here on round differently from an uninterrupted run's", where,
-                    " and ".join(instead))  # fmt: skip
+        log.warning(
+            "%s: the precision and layout it recorded when it first started cannot run here: it goes on in %s, "
+            "so its epochs from here on round differently from an uninterrupted run's",
+            where,
+            " and ".join(instead),
+        )
     return Precision(name, reason, layout)
 
 
@@ -143,8 +155,7 @@ def choice_record(precision: Precision, setting: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- measurement and decision
 
 
-def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                  cache: Path) -> Precision:  # fmt: skip
+def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer, cache: Path) -> Precision:
     """The decision cached under `key` (see cache_key), or a fresh measurement (then cached)."""
 
     def measured() -> dict:
@@ -159,8 +170,9 @@ def cpu_precision(key: str, model: nn.Module, batch_shape: tuple[int, ...], time
     return Precision(entry["precision"], f"bf16 {speed:.2f}x fp32's speed on this CPU; {how}")
 
 
-def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                             cache: Path, given: str | None = None) -> Precision:  # fmt: skip
+def cpu_precision_and_layout(
+    name: str, model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer, cache: Path, given: str | None = None
+) -> Precision:
     """The precision under the setting `name` and the CPU layout, decided together for a model whose cpu_layout is
     auto: every precision the setting allows is timed in both layouts, so that bf16 is chosen only when its faster
     layout beats fp32's faster layout (deciding the precision in one layout first could pick a bf16 slower than
@@ -190,8 +202,9 @@ def cpu_precision_and_layout(name: str, model: nn.Module, batch_shape: tuple[int
     return chosen
 
 
-def cached_or_measured(cache: Path, key: str, valid: Callable[[object], bool],
-                       measured: Callable[[], dict]) -> tuple[dict, str]:  # fmt: skip
+def cached_or_measured(
+    cache: Path, key: str, valid: Callable[[object], bool], measured: Callable[[], dict]
+) -> tuple[dict, str]:
     """The entry cached under `key` if `valid`, else a fresh `measured()` one, stamped and cached; with how it was
     obtained. Under the cache's lock, so that the jobs of a comparison starting together measure once."""
     with cache_lock(cache):
@@ -231,8 +244,12 @@ def choose(fp32_s: float, bf16_s: float) -> str:
     return "bf16" if bf16_s * BF16_MIN_SPEEDUP <= fp32_s else "fp32"
 
 
-def time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                  variants: list[tuple[torch.dtype | None, str | None]]) -> list[float]:  # fmt: skip
+def time_variants(
+    model: nn.Module,
+    batch_shape: tuple[int, ...],
+    timer: StepTimer,
+    variants: list[tuple[torch.dtype | None, str | None]],
+) -> list[float]:
     """Fastest step seconds of each variant (autocast dtype, CPU layout or None for the model's own) of a copy of
     `model`, alternating them so that other work on the machine slows all alike, on one thread: which variant is
     faster is a property of the CPU's kernels, and one thread is not held up waiting for another whose core other
@@ -247,8 +264,12 @@ def time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTim
         torch.set_num_threads(threads)
 
 
-def _time_variants(model: nn.Module, batch_shape: tuple[int, ...], timer: StepTimer,
-                   variants: list[tuple[torch.dtype | None, str | None]]) -> list[float]:  # fmt: skip
+def _time_variants(
+    model: nn.Module,
+    batch_shape: tuple[int, ...],
+    timer: StepTimer,
+    variants: list[tuple[torch.dtype | None, str | None]],
+) -> list[float]:
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model).train()
         x = torch.randn(batch_shape, generator=torch.Generator().manual_seed(0))

@@ -28,12 +28,15 @@ if TYPE_CHECKING:  # run imports this module
 
 PREDICTIONS_FILE = "predictions.npz"
 # decision rules: name -> (words, the metrics.csv column suffix of its score)
-RULES = {"argmax": ("argmax", "score"), "bayes": ("Bayes", "score_bayes"), "bayes_cal": ("calibrated Bayes",
-                                                                                           "score_bayes_cal")}
+RULES = {
+    "argmax": ("argmax", "score"),
+    "bayes": ("Bayes", "score_bayes"),
+    "bayes_cal": ("calibrated Bayes", "score_bayes_cal"),
+}
 
 
 @torch.inference_mode()
-def _probabilities(run: "Run", x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _probabilities(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's final model's logits on (x, y) in float32, batched as evaluation batches them, and the labels."""
     model, dtype = run.model.eval(), run.precision.dtype
     logits = []
@@ -43,18 +46,24 @@ def _probabilities(run: "Run", x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     return torch.cat(logits), y
 
 
-def save_predictions(run: "Run") -> torch.Tensor:
+def save_predictions(run: Run) -> torch.Tensor:
     """Write run_dir/predictions.npz from the run's final model (atomically): test_probs, test_labels, and where
     the run has a validation split val_probs, val_labels and the temperature fit on it (NaN without). Returns the
     test logits (float32, on the device), from which the run's end takes what it has not evaluated."""
     data = run.data
     test_logits, test_y = _probabilities(run, data.test_x, data.test_y)
-    arrays = {"test_probs": test_logits.softmax(-1).half().cpu().numpy(), "test_labels": test_y.cpu().numpy(),
-              "temperature": np.float32(math.nan)}  # fmt: skip
+    arrays = {
+        "test_probs": test_logits.softmax(-1).half().cpu().numpy(),
+        "test_labels": test_y.cpu().numpy(),
+        "temperature": np.float32(math.nan),
+    }
     if data.val_y is not None:
         val_logits, val_y = _probabilities(run, data.val_x, data.val_y)
-        arrays.update(val_probs=val_logits.softmax(-1).half().cpu().numpy(), val_labels=val_y.cpu().numpy(),
-                      temperature=np.float32(float(fit_temperature(val_logits, val_y))))  # fmt: skip
+        arrays.update(
+            val_probs=val_logits.softmax(-1).half().cpu().numpy(),
+            val_labels=val_y.cpu().numpy(),
+            temperature=np.float32(float(fit_temperature(val_logits, val_y))),
+        )
     arrays.update(classes=np.array(run.classes), scores=run.scores.float().cpu().numpy(), epoch=np.int64(run.epoch))
     with atomic_path(run.run_dir / PREDICTIONS_FILE) as tmp, tmp.open("wb") as f:
         np.savez_compressed(f, **arrays)
@@ -89,15 +98,22 @@ def read_predictions(run_dir: Path) -> tuple[Predictions | None, str | None]:
             scores = f["scores"].astype(np.float64)
             val = "val_probs" in f.files
             found = Predictions(
-                f["test_probs"].astype(np.float32), f["test_labels"].astype(np.int64),
-                f["val_probs"].astype(np.float32) if val else None, f["val_labels"].astype(np.int64) if val else None,
-                float(f["temperature"]), [str(c) for c in f["classes"]], scores,
+                f["test_probs"].astype(np.float32),
+                f["test_labels"].astype(np.int64),
+                f["val_probs"].astype(np.float32) if val else None,
+                f["val_labels"].astype(np.int64) if val else None,
+                float(f["temperature"]),
+                [str(c) for c in f["classes"]],
+                scores,
                 f["trained_scores"].astype(np.float64) if "trained_scores" in f.files else scores,
-            )  # fmt: skip
+            )
         c = len(found.classes)
         if found.test_probs.ndim != 2 or found.test_probs.shape[1] != c or found.scores.shape != (c, c):
             raise ValueError("shapes do not match its classes")
-        if len(found.test_labels) != len(found.test_probs) or not ((0 <= found.test_labels) & (found.test_labels < c)).all():
+        if (
+            len(found.test_labels) != len(found.test_probs)
+            or not ((0 <= found.test_labels) & (found.test_labels < c)).all()
+        ):
             raise ValueError("labels do not match its probabilities")
         return found, None
     except (OSError, ValueError, KeyError, EOFError, LossbenchError) as err:
@@ -120,15 +136,17 @@ def decisions(probs: np.ndarray, scores: np.ndarray, rule: str, temperature: flo
     return (probs.astype(np.float64) @ scores).argmax(-1)
 
 
-def example_scores(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, rule: str,
-                   temperature: float = math.nan) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def example_scores(
+    probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, rule: str, temperature: float = math.nan
+) -> tuple[np.ndarray, np.ndarray]:
     """(S[y, answer] per example, the answers) under a decision rule."""
     answers = decisions(probs, scores, rule, temperature)
     return scores[labels, answers], answers
 
 
-def rule_metrics(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, rule: str,
-                 temperature: float = math.nan) -> dict[str, float]:  # fmt: skip
+def rule_metrics(
+    probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, rule: str, temperature: float = math.nan
+) -> dict[str, float]:
     """score, acc and mistake_severity (mean S[y,y] - S[y,answer] over mistakes) of one decision rule."""
     if rule == "bayes_cal" and not math.isfinite(temperature):
         return {"score": math.nan, "acc": math.nan, "mistake_severity": math.nan}

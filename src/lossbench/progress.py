@@ -15,10 +15,17 @@ class Progress:
     def __init__(self, name: str, total_steps: int, done_steps: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
-            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                           TimeRemainingColumn(), transient=True)  # fmt: skip
+            self.bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(name, total=total_steps, completed=done_steps)
         self.name = name
@@ -35,15 +42,19 @@ class Progress:
     def epoch(self, row: dict[str, float], epochs: int, name: str | None = None) -> None:
         """Log an epoch's line, for this bar's run or, in a pack, for the member `name`."""
         name = name or self.name
-        text = (f"{name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
-                f"train_acc {row['train_acc']:.3f} test_acc {row['test_acc']:.3f} "
-                f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} "
-                f"({row['elapsed_s']:.1f}s)")  # fmt: skip
+        text = (
+            f"{name} epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} "
+            f"train_acc {row['train_acc']:.3f} test_acc {row['test_acc']:.3f} "
+            f"test_score {row['test_score']:.3f} grad_norm {row['grad_norm']:.3g} "
+            f"({row['elapsed_s']:.1f}s)"
+        )
         if self.bar is None:
             log.info(text)
             return
-        self.bar.update(self.task, description=f"{name} ep {row['epoch']}/{epochs} "
-                        f"loss {row['train_loss']:.3f} acc {row['test_acc']:.3f}")  # fmt: skip
+        self.bar.update(
+            self.task,
+            description=f"{name} ep {row['epoch']}/{epochs} loss {row['train_loss']:.3f} acc {row['test_acc']:.3f}",
+        )
         # The bar is transient: take it down while the log line prints, so the two never overwrite each other.
         self.bar.stop()
         log.info(text)

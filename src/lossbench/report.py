@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 
 from lossbench import html, plots, stats
 from lossbench import verdict as verdicts
-from lossbench.verdict import runs_of
 from lossbench.atomic import write_atomic
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.inputs import input_warnings
@@ -30,9 +29,23 @@ from lossbench.losses import LOSSES
 from lossbench.metrics import epochs_to_target
 from lossbench.predictions import Predictions, read_predictions
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRIC_COLUMNS, PROVENANCE_FILE, STATUS_FILE, TUNE_FILE, TUNED_FILE, own_runs,
-    read_config, read_confusion, read_json, read_metrics, read_run_record, read_status, read_tune_record,
-)  # fmt: skip
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    METRIC_COLUMNS,
+    PROVENANCE_FILE,
+    STATUS_FILE,
+    TUNE_FILE,
+    TUNED_FILE,
+    own_runs,
+    read_config,
+    read_confusion,
+    read_json,
+    read_metrics,
+    read_run_record,
+    read_status,
+    read_tune_record,
+)
+from lossbench.verdict import runs_of
 
 REFERENCE = "ce"  # the paired comparisons and the default score target are against this loss
 TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) accuracy of any setting
@@ -41,10 +54,19 @@ TARGET_FRACTION = 0.9  # target accuracy = this x the best mean (over seeds) acc
 # a few epochs' gain.
 SLOPE_WINDOW = 5
 FINAL_METRICS = [
-    "test_acc", "test_score", "test_score_bayes", "test_score_bayes_cal", "test_expected_score",
-    "test_mistake_severity", "test_ece", "test_top5_acc", "val_acc", "val_score", "val_score_bayes",
+    "test_acc",
+    "test_score",
+    "test_score_bayes",
+    "test_score_bayes_cal",
+    "test_expected_score",
+    "test_mistake_severity",
+    "test_ece",
+    "test_top5_acc",
+    "val_acc",
+    "val_score",
+    "val_score_bayes",
     "val_score_bayes_cal",
-]  # fmt: skip
+]
 
 
 # ---------------------------------------------------------------- column names
@@ -93,7 +115,7 @@ HEADLINE = {
     to_target("epochs", "score"): ("epochs to score target", 1, ("slower", "faster")),
     to_target("seconds", "score"): ("seconds to score target", 1, ("slower", "faster")),
     to_target("epochs", "acc"): ("epochs to accuracy target", 1, ("slower", "faster")),
-}  # fmt: skip
+}
 SCORE_MEASURES = (final("test_score"), final("test_score_bayes"), final("test_score_bayes_cal"), auc("test_score"))
 # data.train_subset_seed follows the seed (one training subset per seed): not a setting of its own
 IGNORED_KEYS = {"seed", "resume", "seeds", "losses", "name", "data.train_subset_seed"}
@@ -142,9 +164,17 @@ def tuning_trials(root: Path, warnings: list[str]) -> pd.DataFrame | None:
                 lr = float(setting.pop("optim.lr"))
                 param, value = next(iter(setting.items()), (None, math.nan))
                 log = bool(entry["space"][param]["log"]) if param else False
-                rows.append({"loss": loss, "lr": lr, "param": param, "value": float(value), "log": log,
-                             "val_score": float("nan") if trial["val_score"] is None else float(trial["val_score"]),
-                             "chosen": trial["trial"] == chosen})  # fmt: skip
+                rows.append(
+                    {
+                        "loss": loss,
+                        "lr": lr,
+                        "param": param,
+                        "value": float(value),
+                        "log": log,
+                        "val_score": float("nan") if trial["val_score"] is None else float(trial["val_score"]),
+                        "chosen": trial["trial"] == chosen,
+                    }
+                )
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
         warnings.append(f"{path}: unreadable ({one_line(err)}); no tuning.png")
         return None
@@ -196,8 +226,11 @@ def read_provenance(run_dir: Path, config: dict[str, object]) -> tuple[tuple[str
     except (OSError, ValueError, AttributeError) as err:
         warning = f"{path}: unreadable ({one_line(err)}); its device and precision are shown as requested"
     device, precision = config.get("device"), config.get("precision")
-    return (f"{device} (requested)" if device else "unknown", f"{precision} (requested)" if precision else "unknown",
-            "alone"), warning  # fmt: skip
+    return (
+        f"{device} (requested)" if device else "unknown",
+        f"{precision} (requested)" if precision else "unknown",
+        "alone",
+    ), warning
 
 
 def is_setting_key(key: str) -> bool:
@@ -211,8 +244,11 @@ def load_runs(root: Path) -> Runs:
     not swept just because only soft_label_ce has it, but optim.lr=0.01,0.1 is). A run whose config.yaml is
     unreadable is skipped, a damaged metrics.csv contributes its usable rows: both with a warning."""
     run_dirs, left_out = own_runs(root)
-    require(run_dirs, f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})"
-                      + "".join(f"; {note}" for note in left_out))  # fmt: skip
+    require(
+        run_dirs,
+        f"{root}: no run directories found (directories with {STATUS_FILE} and {CONFIG_FILE})"
+        + "".join(f"; {note}" for note in left_out),
+    )
     warnings, configs, kept = list(left_out), [], []
     for run_dir in run_dirs:
         config, warning = run_config(run_dir)
@@ -242,9 +278,11 @@ def load_runs(root: Path) -> Runs:
     runs["device"], runs["precision"], runs["training"] = ([p[i] for p in provenance] for i in range(3))
     packed = int((runs["training"] == "packed").sum())
     if packed:
-        warnings.append(f"{packed} run(s) trained packed with others (hydra/launcher=packed): their seconds to a "
-                        "target share their pack's training time, so they compare epochs, not what each loss "
-                        "costs")  # fmt: skip
+        warnings.append(
+            f"{packed} run(s) trained packed with others (hydra/launcher=packed): their seconds to a "
+            "target share their pack's training time, so they compare epochs, not what each loss "
+            "costs"
+        )
     frames = []
     for _, run in runs.iterrows():
         rows, warning = read_metrics(Path(run["run_dir"]))
@@ -262,8 +300,11 @@ def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str])
     """Per run, whether it counts as final: finished, with the rows of every configured epoch (when its config
     says how many). Curves show the others; their values never enter the final means, the paired verdicts or the
     times to a target, and each one that stopped short (not a diverged run: its status says why) is named."""
-    epochs_of = ({d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
-                 if "run_dir" in curves else {})  # fmt: skip
+    epochs_of = (
+        {d: list(c["epoch"].astype(int)) for d, c in curves.groupby("run_dir", sort=False)}
+        if "run_dir" in curves
+        else {}
+    )
     complete = []
     for _, run in runs.iterrows():
         rows, epochs = epochs_of.get(run["run_dir"], []), run.get("epochs_configured")
@@ -273,16 +314,21 @@ def complete_runs(runs: pd.DataFrame, curves: pd.DataFrame, warnings: list[str])
         last = f"after epoch {rows[-1]}" if rows else "before its first epoch"
         of = f" of {epochs}" if epochs is not None else ""
         if run["status"] == "finished" and not whole:
-            warnings.append(f"{run['run_dir']}: status finished, but its metrics.csv holds "
-                            f"{len(rows)} of {epochs} epochs' rows; left out of the final values")  # fmt: skip
+            warnings.append(
+                f"{run['run_dir']}: status finished, but its metrics.csv holds "
+                f"{len(rows)} of {epochs} epochs' rows; left out of the final values"
+            )
         elif run["status"] not in ("finished", "diverged"):
-            warnings.append(f"{run['run_dir']}: {run['status']} {last}{of}; left out of the final values (`lossbench "
-                            f"resume {run['run_dir']}` finishes it)")  # fmt: skip
+            warnings.append(
+                f"{run['run_dir']}: {run['status']} {last}{of}; left out of the final values (`lossbench "
+                f"resume {run['run_dir']}` finishes it)"
+            )
     return complete
 
 
-def without_duplicates(runs: pd.DataFrame, kept: list[Path], configs: list[dict], swept: list[str],
-                       warnings: list[str]) -> tuple[pd.DataFrame, list[Path], list[dict]]:  # fmt: skip
+def without_duplicates(
+    runs: pd.DataFrame, kept: list[Path], configs: list[dict], swept: list[str], warnings: list[str]
+) -> tuple[pd.DataFrame, list[Path], list[dict]]:
     """The runs with one run per loss, seed and setting: a second one (a copied run directory whose marker does not
     tell, an older comparison's) is left out with a warning naming it, instead of pairing a seed with itself."""
     keys = runs[["loss", "seed", *swept]].astype(str).apply(tuple, axis=1)
@@ -293,8 +339,11 @@ def without_duplicates(runs: pd.DataFrame, kept: list[Path], configs: list[dict]
         if key in first:
             warnings.append(f"{run_dir}: the same loss, seed and setting as {first[key]}; left out")
         first.setdefault(key, run_dir)
-    return (runs[keep].reset_index(drop=True), [d for d, k in zip(kept, keep) if k],
-            [c for c, k in zip(configs, keep) if k])  # fmt: skip
+    return (
+        runs[keep].reset_index(drop=True),
+        [d for d, k in zip(kept, keep) if k],
+        [c for c, k in zip(configs, keep) if k],
+    )
 
 
 # ---------------------------------------------------------------- per run, per setting, per loss
@@ -338,8 +387,12 @@ def add_times_to_targets(runs: pd.DataFrame, curves: pd.DataFrame, targets: Targ
     for kind, metric in TARGETS.items():
         target = targets.score if kind == "score" else targets.acc
         # a curve with gaps (a rescored run's scores exist at its last epoch only) cannot say when it got there
-        hits = [epochs_to_target(by_run[d], target, metric) if d in by_run and by_run[d][metric].notna().all()
-                else (math.nan, math.nan) for d in runs["run_dir"]]  # fmt: skip
+        hits = [
+            epochs_to_target(by_run[d], target, metric)
+            if d in by_run and by_run[d][metric].notna().all()
+            else (math.nan, math.nan)
+            for d in runs["run_dir"]
+        ]
         runs[to_target("epochs", kind)] = [h[0] for h in hits]
         runs[to_target("seconds", kind)] = [h[1] for h in hits]
     return runs
@@ -356,8 +409,9 @@ def describe_settings(runs: pd.DataFrame, swept: list[str], measures: list[str])
         row["status"] = ", ".join(f"{n} {s}" for s, n in group["status"].value_counts().items())
         for measure in measures:
             summary = stats.summarise(group[measure].dropna().to_numpy(float))
-            row.update(zip((column(measure, part) for part in STATS),
-                           (summary.mean, summary.sd, summary.ci95, summary.n)))  # fmt: skip
+            row.update(
+                zip((column(measure, part) for part in STATS), (summary.mean, summary.sd, summary.ci95, summary.n))
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate(LOSSES)}
@@ -384,12 +438,17 @@ def select_settings(table: pd.DataFrame, swept: list[str], measure: str) -> pd.I
     if not swept:
         return table.index
     mean = column(measure, "mean")
-    return pd.Index([group[mean].idxmax() if group[mean].notna().any() else group.index[0]
-                     for _, group in table.groupby("loss", sort=False)])  # fmt: skip
+    return pd.Index(
+        [
+            group[mean].idxmax() if group[mean].notna().any() else group.index[0]
+            for _, group in table.groupby("loss", sort=False)
+        ]
+    )
 
 
-def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame,
-                   target_score: float | None) -> Targets:  # fmt: skip
+def choose_targets(
+    runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame, target_score: float | None
+) -> Targets:
     """The score target: `target_score` when given, else the runs' common report.target_score, else the
     reference loss's final mean test_score at its chosen setting (else the first registered loss present's):
     none of these move when a loss is added. The accuracy target keeps its old definition."""
@@ -398,8 +457,11 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
         require(math.isfinite(target_score), f"--target-score {target_score}: must be a finite number")
         return Targets(float(target_score), "set by --target-score", acc)
     settings = runs["target_score_setting"].dropna().unique()
-    require(len(settings) <= 1, f"the runs disagree on report.target_score ({sorted(map(str, settings))}); "
-            "choose one with `lossbench report DIR --target-score X`")  # fmt: skip
+    require(
+        len(settings) <= 1,
+        f"the runs disagree on report.target_score ({sorted(map(str, settings))}); "
+        "choose one with `lossbench report DIR --target-score X`",
+    )
     if len(settings) == 1:
         value = pd.to_numeric(settings[0], errors="coerce")
         require(pd.notna(value) and math.isfinite(value), f"report.target_score {settings[0]!r}: not a finite number")
@@ -407,12 +469,18 @@ def choose_targets(runs: pd.DataFrame, chosen: pd.DataFrame, table: pd.DataFrame
     reference = REFERENCE if REFERENCE in set(chosen["loss"]) else chosen["loss"].iloc[0]
     value = float(chosen.set_index("loss").loc[reference, column(final("test_score"), "mean")])
     source = f"{reference}'s final mean test_score" + (
-        "" if reference == REFERENCE else f" ({REFERENCE} is not in this comparison; the first loss present is used)")
+        "" if reference == REFERENCE else f" ({REFERENCE} is not in this comparison; the first loss present is used)"
+    )
     return Targets(value, source, acc)
 
 
-def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame,
-                           swept: list[str], margin: float = verdicts.DEFAULT_MARGIN) -> pd.DataFrame:  # fmt: skip
+def compare_with_reference(
+    runs: pd.DataFrame,
+    table: pd.DataFrame,
+    chosen: pd.DataFrame,
+    swept: list[str],
+    margin: float = verdicts.DEFAULT_MARGIN,
+) -> pd.DataFrame:
     """Per setting and headline measure: the difference from the reference loss at its chosen setting, paired by
     seed (`_diff`, its 95% CI half-width `_diff_ci95`, `_p_value`, `_pairs`), the p-value adjusted by Holm's
     method over every test against the reference in this comparison (`_p_holm`), and for the scores an
@@ -431,7 +499,11 @@ def compare_with_reference(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.D
             a, b = pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float)
             result = stats.paired(a, b)
             table.loc[index, [column(measure, part) for part in PAIRED]] = [
-                result.diff, result.ci95, result.p_value, result.n]  # fmt: skip
+                result.diff,
+                result.ci95,
+                result.p_value,
+                result.n,
+            ]
             if measure in SCORE_MEASURES:
                 table.loc[index, column(measure, "equivalence_p")] = stats.equivalence(a, b, margin)
     for suffix, family in (("p_value", list(HEADLINE)), ("equivalence_p", list(SCORE_MEASURES))):
@@ -480,20 +552,28 @@ def cell(row: pd.Series, measure: str, digits: int) -> str:
 
 def shown_measures(table: pd.DataFrame) -> dict[str, tuple[str, int, tuple[str, str]]]:
     """The headline measures any setting has a value for (older runs lack the newer metrics)."""
-    return {m: spec for m, spec in HEADLINE.items()
-            if column(m, "mean") in table and table[column(m, "mean")].notna().any()}  # fmt: skip
+    return {
+        m: spec for m, spec in HEADLINE.items() if column(m, "mean") in table and table[column(m, "mean")].notna().any()
+    }
 
 
 def markdown_table(table: pd.DataFrame, swept: list[str]) -> str:
     measures = shown_measures(table)
-    header = ["loss", *swept, "runs", "status", *(spec[0] for spec in measures.values()),
-              "test_score trend (last half of the evals)"]  # fmt: skip
+    header = [
+        "loss",
+        *swept,
+        "runs",
+        "status",
+        *(spec[0] for spec in measures.values()),
+        "test_score trend (last half of the evals)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["loss"]), *(str(row[k]) for k in swept), str(row["runs"]), row["status"]]
         cells += [cell(row, measure, spec[1]) for measure, spec in measures.items()]
-        slope = ("" if pd.isna(row["score_slope"])
-                 else f" ({row['score_slope']:+.3f} ± {row['score_slope_ci95']:.3f}/epoch)")  # fmt: skip
+        slope = (
+            "" if pd.isna(row["score_slope"]) else f" ({row['score_slope']:+.3f} ± {row['score_slope_ci95']:.3f}/epoch)"
+        )
         cells.append(f"{row['score_trend']}{slope}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -544,23 +624,26 @@ def comparison_section(chosen: pd.DataFrame, swept: list[str], margin: float = m
         f"Difference from {REFERENCE} (loss minus {REFERENCE}, each decided by the same rule), paired by seed: mean ± "
         "95% t-interval half-width, paired t-test p-value and p_Holm, the p-value adjusted by Holm's method over all "
         f"of this comparison's tests against {REFERENCE} (summary.csv: `*_p_value`, `*_p_holm`). A direction is "
-        f"stated only where p_Holm < 0.05; \"tied within ±{margin:g}\" only where an equivalence test (two one-sided "
-        "t-tests, Holm-adjusted) shows it (scores only); \"no difference shown\" is not a tie.",
+        f'stated only where p_Holm < 0.05; "tied within ±{margin:g}" only where an equivalence test (two one-sided '
+        't-tests, Holm-adjusted) shows it (scores only); "no difference shown" is not a tie.',
         "",
         "| measure | " + " | ".join(labels) + " |",
         "|" + "---|" * (len(labels) + 1),
     ]
     for measure, (heading, _, _) in measures.items():
-        lines.append(f"| {heading} | " + " | ".join(verdict_text(r, measure, margin) for _, r in others.iterrows())
-                     + " |")
+        lines.append(
+            f"| {heading} | " + " | ".join(verdict_text(r, measure, margin) for _, r in others.iterrows()) + " |"
+        )
     lines.append("")
     for label, (_, row) in zip(labels, others.iterrows()):
         word, numbers = verdict(row, final("test_score"), HEADLINE[final("test_score")][2], margin)
         relation = "than" if word in ("higher", "lower") else "with" if word.startswith("tied") else "vs"
         score = f"{word} {relation} {REFERENCE}" + (f" ({numbers})" if numbers else "")
-        lines.append(f"- **{label}**: final test_score {score}; epochs to the score target: "
-                     f"{verdict_text(row, to_target('epochs', 'score'), margin)}; test_score over the last half of the "
-                     f"evaluations: {TRENDS[row['score_trend']]}.")  # fmt: skip
+        lines.append(
+            f"- **{label}**: final test_score {score}; epochs to the score target: "
+            f"{verdict_text(row, to_target('epochs', 'score'), margin)}; test_score over the last half of the "
+            f"evaluations: {TRENDS[row['score_trend']]}."
+        )
     return lines + [""]
 
 
@@ -583,23 +666,40 @@ def rescored_lines(runs: pd.DataFrame, predictions: dict[str, Predictions]) -> l
     if note is not None:
         try:
             record = read_json(note)
-            source = (f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
-                      f"of {Path(str(record.get('source'))).parent}.")
+            source = (
+                f" They are scored on {record.get('scores_path', 'another table')}, rescored from the runs "
+                f"of {Path(str(record.get('source'))).parent}."
+            )
         except (OSError, ValueError, AttributeError):
             source = ""
-    return ["## Rescored", "",
-            f"{len(other)} of {len(runs)} runs were trained with another score table than the one they are scored "
-            f"on here (`lossbench rescore`): {shown}.{source} Their final decisions and scores come from their saved "
-            "predictions under this table; their curves hold this table's scores at the final epoch only, so "
-            "their speed (AUC) and times to the score target are not known.", ""]  # fmt: skip
+    return [
+        "## Rescored",
+        "",
+        f"{len(other)} of {len(runs)} runs were trained with another score table than the one they are scored "
+        f"on here (`lossbench rescore`): {shown}.{source} Their final decisions and scores come from their saved "
+        "predictions under this table; their curves hold this table's scores at the final epoch only, so "
+        "their speed (AUC) and times to the score target are not known.",
+        "",
+    ]
 
 
-def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame, swept: list[str],
-                     targets: Targets, selected_on: str, warnings: list[str],
-                     verdict: verdicts.Verdict | None = None, rescored: list[str] | None = None,
-                     margin: float = verdicts.DEFAULT_MARGIN) -> str:  # fmt: skip
-    selection = ("validation score (final val_score)" if selected_on == final("val_score") else
-                 "final TEST score: these runs predate the validation split, so the choice is optimistic")  # fmt: skip
+def summary_markdown(
+    runs: pd.DataFrame,
+    table: pd.DataFrame,
+    chosen: pd.DataFrame,
+    swept: list[str],
+    targets: Targets,
+    selected_on: str,
+    warnings: list[str],
+    verdict: verdicts.Verdict | None = None,
+    rescored: list[str] | None = None,
+    margin: float = verdicts.DEFAULT_MARGIN,
+) -> str:
+    selection = (
+        "validation score (final val_score)"
+        if selected_on == final("val_score")
+        else "final TEST score: these runs predate the validation split, so the choice is optimistic"
+    )
     parts = ["# Summary", ""]
     if verdict is not None:
         parts += verdicts.markdown(verdict)
@@ -626,8 +726,12 @@ def summary_markdown(runs: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFra
         "",
     ]
     if swept:
-        parts += [f"## Each loss at its best {', '.join(swept)}, chosen on the {selection}", "",
-                  markdown_table(chosen, swept), ""]  # fmt: skip
+        parts += [
+            f"## Each loss at its best {', '.join(swept)}, chosen on the {selection}",
+            "",
+            markdown_table(chosen, swept),
+            "",
+        ]
     else:
         parts += ["## Results", "", markdown_table(table, swept), ""]
     parts += [f"## Against {REFERENCE}", "", *comparison_section(chosen, swept, margin)]
@@ -663,26 +767,52 @@ def summed_confusions(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str]
     return matrices
 
 
-def write_figures(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, chosen: pd.DataFrame,
-                  swept: list[str], targets: Targets, warnings: list[str]) -> None:  # fmt: skip
+def write_figures(
+    root: Path,
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    table: pd.DataFrame,
+    chosen: pd.DataFrame,
+    swept: list[str],
+    targets: Targets,
+    warnings: list[str],
+) -> None:
     chosen = labelled(chosen, swept)
     shown = [(r["label"], r["loss"], runs_of(curves, r, swept)) for _, r in chosen.iterrows()]
     plots.save_figure(plots.curve_figure(shown, "test_acc", "Test accuracy", "test accuracy"), root / "test_acc.png")
-    plots.save_figure(plots.curve_figure(shown, "test_score", "Test score (solid: argmax, dashed: Bayes decision)",
-                                         "mean score S[y, prediction]", dashed="test_score_bayes"),
-                      root / "test_score.png")  # fmt: skip
-    plots.save_figure(plots.curve_figure(shown, "grad_norm", "Mean per-example logit-gradient norm",
-                                         "||d loss / d logits||", log_y=True), root / "grad_norm.png")  # fmt: skip
-    panels = [(to_target("epochs", "score"), f"Epochs until test_score first reaches {targets.score:.3f}"),
-              (to_target("epochs", "acc"), f"Epochs until test accuracy first reaches {targets.acc:.3f}")]  # fmt: skip
+    plots.save_figure(
+        plots.curve_figure(
+            shown,
+            "test_score",
+            "Test score (solid: argmax, dashed: Bayes decision)",
+            "mean score S[y, prediction]",
+            dashed="test_score_bayes",
+        ),
+        root / "test_score.png",
+    )
+    plots.save_figure(
+        plots.curve_figure(
+            shown, "grad_norm", "Mean per-example logit-gradient norm", "||d loss / d logits||", log_y=True
+        ),
+        root / "grad_norm.png",
+    )
+    panels = [
+        (to_target("epochs", "score"), f"Epochs until test_score first reaches {targets.score:.3f}"),
+        (to_target("epochs", "acc"), f"Epochs until test accuracy first reaches {targets.acc:.3f}"),
+    ]
     plots.save_figure(plots.target_figure(chosen, panels), root / "epochs_to_target.png")
     numeric = [k for k in swept if pd.to_numeric(table[k], errors="coerce").notna().all()]
     if len(swept) == 1 and numeric:
         figure = plots.sweep_figure(table, swept[0], final("test_score"), "final test_score")
         plots.save_figure(figure, root / f"sweep_{swept[0]}.png")
-    pareto = [(m, label, lower) for m, label, lower in (
-        (final("test_mistake_severity"), "mean mistake severity", True),
-        (final("test_score"), "final test_score", False)) if table[column(m, "mean")].notna().any()]  # fmt: skip
+    pareto = [
+        (m, label, lower)
+        for m, label, lower in (
+            (final("test_mistake_severity"), "mean mistake severity", True),
+            (final("test_score"), "final test_score", False),
+        )
+        if table[column(m, "mean")].notna().any()
+    ]
     if pareto:  # no setting has a final value yet (every run unfinished): no front to draw
         plots.save_figure(plots.pareto_figure(labelled(table, swept), pareto), root / "pareto.png")
     matrices = summed_confusions(runs, chosen, swept, warnings)
@@ -700,11 +830,16 @@ def choose_margin(runs: pd.DataFrame, margin: float | None) -> float:
     """The equivalence margin: `margin` when given, else the runs' common report.margin, else the default."""
     if margin is None:
         settings = runs["margin_setting"].dropna().unique() if "margin_setting" in runs else []
-        require(len(settings) <= 1, f"the runs disagree on report.margin ({sorted(map(str, settings))}); choose one "
-                                    "with `lossbench report DIR --margin X`")  # fmt: skip
+        require(
+            len(settings) <= 1,
+            f"the runs disagree on report.margin ({sorted(map(str, settings))}); choose one "
+            "with `lossbench report DIR --margin X`",
+        )
         margin = pd.to_numeric(settings[0], errors="coerce") if len(settings) else verdicts.DEFAULT_MARGIN
-    require(pd.notna(margin) and math.isfinite(margin) and margin > 0,
-            f"report.margin {margin!r}: must be a number > 0 (a test-score difference)")  # fmt: skip
+    require(
+        pd.notna(margin) and math.isfinite(margin) and margin > 0,
+        f"report.margin {margin!r}: must be a number > 0 (a test-score difference)",
+    )
     return float(margin)
 
 
@@ -722,8 +857,15 @@ def load_predictions(runs: pd.DataFrame, warnings: list[str]) -> dict[str, Predi
     return found
 
 
-FIGURES = ["test_score.png", "pareto.png", "confusion.png", "test_acc.png", "epochs_to_target.png",
-           "grad_norm.png", "tuning.png"]  # report.html shows them in this order, sweep figures after test_acc
+FIGURES = [
+    "test_score.png",
+    "pareto.png",
+    "confusion.png",
+    "test_acc.png",
+    "epochs_to_target.png",
+    "grad_norm.png",
+    "tuning.png",
+]  # report.html shows them in this order, sweep figures after test_acc
 
 
 def build_report(root: Path, target_score: float | None = None, margin: float | None = None) -> Report:
@@ -750,8 +892,9 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     write_figures(root, runs, curves, table, chosen, swept, targets, warnings)
     rescored = rescored_lines(runs, predictions)
     tuned = tuned_note(root)
-    markdown = summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings, verdict, rescored,
-                                margin) + tuned  # fmt: skip
+    markdown = (
+        summary_markdown(runs, table, chosen, swept, targets, selected_on, warnings, verdict, rescored, margin) + tuned
+    )
     columns = verdicts.summary_columns(verdict)
     for index, row in table.iterrows():
         for key, value in columns.get(label_of(row), {}).items() if index in chosen.index else ():
@@ -764,5 +907,6 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
     figures[3:3] = sorted(root.glob("sweep_*.png"))
     write_atomic(root / "report.html", html.page(root.name, verdict, markdown, figures))
     # the console: the verdict, the compact table, and for a tune the settings it chose
-    return Report(curves, table, markdown, warnings, verdict, verdicts.console_text(verdict) + ("\n" + tuned if tuned
-                                                                                               else ""))
+    return Report(
+        curves, table, markdown, warnings, verdict, verdicts.console_text(verdict) + ("\n" + tuned if tuned else "")
+    )

@@ -30,9 +30,18 @@ from lossbench.errors import one_line, require
 from lossbench.predictions import PREDICTIONS_FILE, RULES, Predictions, read_predictions, rule_metrics
 from lossbench.report import RESCORE_FILE
 from lossbench.rundir import (
-    CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, PROVENANCE_FILE, STATUS_FILE, TUNED_FILE, claim, find_runs, locked,
-    read_status, write_config,
-)  # fmt: skip
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    METRICS_FILE,
+    PROVENANCE_FILE,
+    STATUS_FILE,
+    TUNED_FILE,
+    claim,
+    find_runs,
+    locked,
+    read_status,
+    write_config,
+)
 from lossbench.scores import load_scores
 
 SCORE_COLUMNS = ["score", "score_bayes", "score_bayes_cal", "expected_score", "mistake_severity"]  # per split
@@ -75,16 +84,25 @@ def rescore_run(run_dir: Path, new_dir: Path, found: Predictions, scores: np.nda
             with atomic_path(new_dir / name) as tmp:
                 shutil.copyfile(run_dir / name, tmp)
     write_atomic(new_dir / METRICS_FILE, rescored_metrics(run_dir / METRICS_FILE, found, scores))
-    arrays = {"test_probs": found.test_probs.astype(np.float16), "test_labels": found.test_labels,
-              "temperature": np.float32(found.temperature), "classes": np.array(found.classes),
-              "scores": scores.astype(np.float32), "trained_scores": found.trained_scores.astype(np.float32)}  # fmt: skip
+    arrays = {
+        "test_probs": found.test_probs.astype(np.float16),
+        "test_labels": found.test_labels,
+        "temperature": np.float32(found.temperature),
+        "classes": np.array(found.classes),
+        "scores": scores.astype(np.float32),
+        "trained_scores": found.trained_scores.astype(np.float32),
+    }
     if found.val_probs is not None:
         arrays.update(val_probs=found.val_probs.astype(np.float16), val_labels=found.val_labels)
     with atomic_path(new_dir / PREDICTIONS_FILE) as tmp, tmp.open("wb") as f:
         np.savez_compressed(f, **arrays)
-    record = {"source": str(run_dir.resolve()), "scores_path": str(csv_path),
-              "trained_with": trained_with, "trained_with_other_table": found.trained_scores.shape != scores.shape
-              or not np.array_equal(found.trained_scores.astype(np.float32), scores.astype(np.float32))}  # fmt: skip
+    record = {
+        "source": str(run_dir.resolve()),
+        "scores_path": str(csv_path),
+        "trained_with": trained_with,
+        "trained_with_other_table": found.trained_scores.shape != scores.shape
+        or not np.array_equal(found.trained_scores.astype(np.float32), scores.astype(np.float32)),
+    }
     write_atomic(new_dir / RESCORE_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
@@ -110,8 +128,11 @@ def rescore(directory: str, scores_path: str, out: str | None = None) -> int:
             skipped.append(warning or f"{run_dir}: no {PREDICTIONS_FILE} (made by an older lossbench)")
             continue
         usable.append((run_dir, found))
-    require(usable, f"{source}: no finished run has {PREDICTIONS_FILE}, which rescoring needs (runs of an older "
-                    "lossbench have none: train them again); " + "; ".join(skipped[:3]))  # fmt: skip
+    require(
+        usable,
+        f"{source}: no finished run has {PREDICTIONS_FILE}, which rescoring needs (runs of an older "
+        "lossbench have none: train them again); " + "; ".join(skipped[:3]),
+    )
     claim(target, "comparison")
     with locked(target):
         require(not find_runs(target), f"--out {target}: already holds runs; choose another --out")

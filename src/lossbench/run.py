@@ -14,10 +14,11 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,10 +39,25 @@ from lossbench.predictions import save_predictions
 from lossbench.progress import Progress
 from lossbench.provenance import recorded_choice
 from lossbench.rundir import (
-    CHECKPOINT_FILE, CONFIG_FILE, CONFUSION_FILE, METRICS_FILE, STATUS_FILE, TUNING_DIR, append_metrics, claim, locked,
-    metric_epochs, read_config, read_status, record_disagreement, run_has_results, truncate_metrics, write_config,
-    write_confusion, write_status,
-)  # fmt: skip
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    TUNING_DIR,
+    append_metrics,
+    claim,
+    locked,
+    metric_epochs,
+    read_config,
+    read_status,
+    record_disagreement,
+    run_has_results,
+    truncate_metrics,
+    write_config,
+    write_confusion,
+    write_status,
+)
 from lossbench.step import build_training, evaluate
 from lossbench.trust import check_config, targets
 
@@ -73,16 +89,22 @@ def final_status(run_dir: Path, resume: bool) -> str | None:
     refused unless resuming. The caller holds the directory's lock."""
     if not run_has_results(run_dir):
         return None
-    require(resume, f"run directory {run_dir} already has results; continue it with "
-                    f"`lossbench resume {run_dir}` or choose another directory")  # fmt: skip
+    require(
+        resume,
+        f"run directory {run_dir} already has results; continue it with "
+        f"`lossbench resume {run_dir}` or choose another directory",
+    )
     status = read_status(run_dir)
     if status["status"] == "finished" and (run_dir / CONFIG_FILE).exists():
         # A status hand-set (or copied) to finished is believed only when the rows of every epoch are there.
         epochs = OmegaConf.select(read_config(run_dir), "train.epochs", default=None)
         disagreement = record_disagreement(run_dir, epochs) if isinstance(epochs, int) else None
         if disagreement:
-            log.warning("warning: %s says finished, but its %s; continuing from its checkpoint", run_dir / STATUS_FILE,
-                        disagreement)  # fmt: skip
+            log.warning(
+                "warning: %s says finished, but its %s; continuing from its checkpoint",
+                run_dir / STATUS_FILE,
+                disagreement,
+            )
             return None
     if status["status"] in FINAL_STATUSES:
         log.info("%s: already %s", run_dir, status["status"])
@@ -115,8 +137,11 @@ def recorded_failures(run_dirs: list[Path]) -> Iterator[None]:
         for run_dir in run_dirs:
             record_end(run_dir, "interrupted", "interrupted by the user")
             if TUNING_DIR in run_dir.parts:  # a tune's trial: the tune never reads a resumed trial again
-                log.warning("interrupted: %s is a trial of `lossbench tune`, which cannot be resumed: run the tune "
-                            "again with a new --out", run_dir)  # fmt: skip
+                log.warning(
+                    "interrupted: %s is a trial of `lossbench tune`, which cannot be resumed: run the tune "
+                    "again with a new --out",
+                    run_dir,
+                )
             else:
                 log.warning("interrupted: continue with `lossbench resume %s`", run_dir)
         raise
@@ -179,8 +204,9 @@ def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
         raise damaged_checkpoint(path, err) from None
 
 
-def restore_checkpoint(state: dict[str, Any], path: Path, model, optimizer, scheduler,
-                       generator) -> tuple[int, int, float]:  # fmt: skip
+def restore_checkpoint(
+    state: dict[str, Any], path: Path, model, optimizer, scheduler, generator
+) -> tuple[int, int, float]:
     """Restore the training state read from checkpoint.pt at `path`; returns (epoch, step, elapsed_s)."""
     try:
         model.load_state_dict(state["model"])
@@ -193,12 +219,19 @@ def restore_checkpoint(state: dict[str, Any], path: Path, model, optimizer, sche
 
 
 def damaged_checkpoint(path: Path, err: Exception) -> LossbenchError:
-    return LossbenchError(f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to restart "
-                          "this run from epoch 1")  # fmt: skip
+    return LossbenchError(
+        f"{path}: damaged or not this run's checkpoint ({one_line(err)}); remove it to restart this run from epoch 1"
+    )
 
 
-def run_precision(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None, device: torch.device,
-                  model: torch.nn.Module, batch_shape: tuple[int, ...]) -> Precision:  # fmt: skip
+def run_precision(
+    cfg: DictConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    device: torch.device,
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+) -> Precision:
     """The precision (and CPU layout) chosen when the run first started, as its checkpoint or run.json recorded
     it, else chosen now (resolve_precision measures where the setting leaves it open). A resumed run never
     measures again: on a loaded machine a near tie can flip, and another layout rounds otherwise."""
@@ -218,8 +251,12 @@ def restore_data_order(generator: torch.Generator, state: dict, path: Path) -> N
         generator.set_state(saved)
         return
     generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))
-    log.warning("%s: written on %s, resumed on %s; the data order from here on differs from an uninterrupted "
-                "run's", path, written_on, generator.device.type)  # fmt: skip
+    log.warning(
+        "%s: written on %s, resumed on %s; the data order from here on differs from an uninterrupted run's",
+        path,
+        written_on,
+        generator.device.type,
+    )
 
 
 # ---------------------------------------------------------------- start, epochs, end
@@ -264,8 +301,16 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     loss_fn = build_loss_from_config(cfg.loss, scores.matrix).to(device)
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     augment = cfg.data.get("augment") or {}
-    batches = Batches(data.train_x, data.train_y, int(cfg.train.batch_size), mean, std, generator,
-                      int(augment.get("crop_padding", 0)), bool(augment.get("flip", False)))  # fmt: skip
+    batches = Batches(
+        data.train_x,
+        data.train_y,
+        int(cfg.train.batch_size),
+        mean,
+        std,
+        generator,
+        int(augment.get("crop_padding", 0)),
+        bool(augment.get("flip", False)),
+    )
     model, optimizer, scheduler = build_training(cfg, host_data, len(batches))
     # .to() moves the parameters in place, so the optimiser built on the host copy still holds them.
     model = model.to(device, memory_format=torch.channels_last)
@@ -274,31 +319,60 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     precision = run_precision(cfg, run_dir, state, device, model, (batches.batch_size, *data.train_x.shape[1:]))
     if precision.layout is not None:  # the model left its CPU layout to the measurement
         model.cpu_layout = precision.layout
-    run = Run(cfg, run_dir, f"{cfg.loss.name} seed {cfg.seed}", epochs, scores.classes, data,
-              scores.matrix.to(device), mean, std, loss_fn, generator, batches, model, optimizer, scheduler,
-              precision)  # fmt: skip
+    run = Run(
+        cfg,
+        run_dir,
+        f"{cfg.loss.name} seed {cfg.seed}",
+        epochs,
+        scores.classes,
+        data,
+        scores.matrix.to(device),
+        mean,
+        std,
+        loss_fn,
+        generator,
+        batches,
+        model,
+        optimizer,
+        scheduler,
+        precision,
+    )
     if state is not None:
-        run.epoch, run.step, run.elapsed = restore_checkpoint(state, checkpoint, model, optimizer, scheduler,
-                                                              generator)  # fmt: skip
+        run.epoch, run.step, run.elapsed = restore_checkpoint(state, checkpoint, model, optimizer, scheduler, generator)
         # Fewer epochs than trained would pass for finished while metrics.csv and the model hold more.
-        require(run.epoch <= epochs, f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
-                                     f"{epochs} (train.epochs): set it to {run.epoch} or more to resume")  # fmt: skip
+        require(
+            run.epoch <= epochs,
+            f"{run_dir} has trained {run.epoch} epochs but its {CONFIG_FILE} asks for "
+            f"{epochs} (train.epochs): set it to {run.epoch} or more to resume",
+        )
         log.info("%s: resuming after epoch %d", run_dir, run.epoch)
     dropped = [e for e in metric_epochs(run_dir) if e > run.epoch]
     if dropped and run.epoch == 0:  # no checkpoint (removed, or train.checkpoint=false): from epoch 1 again
-        log.warning("warning: %s has no %s: its rows of epochs %s are dropped and the run trains from epoch 1",
-                    run_dir, CHECKPOINT_FILE, ", ".join(map(str, dropped[:6])))  # fmt: skip
+        log.warning(
+            "warning: %s has no %s: its rows of epochs %s are dropped and the run trains from epoch 1",
+            run_dir,
+            CHECKPOINT_FILE,
+            ", ".join(map(str, dropped[:6])),
+        )
     truncate_metrics(run_dir, run.epoch)
     lost = record_disagreement(run_dir, epochs, run.epoch)
-    require(not lost, f"{run_dir}: its {CHECKPOINT_FILE} is at epoch {run.epoch}, but its {lost}: rows were lost, "
-                      f"and a run finished from here would not record them; remove {CHECKPOINT_FILE} and "
-                      f"{METRICS_FILE} to run it again from epoch 1")  # fmt: skip
+    require(
+        not lost,
+        f"{run_dir}: its {CHECKPOINT_FILE} is at epoch {run.epoch}, but its {lost}: rows were lost, "
+        f"and a run finished from here would not record them; remove {CHECKPOINT_FILE} and "
+        f"{METRICS_FILE} to run it again from epoch 1",
+    )
     write_status(run_dir, "running", run.epoch, epochs)
     return run
 
 
-def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
-              evaluated: tuple[dict[str, float], torch.Tensor] | None = None) -> str | None:  # fmt: skip
+def end_epoch(
+    run: Run,
+    sums: list[float],
+    trained_s: float,
+    progress: Progress,
+    evaluated: tuple[dict[str, float], torch.Tensor] | None = None,
+) -> str | None:
     """An epoch's bookkeeping after its training steps: the divergence checks, evaluation, the metrics row, the
     checkpoint and the status. `sums` are train_one_epoch's, read back; `trained_s` the epoch's wall time so far
     (its steps; a pack's also its evaluation); `evaluated` the run's metrics and confusion when already computed
@@ -313,10 +387,17 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
         write_status(run_dir, "diverged", epoch - 1, epochs, f"training loss became {loss_sum} in epoch {epoch}")
         log.warning("%s: diverged in epoch %d (loss %s)", run.name, epoch, loss_sum)
         return "diverged"
-    row = {"epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
-           "train_loss": loss_sum / count, "train_acc": correct / count, "grad_norm": grad_sum / count}  # fmt: skip
-    metrics, run.confusion = evaluated or evaluate(run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size),
-                                                   run.mean, run.std, run.precision.dtype)  # fmt: skip
+    row = {
+        "epoch": epoch,
+        "step": run.step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / count,
+        "train_acc": correct / count,
+        "grad_norm": grad_sum / count,
+    }
+    metrics, run.confusion = evaluated or evaluate(
+        run.model, run.data, run.scores, int(run.cfg.train.eval_batch_size), run.mean, run.std, run.precision.dtype
+    )
     row.update(metrics)
     run.elapsed += trained_s + time.perf_counter() - began
     row["elapsed_s"] = run.elapsed
@@ -329,11 +410,17 @@ def end_epoch(run: Run, sums: list[float], trained_s: float, progress: Progress,
     progress.epoch(row, epochs, run.name)
     run.epoch = epoch
     if run.cfg.train.checkpoint:
-        state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                 "scheduler": run.scheduler.state_dict(), "data_rng": run.generator.get_state(),
-                 "data_rng_device": run.generator.device.type,
-                 "precision_choice": choice_record(run.precision, str(run.cfg.precision)),
-                 "epoch": epoch, "step": run.step, "elapsed_s": run.elapsed}  # fmt: skip
+        state = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "data_rng": run.generator.get_state(),
+            "data_rng_device": run.generator.device.type,
+            "precision_choice": choice_record(run.precision, str(run.cfg.precision)),
+            "epoch": epoch,
+            "step": run.step,
+            "elapsed_s": run.elapsed,
+        }
         save_atomic(state, run_dir / CHECKPOINT_FILE)
     write_status(run_dir, "running", epoch, epochs)
     return None

@@ -18,10 +18,11 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,17 @@ KINDS = ("run", "comparison")
 HYDRA_SWEEP_FILE = "multirun.yaml"  # what Hydra writes into a `run -m` sweep directory
 
 # metrics.csv's columns, one row per evaluation (the metrics are defined in lossbench.metrics)
-SPLIT_METRICS = ["nll", "acc", "top5_acc", "score", "score_bayes", "score_bayes_cal", "expected_score",
-                 "mistake_severity", "ece"]  # fmt: skip
+SPLIT_METRICS = [
+    "nll",
+    "acc",
+    "top5_acc",
+    "score",
+    "score_bayes",
+    "score_bayes_cal",
+    "expected_score",
+    "mistake_severity",
+    "ece",
+]
 TRAIN_COLUMNS = ["epoch", "step", "elapsed_s", "lr", "train_loss", "train_acc", "grad_norm"]
 
 
@@ -98,21 +108,31 @@ def own_runs(root: Path) -> tuple[list[Path], list[str]]:
     root = Path(root)
     if not root.is_dir():
         return [], []
-    found = sorted(p.parent for p in root.rglob(STATUS_FILE)
-                   if (p.parent / CONFIG_FILE).exists()
-                   and TUNING_DIR not in p.relative_to(root).parts[:-1])  # fmt: skip
+    found = sorted(
+        p.parent
+        for p in root.rglob(STATUS_FILE)
+        if (p.parent / CONFIG_FILE).exists() and TUNING_DIR not in p.relative_to(root).parts[:-1]
+    )
     runs, nested, notes = [], set(), []
     for run_dir in found:
         parts = run_dir.relative_to(root).parts
-        inner = next((root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)
-                      if _looks_like_comparison(root.joinpath(*parts[:i]))), None)  # fmt: skip
+        inner = next(
+            (
+                root.joinpath(*parts[:i])
+                for i in range(1, len(parts) + 1)
+                if _looks_like_comparison(root.joinpath(*parts[:i]))
+            ),
+            None,
+        )
         if inner is not None:
             nested.add(inner)
         else:
             runs.append(run_dir)
     for inner in sorted(nested):
-        notes.append(f"{inner}: a comparison of its own, made inside {root}; its runs are left out (report it with "
-                     f"`lossbench report {inner}`)")  # fmt: skip
+        notes.append(
+            f"{inner}: a comparison of its own, made inside {root}; its runs are left out (report it with "
+            f"`lossbench report {inner}`)"
+        )
     names = {run_dir: _marker_name(run_dir) for run_dir in runs}
     copies = [d for d, name in names.items() if name not in (None, d.name) and (d.parent / name) in names]
     for copy in copies:
@@ -126,8 +146,12 @@ def own_runs(root: Path) -> tuple[list[Path], list[str]]:
 
 def _looks_like_comparison(directory: Path) -> bool:
     """A comparison's folder by what lossbench writes there (without reading its runs)."""
-    return (marker_kind_or_none(directory) == "comparison" or (directory / COMPARE_FILE).is_file()
-            or (directory / TUNE_FILE).is_file() or _lossbench_sweep(directory / HYDRA_SWEEP_FILE))  # fmt: skip
+    return (
+        marker_kind_or_none(directory) == "comparison"
+        or (directory / COMPARE_FILE).is_file()
+        or (directory / TUNE_FILE).is_file()
+        or _lossbench_sweep(directory / HYDRA_SWEEP_FILE)
+    )
 
 
 def _marker_name(directory: Path) -> str | None:
@@ -152,8 +176,10 @@ def marker_kind(directory: Path) -> str | None:
     try:
         kind = read_json(path)["kind"]
     except (ValueError, KeyError, TypeError) as err:
-        raise LossbenchError(f"{path}: damaged lossbench marker ({one_line(err)}); remove it if lossbench made "
-                             "this directory (its runs are then recognised by their files)") from None  # fmt: skip
+        raise LossbenchError(
+            f"{path}: damaged lossbench marker ({one_line(err)}); remove it if lossbench made "
+            "this directory (its runs are then recognised by their files)"
+        ) from None
     require(kind in KINDS, f"{path}: unknown directory kind '{kind}' (a newer lossbench?)")
     return kind
 
@@ -173,7 +199,8 @@ def _made_before_markers(directory: Path, kind: str) -> bool:
             return False
     return _lossbench_sweep(directory / HYDRA_SWEEP_FILE) and any(
         _made_before_markers(run_dir, "run") or marker_kind_or_none(run_dir) == "run"
-        for run_dir in find_runs(directory))  # fmt: skip
+        for run_dir in find_runs(directory)
+    )
 
 
 def marker_kind_or_none(directory: Path) -> str | None:
@@ -224,9 +251,12 @@ def claim(directory: Path, kind: str, ignore: Iterable[str] = ()) -> None:
         if found is None and not _made_before_markers(directory, kind):
             skip = {MARKER_FILE, LOCK_FILE, *ignore}
             foreign = sorted(p.name for p in directory.iterdir() if p.name not in skip)
-            require(not foreign, f"{directory}: not empty and not made by lossbench (it holds "
-                                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
-                                 "choose a new or empty directory")  # fmt: skip
+            require(
+                not foreign,
+                f"{directory}: not empty and not made by lossbench (it holds "
+                f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                "choose a new or empty directory",
+            )
         if found is not None:
             return
     directory.mkdir(parents=True, exist_ok=True)
@@ -252,8 +282,11 @@ def adopt_for_report(directory: Path) -> None:
     require(find_runs(directory), f"{directory}: no run directories found")
     entries = [p for p in directory.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
     foreign = sorted(p.name for p in entries if not (p.is_dir() and find_runs(p)))
-    require(not foreign, f"{directory}: holds files lossbench did not make ({', '.join(foreign[:3])}); "
-                         "report writes only into lossbench's comparison directories")  # fmt: skip
+    require(
+        not foreign,
+        f"{directory}: holds files lossbench did not make ({', '.join(foreign[:3])}); "
+        "report writes only into lossbench's comparison directories",
+    )
     claim(directory, "comparison", ignore=[p.name for p in entries])
 
 
@@ -299,8 +332,10 @@ def locked(directory: Path) -> Iterator[None]:
         if not try_lock(fd):
             holder = _holder(path)
             if not _after_orphan(fd, holder):
-                raise EnvironmentFailure(f"{directory} is in use by another lossbench process (pid {holder}); "
-                                         "wait for it to finish or stop it")  # fmt: skip
+                raise EnvironmentFailure(
+                    f"{directory} is in use by another lossbench process (pid {holder}); "
+                    "wait for it to finish or stop it"
+                )
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -325,12 +360,18 @@ def check_comparisons_free(path: Path, itself: bool = False) -> None:
 # ---------------------------------------------------------------- files of a run
 
 
-def write_status(run_dir: Path, status: str, epoch: int, epochs: int, message: str = "",
-                 environment: bool = False) -> None:  # fmt: skip
+def write_status(
+    run_dir: Path, status: str, epoch: int, epochs: int, message: str = "", environment: bool = False
+) -> None:
     """environment: the run failed because of the machine (a full disk, out of memory), not its input, so that a
     comparison whose runs all failed exits 1 (retry once it is fixed) rather than 2."""
-    info = {"status": status, "epoch": epoch, "epochs": epochs, "message": message,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    info = {
+        "status": status,
+        "epoch": epoch,
+        "epochs": epochs,
+        "message": message,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     if environment:
         info["environment"] = True
     text = json_text(info)
@@ -387,8 +428,9 @@ def read_config(run_dir: Path) -> DictConfig:
     except OSError:
         raise
     except Exception as err:  # yaml's and omegaconf's errors, a non-UTF-8 file
-        raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove the run directory {run_dir} to run it "
-                             "again from scratch") from None  # fmt: skip
+        raise LossbenchError(
+            f"{path}: damaged ({one_line(err)}); remove the run directory {run_dir} to run it again from scratch"
+        ) from None
 
 
 def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
@@ -437,8 +479,13 @@ def parse_metrics(text: str) -> tuple[list[str], list[list[str]], list[int]]:
     for number, line in enumerate(lines[1:], start=2):
         fields = next(csv.reader([line]), [])
         values = [_number(v) for v in fields]
-        if (not line.endswith("\n") or len(fields) != len(header) or None in values or epoch is None
-                or math.isnan(values[epoch])):  # fmt: skip
+        if (
+            not line.endswith("\n")
+            or len(fields) != len(header)
+            or None in values
+            or epoch is None
+            or math.isnan(values[epoch])
+        ):
             damaged.append(number)
         else:
             rows.append(fields)
@@ -475,8 +522,11 @@ def read_metrics(run_dir: Path) -> tuple[pd.DataFrame, str | None]:
         problems.append(f"damaged line(s) {shown} skipped")
     if repeated:
         problems.append(f"{repeated} repeated epoch row(s) replaced by the later one")
-    used = (f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
-            if len(table) else "no rows used")  # fmt: skip
+    used = (
+        f"using {len(table)} row(s), epochs {table['epoch'].min():g}-{table['epoch'].max():g}"
+        if len(table)
+        else "no rows used"
+    )
     return table, f"{path}: {'; '.join(problems)}; {used}"
 
 
@@ -514,8 +564,9 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
             return
         rows = _whole_rows(complete)
     except (ValueError, csv.Error, LossbenchError) as err:
-        raise LossbenchError(f"{path}: damaged ({one_line(err)}); remove it and {CHECKPOINT_FILE} to restart "
-                             "this run from epoch 1") from None  # fmt: skip
+        raise LossbenchError(
+            f"{path}: damaged ({one_line(err)}); remove it and {CHECKPOINT_FILE} to restart this run from epoch 1"
+        ) from None
     rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
     with atomic_path(path) as tmp:
         _write_rows(tmp, rows, "w")
@@ -538,7 +589,7 @@ def record_disagreement(run_dir: Path, epochs: int, trained: int | None = None) 
     rows = metric_epochs(run_dir)
     if rows == list(range(1, trained + 1)):
         return None
-    held = (f"epochs {', '.join(map(str, rows[:6]))}{' ...' if len(rows) > 6 else ''}" if rows else "no rows")
+    held = f"epochs {', '.join(map(str, rows[:6]))}{' ...' if len(rows) > 6 else ''}" if rows else "no rows"
     return f"{METRICS_FILE} holds {held}, not epochs 1-{trained} of {epochs}"
 
 
@@ -566,11 +617,14 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
             rows = [row for row in csv.reader(f) if row]
         require(len(rows) >= 2, "no rows")
         require(all(len(row) == len(rows[0]) for row in rows), "rows of different lengths")
-        table = pd.DataFrame([[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]],
-                             columns=rows[0][1:])  # fmt: skip
+        table = pd.DataFrame(
+            [[float(v) for v in row[1:]] for row in rows[1:]], index=[row[0] for row in rows[1:]], columns=rows[0][1:]
+        )
         values = table.to_numpy(float)
-        require(table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
-                "rows and columns do not name the same classes")  # fmt: skip
+        require(
+            table.shape[0] == table.shape[1] and list(table.index) == list(table.columns),
+            "rows and columns do not name the same classes",
+        )
         require(np.isfinite(values).all() and (values >= 0).all(), "counts must be finite and >= 0")
     except Exception as err:
         return None, f"{path}: unreadable ({one_line(err)})"
@@ -607,9 +661,11 @@ def read_record(comparison: Path) -> dict[str, Any]:
         require(isinstance(args, list) and all(isinstance(a, str) for a in args), "no list of args")
         return record
     except (ValueError, LossbenchError) as err:
-        raise LossbenchError(f"{path}: damaged ({one_line(err)}); `lossbench report {comparison}` still reports "
-                             "its runs, but resuming needs this file: start the comparison again with a new "
-                             "--out") from None  # fmt: skip
+        raise LossbenchError(
+            f"{path}: damaged ({one_line(err)}); `lossbench report {comparison}` still reports "
+            "its runs, but resuming needs this file: start the comparison again with a new "
+            "--out"
+        ) from None
 
 
 def write_tune_record(directory: Path, record: dict[str, Any]) -> None:

@@ -9,8 +9,8 @@ import csv
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -75,9 +75,12 @@ def check_score_value(value: float, where: str) -> None:
     a test set stay finite in float32 too."""
     require(math.isfinite(value), f"{where}: {value} is not finite")
     require(abs(value) <= FLOAT32_MAX, f"{where}: {value} does not fit float32 (|x| <= {FLOAT32_MAX:.4g})")
-    require(abs(value) <= SCORE_LIMIT, f"{where}: {value} is outside [-{SCORE_LIMIT:.0e}, {SCORE_LIMIT:.0e}]: "
-                                       "beyond it, differences of scores and their sums over a test set (up to a "
-                                       "million examples) overflow float32")  # fmt: skip
+    require(
+        abs(value) <= SCORE_LIMIT,
+        f"{where}: {value} is outside [-{SCORE_LIMIT:.0e}, {SCORE_LIMIT:.0e}]: "
+        "beyond it, differences of scores and their sums over a test set (up to a "
+        "million examples) overflow float32",
+    )
 
 
 def _parse_number(text: str, where: str) -> float:
@@ -111,9 +114,10 @@ def read_score_csv(path: str | Path) -> tuple[torch.Tensor, list[str] | None]:
     require(len(rows) > 0, f"score file {path}: empty")
     if all(len(row) == 1 for row in rows) and len(rows) > 1:  # one cell per line: another separator?
         for name, separator in (("semicolons", ";"), ("tabs", "\t"), ("spaces", " "), ("pipes", "|")):
-            require(not all(separator in row[0] for row in rows),
-                    f"score file {path}: its values are separated by {name}, not commas; save it as a "
-                    "comma-separated CSV")  # fmt: skip
+            require(
+                not all(separator in row[0] for row in rows),
+                f"score file {path}: its values are separated by {name}, not commas; save it as a comma-separated CSV",
+            )
     named = not NUMBER_LIKE.match(rows[0][0])  # a named table starts with a corner cell: empty or text
     if named:
         header, body = rows[0], rows[1:]
@@ -204,8 +208,10 @@ def load_scores(
         scores = ScoreMatrix(matrix, names)
     else:
         for key, value in (("exact", exact), ("near", near), ("far", far)):
-            require(isinstance(value, (int, float)) and not isinstance(value, bool),
-                    f"scores.{key} must be a number, not {value!r}")  # fmt: skip
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"scores.{key} must be a number, not {value!r}",
+            )
             check_score_value(float(value), f"scores.{key}")
         scores = builtin_scores(name, classes, exact, near, far)
         source = f"score table {name}"
@@ -233,6 +239,7 @@ def build_scores(cfg: DictConfig, classes: Sequence[str], warn: bool = True) -> 
     if cfg.get("name") == "file":
         require(not OmegaConf.is_missing(cfg, "path"), "scores=file needs scores.path=FILE.csv")
     scores = build(cfg, "scores", classes=list(classes), warn=warn)
-    require(isinstance(scores, ScoreMatrix),
-            f"scores._target_={cfg._target_} must build a lossbench.scores.ScoreMatrix")  # fmt: skip
+    require(
+        isinstance(scores, ScoreMatrix), f"scores._target_={cfg._target_} must build a lossbench.scores.ScoreMatrix"
+    )
     return scores

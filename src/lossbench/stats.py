@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -180,8 +180,15 @@ def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]
         return math.nan, math.nan
     if float(np.ptp(x)) == 0:
         return float(x[0]), float(x[0])
-    result = scipy_stats.bootstrap((x,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
-                                   method="percentile", batch=200, random_state=np.random.default_rng(seed))
+    result = scipy_stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        batch=200,
+        random_state=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

@@ -26,8 +26,9 @@ def build_training(cfg: DictConfig, data: Dataset, steps_per_epoch: int):
         with torch.no_grad():
             model.eval()(probe)
     except RuntimeError as err:
-        raise LossbenchError(f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: "
-                             f"{one_line(err)[:300]}") from None  # fmt: skip
+        raise LossbenchError(
+            f"model ({cfg.model._target_}) cannot take inputs of shape {list(probe.shape[1:])}: {one_line(err)[:300]}"
+        ) from None
     check_logits(model, probe, len(data.classes), str(cfg.model._target_))
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps_per_epoch, int(cfg.train.epochs))
@@ -42,11 +43,14 @@ def check_logits(model: torch.nn.Module, probe: torch.Tensor, classes: int, targ
         out = model.eval()(probe)
     what = f"model ({target}) returns"
     require(isinstance(out, torch.Tensor), f"{what} a {type(out).__name__}, not a tensor of logits [batch, {classes}]")
-    require(tuple(out.shape) == (len(probe), classes), f"{what} shape {list(out.shape)} for a batch of {len(probe)}, "
-                                                       f"not [{len(probe)}, {classes}] (batch, classes)")  # fmt: skip
+    require(
+        tuple(out.shape) == (len(probe), classes),
+        f"{what} shape {list(out.shape)} for a batch of {len(probe)}, not [{len(probe)}, {classes}] (batch, classes)",
+    )
     require(out.is_floating_point(), f"{what} {out.dtype} values, not floating-point logits")
-    require(out.requires_grad, f"{what} logits that depend on no trainable parameter (no gradient): nothing would "
-                               "be learnt")  # fmt: skip
+    require(
+        out.requires_grad, f"{what} logits that depend on no trainable parameter (no gradient): nothing would be learnt"
+    )
 
 
 def compiled(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
@@ -61,7 +65,7 @@ def train_one_epoch(model, loss_fn, batches: Batches, optimizer, scheduler, dtyp
     model.train()
     sums = torch.zeros(3, device=batches.labels.device)
     for x, y in batches:
-        z, loss = train_step(model, x, lambda z: loss_fn(z, y), optimizer, scheduler, dtype)
+        z, loss = train_step(model, x, lambda z: loss_fn(z, y), optimizer, scheduler, dtype)  # noqa: B023 (called in this iteration)
         n = len(y)
         # d loss_i / d z_i = n * d mean-loss / d z_i.
         correct = (z.detach().argmax(1) == y).sum().float()

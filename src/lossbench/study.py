@@ -21,9 +21,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.rundir import read_metrics
@@ -82,8 +82,9 @@ def make_pruner(spec: dict):
     if spec["name"] == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=spec["startup"], n_warmup_steps=spec["after"])
     if spec["name"] == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, spec["after"]),
-                                                      reduction_factor=HALVING_FACTOR)  # fmt: skip
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, spec["after"]), reduction_factor=HALVING_FACTOR
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -97,13 +98,21 @@ def join_study(storage, name: str, search: dict, seed: int, startup: int):
     workers.tell(ticket, float(os.getpid()))
     worker = ticket.number
     sampler = optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=startup, constant_liar=True)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-                                sampler=sampler, pruner=make_pruner(search["pruner"]))  # fmt: skip
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=sampler,
+        pruner=make_pruner(search["pruner"]),
+    )
     if not study.user_attrs:
         study.set_user_attr("search", search)
-    require(study.user_attrs.get("search") == search,
-            f"study {name} in tune.storage was made by another search ({study.user_attrs.get('search')}), not "
-            f"{search}; name a new study with tune.study=NAME")  # fmt: skip
+    require(
+        study.user_attrs.get("search") == search,
+        f"study {name} in tune.storage was made by another search ({study.user_attrs.get('search')}), not "
+        f"{search}; name a new study with tune.study=NAME",
+    )
     return study, worker, seed + worker
 
 
@@ -119,8 +128,12 @@ def wait_for_workers(study) -> None:
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
             return
-        log.info("%s: waiting for %d trial(s) of other workers (%s)", study.study_name, len(running),
-                 ", ".join(str(t.number) for t in running))  # fmt: skip
+        log.info(
+            "%s: waiting for %d trial(s) of other workers (%s)",
+            study.study_name,
+            len(running),
+            ", ".join(str(t.number) for t in running),
+        )
         time.sleep(WAIT_S)
 
 
@@ -147,8 +160,9 @@ def surplus(study, trial) -> None:
 
 def own_trials(study) -> list:
     """The study's trials that ran or run (not the surplus ones), by number."""
-    return sorted((t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)),
-                  key=lambda t: t.number)  # fmt: skip
+    return sorted(
+        (t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)), key=lambda t: t.number
+    )
 
 
 def state_status(trial) -> str:
@@ -233,10 +247,15 @@ class Reporter:
 
     def message(self, trained: int) -> str:
         """The pruned run's status message: the epoch, its val_score, the pruner, and how far it had trained."""
-        after = "" if trained <= self.pruned_at else f"; it had trained to epoch {trained} when it stopped, " \
-                                                      "which the search does not use"  # fmt: skip
-        return (f"pruned by the search after epoch {self.pruned_at} of {self.epochs} ({OBJECTIVE} "
-                f"{self.value:.4f}, below what the pruner keeps at that epoch){after}")
+        after = (
+            ""
+            if trained <= self.pruned_at
+            else f"; it had trained to epoch {trained} when it stopped, which the search does not use"
+        )
+        return (
+            f"pruned by the search after epoch {self.pruned_at} of {self.epochs} ({OBJECTIVE} "
+            f"{self.value:.4f}, below what the pruner keeps at that epoch){after}"
+        )
 
 
 def reporter_from_environment(run_dir: Path, epochs: int) -> Reporter | None:

@@ -38,8 +38,9 @@ def _train(run: Run) -> str:
     try:
         while run.epoch < epochs:
             began = time.perf_counter()
-            sums = train_one_epoch(step_model, run.loss_fn, run.batches, run.optimizer, run.scheduler,
-                                   run.precision.dtype)  # fmt: skip
+            sums = train_one_epoch(
+                step_model, run.loss_fn, run.batches, run.optimizer, run.scheduler, run.precision.dtype
+            )
             if end_epoch(run, sums.tolist(), time.perf_counter() - began, progress):  # tolist: the epoch's one sync
                 return "diverged"
     finally:

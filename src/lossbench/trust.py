@@ -10,9 +10,10 @@ line (`--trust mypkg.MyNet`). The check runs before anything is built or launche
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -24,9 +25,18 @@ TARGET = "_target_"
 # Hydra settings that run code or commands other than through a `_target_`: configs from another folder, the
 # job's environment (LD_PRELOAD, PYTHONPATH for its subprocesses), submitit's shell lines and Python command.
 # Python's logging config (hydra/job_logging) imports and calls the classes it names.
-CODE_KEYS = ("hydra.searchpath", "hydra.job.env_set", "hydra.job.env_copy", "hydra.launcher.setup",
-             "hydra.launcher.python", "hydra.launcher.srun_args", "hydra.launcher.additional_parameters",
-             "hydra.callbacks", "hydra.job_logging", "hydra.hydra_logging")  # fmt: skip
+CODE_KEYS = (
+    "hydra.searchpath",
+    "hydra.job.env_set",
+    "hydra.job.env_copy",
+    "hydra.launcher.setup",
+    "hydra.launcher.python",
+    "hydra.launcher.srun_args",
+    "hydra.launcher.additional_parameters",
+    "hydra.callbacks",
+    "hydra.job_logging",
+    "hydra.hydra_logging",
+)
 
 
 def _yaml_targets(value: Any) -> Iterator[str]:
@@ -84,7 +94,8 @@ def untrusted(found: dict[str, str], trusted: Iterable[str], also_own: Iterable[
 def refusal(source: str, key: str, value: str, command: str) -> LossbenchError:
     return LossbenchError(
         f"{source} names {key}={value}, which is not one of lossbench's own components; a config read from disk "
-        f"is built only with what you name again: `{command} --trust {value}` (only if you trust it)")
+        f"is built only with what you name again: `{command} --trust {value}` (only if you trust it)"
+    )
 
 
 def check_config(cfg: Any, source: str, trusted: Iterable[str], command: str, also_own: Iterable[str] = ()) -> None:

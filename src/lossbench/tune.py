@@ -23,21 +23,40 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lossbench import study as studies
 from lossbench.atomic import write_atomic
 from lossbench.components import CONFIG_MODULE
-from lossbench import study as studies
 from lossbench.config import absolute_paths, prepare
 from lossbench.errors import LossbenchError, one_line, require
 from lossbench.hydra_bridge import run_task, setting, sweep, sweep_command
 from lossbench.launch import (
-    checked_losses, checked_seeds, claim_comparison, claim_job_dir, compose_config, new_directory, parse_overrides,
-    pinned_scores, preflight, report_comparison, resolved_overrides, run_job,
-)  # fmt: skip
+    checked_losses,
+    checked_seeds,
+    claim_comparison,
+    claim_job_dir,
+    compose_config,
+    new_directory,
+    parse_overrides,
+    pinned_scores,
+    preflight,
+    report_comparison,
+    resolved_overrides,
+    run_job,
+)
 from lossbench.lifeline import exit_if_orphaned, follow_launcher
 from lossbench.rundir import (
-    TUNE_FILE, TUNED_FILE, TUNING_DIR, final_metric, find_runs, locked, read_config, read_status, read_tune_record,
-    write_status, write_tune_record,
-)  # fmt: skip
+    TUNE_FILE,
+    TUNED_FILE,
+    TUNING_DIR,
+    final_metric,
+    find_runs,
+    locked,
+    read_config,
+    read_status,
+    read_tune_record,
+    write_status,
+    write_tune_record,
+)
 from lossbench.study import OBJECTIVE, PRUNED, PRUNERS, optuna_installed
 from lossbench.train import train_run
 
@@ -117,8 +136,10 @@ def search_method(choice: str) -> str:
     require(choice in METHODS, f"tune.search must be one of {', '.join(METHODS)}, not '{choice}'")
     if choice == "auto":
         return "tpe" if optuna_installed() else "grid"
-    require(choice == "grid" or optuna_installed(),
-            "tune.search=tpe needs optuna 4 or newer (pip install 'optuna>=4'), or use tune.search=grid")  # fmt: skip
+    require(
+        choice == "grid" or optuna_installed(),
+        "tune.search=tpe needs optuna 4 or newer (pip install 'optuna>=4'), or use tune.search=grid",
+    )
     return choice
 
 
@@ -127,21 +148,31 @@ def pruner_spec(settings: DictConfig) -> dict:
     require(settings.pruner in PRUNERS, f"tune.pruner must be one of {', '.join(PRUNERS)}, not '{settings.pruner}'")
     for key in ("prune_after", "pruner_startup"):
         value = settings[key]
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                f"tune.{key} must be an integer >= 0, not {value}")  # fmt: skip
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            f"tune.{key} must be an integer >= 0, not {value}",
+        )
     return {"name": str(settings.pruner), "after": int(settings.prune_after), "startup": int(settings.pruner_startup)}
 
 
 def check_study_settings(settings: DictConfig, method: str) -> None:
     """tune.storage, tune.study, the pruner's settings and tune.search_only, before anything runs."""
     storage = settings.storage
-    require(storage is None or (isinstance(storage, str) and storage.strip()),
-            f"tune.storage must be a journal file's path or a database URL, not {storage!r}")  # fmt: skip
-    require(method == "tpe" or (storage is None and not settings.search_only),
-            "tune.storage and tune.search_only are about Optuna's studies: they need tune.search=tpe")  # fmt: skip
-    require(isinstance(settings.study, str) and settings.study.strip() and ":" not in settings.study,
-            f"tune.study must be a name without ':', not {settings.study!r}")  # fmt: skip
-    require(isinstance(settings.search_only, bool), f"tune.search_only must be true or false, not {settings.search_only}")
+    require(
+        storage is None or (isinstance(storage, str) and storage.strip()),
+        f"tune.storage must be a journal file's path or a database URL, not {storage!r}",
+    )
+    require(
+        method == "tpe" or (storage is None and not settings.search_only),
+        "tune.storage and tune.search_only are about Optuna's studies: they need tune.search=tpe",
+    )
+    require(
+        isinstance(settings.study, str) and settings.study.strip() and ":" not in settings.study,
+        f"tune.study must be a name without ':', not {settings.study!r}",
+    )
+    require(
+        isinstance(settings.search_only, bool), f"tune.search_only must be true or false, not {settings.search_only}"
+    )
     pruner_spec(settings)
 
 
@@ -175,17 +206,21 @@ def search_space(loss: DictConfig, lr: float, settings: DictConfig) -> dict[str,
         space = {LR: make_range("tune.lr", settings.lr, log=True)}
     else:
         factors = settings.lr_factors
-        require(isinstance(factors, ListConfig) and len(factors) == 2,
-                f"tune.lr_factors must be [low, high], not {factors}")  # fmt: skip
+        require(
+            isinstance(factors, ListConfig) and len(factors) == 2, f"tune.lr_factors must be [low, high], not {factors}"
+        )
         space = {LR: make_range(f"tune.lr_factors x optim.lr={lr:g}", [f * lr for f in factors], log=True)}
     name = str(loss.name)
     params = loss_params(loss)
     for param, node in (settings.params.get(name) or {}).items():
         where = f"tune.params.{name}.{param}"
-        require(param in params,
-                f"{where}: loss {name} has no parameter '{param}' (it has: {', '.join(params) or 'none'})")  # fmt: skip
-        require(isinstance(node, DictConfig) and set(node) == {"low", "high", "log"},
-                f"{where} must be {{low: L, high: H, log: true|false}}, not {node}")  # fmt: skip
+        require(
+            param in params, f"{where}: loss {name} has no parameter '{param}' (it has: {', '.join(params) or 'none'})"
+        )
+        require(
+            isinstance(node, DictConfig) and set(node) == {"low", "high", "log"},
+            f"{where} must be {{low: L, high: H, log: true|false}}, not {node}",
+        )
         space[f"loss.{param}"] = make_range(where, [node.low, node.high], bool(node.log))
     return space
 
@@ -233,8 +268,9 @@ def grid_command(loss: str, space: dict[str, Range], trials: int, user: list[str
     return sweep_command([*user, *points, f"loss={loss}"], folder, subdir="trial_${hydra.job.num}")
 
 
-def trial_command(loss: str, values: dict[str, float], environment: dict[str, str], user: list[str],
-                  run_dir: Path) -> list[str]:  # fmt: skip
+def trial_command(
+    loss: str, values: dict[str, float], environment: dict[str, str], user: list[str], run_dir: Path
+) -> list[str]:
     """The Hydra command line of one asked trial: one job into run_dir (folder/trial_<its number>), told by
     hydra.job.env_set which trial of which study it runs."""
     env = [setting(f"++hydra.job.env_set.{key}", value) for key, value in environment.items()]
@@ -249,9 +285,15 @@ def read_trials(folder: Path, space: dict[str, Range]) -> list[dict]:
         cfg = read_config(run_dir)
         status = read_status(run_dir)["status"]
         value = final_metric(run_dir, OBJECTIVE) if status == "finished" else math.nan
-        trials.append({"trial": int(run_dir.name.rpartition("_")[2]), "run_dir": str(run_dir), "status": status,
-                       "setting": {key: OmegaConf.select(cfg, key) for key in space},
-                       OBJECTIVE: value if math.isfinite(value) else None})  # fmt: skip
+        trials.append(
+            {
+                "trial": int(run_dir.name.rpartition("_")[2]),
+                "run_dir": str(run_dir),
+                "status": status,
+                "setting": {key: OmegaConf.select(cfg, key) for key in space},
+                OBJECTIVE: value if math.isfinite(value) else None,
+            }
+        )
     return sorted(trials, key=lambda t: t["trial"])
 
 
@@ -266,8 +308,9 @@ def final_command(loss: str, chosen: dict[str, float], seeds: list[int], user: l
     directories are named by loss and seed only (loss=ce,seed=0)."""
     constant = sorted({line.partition("=")[0].lstrip("+~") for line in user if not line.startswith("hydra")})
     values = [setting(key, value) for key, value in chosen.items()]
-    return sweep_command([*user, *values], out, [f"loss={loss}", sweep("seed", seeds)],
-                         name_by=["resume", *constant, *chosen])  # fmt: skip
+    return sweep_command(
+        [*user, *values], out, [f"loss={loss}", sweep("seed", seeds)], name_by=["resume", *constant, *chosen]
+    )
 
 
 def search_description(record: dict) -> str:
@@ -275,10 +318,15 @@ def search_description(record: dict) -> str:
     if record["search"] != "tpe":
         return "a grid"
     pruner = record.get("pruner") or {"name": "none"}
-    pruned = {"median": "below the median of the finished trials at the same epoch",
-              "halving": "outside the best third at its rung (successive halving)"}.get(pruner["name"])  # fmt: skip
-    stops = (f"; a trial whose val_score is {pruned} after epoch {max(1, pruner['after'])} or later is pruned"
-             if pruned else "")  # fmt: skip
+    pruned = {
+        "median": "below the median of the finished trials at the same epoch",
+        "halving": "outside the best third at its rung (successive halving)",
+    }.get(pruner["name"])
+    stops = (
+        f"; a trial whose val_score is {pruned} after epoch {max(1, pruner['after'])} or later is pruned"
+        if pruned
+        else ""
+    )
     return f"Optuna's TPE (seed {record['sampler_seed']}{stops})"
 
 
@@ -287,9 +335,11 @@ def tuned_markdown(record: dict) -> str:
     method = search_description(record)
     where = f"Every trial is in {TUNE_FILE}, its run under {TUNING_DIR}/<loss>/."
     if "from" in record:  # --from: the trials ran under another budget, in another directory
-        where = (f"The settings were chosen by an earlier `lossbench tune` ({record['from']}, its trials under its "
-                 f"{TUNING_DIR}/<loss>/) with the arguments `{' '.join(record['source_args'])}`, and are reused here; "
-                 f"its trials are copied into {TUNE_FILE}.")  # fmt: skip
+        where = (
+            f"The settings were chosen by an earlier `lossbench tune` ({record['from']}, its trials under its "
+            f"{TUNING_DIR}/<loss>/) with the arguments `{' '.join(record['source_args'])}`, and are reused here; "
+            f"its trials are copied into {TUNE_FILE}."
+        )
     lines = [
         "## Tuned settings",
         "",
@@ -331,24 +381,41 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
     entry = record["losses"].get(name)
     ok = isinstance(entry, dict) and isinstance(entry.get("trials"), list) and isinstance(entry.get("space"), dict)
     chosen = entry.get("chosen") if ok else None
-    require(isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
-            f"--from {path}: no chosen setting for loss {name} "
-            f"(it has: {', '.join(record['losses']) or 'none'})")  # fmt: skip
+    require(
+        isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
+        f"--from {path}: no chosen setting for loss {name} (it has: {', '.join(record['losses']) or 'none'})",
+    )
     params = [f"loss.{k}" for k in loss_params(cfg.loss)]
     for key, value in chosen["setting"].items():
         where = f"--from {path}: {name} {key}={value}"
         require(key in (LR, *params), f"{where}: not a searched key ({', '.join((LR, *params))})")
-        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                f"{where}: not a finite number")  # fmt: skip
+        require(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            f"{where}: not a finite number",
+        )
         check_value(cfg, key, value, where)
     return entry
 
 
-def search(names: list[str], spaces: dict[str, dict[str, Range]], method: str, settings: DictConfig, trials: int,
-           args: list[str], user: list[str], directory: Path) -> dict:  # fmt: skip
+def search(
+    names: list[str],
+    spaces: dict[str, dict[str, Range]],
+    method: str,
+    settings: DictConfig,
+    trials: int,
+    args: list[str],
+    user: list[str],
+    directory: Path,
+) -> dict:
     """Each loss's trials into directory/tuning/<loss>/, recorded in directory/tune.json as each loss finishes."""
-    record = {"args": args, "search": method, "sampler_seed": int(settings.seed), "trials_per_loss": trials,
-              "objective": f"final {OBJECTIVE} (maximised)", "losses": {}}  # fmt: skip
+    record = {
+        "args": args,
+        "search": method,
+        "sampler_seed": int(settings.seed),
+        "trials_per_loss": trials,
+        "objective": f"final {OBJECTIVE} (maximised)",
+        "losses": {},
+    }
     storage = storage_spec(settings, directory)
     if method == "tpe":
         record.update(pruner=pruner_spec(settings), storage=storage)
@@ -362,22 +429,31 @@ def search(names: list[str], spaces: dict[str, dict[str, Range]], method: str, s
         else:
             found, worker = search_study(name, spaces[name], settings, trials, user, folder, storage)
         chosen = best_trial(found)
-        record["losses"][name] = {"space": {k: asdict(r) for k, r in spaces[name].items()}, **worker, "trials": found,
-                                  "chosen": chosen and {"trial": chosen["trial"], "setting": chosen["setting"],
-                                                        OBJECTIVE: chosen[OBJECTIVE]}}  # fmt: skip
+        record["losses"][name] = {
+            "space": {k: asdict(r) for k, r in spaces[name].items()},
+            **worker,
+            "trials": found,
+            "chosen": chosen and {"trial": chosen["trial"], "setting": chosen["setting"], OBJECTIVE: chosen[OBJECTIVE]},
+        }
         write_tune_record(directory, record)
     return record
 
 
-def search_study(name: str, space: dict[str, Range], settings: DictConfig, trials: int, user: list[str],
-                 folder: Path, storage: str) -> tuple[list[dict], dict]:  # fmt: skip
+def search_study(
+    name: str, space: dict[str, Range], settings: DictConfig, trials: int, user: list[str], folder: Path, storage: str
+) -> tuple[list[dict], dict]:
     """One loss's study: ask a trial, run it (one Hydra job into folder/trial_<its number>), tell its outcome, until
     the study holds `trials` trials (this worker's and the others'); then wait for the others' to end. Returns
     every trial of the study, and this worker's part (the study, its number, its sampler seed)."""
     study_name = f"{settings.study}/{name}"
     searched = {"space": {k: asdict(r) for k, r in space.items()}, "pruner": pruner_spec(settings)}
-    study, worker, seed = studies.join_study(studies.open_storage(storage), study_name, searched, int(settings.seed),
-                                             min(int(settings.startup_trials), trials))  # fmt: skip
+    study, worker, seed = studies.join_study(
+        studies.open_storage(storage),
+        study_name,
+        searched,
+        int(settings.seed),
+        min(int(settings.startup_trials), trials),
+    )
     while studies.budget_left(study, trials):
         trial = study.ask()
         if trial.number >= trials:  # another worker asked the last one first
@@ -394,8 +470,13 @@ def search_study(name: str, space: dict[str, Range], settings: DictConfig, trial
             raise
         status, value = read_status(run_dir)["status"], final_metric(run_dir, OBJECTIVE)
         studies.tell(study, trial, status, value)
-        log.info("%s trial %d: %s%s", name, trial.number, status, f", {OBJECTIVE} {value:.4f}" if status ==
-                 "finished" else "")  # fmt: skip
+        log.info(
+            "%s trial %d: %s%s",
+            name,
+            trial.number,
+            status,
+            f", {OBJECTIVE} {value:.4f}" if status == "finished" else "",
+        )
     studies.wait_for_workers(study)
     part = {"study": study_name, "worker": worker, "worker_sampler_seed": seed}
     return [trial_entry(t, space) for t in studies.own_trials(study)], part
@@ -409,8 +490,13 @@ def trial_entry(trial, space: dict[str, Range]) -> dict:
     if status == "unknown":  # a run directory this machine does not see (another worker's, elsewhere)
         status = studies.state_status(trial)
     value = trial.value if status == "finished" and trial.value is not None and math.isfinite(trial.value) else None
-    entry = {"trial": trial.number, "run_dir": str(run_dir), "status": status,
-             "setting": {key: trial.params.get(key) for key in space}, OBJECTIVE: value}  # fmt: skip
+    entry = {
+        "trial": trial.number,
+        "run_dir": str(run_dir),
+        "status": status,
+        "setting": {key: trial.params.get(key) for key in space},
+        OBJECTIVE: value,
+    }
     if status == PRUNED and trial.intermediate_values:
         entry["pruned_at"] = max(trial.intermediate_values)
     return entry
@@ -423,24 +509,32 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     require(trials is None or trials >= 1, f"--trials must be >= 1, not {trials}")
     require(not any(a in ("-m", "--multirun") for a in args), "tune runs its own sweeps: drop -m")
     tune_lines, user = split_args(list(args))
-    require(source is None or (trials is None and not tune_lines),
-            f"--from reuses the settings chosen in {source}: it takes no --trials and no tune.* settings")  # fmt: skip
+    require(
+        source is None or (trials is None and not tune_lines),
+        f"--from reuses the settings chosen in {source}: it takes no --trials and no tune.* settings",
+    )
     settings = load_settings(tune_lines)
     overrides = parse_overrides(user)
     sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
     require(not sweeps, f"tune takes no sweeps (it searches optim.lr and each loss's parameter itself): {sweeps}")
     require(not any(o.key_or_group == "loss" for o in overrides), "tune: name the losses with losses=[...], not loss=")
-    require(not any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides),
-            "tune asks Optuna for its trials itself, through no Hydra sweeper: drop hydra.sweeper (for parallel "
-            "trials, run several tune processes on one tune.storage)")  # fmt: skip
-    require(not any(o.key_or_group == "hydra/launcher" and o.value() == "packed" for o in overrides),
-            "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score "
-            "to the search); use compare for it, or another launcher")  # fmt: skip
+    require(
+        not any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides),
+        "tune asks Optuna for its trials itself, through no Hydra sweeper: drop hydra.sweeper (for parallel "
+        "trials, run several tune processes on one tune.storage)",
+    )
+    require(
+        not any(o.key_or_group == "hydra/launcher" and o.value() == "packed" for o in overrides),
+        "tune: hydra/launcher=packed trains a comparison's runs, not tuning trials (which report their score "
+        "to the search); use compare for it, or another launcher",
+    )
     cfg = compose_config(overrides)
     names = checked_losses(cfg)
     checked_seeds(cfg)
-    require(source is not None or cfg.data.get("val_size") not in (None, 0),
-            "tune selects on the validation split: set data.val_size (it is null)")  # fmt: skip
+    require(
+        source is not None or cfg.data.get("val_size") not in (None, 0),
+        "tune selects on the validation split: set data.val_size (it is null)",
+    )
     preflight(cfg)
     loss_cfgs = {name: compose_config(parse_overrides([*user, f"loss={name}"])) for name in names}
     if source is None:
@@ -458,33 +552,46 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
     directory = Path(out).expanduser() if out else new_directory(Path("comparisons"), f"{cfg.name}_tuned_{stamp}")
     claim_comparison(directory)  # as compare: never a user's folder, and one process at a time
     with locked(directory):
-        require(not find_runs(directory) and not (directory / TUNE_FILE).exists()
-                and not (directory / TUNING_DIR).exists(),
-                f"{directory} already holds runs or trials; choose another --out")  # fmt: skip
+        require(
+            not find_runs(directory) and not (directory / TUNE_FILE).exists() and not (directory / TUNING_DIR).exists(),
+            f"{directory} already holds runs or trials; choose another --out",
+        )
         # Every trial and final run uses the same values and one copy of the score table, whenever it starts.
         user = pinned_scores(resolved_overrides(user), directory)
         if source is None:
-            record = search(names, spaces, method, settings, trials or DEFAULT_TRIALS, [*tune_lines, *user], user,
-                            directory)  # fmt: skip
+            record = search(
+                names, spaces, method, settings, trials or DEFAULT_TRIALS, [*tune_lines, *user], user, directory
+            )
         else:
             # The trials' own directory and arguments, also when `earlier` itself reused another tune's settings.
-            record = {**earlier, "args": [*tune_lines, *user], "from": earlier.get("from", str(path)),
-                      "source_args": earlier.get("source_args", earlier["args"]), "losses": reused}  # fmt: skip
+            record = {
+                **earlier,
+                "args": [*tune_lines, *user],
+                "from": earlier.get("from", str(path)),
+                "source_args": earlier.get("source_args", earlier["args"]),
+                "losses": reused,
+            }
             write_tune_record(directory, record)
         write_atomic(directory / TUNED_FILE, tuned_markdown(record))
         if source is None and settings.search_only:
-            print(f"search done: {directory / TUNE_FILE}; run the seeds with `lossbench tune --from "
-                  f"{directory / TUNE_FILE} ...`")  # fmt: skip
+            print(
+                f"search done: {directory / TUNE_FILE}; run the seeds with `lossbench tune --from "
+                f"{directory / TUNE_FILE} ...`"
+            )
             return 0
 
         final_user = [line for line in user if line.partition("=")[0] != "seed"]
         untuned = [name for name, entry in record["losses"].items() if entry["chosen"] is None]
         for name, entry in record["losses"].items():
             if entry["chosen"] is not None:
-                run_task(run_job, final_command(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds],
-                                                final_user, directory))  # fmt: skip
+                run_task(
+                    run_job,
+                    final_command(name, entry["chosen"]["setting"], [int(s) for s in cfg.seeds], final_user, directory),
+                )
         for name in untuned:
-            print(f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: no trial of {name} finished (see {directory / TUNING_DIR / name}); it is left out",
+                file=sys.stderr,
+            )
         require(len(untuned) < len(names), f"no trial of any loss finished; see {directory / TUNING_DIR}")
         return max(report_comparison(directory), 1 if untuned else 0)

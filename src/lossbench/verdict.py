@@ -91,9 +91,12 @@ def _per_seed(runs: pd.DataFrame, column: str) -> pd.Series:
 def choose_rule(runs: pd.DataFrame) -> tuple[str, str, dict[str, float]]:
     """The decision rule with the highest mean final val score (the simpler on a tie), how it was chosen, and the
     val means."""
-    means = {rule: float(np.nanmean(runs[f"final_val_{col}"])) if f"final_val_{col}" in runs
-             and runs[f"final_val_{col}"].notna().any() else math.nan
-             for rule, (_, col) in RULES.items()}  # fmt: skip
+    means = {
+        rule: float(np.nanmean(runs[f"final_val_{col}"]))
+        if f"final_val_{col}" in runs and runs[f"final_val_{col}"].notna().any()
+        else math.nan
+        for rule, (_, col) in RULES.items()
+    }
     known = {rule: value for rule, value in means.items() if math.isfinite(value)}
     if not known:
         return "argmax", "no validation split: argmax, the rule needing no choice", means
@@ -118,8 +121,20 @@ def candidate(label: str, loss: str, runs: pd.DataFrame, predictions: dict[str, 
     auc_column = f"auc_test_{column}"
     auc = float(runs[auc_column].mean()) if auc_column in runs and runs[auc_column].notna().all() else math.nan
     ece = float(runs["final_test_ece"].mean()) if runs["final_test_ece"].notna().any() else math.nan
-    return Candidate(label, loss, rule, source, val_means, test, acc, severity, auc, ece,
-                     stats.summarise(test.to_numpy(float)), test_interval(runs, rule, predictions))  # fmt: skip
+    return Candidate(
+        label,
+        loss,
+        rule,
+        source,
+        val_means,
+        test,
+        acc,
+        severity,
+        auc,
+        ece,
+        stats.summarise(test.to_numpy(float)),
+        test_interval(runs, rule, predictions),
+    )
 
 
 def test_interval(runs: pd.DataFrame, rule: str, predictions: dict[str, Predictions]) -> tuple[float, float] | None:
@@ -134,8 +149,9 @@ def test_interval(runs: pd.DataFrame, rule: str, predictions: dict[str, Predicti
         return None
     if rule == "bayes_cal" and not all(math.isfinite(p.temperature) for p in found):
         return None
-    per_example = np.mean([example_scores(p.test_probs, p.test_labels, p.scores, rule, p.temperature)[0]
-                           for p in found], axis=0)  # fmt: skip
+    per_example = np.mean(
+        [example_scores(p.test_probs, p.test_labels, p.scores, rule, p.temperature)[0] for p in found], axis=0
+    )
     return stats.bootstrap_interval(per_example)
 
 
@@ -153,8 +169,10 @@ def compare_with_best(candidates: list[Candidate], margin: float) -> None:
         a, b = _pairs(other.test, best.test)
         other.vs_best = stats.paired(a, b)
         other.equivalence_p = stats.equivalence(a, b, margin)
-    for adjusted, source in ((stats.holm([o.vs_best.p_value for o in others]), "p_holm"),
-                             (stats.holm([o.equivalence_p for o in others]), "equivalence_p_holm")):  # fmt: skip
+    for adjusted, source in (
+        (stats.holm([o.vs_best.p_value for o in others]), "p_holm"),
+        (stats.holm([o.equivalence_p for o in others]), "equivalence_p_holm"),
+    ):
         for other, value in zip(others, adjusted):
             setattr(other, source, float(value))
     for other in others:
@@ -211,8 +229,9 @@ def accuracy_text(c: Candidate) -> str:
     return "not recorded"
 
 
-def gains_against_plain(best: Candidate, plain: Candidate | None, runs_plain: pd.DataFrame | None,
-                        note_missing: bool = True) -> str:  # fmt: skip
+def gains_against_plain(
+    best: Candidate, plain: Candidate | None, runs_plain: pd.DataFrame | None, note_missing: bool = True
+) -> str:
     """What the candidate gains or costs against plain ce (argmax), paired by seed."""
     if plain is None or runs_plain is None:
         return f"No {REFERENCE} runs: nothing to set the best against."
@@ -222,19 +241,28 @@ def gains_against_plain(best: Candidate, plain: Candidate | None, runs_plain: pd
     base_acc = _per_seed(runs_plain, "final_test_acc")
     base_severity = _per_seed(runs_plain, "final_test_mistake_severity")
     parts, missing = [], []
-    for words, mine, base in (("test score", best.test, base_score), ("accuracy", best.acc, base_acc),
-                              ("mistake severity", best.severity, base_severity)):  # fmt: skip
+    for words, mine, base in (
+        ("test score", best.test, base_score),
+        ("accuracy", best.acc, base_acc),
+        ("mistake severity", best.severity, base_severity),
+    ):
         a, b = _pairs(mine, base)
         if len(a) == 0:
             missing.append(words)
             continue
         d = stats.paired(a, b)
-        spread = f" ± {d.ci95:.3f}, p {'< 0.001' if d.p_value < 0.001 else f'= {d.p_value:.2g}'}" if d.n > 1 else " (1 seed)"
+        spread = (
+            f" ± {d.ci95:.3f}, p {'< 0.001' if d.p_value < 0.001 else f'= {d.p_value:.2g}'}" if d.n > 1 else " (1 seed)"
+        )
         parts.append(f"{words} {d.diff:+.3f}{spread}")
     text = f"Against plain {REFERENCE} (argmax), paired by seed: " + "; ".join(parts) + "."
     if missing and note_missing:
-        why = (f"under the {RULES[best.rule][0]} rule it needs predictions.npz, which these runs of an older lossbench "
-               "lack" if best.rule != "argmax" else "these runs of an older lossbench did not log it")  # fmt: skip
+        why = (
+            f"under the {RULES[best.rule][0]} rule it needs predictions.npz, which these runs of an older lossbench "
+            "lack"
+            if best.rule != "argmax"
+            else "these runs of an older lossbench did not log it"
+        )
         text += f" Not recorded: {' and '.join(missing)} ({why})."
     return text
 
@@ -247,8 +275,14 @@ def runs_of(runs: pd.DataFrame, setting: pd.Series, swept: list[str]) -> pd.Data
     return runs[mask]
 
 
-def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], predictions: dict[str, Predictions],
-                  margin: float, label_of) -> Verdict:  # fmt: skip
+def build_verdict(
+    runs: pd.DataFrame,
+    chosen: pd.DataFrame,
+    swept: list[str],
+    predictions: dict[str, Predictions],
+    margin: float,
+    label_of,
+) -> Verdict:
     """The verdict over the chosen settings' finished runs. `label_of(setting row)` names a setting."""
     finished = runs[runs["status"] == "finished"]
     candidates, plain, plain_runs = [], None, None
@@ -278,48 +312,68 @@ def build_verdict(runs: pd.DataFrame, chosen: pd.DataFrame, swept: list[str], pr
     if best.summary.n < 2 or (len(candidates) > 1 and not tested):
         verdict.kind = "one seed"
         interval = f", test-set interval {interval_text(best)}" if best.test_interval else ""
-        verdict.headline = (f"Cannot tell from {'one seed' if best.summary.n < 2 else 'these seeds'}: "
-                            f"{best.name} has the highest test score ({_fmt(best.summary.mean)}{interval}), but "
-                            "without two paired seeds there is no spread to test a difference against.")  # fmt: skip
-        verdict.lines = ["Run at least 3 seeds (seeds=[0,1,2]); their spread then says how many would separate the "
-                         "candidates. The test-set interval covers only the sampling of the test examples, not "
-                         "training noise.", gains]  # fmt: skip
-        verdict.advice = (f"None from these runs. What the committed results support ({advice.sources()}; "
-                          f"`lossbench explain` gives their numbers): {advice.advice()}.")  # fmt: skip
+        verdict.headline = (
+            f"Cannot tell from {'one seed' if best.summary.n < 2 else 'these seeds'}: "
+            f"{best.name} has the highest test score ({_fmt(best.summary.mean)}{interval}), but "
+            "without two paired seeds there is no spread to test a difference against."
+        )
+        verdict.lines = [
+            "Run at least 3 seeds (seeds=[0,1,2]); their spread then says how many would separate the "
+            "candidates. The test-set interval covers only the sampling of the test examples, not "
+            "training noise.",
+            gains,
+        ]
+        verdict.advice = (
+            f"None from these runs. What the committed results support ({advice.sources()}; "
+            f"`lossbench explain` gives their numbers): {advice.advice()}."
+        )
         verdict.recommended = None
         return verdict
     if len(top) == 1:
         verdict.kind = "winner"
         worst_p = max((c.p_holm for c in candidates[1:]), default=math.nan)
-        verdict.headline = (f"Best: {best.name}, test score {score_text(best)}; every other candidate scores lower "
-                            f"(paired over seeds, Holm-adjusted p <= {_p(worst_p)}).")  # fmt: skip
+        verdict.headline = (
+            f"Best: {best.name}, test score {score_text(best)}; every other candidate scores lower "
+            f"(paired over seeds, Holm-adjusted p <= {_p(worst_p)})."
+        )
         verdict.lines = [gains]
         verdict.advice = f"Use {best.name}: it beats every other candidate here ({best.summary.n} seeds)."
         return verdict
     rest = [c for c in top if c is not best]
     named = "; ".join(f"{c.name} ({numbers_text(c, margin)})" for c in rest)
-    verdict.headline = (f"Highest test score: {best.name}, {score_text(best)}; {len(rest)} other candidate"
-                        f"{'s' if len(rest) > 1 else ''} cannot be told from it: {named}.")  # fmt: skip
+    verdict.headline = (
+        f"Highest test score: {best.name}, {score_text(best)}; {len(rest)} other candidate"
+        f"{'s' if len(rest) > 1 else ''} cannot be told from it: {named}."
+    )
     undecided = [c for c in rest if c.relation != "tied" and c.vs_best is not None and c.vs_best.n >= 2]
     lines = []
     if undecided:
         alpha = stats.ALPHA / max(1, len(candidates) - 1)  # Holm's first step: the strictest
         settle = [seeds_to_settle(c, best, margin, alpha) for c in undecided]
-        lines.append(f"Settling it would take about this many paired seeds each (80% power at this spread; this "
-                     f"comparison has {best.summary.n}): " + "; ".join(settle) + ".")  # fmt: skip
+        lines.append(
+            f"Settling it would take about this many paired seeds each (80% power at this spread; this "
+            f"comparison has {best.summary.n}): " + "; ".join(settle) + "."
+        )
     lines.append(gains)
     verdict.lines = lines
     simplest = verdict.recommended
     if simplest is best:
-        verdict.advice = (f"Use {best.name}: the highest mean here ({best.summary.n} seeds), and the simplest of "
-                          f"the {len(top)} candidates at the top.")  # fmt: skip
+        verdict.advice = (
+            f"Use {best.name}: the highest mean here ({best.summary.n} seeds), and the simplest of "
+            f"the {len(top)} candidates at the top."
+        )
     else:
-        verdict.advice = (f"Use {simplest.name}: it cannot be told from the best here ({best.summary.n} seeds), and "
-                          f"it is the simplest of the {len(top)} candidates at the top (a loss that ignores the table "
-                          "before one that needs it, argmax before the Bayes rule).")  # fmt: skip
+        verdict.advice = (
+            f"Use {simplest.name}: it cannot be told from the best here ({best.summary.n} seeds), and "
+            f"it is the simplest of the {len(top)} candidates at the top (a loss that ignores the table "
+            "before one that needs it, argmax before the Bayes rule)."
+        )
         if plain is not None and not (simplest.loss == REFERENCE and simplest.rule == "argmax"):
-            verdict.lines.append(gains_against_plain(simplest, plain, plain_runs, False).replace(
-                "Against plain", f"{simplest.name} against plain", 1))
+            verdict.lines.append(
+                gains_against_plain(simplest, plain, plain_runs, False).replace(
+                    "Against plain", f"{simplest.name} against plain", 1
+                )
+            )
     return verdict
 
 
@@ -349,9 +403,20 @@ def seeds_to_settle(c: Candidate, best: Candidate, margin: float, alpha: float) 
 
 def candidate_with_rule(c: Candidate, runs: pd.DataFrame) -> Candidate:
     """The reference loss decided by argmax whatever rule val chose for it: plain ce."""
-    return Candidate(c.label, c.loss, "argmax", "plain", c.val_means, _per_seed(runs, "final_test_score"),
-                     _per_seed(runs, "final_test_acc"), _per_seed(runs, "final_test_mistake_severity"), math.nan,
-                     c.ece, stats.summarise(runs["final_test_score"].to_numpy(float)), None)  # fmt: skip
+    return Candidate(
+        c.label,
+        c.loss,
+        "argmax",
+        "plain",
+        c.val_means,
+        _per_seed(runs, "final_test_score"),
+        _per_seed(runs, "final_test_acc"),
+        _per_seed(runs, "final_test_mistake_severity"),
+        math.nan,
+        c.ece,
+        stats.summarise(runs["final_test_score"].to_numpy(float)),
+        None,
+    )
 
 
 def markdown(verdict: Verdict) -> list[str]:
@@ -360,22 +425,41 @@ def markdown(verdict: Verdict) -> list[str]:
     lines += [f"- {line}" for line in verdict.lines]
     if verdict.advice:
         lines += ["", f"**Advice:** {verdict.advice}"]
-    rules = ("Candidates: each loss at its chosen setting, decided by the rule (argmax, Bayes, calibrated Bayes) with "
-             "the highest mean final val score; ranked by final test score. Against the best: paired by seed, "
-             f"Holm-corrected over the candidates; \"tied\" only where an equivalence test (TOST) puts the difference "
-             f"within ±{verdict.margin:g} (report.margin).")  # fmt: skip
+    rules = (
+        "Candidates: each loss at its chosen setting, decided by the rule (argmax, Bayes, calibrated Bayes) with "
+        "the highest mean final val score; ranked by final test score. Against the best: paired by seed, "
+        f'Holm-corrected over the candidates; "tied" only where an equivalence test (TOST) puts the difference '
+        f"within ±{verdict.margin:g} (report.margin)."
+    )
     return lines + ["", rules, ""]
 
 
 def compact_rows(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     """The compact table: at most 8 columns, one row per candidate, best first."""
-    header = ["loss", "decision (chosen on val)", "test score (95% over seeds)", "test-set 95% (bootstrap)",
-              "accuracy", "vs best", "speed: AUC test score", "ECE"]  # fmt: skip
+    header = [
+        "loss",
+        "decision (chosen on val)",
+        "test score (95% over seeds)",
+        "test-set 95% (bootstrap)",
+        "accuracy",
+        "vs best",
+        "speed: AUC test score",
+        "ECE",
+    ]
     rows = []
     for c in verdict.candidates:
-        rows.append([c.label, RULES[c.rule][0] + ("" if c.rule_source == "val" else " (no val split)"),
-                     score_text(c), interval_text(c), accuracy_text(c), relation_text(c, verdict.margin),
-                     _fmt(c.auc), _fmt(c.ece)])  # fmt: skip
+        rows.append(
+            [
+                c.label,
+                RULES[c.rule][0] + ("" if c.rule_source == "val" else " (no val split)"),
+                score_text(c),
+                interval_text(c),
+                accuracy_text(c),
+                relation_text(c, verdict.margin),
+                _fmt(c.auc),
+                _fmt(c.ece),
+            ]
+        )
     return header, rows
 
 
@@ -384,12 +468,20 @@ def compact_markdown(verdict: Verdict) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     no_boot = any(c.test_interval is None for c in verdict.candidates)
-    notes = ["Accuracy is under the candidate's own decision rule" + (
-        "; \"not recorded\" where a Bayes rule was chosen and the runs have no predictions.npz (made by an older "
-        "lossbench)." if any(c.acc.isna().all() for c in verdict.candidates) else ".")]  # fmt: skip
+    notes = [
+        "Accuracy is under the candidate's own decision rule"
+        + (
+            '; "not recorded" where a Bayes rule was chosen and the runs have no predictions.npz (made by an older '
+            "lossbench)."
+            if any(c.acc.isna().all() for c in verdict.candidates)
+            else "."
+        )
+    ]
     if no_boot:
-        notes.append("Test-set interval \"-\": the runs have no predictions.npz (made by an older lossbench), so only "
-                     "the interval over seeds is known; it leaves out the test set's own sampling error.")  # fmt: skip
+        notes.append(
+            'Test-set interval "-": the runs have no predictions.npz (made by an older lossbench), so only '
+            "the interval over seeds is known; it leaves out the test set's own sampling error."
+        )
     return lines + [""] + notes
 
 
@@ -397,8 +489,9 @@ def console_text(verdict: Verdict) -> str:
     """The verdict and the compact table as the console shows them at the end of compare and tune."""
     import textwrap
 
-    wrap = lambda text, indent="": textwrap.fill(text, 110, initial_indent=indent,  # noqa: E731
-                                                 subsequent_indent=" " * len(indent))
+    def wrap(text: str, indent: str = "") -> str:
+        return textwrap.fill(text, 110, initial_indent=indent, subsequent_indent=" " * len(indent))
+
     lines = ["Verdict", "=======", wrap(verdict.headline)]
     lines += [wrap(line, "- ") for line in verdict.lines]
     if verdict.advice:
@@ -419,20 +512,24 @@ def summary_columns(verdict: Verdict) -> dict[str, dict[str, object]]:
     for c in verdict.candidates:
         d = c.vs_best
         columns[c.label] = {
-            "verdict_rule": c.rule, "verdict_rule_source": c.rule_source,
+            "verdict_rule": c.rule,
+            "verdict_rule_source": c.rule_source,
             **{f"verdict_val_{rule}_mean": value for rule, value in c.val_means.items()},
-            "verdict_test_score_mean": c.summary.mean, "verdict_test_score_ci95": c.summary.ci95,
+            "verdict_test_score_mean": c.summary.mean,
+            "verdict_test_score_ci95": c.summary.ci95,
             "verdict_test_score_n": c.summary.n,
             "verdict_test_set_low": c.test_interval[0] if c.test_interval else math.nan,
             "verdict_test_set_high": c.test_interval[1] if c.test_interval else math.nan,
             "verdict_acc_mean": float(c.acc.mean()) if c.acc.notna().any() else math.nan,
             "verdict_severity_mean": float(c.severity.mean()) if c.severity.notna().any() else math.nan,
             "verdict_auc_test_score_mean": c.auc,
-            "vs_best_diff": d.diff if d else math.nan, "vs_best_diff_ci95": d.ci95 if d else math.nan,
-            "vs_best_p_value": d.p_value if d else math.nan, "vs_best_p_holm": c.p_holm,
-            "vs_best_equivalence_p": c.equivalence_p, "vs_best_equivalence_p_holm": c.equivalence_p_holm,
-            "vs_best_pairs": d.n if d else math.nan, "vs_best": c.relation,
-        }  # fmt: skip
+            "vs_best_diff": d.diff if d else math.nan,
+            "vs_best_diff_ci95": d.ci95 if d else math.nan,
+            "vs_best_p_value": d.p_value if d else math.nan,
+            "vs_best_p_holm": c.p_holm,
+            "vs_best_equivalence_p": c.equivalence_p,
+            "vs_best_equivalence_p_holm": c.equivalence_p_holm,
+            "vs_best_pairs": d.n if d else math.nan,
+            "vs_best": c.relation,
+        }
     return columns
-
-

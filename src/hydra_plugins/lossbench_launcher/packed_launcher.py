@@ -9,8 +9,8 @@ the sweep directory's log file. Each job's return value is its run's final statu
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -63,8 +63,15 @@ class PackedLauncher(Launcher):
             sweep_config = self.job_config(overrides)
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=packed_job, config=sweep_config,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
+            returns.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=packed_job,
+                    config=sweep_config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         # The runs' lines (each names its run) are logged as a job's are, to the console and to one file for the
         # pack, DIR/<job name>.log: one job's log file would hold the others' lines too.

@@ -51,39 +51,54 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
     require(not missing, f"data.path {path}: missing array(s) {missing} (has {sorted(arrays)})")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        require(x.ndim >= 2 and len(x) > 0,
-                f"data.path {path}: x_{split} must be [N, ...] with N > 0, not shape {x.shape}")  # fmt: skip
-        require(np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x),
-                f"data.path {path}: x_{split} must be numeric, not {x.dtype}")  # fmt: skip
+        require(
+            x.ndim >= 2 and len(x) > 0, f"data.path {path}: x_{split} must be [N, ...] with N > 0, not shape {x.shape}"
+        )
+        require(
+            np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x),
+            f"data.path {path}: x_{split} must be numeric, not {x.dtype}",
+        )
         require(np.isfinite(x.astype(np.float64)).all(), f"data.path {path}: x_{split} has NaN or infinite values")
         require(np.abs(x.astype(np.float64)).max() < 3.4e38, f"data.path {path}: x_{split} has values beyond float32")
-        require(y.ndim == 1 and len(y) == len(x),
-                f"data.path {path}: y_{split} must be [N] with N = len(x_{split}) = {len(x)}, "
-                f"not shape {y.shape}")  # fmt: skip
-        require(np.issubdtype(y.dtype, np.integer),
-                f"data.path {path}: y_{split} must hold integer labels, not {y.dtype}")  # fmt: skip
-    require(arrays["x_train"].shape[1:] == arrays["x_test"].shape[1:],
-            f"data.path {path}: x_train's feature shape {arrays['x_train'].shape[1:]} differs from x_test's "
-            f"{arrays['x_test'].shape[1:]}")  # fmt: skip
+        require(
+            y.ndim == 1 and len(y) == len(x),
+            f"data.path {path}: y_{split} must be [N] with N = len(x_{split}) = {len(x)}, not shape {y.shape}",
+        )
+        require(
+            np.issubdtype(y.dtype, np.integer), f"data.path {path}: y_{split} must hold integer labels, not {y.dtype}"
+        )
+    require(
+        arrays["x_train"].shape[1:] == arrays["x_test"].shape[1:],
+        f"data.path {path}: x_train's feature shape {arrays['x_train'].shape[1:]} differs from x_test's "
+        f"{arrays['x_test'].shape[1:]}",
+    )
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if "classes" in arrays:
         try:  # names stored as bytes (numpy's S dtype) are UTF-8 text, not "b'name'"
             names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in arrays["classes"].tolist()]
         except UnicodeDecodeError as err:
             raise LossbenchError(f"data.path {path}: classes are not UTF-8 text ({one_line(err)})") from None
-        require(arrays["classes"].ndim == 1 and len(set(names)) == len(names) and all(names),
-                f"data.path {path}: classes must be distinct, non-empty names, not {names}")  # fmt: skip
+        require(
+            arrays["classes"].ndim == 1 and len(set(names)) == len(names) and all(names),
+            f"data.path {path}: classes must be distinct, non-empty names, not {names}",
+        )
     else:
         names = [f"class_{i}" for i in range(int(labels.max()) + 1 if labels.min() >= 0 else 0)]
     bad = labels[(labels < 0) | (labels >= len(names))]
-    require(len(bad) == 0, f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside "
-                           f"0..{len(names) - 1} ({len(names)} classes)")  # fmt: skip
+    require(
+        len(bad) == 0,
+        f"data.path {path}: label {int(bad[0]) if len(bad) else ''} is outside "
+        f"0..{len(names) - 1} ({len(names)} classes)",
+    )
     require(len(names) >= 2, f"data.path {path}: needs at least 2 classes, has {len(names)}")
-    return Dataset(torch.from_numpy(arrays["x_train"].astype(np.float32)),
-                   torch.from_numpy(arrays["y_train"].astype(np.int64)),
-                   torch.from_numpy(arrays["x_test"].astype(np.float32)),
-                   torch.from_numpy(arrays["y_test"].astype(np.int64)), names,
-                   train_groups=_read_groups(arrays, path))  # fmt: skip
+    return Dataset(
+        torch.from_numpy(arrays["x_train"].astype(np.float32)),
+        torch.from_numpy(arrays["y_train"].astype(np.int64)),
+        torch.from_numpy(arrays["x_test"].astype(np.float32)),
+        torch.from_numpy(arrays["y_test"].astype(np.int64)),
+        names,
+        train_groups=_read_groups(arrays, path),
+    )
 
 
 def _read_groups(arrays: dict[str, np.ndarray], path: Path) -> Tensor | None:
@@ -91,10 +106,13 @@ def _read_groups(arrays: dict[str, np.ndarray], path: Path) -> Tensor | None:
     if "groups_train" not in arrays:
         return None
     groups = arrays["groups_train"]
-    require(groups.ndim == 1 and len(groups) == len(arrays["y_train"]),
-            f"data.path {path}: groups_train must be [N] with N = len(x_train) = {len(arrays['y_train'])}, "
-            f"not shape {groups.shape}")  # fmt: skip
-    require(np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind == "U",
-            f"data.path {path}: groups_train must hold integers or names, not {groups.dtype}")  # fmt: skip
+    require(
+        groups.ndim == 1 and len(groups) == len(arrays["y_train"]),
+        f"data.path {path}: groups_train must be [N] with N = len(x_train) = {len(arrays['y_train'])}, "
+        f"not shape {groups.shape}",
+    )
+    require(
+        np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind == "U",
+        f"data.path {path}: groups_train must hold integers or names, not {groups.dtype}",
+    )
     return torch.from_numpy(np.unique(groups, return_inverse=True)[1].reshape(-1).astype(np.int64))
-

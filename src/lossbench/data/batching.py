@@ -4,7 +4,7 @@ packed tensor; and sequential evaluation batches. Inputs are standardised by fea
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,15 +110,19 @@ def packed_batches(members: Sequence[Batches]) -> Iterator[tuple[Tensor, Tensor]
     would see alone; the gather and the standardisation run once for all members, from the first member's tensors.
     The members' data must be equal (a pack's runs share their data config); their shapes and settings are checked."""
     first, m = members[0], len(members)
-    alike = all(b.inputs.shape == first.inputs.shape and b.inputs.dtype == first.inputs.dtype
-                and (b.batch_size, b.padding, b.flip) == (first.batch_size, first.padding, first.flip)
-                for b in members)  # fmt: skip
+    alike = all(
+        b.inputs.shape == first.inputs.shape
+        and b.inputs.dtype == first.inputs.dtype
+        and (b.batch_size, b.padding, b.flip) == (first.batch_size, first.padding, first.flip)
+        for b in members
+    )
     require(alike, "the packed runs' batches must come from the same data, batch size and augmentation")
     for indexes in zip(*(b.indexes() for b in members)):
         draws = [b.draw(len(index)) for b, index in zip(members, indexes)]
         index = torch.cat(indexes)
-        together = None if draws[0] is None else tuple(
-            None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))  # fmt: skip
+        together = (
+            None if draws[0] is None else tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))
+        )
         x = first.examples(index, together)
         x = x.unflatten(0, (m, -1)).movedim(0, 1).flatten(1, 2)
         if x.ndim == 4:

@@ -27,9 +27,27 @@ CIFAR100_SUPERCLASSES = {
 CIFAR100_CLASSES = sorted(c for fine in CIFAR100_SUPERCLASSES.values() for c in fine)
 # dogs20 (Imagenette + Imagewoof at 64x64): 11 dog breeds and 9 other objects.
 DOGS20_BREEDS = [
-    "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound", "english_springer",
-    "golden_retriever", "old_english_sheepdog", "rhodesian_ridgeback", "samoyed", "shih_tzu",
-]  # fmt: skip
-DOGS20_OBJECTS = ["cassette_player", "chain_saw", "church", "french_horn", "garbage_truck", "gas_pump",
-                  "golf_ball", "parachute", "tench"]  # fmt: skip
+    "australian_terrier",
+    "beagle",
+    "border_terrier",
+    "dingo",
+    "english_foxhound",
+    "english_springer",
+    "golden_retriever",
+    "old_english_sheepdog",
+    "rhodesian_ridgeback",
+    "samoyed",
+    "shih_tzu",
+]
+DOGS20_OBJECTS = [
+    "cassette_player",
+    "chain_saw",
+    "church",
+    "french_horn",
+    "garbage_truck",
+    "gas_pump",
+    "golf_ball",
+    "parachute",
+    "tench",
+]
 DOGS20_CLASSES = sorted(DOGS20_BREEDS + DOGS20_OBJECTS)

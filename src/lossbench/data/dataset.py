@@ -6,8 +6,8 @@ Images are uint8 [N, C, H, W], feature vectors float32 [N, ...]; labels int64 [N
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,18 +32,32 @@ class Dataset:
     def is_image(self) -> bool:
         return self.train_x.dtype == torch.uint8 and self.train_x.ndim == 4
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Dataset(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes,
-                       move(self.val_x), move(self.val_y), self.train_groups)  # fmt: skip
+        return Dataset(
+            move(self.train_x),
+            move(self.train_y),
+            move(self.test_x),
+            move(self.test_y),
+            self.classes,
+            move(self.val_x),
+            move(self.val_y),
+            self.train_groups,
+        )
 
 
 def subsets(data: Dataset, select: Select) -> Dataset:
     """The examples select(split, labels) keeps of each split (a source's read hands its select over here)."""
     train, test = select("train", data.train_y), select("test", data.test_y)
     groups = None if data.train_groups is None else data.train_groups[train]
-    return Dataset(data.train_x[train], data.train_y[train], data.test_x[test], data.test_y[test], data.classes,
-                   train_groups=groups)  # fmt: skip
+    return Dataset(
+        data.train_x[train],
+        data.train_y[train],
+        data.test_x[test],
+        data.test_y[test],
+        data.classes,
+        train_groups=groups,
+    )
 
 
 def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
@@ -60,6 +74,6 @@ def restrict(data: Dataset, classes: Sequence[str]) -> Dataset:
         return x[keep], mapped[keep]
 
     groups = None if data.train_groups is None else data.train_groups[lookup[data.train_y] >= 0]
-    return Dataset(*pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes),
-                   train_groups=groups)  # fmt: skip
-
+    return Dataset(
+        *pick(data.train_x, data.train_y), *pick(data.test_x, data.test_y), list(classes), train_groups=groups
+    )

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -103,7 +103,9 @@ def _write_cache(path: Path, tensors: list[Tensor]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(tensors, path)
     except OSError as err:
-        warnings.warn(f"image cache not written ({os_failure(err)}); the next run decodes the images again")
+        warnings.warn(
+            f"image cache not written ({os_failure(err)}); the next run decodes the images again", stacklevel=2
+        )
 
 
 def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] | None:
@@ -111,12 +113,16 @@ def _load_cache(path: Path, counts: dict[str, int], size: int) -> list[Tensor] |
     the images are then decoded again and the cache rewritten."""
     try:
         tensors = torch.load(path, weights_only=True)
-        shapes = [(counts["train"], 3, size, size), (counts["train"],),
-                  (counts["test"], 3, size, size), (counts["test"],)]  # fmt: skip
+        shapes = [
+            (counts["train"], 3, size, size),
+            (counts["train"],),
+            (counts["test"], 3, size, size),
+            (counts["test"],),
+        ]
         require(isinstance(tensors, list) and [tuple(t.shape) for t in tensors] == shapes, "unexpected contents")
         return tensors
     except Exception as err:  # truncated, not a tensor file, or another layout
-        warnings.warn(f"image cache {path} is damaged ({one_line(err)}); rebuilding it")
+        warnings.warn(f"image cache {path} is damaged ({one_line(err)}); rebuilding it", stacklevel=2)
         return None
 
 

@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,11 @@ def image_extensions() -> frozenset[str]:
     from PIL import Image
 
     Image.init()
-    readable = {ext.lower() for ext, fmt in Image.registered_extensions().items()
-                if fmt in Image.OPEN and fmt not in UNDECODABLE_FORMATS}  # fmt: skip
+    readable = {
+        ext.lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and fmt not in UNDECODABLE_FORMATS
+    }
     return frozenset(readable | IMAGE_EXTENSIONS)
 
 
@@ -84,9 +87,15 @@ def decode_images(paths: Sequence[Path], size: int) -> Tensor:
         # Chunks of at most DECODE_CHUNK images: no worker waits long on another's last chunk, nor Ctrl-C on them.
         step = min(DECODE_CHUNK, math.ceil(len(paths) / workers))
         chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
-        with _forking_from_threads(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                                          initializer=_follow_parent,
-                                                          initargs=(os.getpid(),)) as pool:  # fmt: skip
+        with (
+            _forking_from_threads(),
+            ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            ) as pool,
+        ):
             try:
                 arrays = list(pool.map(partial(_decode_all, size=size), chunks))
             except BaseException:
@@ -144,8 +153,11 @@ def _decode(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.width * img.height > (Image.MAX_IMAGE_PIXELS or math.inf):  # PIL's own warning names no file
-                warnings.warn(f"{path}: {img.width}x{img.height} pixels, more than PIL's limit of "
-                              f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); decoding it anyway")  # fmt: skip
+                warnings.warn(
+                    f"{path}: {img.width}x{img.height} pixels, more than PIL's limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); decoding it anyway",
+                    stacklevel=2,
+                )
             img = to_rgb(ImageOps.exif_transpose(img))
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
@@ -153,4 +165,3 @@ def _decode(path: Path, size: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise LossbenchError(f"{path}: cannot read image ({one_line(err)})") from None
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-

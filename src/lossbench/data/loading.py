@@ -5,7 +5,7 @@ memory, so that a preflight check and the jobs of a sweep in one process load it
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -54,12 +54,16 @@ def validation_split(data: Dataset, size: float | int | None, generator: torch.G
         return data
     n = len(data.train_y)
     count = round(size * n) if isinstance(size, float) and size < 1 else size
-    require(isinstance(count, int) and 0 < count < n,
-            f"data.val_size must be a fraction in (0, 1) or a count below the training set's {n}, "
-            f"not {size}")  # fmt: skip
-    require(count >= len(data.classes), f"data.val_size {size} gives {count} examples, fewer than the "
-                                        f"{len(data.classes)} classes (a larger data.val_size, "
-                                        "or null for none)")  # fmt: skip
+    require(
+        isinstance(count, int) and 0 < count < n,
+        f"data.val_size must be a fraction in (0, 1) or a count below the training set's {n}, not {size}",
+    )
+    require(
+        count >= len(data.classes),
+        f"data.val_size {size} gives {count} examples, fewer than the "
+        f"{len(data.classes)} classes (a larger data.val_size, "
+        "or null for none)",
+    )
     if data.train_groups is None:
         val = stratified_subset(data.train_y, count, len(data.classes), generator, "data.val_size")
     else:
@@ -67,12 +71,19 @@ def validation_split(data: Dataset, size: float | int | None, generator: torch.G
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
     groups = None if data.train_groups is None else data.train_groups[keep]
-    return Dataset(data.train_x[keep], data.train_y[keep], data.test_x, data.test_y, data.classes,
-                   data.train_x[val], data.train_y[val], groups)  # fmt: skip
+    return Dataset(
+        data.train_x[keep],
+        data.train_y[keep],
+        data.test_x,
+        data.test_y,
+        data.classes,
+        data.train_x[val],
+        data.train_y[val],
+        groups,
+    )
 
 
-def grouped_subset(labels: Tensor, groups: Tensor, size: int, num_classes: int,
-                   generator: torch.Generator) -> Tensor:  # fmt: skip
+def grouped_subset(labels: Tensor, groups: Tensor, size: int, num_classes: int, generator: torch.Generator) -> Tensor:
     """Indices of whole groups holding about `size` examples, with class counts as near as the groups allow to
     the training set's class shares at that size (the stratified target). Groups are visited in a seeded random
     order; each joins when it brings the counts closer to the target (squared distance), so a group that would
@@ -80,8 +91,11 @@ def grouped_subset(labels: Tensor, groups: Tensor, size: int, num_classes: int,
     training. Why: examples of one group are near copies (the overlapping windows of one protein chain), and a
     split that cuts a group puts copies of training examples into validation."""
     codes, inverse = torch.unique(groups, return_inverse=True)
-    require(len(codes) >= 2, f"data.val_size: the training set has {len(codes)} group; a split that keeps "
-                             "groups whole needs at least 2 (more groups, or null for no validation split)")
+    require(
+        len(codes) >= 2,
+        f"data.val_size: the training set has {len(codes)} group; a split that keeps "
+        "groups whole needs at least 2 (more groups, or null for no validation split)",
+    )
     counts = torch.zeros(len(codes), num_classes, dtype=torch.float64)
     counts.index_put_((inverse, labels), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
     target = counts.sum(dim=0) * (size / len(labels))
@@ -93,18 +107,24 @@ def grouped_subset(labels: Tensor, groups: Tensor, size: int, num_classes: int,
         if ((taken + counts[g] - target) ** 2).sum() < ((taken - target) ** 2).sum():
             taken += counts[g]
             chosen[g] = True
-    require(bool(chosen.any()), f"data.val_size {size}: every group is larger than the validation set asked "
-                                "for; a larger data.val_size, or null for none")  # fmt: skip
+    require(
+        bool(chosen.any()),
+        f"data.val_size {size}: every group is larger than the validation set asked "
+        "for; a larger data.val_size, or null for none",
+    )
     return chosen[inverse].nonzero().flatten()
 
 
-def stratified_subset(labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator,
-                      key: str = "subset size") -> Tensor:  # fmt: skip
+def stratified_subset(
+    labels: Tensor, size: int | None, num_classes: int, generator: torch.Generator, key: str = "subset size"
+) -> Tensor:
     """Indices of a seeded subset of `size` examples with the classes in equal shares as far as each class
     allows (all if None). Asking for more than there is warns with the size actually used."""
     if size is None or size >= len(labels):
         if size is not None and size > len(labels):
-            warnings.warn(f"{key}={size} but the data has {len(labels)} examples; using all {len(labels)}")
+            warnings.warn(
+                f"{key}={size} but the data has {len(labels)} examples; using all {len(labels)}", stacklevel=2
+            )
         return torch.arange(len(labels))
     require(size >= num_classes, f"{key} {size} is smaller than the number of classes ({num_classes})")
     members = [(labels == c).nonzero().flatten() for c in range(num_classes)]

@@ -8,7 +8,7 @@ import importlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from omegaconf import DictConfig
@@ -48,8 +48,10 @@ class Source:
             if kind is int:
                 require_int(value, f"data.{name}")
             else:
-                require(isinstance(value, (int, float)) and not isinstance(value, bool),
-                        f"data.{name} must be a number, not {value!r}")  # fmt: skip
+                require(
+                    isinstance(value, (int, float)) and not isinstance(value, bool),
+                    f"data.{name} must be a number, not {value!r}",
+                )
 
     def available_classes(self) -> list[str]:
         raise NotImplementedError
@@ -59,7 +61,7 @@ class Source:
         raise NotImplementedError
 
 
-@lru_cache(maxsize=None)
+@cache
 def number_fields(cls: type) -> dict[str, tuple[type, bool]]:
     """The fields of a Source class declared `int` or `float`, each with whether it may be None (`int | None`), by
     their resolved types: a subclass's annotations read alike whether or not its module postpones them (strings

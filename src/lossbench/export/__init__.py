@@ -30,8 +30,10 @@ def export(directory: str, to: str, out: str | None = None) -> int:
         print(f"warning: {run.note()}", file=sys.stderr)
     target = Path(out) if out is not None else root / to
     writer.write(comparison, target)
-    print(f"exported {len(comparison.runs)} run(s) of {comparison.root} to {target}; to look at them: "
-          f"{writer.ui_command(target)}")  # fmt: skip
+    print(
+        f"exported {len(comparison.runs)} run(s) of {comparison.root} to {target}; to look at them: "
+        f"{writer.ui_command(target)}"
+    )
     return 0
 
 
@@ -41,6 +43,7 @@ def backend(to: str):
     try:
         importlib.import_module(library)
     except ImportError:
-        raise EnvironmentFailure(f"--to {to} needs {library}, which is not installed: "
-                                 f"pip install 'lossbench[{to}]'") from None  # fmt: skip
+        raise EnvironmentFailure(
+            f"--to {to} needs {library}, which is not installed: pip install 'lossbench[{to}]'"
+        ) from None
     return importlib.import_module(f"lossbench.export.to_{to}")

@@ -12,8 +12,14 @@ import pandas as pd
 from lossbench.errors import LossbenchError
 from lossbench.report import FIGURES, load_runs, run_config
 from lossbench.rundir import (
-    COMPARE_FILE, CONFIG_FILE, CONFUSION_FILE, METRIC_COLUMNS, METRICS_FILE, PROVENANCE_FILE, read_record,
-)  # fmt: skip
+    COMPARE_FILE,
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    PROVENANCE_FILE,
+    read_record,
+)
 
 # What `lossbench report` writes into a comparison (its sweep_*.png are found by name)
 REPORT_FILES = ["summary.md", "summary.csv", "curves.csv", "report.html", *FIGURES]
@@ -39,8 +45,12 @@ class Run:
     def scalars(self) -> list[tuple[int, str, float]]:
         """(epoch, metric, value) for every finite value on disk; NaN (a metric this run has no data for, such as
         val_ without a validation split) is left out rather than drawn as a gap."""
-        return [(int(row["epoch"]), name, float(row[name])) for _, row in self.rows.iterrows() for name in METRICS
-                if not math.isnan(row[name])]  # fmt: skip
+        return [
+            (int(row["epoch"]), name, float(row[name]))
+            for _, row in self.rows.iterrows()
+            for name in METRICS
+            if not math.isnan(row[name])
+        ]
 
     def note(self) -> str:
         """What was exported, for the line that says a run is partial."""
@@ -74,10 +84,18 @@ def read_comparison(directory: Path) -> Comparison:
         config, _ = run_config(run_dir)  # readable: load_runs kept it
         epochs = config.get("train.epochs")
         rows = found.curves[found.curves["run_dir"] == row["run_dir"]][["epoch", *METRICS]].reset_index(drop=True)
-        runs.append(Run(key=run_key(root, run_dir), status=row["status"], complete=bool(row["complete"]),
-                        epochs=int(epochs) if isinstance(epochs, int) else None, config=config,
-                        hparams=hparams(config, swept), rows=rows,
-                        files=[run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]))  # fmt: skip
+        runs.append(
+            Run(
+                key=run_key(root, run_dir),
+                status=row["status"],
+                complete=bool(row["complete"]),
+                epochs=int(epochs) if isinstance(epochs, int) else None,
+                config=config,
+                hparams=hparams(config, swept),
+                rows=rows,
+                files=[run_dir / name for name in RUN_FILES if (run_dir / name).is_file()],
+            )
+        )
     report = [root / name for name in REPORT_FILES if (root / name).is_file()] + sorted(root.glob("sweep_*.png"))
     return Comparison(root, runs, recorded_overrides(root, found.warnings), report, found.warnings)
 
@@ -102,4 +120,3 @@ def hparams(config: dict[str, object], swept: list[str]) -> dict[str, object]:
     keys = [*NAMING_KEYS, *swept, *(k for k in config if k.startswith("loss.") and not k.startswith("loss._"))]
     chosen = {k: config.get(k) for k in dict.fromkeys(keys)}  # in that order, each once
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in chosen.items()}
-

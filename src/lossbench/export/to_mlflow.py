@@ -23,8 +23,12 @@ from lossbench.export.replay import Comparison, Run
 
 EXPERIMENT = "lossbench"
 DATABASE, ARTIFACTS = "mlflow.db", "artifacts"
-COMPARISON_TAG, KEY_TAG, STATUS_TAG, OVERRIDES_TAG = ("lossbench.comparison", "lossbench.run", "lossbench.status",
-                                                      "lossbench.overrides")  # fmt: skip
+COMPARISON_TAG, KEY_TAG, STATUS_TAG, OVERRIDES_TAG = (
+    "lossbench.comparison",
+    "lossbench.run",
+    "lossbench.status",
+    "lossbench.overrides",
+)
 KIND_TAG = "mlflow.experimentKind"  # MLflow's own: training runs, so its UI opens on the runs (not on traces)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 STATES = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "running": "RUNNING"}  # else KILLED
@@ -35,15 +39,22 @@ PARAM_LIMIT, TAG_LIMIT = 6000, 8000  # the longest param and tag values MLflow s
 def write(comparison: Comparison, out: Path) -> None:
     for name in ("alembic", "mlflow"):  # the store's set-up (schema migrations), not news to the user
         logging.getLogger(name).setLevel(logging.WARNING)
-    require(not out.exists() or out.is_dir() and ((out / DATABASE).is_file() or not any(out.iterdir())),
-            f"{out}: not empty and holds no {DATABASE}; choose a new or empty --out, or an earlier export's")
+    require(
+        not out.exists() or out.is_dir() and ((out / DATABASE).is_file() or not any(out.iterdir())),
+        f"{out}: not empty and holds no {DATABASE}; choose a new or empty --out, or an earlier export's",
+    )
     out.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri(out))
     experiment = experiment_id(client, out)
     stored = stored_runs(client, experiment, str(comparison.root))
     parent = stored.pop(None, None)
-    parent_id = parent.info.run_id if parent else client.create_run(
-        experiment, run_name=comparison.name, tags={COMPARISON_TAG: str(comparison.root)}).info.run_id  # fmt: skip
+    parent_id = (
+        parent.info.run_id
+        if parent
+        else client.create_run(
+            experiment, run_name=comparison.name, tags={COMPARISON_TAG: str(comparison.root)}
+        ).info.run_id
+    )
     client.set_tag(parent_id, OVERRIDES_TAG, fitted(" ".join(comparison.overrides), TAG_LIMIT))
     for path in comparison.report_files:
         client.log_artifact(parent_id, str(path))
@@ -62,8 +73,11 @@ def experiment_id(client: MlflowClient, out: Path) -> str:
     export happens to be started)."""
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is None:
-        return client.create_experiment(EXPERIMENT, artifact_location=(out / ARTIFACTS).resolve().as_uri(),
-                                        tags={KIND_TAG: "custom_model_development"})  # fmt: skip
+        return client.create_experiment(
+            EXPERIMENT,
+            artifact_location=(out / ARTIFACTS).resolve().as_uri(),
+            tags={KIND_TAG: "custom_model_development"},
+        )
     if found.lifecycle_stage == "deleted":
         client.restore_experiment(found.experiment_id)
     return found.experiment_id
@@ -74,8 +88,7 @@ def stored_runs(client: MlflowClient, experiment: str, root: str) -> dict[str | 
     filter string, so that any path (quotes included) matches itself."""
     found, token = {}, None
     while True:
-        page = client.search_runs([experiment], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  page_token=token)  # fmt: skip
+        page = client.search_runs([experiment], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
         for stored in page:
             if stored.data.tags.get(COMPARISON_TAG) == root:
                 found[stored.data.tags.get(KEY_TAG)] = stored
@@ -84,8 +97,9 @@ def stored_runs(client: MlflowClient, experiment: str, root: str) -> dict[str | 
             return found
 
 
-def sync_run(client: MlflowClient, experiment: str, parent_id: str, stored: StoredRun | None, run: Run,
-             root: str) -> None:  # fmt: skip
+def sync_run(
+    client: MlflowClient, experiment: str, parent_id: str, stored: StoredRun | None, run: Run, root: str
+) -> None:
     params = {key: fitted(str(value), PARAM_LIMIT) for key, value in run.config.items()}
     scalars = run.scalars()
     held = logged_steps(client, stored) if stored is not None else {}
@@ -98,11 +112,11 @@ def sync_run(client: MlflowClient, experiment: str, parent_id: str, stored: Stor
     run_id = stored.info.run_id
     new_params = [Param(k, v) for k, v in params.items() if k not in stored.data.params]
     for start in range(0, len(new_params), PARAMS_BATCH):
-        client.log_batch(run_id, params=new_params[start:start + PARAMS_BATCH])
+        client.log_batch(run_id, params=new_params[start : start + PARAMS_BATCH])
     now = int(time.time() * 1000)
     new = [Metric(name, value, now, epoch) for epoch, name, value in scalars if (name, epoch) not in held]
     for start in range(0, len(new), BATCH):
-        client.log_batch(run_id, metrics=new[start:start + BATCH])
+        client.log_batch(run_id, metrics=new[start : start + BATCH])
     client.set_tag(run_id, STATUS_TAG, run.status)
     for path in run.files:
         client.log_artifact(run_id, str(path))
@@ -131,8 +145,12 @@ def logged_steps(client: MlflowClient, stored: StoredRun) -> dict[tuple[str, int
     return held
 
 
-def extendable(stored_params: dict[str, str], held: dict[tuple[str, int], list[float]], params: dict[str, str],
-               scalars: list[tuple[int, str, float]]) -> bool:  # fmt: skip
+def extendable(
+    stored_params: dict[str, str],
+    held: dict[tuple[str, int], list[float]],
+    params: dict[str, str],
+    scalars: list[tuple[int, str, float]],
+) -> bool:
     """Whether a stored run is a beginning of what is on disk: its params and every value it holds agree."""
     if any(params.get(k) != v for k, v in stored_params.items()):
         return False

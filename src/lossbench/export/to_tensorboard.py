@@ -11,8 +11,8 @@ import json
 import shlex
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -43,11 +43,15 @@ def claim_logdir(logdir: Path, root: Path) -> None:
             recorded = json.loads(owner.read_text(encoding="utf-8")).get("comparison")
         except (ValueError, AttributeError):
             recorded = None
-        require(recorded == str(root), f"{logdir}: holds the export of {recorded or 'another comparison'}, not of "
-                                       f"{root}; choose another --out")  # fmt: skip
+        require(
+            recorded == str(root),
+            f"{logdir}: holds the export of {recorded or 'another comparison'}, not of {root}; choose another --out",
+        )
         return
-    require(not logdir.exists() or not any(logdir.iterdir()),
-            f"{logdir}: not empty and not an export of {root}; choose a new or empty --out")  # fmt: skip
+    require(
+        not logdir.exists() or not any(logdir.iterdir()),
+        f"{logdir}: not empty and not an export of {root}; choose a new or empty --out",
+    )
     logdir.mkdir(parents=True, exist_ok=True)
     write_atomic(owner, json.dumps({"comparison": str(root)}) + "\n")
 
