@@ -193,7 +193,7 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
 def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
     """One panel per loss: each trial's objective against its learning rate (log x), coloured by the loss's own
     parameter where one was searched (a log colour scale where it was searched log-uniformly); the chosen trial
-    ringed by a star; trials that failed or diverged as grey crosses on the panel's floor (they have no
+    ringed by a star; trials that were pruned, failed or diverged as grey crosses on the panel's floor (they have no
     objective). trials: columns loss, lr, param, value, log, objective, chosen."""
     losses = list(dict.fromkeys(trials["loss"]))
     columns = min(4, len(losses))
@@ -223,7 +223,7 @@ def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
         ax.axis("off")
     fig.suptitle(
         f"Tuning: each trial's final {objective} (validation split) against its learning rate\n"
-        "red star: the chosen trial; grey cross: a trial that failed or diverged"
+        "red star: the chosen trial; grey cross: a trial pruned, failed or diverged (no final score)"
     )
     return fig
 
