@@ -272,3 +272,20 @@ def test_the_cli_exports_into_the_comparison_by_default_where_nothing_looks_like
     assert set(mlflow_runs(copy / "mlflow", copy)) == {"", *KEYS}
     # the records copied into the store are not runs of the comparison (report and resume read find_runs)
     assert find_runs(copy) == [copy / key for key in sorted(KEYS)]
+
+
+def test_a_second_export_into_the_same_place_is_refused_while_the_first_writes(tmp_path):
+    """Two exports racing into one store (MLflow migrates its schema on first use) would crash or mix: the
+    second is one line naming the place, and nothing is written."""
+    import shutil
+
+    from lossbench.errors import EnvironmentFailure
+    from lossbench.rundir import locked
+
+    comparison = tmp_path / "cmp"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "quick", comparison)
+    out = tmp_path / "tb"
+    with locked(tmp_path, ".tb.export.lock", what=out):
+        with pytest.raises(EnvironmentFailure, match=r"tb is in use by another lossbench process"):
+            export(str(comparison), "tensorboard", str(out))
+    assert not out.exists()

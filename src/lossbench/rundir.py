@@ -322,18 +322,18 @@ def _after_orphan(fd: int, holder: str) -> bool:
 
 
 @contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive OS lock (lossbench.oslock) on `directory` while the block runs; another process is
-    refused with one line naming the holder's pid. The OS releases the lock when the holder exits, even on
-    kill -9."""
-    path = Path(directory) / LOCK_FILE
+def locked(directory: Path, name: str = LOCK_FILE, what: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive OS lock (lossbench.oslock) on `directory` (its lock file `name`; `what` is the place the
+    lock guards, named in the refusal, by default the directory) while the block runs; another process is refused
+    with one line naming the holder's pid. The OS releases the lock when the holder exits, even on kill -9."""
+    path = Path(directory) / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         if not try_lock(fd):
             holder = _holder(path)
             if not _after_orphan(fd, holder):
                 raise EnvironmentFailure(
-                    f"{directory} is in use by another lossbench process (pid {holder}); "
+                    f"{what or directory} is in use by another lossbench process (pid {holder}); "
                     "wait for it to finish or stop it"
                 )
         try:

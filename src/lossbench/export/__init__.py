@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lossbench.errors import EnvironmentFailure, require
 from lossbench.export.replay import read_comparison
+from lossbench.rundir import locked
 
 LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # --to -> the library it writes with (its extra)
 
@@ -29,7 +30,11 @@ def export(directory: str, to: str, out: str | None = None) -> int:
     for run in partial:
         print(f"warning: {run.note()}", file=sys.stderr)
     target = Path(out) if out is not None else root / to
-    writer.write(comparison, target)
+    # Two exports into one place would race on its files (MLflow's store migrates its schema on first use): the
+    # second is refused. The lock file lies beside the target, which must stay new or empty until the writer checks.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target.parent, f".{target.name}.export.lock", what=target):
+        writer.write(comparison, target)
     print(
         f"exported {len(comparison.runs)} run(s) of {comparison.root} to {target}; to look at them: "
         f"{writer.ui_command(target)}"
