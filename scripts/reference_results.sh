@@ -4,6 +4,8 @@
 #   quick             the offline demo (lossbench compare with no arguments)
 #   cifar10_tuning    per loss, 8 trials (Optuna TPE) of the learning rate and the loss's own parameter, selected on
 #                     the final val_score, on a small budget (10,000 CIFAR-10 images of which 2,000 validate, 4 epochs)
+#   cifar10_tuning_pruned, cifar10_tuning_prune_late   the same search with the median pruner, after epoch 1 of 4
+#                     and (tune.yaml's default) after half the epochs with 5 trials first
 #   cifar10           real CIFAR-10 (the JPEG image folder), cifar10_groups, every loss at the setting cifar10_tuning
 #                     chose, 5 seeds, a stratified 25,000-image subset (of which 2,500 validate), the full test set
 #   dogs20            dogs20 (Imagenette + Imagewoof, 64x64), dogs20_groups, every loss at the setting cifar10_tuning
@@ -35,6 +37,8 @@ archive=${CIFAR10_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}
 dogs_archive=${DOGS20_ARCHIVE:-../shared/data/dogs20-64.tar.gz}
 root=data/cifar10
 tuned=results/cifar10_tuning/tune.json
+# seeds=[1]: after the search, each loss's chosen setting reruns at another seed than its trial's (0)
+tuning_budget=(data.train_size=10000 data.val_size=2000 data.test_size=2000 train.epochs=4 "seeds=[1]")
 
 extract() {  # archive, the folder it holds under data/
   if [ ! -d "data/$2/train" ]; then
@@ -65,9 +69,15 @@ run_part() {
     quick) part quick compare ;;
     cifar10_tuning)
       cifar10_folder
-      # seeds=[1]: after the search, each loss's chosen setting reruns at another seed than its trial's (0)
-      part cifar10_tuning tune experiment=cifar10_folder "data.root=$root" data.train_size=10000 data.val_size=2000 \
-        data.test_size=2000 train.epochs=4 "seeds=[1]" --trials 8 ;;
+      part cifar10_tuning tune experiment=cifar10_folder "data.root=$root" "${tuning_budget[@]}" tune.pruner=none \
+        --trials 8 ;;
+    cifar10_tuning_pruned)  # the same search, pruned after epoch 1 (this showed that too early a cut loses a setting)
+      cifar10_folder
+      part cifar10_tuning_pruned tune experiment=cifar10_folder "data.root=$root" "${tuning_budget[@]}" tune.prune_after=1 \
+        tune.pruner_startup=3 --trials 8 ;;
+    cifar10_tuning_prune_late)  # the same search with the default pruner: after half the epochs, 5 trials first
+      cifar10_folder
+      part cifar10_tuning_prune_late tune experiment=cifar10_folder "data.root=$root" "${tuning_budget[@]}" --trials 8 ;;
     cifar10) cifar10_folder; part cifar10 tune --from "$tuned" experiment=cifar10_folder "data.root=$root" "seeds=[0,1,2,3,4]" ;;
     dogs20)
       extract "$dogs_archive" dogs20-64
@@ -94,7 +104,8 @@ run_part() {
       "$python" scripts/near_misses.py results/solubility > results/solubility/near_misses.md ;;
     ss8_tuning)
       ss8_data
-      OMP_NUM_THREADS=1 part ss8_tuning tune experiment=ss8 data.train_size=40000 train.epochs=3 "seeds=[1]" --trials 4 ;;
+      OMP_NUM_THREADS=1 part ss8_tuning tune experiment=ss8 data.train_size=40000 train.epochs=3 "seeds=[1]" \
+        tune.pruner=none --trials 4 ;;
     ss8)
       ss8_data
       # two runs at a time, one thread each
@@ -102,7 +113,7 @@ run_part() {
         hydra/launcher=joblib hydra.launcher.n_jobs=2
       explain scripts/reference/ss8_q3_scores.csv results/ss8
       "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md ;;
-    *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10, dogs20, synthetic100, cifar10_lr_sweep, offdiag4," \
+    *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10_tuning_pruned, cifar10_tuning_prune_late, cifar10, dogs20, synthetic100, cifar10_lr_sweep, offdiag4," \
             "cifar10_long, solubility, ss8_tuning, ss8)" >&2
        exit 2 ;;
   esac

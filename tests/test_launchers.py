@@ -175,6 +175,7 @@ def test_tune_prunes_trials_run_in_other_processes(tmp_path, launcher, plugin):
         "data.val_size=128",
         "seeds=[0]",
         "tune.pruner_startup=1",
+        "tune.prune_after=1",
         "tune.search_only=true",
         "--trials",
         "4",

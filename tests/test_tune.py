@@ -15,7 +15,17 @@ from lossbench import study, tune
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.rundir import find_runs
-from lossbench.tune import Range, best_trial, check_range_ends, grid, load_settings, search_method, search_space
+from lossbench.tune import (
+    Range,
+    best_trial,
+    check_range_ends,
+    grid,
+    load_settings,
+    pruner_spec,
+    resolve_prune_after,
+    search_method,
+    search_space,
+)
 
 QUICK = [*TINY, "train.epochs=1", "seeds=[0]"]
 
@@ -315,7 +325,17 @@ PRUNING = [
     "data.val_size=128",
     "seeds=[0]",
     "tune.pruner_startup=1",
+    "tune.prune_after=1",
 ]
+
+
+@pytest.mark.parametrize("epochs, given, after", [(1, None, 1), (3, None, 2), (4, None, 2), (10, None, 5), (4, 0, 0)])
+def test_prune_after_defaults_to_half_the_epochs_rounded_up(epochs, given, after):
+    """A median taken after epoch 1 of 4 pruned a high learning rate that would have been chosen: by default a
+    trial trains half its epochs first; a value given is kept."""
+    settings = load_settings([] if given is None else [f"tune.prune_after={given}"])
+    resolve_prune_after(settings, epochs)
+    assert pruner_spec(settings)["after"] == after
 
 
 def test_a_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):

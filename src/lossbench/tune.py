@@ -143,6 +143,13 @@ def search_method(choice: str) -> str:
     return choice
 
 
+def resolve_prune_after(settings: DictConfig, epochs: int) -> None:
+    """tune.prune_after null means half the run's epochs, rounded up: a high learning rate starts slow and catches
+    up, and a median taken after epoch 1 of 4 pruned one that would have been chosen (docs/tuning.md#pruning)."""
+    if settings.prune_after is None:
+        settings.prune_after = math.ceil(epochs / 2)
+
+
 def pruner_spec(settings: DictConfig) -> dict:
     """tune.pruner, tune.prune_after and tune.pruner_startup, checked, as a study records them."""
     require(settings.pruner in PRUNERS, f"tune.pruner must be one of {', '.join(PRUNERS)}, not '{settings.pruner}'")
@@ -529,6 +536,7 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
         "to the search); use compare for it, or another launcher",
     )
     cfg = compose_config(overrides)
+    resolve_prune_after(settings, int(cfg.train.epochs))
     names = checked_losses(cfg)
     checked_seeds(cfg)
     require(
