@@ -12,15 +12,19 @@ import typer
 from conftest import TINY, lossbench
 
 from lossbench.cli import app
-from lossbench.losses import LOSSES
+from lossbench.losses import LOSSES, candidate_losses
 from lossbench.multirun import unsuccessful_runs
 
 PNGS = ["test_acc.png", "test_score.png", "grad_norm.png", "epochs_to_target.png"]
 
 
+CANDIDATES = candidate_losses()
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
-    """One tiny `lossbench compare` over every loss and two seeds, shared by the tests below."""
+    """One tiny `lossbench compare` over the default losses (every loss but the diagnostic ones) and two seeds,
+    shared by the tests below."""
     cwd = tmp_path_factory.mktemp("compare")
     result = lossbench("compare", *TINY, "seeds=[0,1]", "--out", "cmp", cwd=cwd)
     assert result.returncode == 0, result.stderr
@@ -30,10 +34,10 @@ def comparison(tmp_path_factory):
 def test_compare_writes_curves_summary_and_pngs(comparison):
     directory, result = comparison
     curves = pd.read_csv(directory / "curves.csv")
-    assert set(curves["loss"]) == set(LOSSES) and set(curves["seed"]) == {0, 1}
-    assert len(curves) == len(LOSSES) * 2 * 2  # losses x seeds x epochs
+    assert set(curves["loss"]) == set(CANDIDATES) and set(curves["seed"]) == {0, 1}
+    assert len(curves) == len(CANDIDATES) * 2 * 2  # losses x seeds x epochs
     summary = pd.read_csv(directory / "summary.csv")
-    assert list(summary["loss"]) == list(LOSSES)
+    assert list(summary["loss"]) == CANDIDATES
     assert (summary["runs"] == 2).all()
     markdown = (directory / "summary.md").read_text()
     assert "| expected_score |" in markdown and "±" in markdown
@@ -44,7 +48,7 @@ def test_compare_writes_curves_summary_and_pngs(comparison):
     assert (directory / "report.html").exists()
     for png in PNGS:
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list(directory.glob("loss=*,seed=*"))) == len(LOSSES) * 2
+    assert len(list(directory.glob("loss=*,seed=*"))) == len(CANDIDATES) * 2
 
 
 def test_report_rebuilds_the_same_tables(comparison, tmp_path):

@@ -86,6 +86,7 @@ def test_cli_cifar10_groups(tmp_path) -> None:
     assert "Gradient norm ||d loss / d logits||" in result.output
     for name in ("ce", "expected_score", "log_expected_score", "soft_label_ce", "ce_expected_score"):
         assert f"\n  {name} " in result.output
+    assert "renormalised_expected_score" not in result.output  # a diagnostic has CE's norm by construction
     assert "Diagnosis:" in result.output and "At initialisation the linear loss's gradient is" in result.output
     assert (tmp_path / "explain_grad_norm.png").stat().st_size > 0
 

@@ -54,6 +54,27 @@ def test_expected_score_gradient_is_probability_scaled():
     torch.testing.assert_close(grad, -linear_grad(S))
 
 
+def test_renormalised_expected_score_has_the_linear_direction_and_ce_norm():
+    """The value is the linear loss's; each example's gradient points where the linear loss's does, with CE's norm,
+    so it differs from CE's only in direction (the causal test of why the linear loss is slow)."""
+    value, grad = value_and_grad("renormalised_expected_score")
+    torch.testing.assert_close(value, -expected(S))
+    direction = -linear_grad(S) / linear_grad(S).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(grad, direction * (Q - ONE_HOT).norm(dim=1, keepdim=True))
+
+
+def test_renormalised_expected_score_revives_a_confident_mistake_and_leaves_a_flat_row_at_zero():
+    """Confidently wrong (q_y about 1e-9): the linear gradient all but vanishes, the renormalised one has CE's norm;
+    a row of S with no spread has no direction, so its gradient stays exactly zero (never NaN)."""
+    scores = torch.tensor([[2.0, 1.0, -1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 2.0]])
+    z = torch.tensor([[-10.0, 0.0, 10.0], [-10.0, 0.0, 10.0]], requires_grad=True)
+    targets = torch.tensor([0, 1])
+    build_loss("renormalised_expected_score", scores, reduction="sum")(z, targets).backward()
+    ce_norm = (z.detach().softmax(1) - F.one_hot(targets, 3)).norm(dim=1)
+    torch.testing.assert_close(z.grad[0].norm(), ce_norm[0], rtol=1e-3, atol=0)  # float32 softmax backward
+    assert ce_norm[0] > 1.4 and torch.equal(z.grad[1], torch.zeros(3))
+
+
 def test_log_expected_score():
     eps = 1e-7
     value, grad = value_and_grad("log_expected_score", eps=eps)

@@ -191,10 +191,11 @@ def losses() -> None:
     """List the registered losses with their parameters."""
     from lossbench.losses import LOSSES, loss_parameters
 
+    width = max(len(name) for name in LOSSES) + 1
     for name, cls in LOSSES.items():
         params = ", ".join(f"{k}={v}" for k, v in loss_parameters(name).items()) or "-"
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:<22} {params:<24} {summary}")
+        typer.echo(f"{name:<{width}} {params:<24} {summary}")
 
 
 @app.command()

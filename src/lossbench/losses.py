@@ -61,7 +61,8 @@ class ScoreLoss(nn.Module):
 
     `role` says what a loss is for, so that explain and the report's advice never name losses themselves:
     "baseline" (plain cross-entropy, ignores S), "control" (changes the targets without S), "linear" (the user's
-    own expected-score objective) or "score-aware" (puts S into training). Custom losses are "score-aware"."""
+    own expected-score objective), "diagnostic" (an experiment on the linear loss, not a candidate to train with) or
+    "score-aware" (puts S into training). Custom losses are "score-aware"."""
 
     role = "score-aware"
 
@@ -104,6 +105,28 @@ class ExpectedScore(ScoreLoss):
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -(self.scores[targets] * logits.softmax(dim=1)).sum(dim=1)
+
+
+class RenormalisedExpectedScore(ExpectedScore):
+    """The linear loss -sum_j S[y,j] q_j with each example's logit gradient rescaled to cross-entropy's norm: the
+    linear loss's direction, CE's magnitude, example by example. A diagnostic for why the linear loss is slow: if
+    this trains like CE, the probability factor in the linear gradient's size is the cause; if it stays slow, the
+    direction is. (AdamW answers the coarser question: it undoes one overall scale, not each example's.) The value
+    is the linear loss's; the rescaling factor is held constant in the backward pass, so this is not the gradient
+    of any loss. An example whose linear gradient is exactly zero (a constant row of S) stays at zero."""
+
+    role = "diagnostic"
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        linear = super().per_example(logits, targets)
+        with torch.no_grad():
+            q = logits.softmax(dim=1)
+            row = self.scores[targets]
+            linear_grad = -q * (row - (row * q).sum(dim=1, keepdim=True))  # d linear / d logits
+            ce_grad = q - F.one_hot(targets, q.shape[1]).to(q.dtype)  # d CE / d logits
+            # <= sqrt(2) / tiny < float32 max: finite, so a zero linear gradient times it stays zero
+            factor = ce_grad.norm(dim=1) / linear_grad.norm(dim=1).clamp_min(FLOAT32_TINY)
+        return linear.detach() + factor * (linear - linear.detach())
 
 
 class LogExpectedScore(ScoreLoss):
@@ -203,12 +226,18 @@ class LabelSmoothing(ScoreLoss):
 LOSSES: dict[str, type[ScoreLoss]] = {
     "ce": CrossEntropy,
     "expected_score": ExpectedScore,
+    "renormalised_expected_score": RenormalisedExpectedScore,
     "log_expected_score": LogExpectedScore,
     "soft_label_ce": SoftLabelCE,
     "ce_expected_score": CEExpectedScore,
     "power_expected_score": PowerExpectedScore,
     "label_smoothing": LabelSmoothing,
 }
+
+
+def candidate_losses() -> list[str]:
+    """The registered losses one would train with, in order: all but the diagnostics (the default `losses`)."""
+    return [name for name, cls in LOSSES.items() if cls.role != "diagnostic"]
 
 
 def loss_parameters(name: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from lossbench.atomic import atomic_path  # noqa: E402
 COLOURS = {
     "ce": "tab:blue",
     "expected_score": "tab:orange",
+    "renormalised_expected_score": "goldenrod",  # a variant of expected_score: a hue beside its orange
     "log_expected_score": "tab:green",
     "soft_label_ce": "tab:red",
     "ce_expected_score": "tab:purple",

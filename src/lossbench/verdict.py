@@ -29,7 +29,7 @@ from lossbench.predictions import RULES, Predictions, example_scores, rule_metri
 
 REFERENCE = "ce"  # plain ce: the reference loss, decided by argmax
 DEFAULT_MARGIN = 0.02  # report.margin: the largest test-score difference that counts as a tie (see docs/outputs.md)
-ROLE_ORDER = {"baseline": 0, "control": 1, "score-aware": 2, "linear": 3}  # simplest first
+ROLE_ORDER = {"baseline": 0, "control": 1, "score-aware": 2, "linear": 3, "diagnostic": 4}  # simplest first
 
 
 def role(loss: str) -> str:
