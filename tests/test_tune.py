@@ -178,6 +178,25 @@ def test_tune_on_a_grid(tmp_path):
     assert math.isfinite(record["losses"]["ce"]["chosen"]["val_score"])
 
 
+def test_a_pruned_reporter_stops_the_run_after_the_epoch_it_read(tmp_path):
+    """The run calls the reporter back once each epoch's row is on disk; the first call that finds the trial pruned
+    stops the run there, with that epoch's records written and nothing after (no signal, no thread: any OS)."""
+    from lossbench.rundir import read_metrics
+    from lossbench.train import train_run
+
+    calls = []
+
+    def after_epoch() -> None:
+        rows, _ = read_metrics(tmp_path / "run")
+        calls.append(len(rows["epoch"]))
+        if len(calls) == 2:
+            raise study.Pruned()
+
+    with pytest.raises(study.Pruned):
+        train_run(make_cfg(*TINY, "train.epochs=4"), tmp_path / "run", after_epoch=after_epoch)
+    assert calls == [1, 2] and list(read_metrics(tmp_path / "run")[0]["epoch"]) == [1, 2]
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

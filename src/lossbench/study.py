@@ -8,21 +8,17 @@ never draw the same ones.
 
 A trial runs as a Hydra job through whatever launcher is configured, possibly in another process or on another
 machine: the job opens the study itself (the storage, the study and the trial's number reach it as environment
-variables through hydra.job.env_set), reports each epoch's val_score as metrics.csv receives it, and stops its run
-once the pruner says so. Nothing of the training loop changes: the job reads the run's own records.
+variables through hydra.job.env_set), reports each epoch's val_score once metrics.csv holds its row, and stops its
+run there when the pruner says so. The training loop only calls the job back after each epoch: what is reported is
+read from the run's own records.
 """
 
 from __future__ import annotations
 
-import _thread
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from lossbench.errors import LossbenchError, one_line, require
@@ -33,7 +29,6 @@ log = logging.getLogger("lossbench")
 STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "LOSSBENCH_TUNE_STORAGE", "LOSSBENCH_TUNE_STUDY", "LOSSBENCH_TUNE_TRIAL"
 PRUNERS = ("none", "median", "halving")
 HALVING_FACTOR = 3  # successive halving keeps the best third of the trials at each rung
-POLL_S = 0.5  # how often a trial's job looks for a new metrics.csv row
 WAIT_S = 5.0  # how often a worker looks whether the other workers' trials have ended
 OBJECTIVE = "val_score"
 PRUNED = "pruned"
@@ -191,59 +186,30 @@ class Reporter:
         self.reported = 0  # epochs reported so far
         self.pruned_at: int | None = None
         self.value: float | None = None  # the val_score at pruned_at
-        self.lock = threading.Lock()
 
     def feed(self) -> bool:
         """Report the rows not reported yet; True once the trial is pruned."""
-        with self.lock:
-            if self.pruned_at is not None:
-                return True
-            rows, _ = read_metrics(self.run_dir)
-            if OBJECTIVE not in rows:  # no row yet
-                return False
-            for epoch, value in zip(rows["epoch"], rows[OBJECTIVE]):
-                epoch = int(epoch)
-                if epoch <= self.reported or not math.isfinite(value):
-                    continue
-                self.trial.report(float(value), epoch)
-                self.reported = epoch
-                if epoch < self.epochs and self.trial.should_prune():
-                    self.pruned_at, self.value = epoch, float(value)
-                    return True
+        if self.pruned_at is not None:
+            return True
+        rows, _ = read_metrics(self.run_dir)
+        if OBJECTIVE not in rows:  # no row yet
             return False
+        for epoch, value in zip(rows["epoch"], rows[OBJECTIVE]):
+            epoch = int(epoch)
+            if epoch <= self.reported or not math.isfinite(value):
+                continue
+            self.trial.report(float(value), epoch)
+            self.reported = epoch
+            if epoch < self.epochs and self.trial.should_prune():
+                self.pruned_at, self.value = epoch, float(value)
+                return True
+        return False
 
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        """While the run trains: feed every POLL_S seconds and, once pruned, stop the run by raising Pruned in the
-        main thread (in a job run in another thread, the run trains on and the decision is recorded after)."""
-        main = threading.current_thread() is threading.main_thread()
-        armed = threading.Event()
-        done = threading.Event()
-
-        def stop(signum, frame) -> None:
-            if armed.is_set():
-                armed.clear()
-                raise Pruned()
-
-        def watch() -> None:
-            while not done.wait(POLL_S):
-                if self.feed():
-                    if main:
-                        _thread.interrupt_main(signal.SIGUSR1)
-                    return
-
-        previous = signal.signal(signal.SIGUSR1, stop) if main else None
-        armed.set()
-        watcher = threading.Thread(target=watch, name="lossbench-pruning", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            armed.clear()  # a stop requested now comes too late to save anything: the run has ended
-            done.set()
-            watcher.join()
-            if main:
-                signal.signal(signal.SIGUSR1, previous)
+    def after_epoch(self) -> None:
+        """Called by the run after each epoch's row is on disk: report it and, once pruned, stop the run by raising
+        Pruned there, between two of its records (any OS, any launcher, the job's main thread or not)."""
+        if self.feed():
+            raise Pruned()
 
     def message(self, trained: int) -> str:
         """The pruned run's status message: the epoch, its val_score, the pruner, and how far it had trained."""

@@ -99,8 +99,7 @@ def trial_job(cfg: DictConfig) -> str:
         cfg = absolute_paths(cfg, Path(hydra_cfg.runtime.cwd))
         if reporter is None:
             return train_run(cfg, run_dir)
-        with reporter.watching():
-            train_run(cfg, run_dir)
+        train_run(cfg, run_dir, after_epoch=reporter.after_epoch)
     except studies.Pruned:
         pass  # the run stopped between two of its records; the pruning is recorded below
     except LossbenchError as err:  # e.g. a parameter value the loss rejects: a bad trial, not a bad sweep
@@ -108,7 +107,7 @@ def trial_job(cfg: DictConfig) -> str:
         return "failed"
     finally:
         exit_if_orphaned()
-    if reporter.feed():  # the rows the watcher had not read yet, in order: the decision never depends on timing
+    if reporter.feed():  # pruned, or a row it had not read (a resumed run's): the decision never depends on timing
         trained = final_metric(run_dir, "epoch")
         trained = int(trained) if math.isfinite(trained) else 0
         write_status(run_dir, PRUNED, trained, reporter.epochs, reporter.message(trained))
