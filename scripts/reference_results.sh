@@ -101,7 +101,8 @@ run_part() {
     cifar10_long)
       cifar10_folder
       part cifar10_long compare experiment=cifar10_folder "data.root=$root" "${long_budget[@]}" \
-        "losses=[ce,expected_score,renormalised_expected_score,soft_label_ce,ce_expected_score]" ;;
+        "losses=[ce,expected_score,renormalised_expected_score,soft_label_ce,ce_expected_score]"
+      "$python" scripts/slow_or_stuck.py results/cifar10_long > results/cifar10_long/slow_or_stuck.md ;;
     cifar10_adamw)  # the causal test's other half: AdamW undoes the overall gradient scale, not each example's
       cifar10_folder
       part cifar10_adamw compare experiment=cifar10_folder "data.root=$root" "${long_budget[@]}" optim=adamw \
