@@ -44,6 +44,8 @@ def trial_curves(folder: Path) -> list[list[float]]:
     dirs = sorted(folder.glob("trial_*"), key=lambda d: int(d.name.split("_")[1]))
     require(dirs, f"{folder}: no trial_* folders")
     curves = [list(read_metrics(d)[0].get(OBJECTIVE, [])) for d in dirs]
+    empty = [d.name for d, c in zip(dirs, curves) if not c]
+    require(not empty, f"{folder}: {', '.join(empty)} has no {OBJECTIVE} row in its metrics.csv")
     longest = max(len(c) for c in curves)
     short = [d.name for d, c in zip(dirs, curves) if len(c) < longest]
     require(not short, f"{folder}: {', '.join(short)} stopped early: replay an unpruned search")
@@ -112,11 +114,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--setting", action="append", help="AFTER:STARTUP (repeatable)")
     args = parser.parse_args(argv)
     try:
-        record = read_json(args.tune_dir / TUNE_FILE)
+        try:
+            record = read_json(args.tune_dir / TUNE_FILE)
+        except ValueError as err:
+            raise LossbenchError(f"{args.tune_dir / TUNE_FILE}: damaged ({err})") from None
+        require(
+            isinstance(record, dict) and isinstance(record.get("losses"), dict),
+            f"{args.tune_dir / TUNE_FILE}: not a tune record (no losses)",
+        )
         settings = [parse_setting(s) for s in args.setting or DEFAULT_SETTINGS]
         curves = {loss: trial_curves(args.tune_dir / "tuning" / loss) for loss in record["losses"]}
         replays = [replay(loss, c, after, startup) for after, startup in settings for loss, c in curves.items()]
-    except (LossbenchError, OSError, KeyError) as err:
+    except (LossbenchError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(replays))

@@ -30,6 +30,12 @@ def read_curves(directory: Path) -> pd.DataFrame:
     curves = pd.read_csv(path)
     missing = [c for c in COLUMNS if c not in curves.columns]
     require(not missing, f"{path}: no column {', '.join(missing)}")
+    for column in COLUMNS[1:]:
+        numbers = pd.to_numeric(curves[column], errors="coerce")
+        bad = curves[column][numbers.isna() & curves[column].notna()]
+        if not bad.empty:
+            raise LossbenchError(f"{path}: {column} holds {bad.iloc[0]!r}, not a number")
+        curves[column] = numbers
     return curves
 
 

@@ -58,9 +58,19 @@ def test_the_table_counts_epochs_per_setting(tmp_path, capsys):
     [
         ([[0.5, 0.6], [0.4]], "1:1", "trial_1 stopped early: replay an unpruned search"),
         ([[0.5, 0.6]], "two", "--setting two: write AFTER:STARTUP"),
+        ([[0.5, 0.6], []], "1:1", "trial_1 has no val_score row in its metrics.csv"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, curves, setting, message):
     assert replay_pruning.main([str(fake_tune(tmp_path, curves)), "--setting", setting]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("record", ["[1,2", '{"losses": 5}'])
+def test_a_damaged_or_foreign_tune_record_is_one_line(tmp_path, capsys, record):
+    (tmp_path / "tune.json").write_text(record)
+    assert replay_pruning.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tune.json: " in err
+    assert len(err.strip().splitlines()) == 1

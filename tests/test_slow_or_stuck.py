@@ -55,6 +55,7 @@ def test_slow_is_told_from_stuck_with_the_epochs_to_close_the_gap(tmp_path, caps
         (None, [], "curves.csv: not found"),
         ("loss,seed,epoch\nce,0,1\n", [], "no column test_score, test_acc, grad_norm"),
         ("loss,seed,epoch,test_score,test_acc,grad_norm\nce,0,1,1,1,1\n", ["--epochs", "five"], "--epochs five"),
+        ("loss,seed,epoch,test_score,test_acc,grad_norm\nce,0,1,x,1,1\n", [], "test_score holds 'x', not a number"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, content, args, message):
