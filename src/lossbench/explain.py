@@ -214,7 +214,8 @@ def format_rewards(expl: Explanation) -> list[str]:
 def format_gradients(expl: Explanation) -> list[str]:
     """The gradient-norm table: absolute values and ratios to cross-entropy."""
     labels = [label for label, _, _ in STATES]
-    width = max(len(name) for name in candidate_losses()) + 2
+    names = list(expl.misses)  # the losses explained: the candidates build_losses built
+    width = max(len(name) for name in names) + 2
     lines = [
         f"Gradient norm ||d loss / d logits|| for one example, mean over true classes (ratio to "
         f"{advice.by_role('baseline')}):",
@@ -222,7 +223,7 @@ def format_gradients(expl: Explanation) -> list[str]:
         "half right = q_y 0.5, rest uniform",
         f"  {'loss':<{width}}" + "".join(f"{label:<24}" for label in labels).rstrip(),
     ]
-    for name in candidate_losses():
+    for name in names:
         base = advice.by_role("baseline")
         cells = [f"{st[name]:#.3g} ({_ratio(st[name] / st[base])})" for st in (expl.states[s] for s in labels)]
         lines.append(f"  {name:<{width}}" + "".join(f"{cell:<24}" for cell in cells).rstrip())
@@ -233,9 +234,8 @@ def diagnosis(expl: Explanation) -> list[str]:
     """4-7 plain sentences, each built from the computed numbers or from the committed results (advice.py): the
     losses are named by their roles, never here."""
     base, linear = advice.by_role("baseline"), advice.by_role("linear")
-    init, wrong, half = (
-        {name: norms[name] / norms[base] for name in candidate_losses()} for norms in expl.states.values()
-    )
+    names = list(expl.misses)  # the losses explained: the candidates build_losses built
+    init, wrong, half = ({name: norms[name] / norms[base] for name in names} for norms in expl.states.values())
     lin_init, lin_wrong, lin_half = init[linear], wrong[linear], half[linear]
     if lin_wrong < 0.1:
         verdict = "early mistakes are almost never corrected"
@@ -256,9 +256,7 @@ def diagnosis(expl: Explanation) -> list[str]:
     # Worth comparing: at least half of the baseline's push both at the start and on confident mistakes (a loss
     # weak at the start, like the log loss on a table with generous near misses, trained behind it on CIFAR-10).
     keep = [
-        n
-        for n in candidate_losses()
-        if LOSSES[n].role == "score-aware" and min(init[n], wrong[n]) >= 0.5 and not expl.misses[n]
+        n for n in names if LOSSES[n].role == "score-aware" and min(init[n], wrong[n]) >= 0.5 and not expl.misses[n]
     ]
     if keep:
         sentences.append(
@@ -283,11 +281,11 @@ def diagnosis(expl: Explanation) -> list[str]:
             else f" (yet on this S the code deviates by {expl.scale_error:.2g} and {expl.shift_error:.2g})."
         )
     )
-    missing = [n for n in candidate_losses() if expl.misses[n]]
+    missing = [n for n in names if expl.misses[n]]
     if missing:
         rows = sorted({y for n in missing for y in expl.misses[n]}, key=expl.scores.classes.index)
         shown = ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
-        learners = [n for n in candidate_losses() if not expl.misses[n]]
+        learners = [n for n in names if not expl.misses[n]]
         sentences.append(
             f"On {len(rows)} row(s) of S ({shown}), {_join(missing)} do not prefer the true class, so they will "
             f"learn another answer or none; {'only ' + _join(learners) if learners else 'no loss'} do: fix those "

@@ -118,11 +118,11 @@ class RenormalisedExpectedScore(ExpectedScore):
     role = "diagnostic"
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
-        linear = super().per_example(logits, targets)
+        q, row = logits.softmax(dim=1), self.scores[targets]
+        expected = (row * q).sum(dim=1)
+        linear = -expected  # ExpectedScore's value; q is computed once for it and for the factor below
         with torch.no_grad():
-            q = logits.softmax(dim=1)
-            row = self.scores[targets]
-            linear_grad = -q * (row - (row * q).sum(dim=1, keepdim=True))  # d linear / d logits
+            linear_grad = -q * (row - expected[:, None])  # d linear / d logits
             ce_grad = q - F.one_hot(targets, q.shape[1]).to(q.dtype)  # d CE / d logits
             # <= sqrt(2) / tiny < float32 max: finite, so a zero linear gradient times it stays zero
             factor = ce_grad.norm(dim=1) / linear_grad.norm(dim=1).clamp_min(FLOAT32_TINY)
