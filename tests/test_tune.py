@@ -289,6 +289,14 @@ def setting(value):
     return edit
 
 
+def space(value):
+    def edit(record):
+        record["losses"]["ce"]["space"] = value
+        return json.dumps(record)
+
+    return edit
+
+
 @pytest.mark.parametrize(
     "edit, args, fragment",
     [
@@ -301,6 +309,9 @@ def setting(value):
         (setting({"optim.lr": -1.0}), [], "ce optim.lr=-1.0"),
         (setting({"optim.momentum": 0.5}), [], "ce optim.momentum=0.5: not a searched key"),
         (setting({"loss.tau": 0.5}), [], "ce loss.tau=0.5: not a searched key"),
+        (space({"optim.lr": {"low": 0.01}}), [], "ce's searched range optim.lr={'low': 0.01}: not a range"),
+        (space({"optim.lr": 3}), [], "ce's searched range optim.lr=3: not a range"),
+        (space({"optim.lr": {"low": "a", "high": 1, "log": True}}), [], "searched range optim.lr="),
     ],
 )
 def test_bad_from_is_one_error_line(tmp_path, edit, args, fragment):
@@ -310,6 +321,34 @@ def test_bad_from_is_one_error_line(tmp_path, edit, args, fragment):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_from_with_a_shared_learning_rate_runs_every_loss_at_it(tmp_path):
+    """The control pair's form: reuse each loss's chosen parameter, but one learning rate set on the command line
+    for all. The user's value wins (it used to be lost under the choice) and the note says what was chosen."""
+
+    def two_losses(record):
+        record["losses"]["label_smoothing"] = {
+            "space": {
+                "optim.lr": {"low": 0.01, "high": 0.1, "log": True},
+                "loss.eps": {"low": 0, "high": 0.3, "log": False},
+            },
+            "trials": [{"trial": 0, "setting": {"optim.lr": 0.08, "loss.eps": 0.16}, "status": "finished"}],
+            "chosen": {"trial": 0, "setting": {"optim.lr": 0.08, "loss.eps": 0.16}, "val_score": 1.1},
+        }
+        return json.dumps(record)
+
+    name = edited_record(tmp_path, two_losses)
+    args = ["losses=[ce,label_smoothing]", "optim.lr=0.02", "--from", name, "--out", "t"]
+    result = lossbench("tune", *QUICK, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for loss, eps in (("ce", None), ("label_smoothing", 0.16)):
+        cfg = OmegaConf.load(tmp_path / "t" / f"loss={loss},seed=0" / "config.yaml")
+        assert cfg.optim.lr == 0.02 and OmegaConf.select(cfg, "loss.eps") == eps
+    chosen = json.loads((tmp_path / "t" / "tune.json").read_text())["losses"]["label_smoothing"]["chosen"]
+    assert chosen["setting"] == {"optim.lr": 0.02, "loss.eps": 0.16} and chosen["replaced"] == {"optim.lr": 0.08}
+    summary = (tmp_path / "t" / "summary.md").read_text()
+    assert "optim.lr=0.02 (chosen 0.08) loss.eps=0.16" in summary and "optim.lr=0.02 (chosen 0.05)" in summary
 
 
 def test_from_a_missing_file(tmp_path):

@@ -336,6 +336,13 @@ def search_description(record: dict) -> str:
     return f"Optuna's TPE (seed {record['sampler_seed']}{stops})"
 
 
+def setting_shown(chosen: dict, key: str) -> str:
+    """key=value of a chosen setting, with the search's own choice beside a value the user set instead."""
+    replaced = chosen.get("replaced", {})
+    instead = f" (chosen {replaced[key]:.4g})" if key in replaced else ""
+    return f"{key}={chosen['setting'][key]:.4g}{instead}"
+
+
 def tuned_markdown(record: dict) -> str:
     """The note on each loss's chosen setting that the report appends to summary.md."""
     method = search_description(record)
@@ -345,6 +352,11 @@ def tuned_markdown(record: dict) -> str:
             f"The settings were chosen by an earlier `lossbench tune` ({record['from']}, its trials under its "
             f"{TUNING_DIR}/<loss>/) with the arguments `{' '.join(record['source_args'])}`, and are reused here; "
             f"its trials are copied into {TUNE_FILE}."
+        )
+    if any(entry["chosen"] and "replaced" in entry["chosen"] for entry in record["losses"].values()):
+        where += (
+            " A value marked (chosen X) was set on the command line instead of the search's choice X; its "
+            f"{OBJECTIVE} is still that of the chosen trial."
         )
     lines = [
         "## Tuned settings",
@@ -358,7 +370,7 @@ def tuned_markdown(record: dict) -> str:
     ]
     for loss, entry in record["losses"].items():
         chosen = entry["chosen"]
-        shown = " ".join(f"{k}={v:.4g}" for k, v in chosen["setting"].items()) if chosen else "none finished"
+        shown = " ".join(setting_shown(chosen, key) for key in chosen["setting"]) if chosen else "none finished"
         value = f"{chosen[OBJECTIVE]:.4f}" if chosen else "-"
         finished = sum(t["status"] == "finished" for t in entry["trials"])
         pruned = sum(t["status"] == PRUNED for t in entry["trials"])
@@ -380,6 +392,15 @@ def read_source(path: Path) -> dict:
     return record
 
 
+def is_range(bounds: object) -> bool:
+    """Whether a tune.json's searched range reads back as a Range: finite low and high, log true or false."""
+    if not (isinstance(bounds, dict) and set(bounds) == {"low", "high", "log"}):
+        return False
+    ends = (bounds["low"], bounds["high"])
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ends)
+    return numbers and isinstance(bounds["log"], bool)
+
+
 def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
     """One loss's entry of the --from record, its chosen setting checked: keys the search could have set, finite
     numbers, values the loss and the optimiser accept."""
@@ -391,6 +412,8 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
         isinstance(chosen, dict) and isinstance(chosen.get("setting"), dict),
         f"--from {path}: no chosen setting for loss {name} (it has: {', '.join(record['losses']) or 'none'})",
     )
+    for key, bounds in entry["space"].items():
+        require(is_range(bounds), f"--from {path}: {name}'s searched range {key}={bounds}: not a range")
     params = [f"loss.{k}" for k in loss_params(cfg.loss)]
     for key, value in chosen["setting"].items():
         where = f"--from {path}: {name} {key}={value}"
@@ -401,6 +424,19 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
         )
         check_value(cfg, key, value, where)
     return entry
+
+
+def with_fixed(entry: dict, named: set[str], cfg: DictConfig) -> dict:
+    """A reused loss entry (of --from) whose chosen setting takes, for each searched key the user named on the
+    command line (optim.lr=0.08), the user's value from the loss's composed `cfg`. What the search chose stays
+    under "replaced", so that the record still says it."""
+    chosen = entry["chosen"]
+    keys = sorted(named & set(chosen["setting"]))
+    if not keys:
+        return entry
+    replaced = {**{key: chosen["setting"][key] for key in keys}, **chosen.get("replaced", {})}
+    setting = {**chosen["setting"], **{key: OmegaConf.select(cfg, key) for key in keys}}
+    return {**entry, "chosen": {**chosen, "setting": setting, "replaced": replaced}}
 
 
 def search(
@@ -554,6 +590,9 @@ def tune(args: list[str], trials: int | None, out: str | None, source: str | Non
         path = Path(source)
         earlier = read_source(path)
         reused = {name: reused_choice(path, earlier, loss_cfg) for name, loss_cfg in loss_cfgs.items()}
+        # A searched key the user sets (one shared optim.lr=0.08) replaces the choice, rather than being lost.
+        named = {o.key_or_group.lstrip("+~") for o in overrides}
+        reused = {name: with_fixed(entry, named, loss_cfgs[name]) for name, entry in reused.items()}
 
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     directory = Path(out).expanduser() if out else new_directory(Path("comparisons"), f"{cfg.name}_tuned_{stamp}")
