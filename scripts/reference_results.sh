@@ -8,8 +8,14 @@
 #                     and (tune.yaml's default) after half the epochs with 5 trials first
 #   cifar10           real CIFAR-10 (the JPEG image folder), cifar10_groups, every loss at the setting cifar10_tuning
 #                     chose, 5 seeds, a stratified 25,000-image subset (of which 2,500 validate), the full test set
-#   dogs20            dogs20 (Imagenette + Imagewoof, 64x64), dogs20_groups, every loss at the setting cifar10_tuning
-#                     chose, 3 seeds, 8 epochs
+#   dogs20_tuning     dogs20 (Imagenette + Imagewoof, 64x64), dogs20_groups: per loss, 8 trials (Optuna TPE, the
+#                     default median pruner) of the learning rate and the loss's own parameter on the budget dogs20
+#                     runs at (all 18,494 training images of which 10% validate, 8 epochs), selected on the final
+#                     val_score; each trial tests on 1,000 test images only (training is the same, the test data are
+#                     not looked at)
+#   dogs20            every loss at the setting dogs20_tuning chose, 5 seeds, the full test set
+#   dogs20_control    ce, label_smoothing and ce_expected_score at one shared learning rate (ce's choice in
+#                     dogs20_tuning), each at its own chosen parameter, 5 seeds: the loss without its learning rate
 #   synthetic100      100 synthetic classes with the CIFAR-100 superclass hierarchy as the score table
 #   cifar10_lr_sweep  every loss at 5 learning rates spanning 100x (1 seed, shorter runs)
 #   offdiag4          4 real CIFAR-10 classes; the automobile row of the table peaks off the diagonal (answering
@@ -31,7 +37,8 @@
 # which leaked; docs/results.md says what they show.)
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them in this order, but the two pruned searches)
 # CIFAR10_ARCHIVE (default ../shared/data/cifar10-jpeg.tar.gz) and DOGS20_ARCHIVE (../shared/data/dogs20-64.tar.gz)
-# are extracted into the git-ignored data/ once. cifar10 and dogs20 need cifar10_tuning's tune.json.
+# are extracted into the git-ignored data/ once. cifar10 needs cifar10_tuning's tune.json, dogs20 and dogs20_control
+# dogs20_tuning's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lossbench=${LOSSBENCH:-.venv/bin/lossbench}
@@ -45,6 +52,8 @@ tuned=results/cifar10_tuning/tune.json
 long_budget=(data.train_size=10000 data.test_size=5000 train.epochs=30 schedule=constant "seeds=[0,1,2]")
 # seeds=[1]: after the search, each loss's chosen setting reruns at another seed than its trial's (0)
 tuning_budget=(data.train_size=10000 data.val_size=2000 data.test_size=2000 train.epochs=4 "seeds=[1]")
+dogs20_budget=(experiment=dogs20 train.epochs=8)
+dogs20_tuned=results/dogs20_tuning/tune.json
 
 extract() {  # archive, the folder it holds under data/
   if [ ! -d "data/$2/train" ]; then
@@ -56,6 +65,11 @@ cifar10_folder() { extract "$archive" cifar10; }
 ss8_data() { [ -f data/ss8.npz ] || "$python" scripts/prepare_ss8.py ../shared/data/ss8 data/ss8.npz; }
 solubility_data() {
   [ -f data/solubility.npz ] || "$python" scripts/prepare_solubility.py ../shared/data/solubility data/solubility.npz
+}
+chosen() {  # a tune.json, a loss, a searched key: the value the search chose
+  "$python" -c 'import json, sys
+path, loss, key = sys.argv[1:]
+print(json.load(open(path))["losses"][loss]["chosen"]["setting"][key])' "$@"
 }
 explain() {  # a score table and the result folder to write its diagnosis into
   "$lossbench" explain --scores "$1" --out "$2" > "$2/explain.txt"
@@ -85,9 +99,16 @@ run_part() {
       cifar10_folder
       part cifar10_tuning_prune_late tune experiment=cifar10_folder "data.root=$root" "${tuning_budget[@]}" --trials 8 ;;
     cifar10) cifar10_folder; part cifar10 tune --from "$tuned" experiment=cifar10_folder "data.root=$root" "seeds=[0,1,2,3,4]" ;;
+    dogs20_tuning)
+      extract "$dogs_archive" dogs20-64
+      part dogs20_tuning tune "${dogs20_budget[@]}" data.test_size=1000 "seeds=[0]" tune.search_only=true --trials 8 ;;
     dogs20)
       extract "$dogs_archive" dogs20-64
-      part dogs20 tune --from "$tuned" experiment=dogs20 train.epochs=8 "seeds=[0,1,2]" ;;
+      part dogs20 tune --from "$dogs20_tuned" "${dogs20_budget[@]}" "seeds=[0,1,2,3,4]" ;;
+    dogs20_control)
+      extract "$dogs_archive" dogs20-64
+      part dogs20_control tune --from "$dogs20_tuned" "${dogs20_budget[@]}" "seeds=[0,1,2,3,4]" \
+        "losses=[ce,label_smoothing,ce_expected_score]" "optim.lr=$(chosen "$dogs20_tuned" ce optim.lr)" ;;
     synthetic100) part synthetic100 compare experiment=synthetic100 ;;
     cifar10_lr_sweep)
       cifar10_folder
@@ -106,7 +127,8 @@ run_part() {
     cifar10_adamw)  # the causal test's other half: AdamW undoes the overall gradient scale, not each example's
       cifar10_folder
       part cifar10_adamw compare experiment=cifar10_folder "data.root=$root" "${long_budget[@]}" optim=adamw \
-        "losses=[ce,expected_score]" ;;
+        "losses=[ce,expected_score]"
+      "$python" scripts/slow_or_stuck.py results/cifar10_adamw > results/cifar10_adamw/slow_or_stuck.md ;;
     solubility)
       solubility_data
       OMP_NUM_THREADS=1 part solubility compare experiment=solubility "seeds=[0,1,2,3,4,5,6,7,8,9]"
@@ -125,13 +147,19 @@ run_part() {
       explain scripts/reference/ss8_q3_scores.csv results/ss8
       "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md ;;
     *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10_tuning_pruned, cifar10_tuning_prune_late, cifar10," \
-            "dogs20, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long, cifar10_adamw, solubility, ss8_tuning," \
+            "dogs20_tuning, dogs20, dogs20_control, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long," \
+            "cifar10_adamw, solubility, ss8_tuning," \
             "ss8)" >&2
        exit 2 ;;
   esac
 }
 
-parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(quick cifar10_tuning cifar10 dogs20 offdiag4 cifar10_long cifar10_adamw synthetic100 cifar10_lr_sweep
-                                 solubility ss8_tuning ss8)
-for name in "${parts[@]}"; do run_part "$name"; done
+main() {
+  local parts=("$@")
+  [ ${#parts[@]} -gt 0 ] || parts=(quick cifar10_tuning cifar10 dogs20_tuning dogs20 dogs20_control offdiag4 cifar10_long
+                                   cifar10_adamw synthetic100 cifar10_lr_sweep solubility ss8_tuning ss8)
+  for name in "${parts[@]}"; do run_part "$name"; done
+}
+
+# One line, then exit: bash reads a script as it runs it, so an edit made during a long part must not be read.
+main "$@"; exit
