@@ -8,6 +8,9 @@
 #                     and (tune.yaml's default) after half the epochs with 5 trials first
 #   cifar10           real CIFAR-10 (the JPEG image folder), cifar10_groups, every loss at the setting cifar10_tuning
 #                     chose, 5 seeds, a stratified 25,000-image subset (of which 2,500 validate), the full test set
+#   cifar10_carryover  does cifar10_tuning's choice carry over to cifar10's budget? Each loss at its chosen
+#                     setting and at half and twice its learning rate, on cifar10's budget, seed 0; carry_over.md
+#                     says, per loss, whether a neighbour beats the choice on val by more than 0.02
 #   dogs20_tuning     dogs20 (Imagenette + Imagewoof, 64x64), dogs20_groups: per loss, 8 trials (Optuna TPE, the
 #                     default median pruner) of the learning rate and the loss's own parameter on the budget dogs20
 #                     runs at (all 18,494 training images of which 10% validate, 8 epochs), selected on the final
@@ -99,6 +102,17 @@ run_part() {
       cifar10_folder
       part cifar10_tuning_prune_late tune experiment=cifar10_folder "data.root=$root" "${tuning_budget[@]}" --trials 8 ;;
     cifar10) cifar10_folder; part cifar10 tune --from "$tuned" experiment=cifar10_folder "data.root=$root" "seeds=[0,1,2,3,4]" ;;
+    cifar10_carryover)  # one compare per loss; a loss whose folder holds summary.md is done and skipped
+      cifar10_folder
+      for loss in ce label_smoothing ce_expected_score soft_label_ce log_expected_score power_expected_score \
+                  expected_score; do
+        [ -f "results/cifar10_carryover/$loss/summary.md" ] && continue
+        # shellcheck disable=SC2046  # the overrides are words: losses=[..] loss=.. optim.lr=a,b,c loss.<param>=..
+        part "cifar10_carryover/$loss" compare experiment=cifar10_folder "data.root=$root" "seeds=[0]" \
+          $("$python" scripts/carry_over.py sweep "$tuned" "$loss")
+      done
+      "$python" scripts/carry_over.py table "$tuned" results/cifar10_carryover/*/ \
+        > results/cifar10_carryover/carry_over.md ;;
     dogs20_tuning)
       extract "$dogs_archive" dogs20-64
       part dogs20_tuning tune "${dogs20_budget[@]}" data.test_size=1000 "seeds=[0]" tune.search_only=true --trials 8 ;;
@@ -147,17 +161,17 @@ run_part() {
       explain scripts/reference/ss8_q3_scores.csv results/ss8
       "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md ;;
     *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10_tuning_pruned, cifar10_tuning_prune_late, cifar10," \
-            "dogs20_tuning, dogs20, dogs20_control, synthetic100, cifar10_lr_sweep, offdiag4, cifar10_long," \
-            "cifar10_adamw, solubility, ss8_tuning," \
-            "ss8)" >&2
+            "cifar10_carryover, dogs20_tuning, dogs20, dogs20_control, synthetic100, cifar10_lr_sweep, offdiag4," \
+            "cifar10_long, cifar10_adamw, solubility, ss8_tuning, ss8)" >&2
        exit 2 ;;
   esac
 }
 
 main() {
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(quick cifar10_tuning cifar10 dogs20_tuning dogs20 dogs20_control offdiag4 cifar10_long
-                                   cifar10_adamw synthetic100 cifar10_lr_sweep solubility ss8_tuning ss8)
+  [ ${#parts[@]} -gt 0 ] || parts=(quick cifar10_tuning cifar10 cifar10_carryover dogs20_tuning dogs20 dogs20_control
+                                   offdiag4 cifar10_long cifar10_adamw synthetic100 cifar10_lr_sweep solubility
+                                   ss8_tuning ss8)
   for name in "${parts[@]}"; do run_part "$name"; done
 }
 

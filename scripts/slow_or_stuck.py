@@ -17,26 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from lossbench.errors import LossbenchError, require
+from lossbench.report import read_curves
 from lossbench.stats import interval_text, paired_text, slope, summarise
 
 REFERENCE = "ce"
-CURVES_FILE = "curves.csv"  # the report's long table: one row per run and epoch
 COLUMNS = ("loss", "seed", "epoch", "test_score", "test_acc", "grad_norm")
-
-
-def read_curves(directory: Path) -> pd.DataFrame:
-    path = directory / CURVES_FILE
-    require(path.is_file(), f"{path}: not found (run `lossbench report {directory}` first)")
-    curves = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in curves.columns]
-    require(not missing, f"{path}: no column {', '.join(missing)}")
-    for column in COLUMNS[1:]:
-        numbers = pd.to_numeric(curves[column], errors="coerce")
-        bad = curves[column][numbers.isna() & curves[column].notna()]
-        if not bad.empty:
-            raise LossbenchError(f"{path}: {column} holds {bad.iloc[0]!r}, not a number")
-        curves[column] = numbers
-    return curves
 
 
 def second_half_slopes(runs: pd.DataFrame) -> dict[int, float]:
@@ -125,7 +110,7 @@ def main(argv: list[str]) -> int:
             all(e.strip().isdigit() for e in args.epochs.split(",")),
             f"--epochs {args.epochs}: write whole epochs separated by commas",
         )
-        curves = read_curves(args.directory)
+        curves = read_curves(args.directory, COLUMNS)
         epochs = [e for e in map(int, args.epochs.split(",")) if e <= curves["epoch"].max()]
     except (LossbenchError, OSError, pd.errors.ParserError) as err:
         print(f"error: {err}", file=sys.stderr)

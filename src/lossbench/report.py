@@ -14,6 +14,7 @@ target. A loss's setting and decision rule are chosen on validation metrics only
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,25 @@ FINAL_METRICS = [
     "val_score_bayes",
     "val_score_bayes_cal",
 ]
+
+CURVES_FILE = "curves.csv"  # the report's long table: one row per run and epoch
+
+
+def read_curves(directory: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A comparison's curves.csv, for the scripts that analyse it: each of `columns` present, every one after the
+    first a number (or empty), else one LossbenchError naming the file, the column and the value."""
+    path = directory / CURVES_FILE
+    require(path.is_file(), f"{path}: not found (run `lossbench report {directory}` first)")
+    curves = pd.read_csv(path)
+    missing = [c for c in columns if c not in curves.columns]
+    require(not missing, f"{path}: no column {', '.join(missing)}")
+    for column in columns[1:]:
+        numbers = pd.to_numeric(curves[column], errors="coerce")
+        bad = curves[column][numbers.isna() & curves[column].notna()]
+        if not bad.empty:
+            raise LossbenchError(f"{path}: {column} holds {bad.iloc[0]!r}, not a number")
+        curves[column] = numbers
+    return curves
 
 
 # ---------------------------------------------------------------- column names
@@ -900,7 +920,7 @@ def build_report(root: Path, target_score: float | None = None, margin: float | 
         for key, value in columns.get(label_of(row), {}).items() if index in chosen.index else ():
             table.loc[index, key] = value
     table.attrs.update(target_score=targets.score, target_acc=targets.acc, selected_on=selected_on, margin=margin)
-    write_atomic(root / "curves.csv", curves.to_csv(index=False))
+    write_atomic(root / CURVES_FILE, curves.to_csv(index=False))
     write_atomic(root / "summary.csv", table.to_csv(index=False))
     write_atomic(root / "summary.md", markdown)
     figures = [root / name for name in FIGURES if (root / name).exists()]
