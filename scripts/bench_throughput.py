@@ -61,6 +61,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -219,38 +220,44 @@ def step_batches(
     return warm, timed
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every timed loop of one benchmark shares: the data, the config, where and in what precision it runs,
+    and the step budget."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    scores: object
+    cfg: object
+    device: torch.device
+    dtype: torch.dtype | None
+    num_classes: int
+    steps: int
+    batch: int
+    contiguous: bool
+
+
 class LossbenchLoop(EpochLoop):
     """lossbench's hot loop, built from the same functions as `lossbench.train._train` (lossbench.step's)."""
 
-    def __init__(
-        self,
-        images,
-        labels,
-        scores,
-        cfg,
-        device,
-        dtype,
-        num_classes,
-        steps,
-        batch,
-        compile_model: str | None,
-        contiguous: bool,
-        cpu_layout: str,
-    ):
-        self.device, self.dtype = device, dtype
+    def __init__(self, setup: Setup, compile_model: str | None, cpu_layout: str):
+        self.device, self.dtype = setup.device, setup.dtype
+        device, batch = setup.device, setup.batch
         generator = torch.Generator(device=device).manual_seed(0)
-        (self.warm,), (self.timed,) = step_batches(images.to(device), labels.to(device), cfg, batch, [generator])
-        assert len(self.timed) == steps
-        self.images = steps * batch
+        (self.warm,), (self.timed,) = step_batches(
+            setup.images.to(device), setup.labels.to(device), setup.cfg, batch, [generator]
+        )
+        assert len(self.timed) == setup.steps
+        self.images = setup.steps * batch
         torch.manual_seed(0)
-        self.model = SmallCNN(num_classes, cpu_layout=cpu_layout).to(device)
-        laid_out = in_layout(self.model, contiguous)
+        self.model = SmallCNN(setup.num_classes, cpu_layout=cpu_layout).to(device)
+        laid_out = in_layout(self.model, setup.contiguous)
         self.step_model = torch.compile(laid_out, mode=compile_model) if compile_model else laid_out
-        self.loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.loss_fn = build_loss("ce", setup.scores.matrix).to(device)
         x, y = next(iter(self.warm))
         self.flops_per_image = training_flops_per_image(self.model, self.loss_fn, x, y)
-        self.optimizer = build_optimizer(cfg.optim, self.model)
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, len(self.timed), 1_000)
+        self.optimizer = build_optimizer(setup.cfg.optim, self.model)
+        self.scheduler = build_scheduler(setup.cfg.schedule, self.optimizer, len(self.timed), 1_000)
 
     def epoch(self, batches: Batches) -> None:
         train_one_epoch(self.step_model, self.loss_fn, batches, self.optimizer, self.scheduler, self.dtype).tolist()
@@ -261,37 +268,26 @@ class PackedLoop(EpochLoop):
     draws its own batch (its own generator, so its own order and augmentation) and has its own loss; one backward
     and one optimiser step serve all (SGD is elementwise, so one optimiser over the packed weights is M)."""
 
-    def __init__(
-        self,
-        images,
-        labels,
-        scores,
-        cfg,
-        device,
-        dtype,
-        num_classes,
-        steps,
-        batch,
-        members: int,
-        contiguous: bool,
-        cpu_layout: str,
-    ):
-        self.device, self.dtype = device, dtype
+    def __init__(self, setup: Setup, members: int, cpu_layout: str):
+        self.device, self.dtype = setup.device, setup.dtype
+        device, batch = setup.device, setup.batch
         generators = [torch.Generator(device=device).manual_seed(m) for m in range(members)]
-        self.warm, self.timed = step_batches(images.to(device), labels.to(device), cfg, batch, generators)
-        self.images = steps * batch * members  # every member's
+        self.warm, self.timed = step_batches(
+            setup.images.to(device), setup.labels.to(device), setup.cfg, batch, generators
+        )
+        self.images = setup.steps * batch * members  # every member's
         singles = []
         for m in range(members):
             torch.manual_seed(m)
-            singles.append(SmallCNN(num_classes, cpu_layout=cpu_layout).to(device))
+            singles.append(SmallCNN(setup.num_classes, cpu_layout=cpu_layout).to(device))
         first = self.warm[0]
         probe = normalise(first.inputs[:4], first.mean, first.std)
         self.network = PackedNetwork(singles, probe)
-        self.model = in_layout(self.network, contiguous)
-        loss_fn = build_loss("ce", scores.matrix).to(device)
+        self.model = in_layout(self.network, setup.contiguous)
+        loss_fn = build_loss("ce", setup.scores.matrix).to(device)
         self.losses_of = member_losses([loss_fn] * members, ["ce"] * members, device)
-        self.optimizer = build_optimizer(cfg.optim, self.network)
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, steps, 1_000)
+        self.optimizer = build_optimizer(setup.cfg.optim, self.network)
+        self.scheduler = build_scheduler(setup.cfg.schedule, self.optimizer, setup.steps, 1_000)
 
     def epoch(self, batches: list[Batches]) -> None:
         train_packed_epoch(self.model, batches, self.losses_of, self.optimizer, self.scheduler, self.dtype).tolist()
@@ -495,53 +491,15 @@ def main(args) -> None:
         f"{args.rounds} rounds of (1 untimed + {args.steps} timed steps) per loop"
     )
 
-    lossbench = LossbenchLoop(
-        images,
-        labels,
-        scores,
-        cfg,
-        device,
-        dtype,
-        num_classes,
-        args.steps,
-        batch,
-        args.compile,
-        args.contiguous,
-        cpu_layout,
-    )
+    setup = Setup(images, labels, scores, cfg, device, dtype, num_classes, args.steps, batch, args.contiguous)
+    lossbench = LossbenchLoop(setup, args.compile, cpu_layout)
     naive = NaiveLoop(images, labels, device, num_classes, args.steps, batch)
     loops = {"lossbench": lossbench, "naive": naive}
     if args.pack:
-        loops["packed"] = PackedLoop(
-            images,
-            labels,
-            scores,
-            cfg,
-            device,
-            dtype,
-            num_classes,
-            args.steps,
-            batch,
-            args.pack,
-            args.contiguous,
-            cpu_layout,
-        )
+        loops["packed"] = PackedLoop(setup, args.pack, cpu_layout)
         print(f"packed: {args.pack} SmallCNNs as one network, {args.pack} x {batch} images per step")
     if args.vs_dense:
-        loops["dense"] = LossbenchLoop(
-            images,
-            labels,
-            scores,
-            cfg,
-            device,
-            dtype,
-            num_classes,
-            args.steps,
-            batch,
-            args.compile,
-            args.contiguous,
-            "dense",
-        )
+        loops["dense"] = LossbenchLoop(setup, args.compile, "dense")
     flops = lossbench.flops_per_image
     print(f"model: {flops / 1e6:.1f} MFLOP per training image (forward + backward, torch.utils.flop_counter)")
     print(f"naive DataLoader: {naive.workers} workers, persistent, shuffle", flush=True)
