@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lossbench.checks import is_finite_number
 from lossbench.errors import LossbenchError, require
 from lossbench.report import read_curves
-from lossbench.stats import interval_text
+from lossbench.stats import interval_text, summarise
 
 LR = "optim.lr"
 COLUMNS = ("loss", "seed", LR, "epoch", "val_score", "test_score")
@@ -36,8 +37,7 @@ def chosen_settings(path: Path) -> dict[str, dict[str, float]]:
         raise LossbenchError(f"{path}: not a tune.json with chosen settings ({type(err).__name__}: {err})") from None
     for loss, setting in settings.items():
         value = setting.get(LR) if isinstance(setting, dict) else None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        require(ok, f"{path}: {loss} has no positive chosen {LR}")
+        require(is_finite_number(value) and value > 0, f"{path}: {loss} has no positive chosen {LR}")
     return settings
 
 
@@ -81,7 +81,7 @@ def loss_row(loss: str, chosen_lr: float, finals: pd.DataFrame, factors: list[fl
         val[factor], test[factor] = list(runs["val_score"].dropna()), list(runs["test_score"].dropna())
     ran = [f for f in factors if val[f]]
     require(1.0 in ran, f"{loss}: no finished run at the chosen {LR} {chosen_lr:.4g}")
-    mean = {f: sum(val[f]) / len(val[f]) for f in ran}
+    mean = {f: summarise(val[f]).mean for f in ran}
     best = max(ran, key=mean.__getitem__)
     gain = mean[best] - mean[1.0]
     if best == 1.0:

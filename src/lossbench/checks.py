@@ -36,6 +36,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite_number(value: Any) -> bool:
+    """A number (not a bool) that is neither infinite nor NaN: what a config or record value must be."""
+    return is_number(value) and math.isfinite(value)
+
+
 def check_float32(value: Any, key: str, note: str = "") -> None:
     """A positive setting that float32 must hold as a normal, non-zero number."""
     require(

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lossbench import study as studies
 from lossbench.atomic import write_atomic
+from lossbench.checks import is_finite_number
 from lossbench.components import CONFIG_MODULE
 from lossbench.config import absolute_paths, prepare
 from lossbench.errors import LossbenchError, one_line, require
@@ -193,7 +194,7 @@ def storage_spec(settings: DictConfig, directory: Path) -> str:
 
 def make_range(where: str, bounds: object, log: bool) -> Range:
     ok = isinstance(bounds, (list, tuple, ListConfig)) and len(bounds) == 2
-    ok = ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+    ok = ok and all(is_finite_number(b) for b in bounds)
     require(ok, f"{where} must be [low, high] (two finite numbers), not {bounds}")
     low, high = float(bounds[0]), float(bounds[1])
     require(low < high, f"{where}: low {low:g} must be below high {high:g}")
@@ -396,9 +397,7 @@ def is_range(bounds: object) -> bool:
     """Whether a tune.json's searched range reads back as a Range: finite low and high, log true or false."""
     if not (isinstance(bounds, dict) and set(bounds) == {"low", "high", "log"}):
         return False
-    ends = (bounds["low"], bounds["high"])
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ends)
-    return numbers and isinstance(bounds["log"], bool)
+    return is_finite_number(bounds["low"]) and is_finite_number(bounds["high"]) and isinstance(bounds["log"], bool)
 
 
 def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
@@ -419,7 +418,7 @@ def reused_choice(path: Path, record: dict, cfg: DictConfig) -> dict:
         where = f"--from {path}: {name} {key}={value}"
         require(key in (LR, *params), f"{where}: not a searched key ({', '.join((LR, *params))})")
         require(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            is_finite_number(value),
             f"{where}: not a finite number",
         )
         check_value(cfg, key, value, where)
