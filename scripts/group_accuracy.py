@@ -24,8 +24,8 @@ import pandas as pd
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.rundir import CONFUSION_FILE, find_runs, read_config, read_confusion
-from lossbench.stats import interval_text, paired_text
+from lossbench.rundir import CONFUSION_FILE, confusions_by_run
+from lossbench.stats import interval_text, paired_column_text
 
 RARE = 0.05  # a class with under this share of the test examples has its recall shown by default
 
@@ -83,30 +83,22 @@ def rare_classes(counts: pd.DataFrame) -> list[str]:
 def collect(root: Path, groups: dict[str, str] | None, recall: list[str] | None) -> pd.DataFrame:
     """One row per run with a confusion.csv: loss, seed and its measures. A damaged run is left out with a
     warning, as the report does."""
-    rows = []
-    for run_dir in find_runs(root):
-        counts, warning = read_confusion(run_dir / CONFUSION_FILE)
-        if warning or counts is None:
-            if warning:
-                print(f"warning: {warning}; run left out", file=sys.stderr)
-            continue
-        try:
-            cfg = read_config(run_dir)
-            loss, seed, data_path = str(cfg.loss.name), int(cfg.seed), str(cfg.data.path)
-        except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:
-            print(f"warning: {run_dir}: {one_line(err)}; run left out", file=sys.stderr)
-            continue
+    rows, warnings = [], []
+    for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
+        if groups is None:
+            try:
+                data_path = str(cfg.data.path)
+            except OmegaConfBaseException as err:  # a run of data that is not data=arrays
+                warnings.append(f"{run_dir}: {one_line(err)}; run left out (name the groups with --groups)")
+                continue
         mapping = groups if groups is not None else file_groups(data_path)
         chosen = recall if recall is not None else rare_classes(counts)
         unknown = [c for c in chosen if c not in counts.columns]
         require(not unknown, f"--recall: {unknown} not among the classes {list(counts.columns)}")
         rows.append({"loss": loss, "seed": seed, **run_measures(counts, mapping, chosen)})
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return pd.DataFrame(rows)
-
-
-def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
-    """The paired difference with ce over the seeds both have."""
-    return paired_text(*(runs.set_index("seed")[column].to_dict() for runs in (group, reference)))
 
 
 def markdown(measures: pd.DataFrame) -> str:
@@ -125,7 +117,7 @@ def markdown(measures: pd.DataFrame) -> str:
     for loss, group in measures.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference) > 0
         acc_vs, group_vs = (
-            (versus(group, reference, c) for c in ("accuracy", "group_accuracy")) if compare else ("-", "-")
+            (paired_column_text(group, reference, c) for c in ("accuracy", "group_accuracy")) if compare else ("-", "-")
         )
         cells = [
             loss,

@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line
-from lossbench.rundir import CONFUSION_FILE, find_runs, read_config, read_confusion
+from lossbench.rundir import CONFUSION_FILE, confusions_by_run
 from lossbench.scores import build_scores
-from lossbench.stats import interval_text, paired_text
+from lossbench.stats import interval_text, paired_column_text
 from lossbench.trust import check_config
 
 
@@ -48,34 +48,24 @@ def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float
 def run_shares(root: Path, trusted: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate. A run whose
     confusion.csv, config or score table is damaged is left out with a warning, as the report does."""
-    rows = []
-    for run_dir in find_runs(root):
-        counts, warning = read_confusion(run_dir / CONFUSION_FILE)
-        if warning or counts is None:
-            if warning:
-                print(f"warning: {warning}; run left out", file=sys.stderr)
-            continue
+    rows, warnings = [], []
+    for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
         try:
-            cfg = read_config(run_dir)
             check_config(
                 OmegaConf.create({"scores": cfg.scores}),
                 str(run_dir / "config.yaml"),
                 trusted,
                 f"python scripts/near_misses.py {root}",
             )
-            loss, seed = str(cfg.loss.name), int(cfg.seed)
             matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
         except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
-            print(f"warning: {run_dir}: {one_line(err)}; run left out", file=sys.stderr)
+            warnings.append(f"{run_dir}: {one_line(err)}; run left out")
             continue
         share, far = near_and_far(counts, matrix)
         rows.append({"loss": loss, "seed": seed, "share": share, "far": far})
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return pd.DataFrame(rows)
-
-
-def versus(group: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
-    """The paired difference with ce over the seeds both have."""
-    return paired_text(*(runs.set_index("seed")[column].to_dict() for runs in (group, reference)))
 
 
 def markdown(shares: pd.DataFrame) -> str:
@@ -86,7 +76,9 @@ def markdown(shares: pd.DataFrame) -> str:
     ]
     for loss, group in shares.groupby("loss", sort=False):
         compare = loss != "ce" and len(reference)
-        share_vs, far_vs = (versus(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
+        share_vs, far_vs = (
+            (paired_column_text(group, reference, c) for c in ("share", "far")) if compare else ("-", "-")
+        )
         lines.append(
             f"| {loss} | {interval_text(group['share'])} | {share_vs} | {interval_text(group['far'])} | {far_vs} | "
             f"{len(group)} |"

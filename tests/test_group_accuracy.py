@@ -86,6 +86,26 @@ def test_groups_given_on_the_command_line_replace_the_files(tmp_path, capsys):
     assert "| ce | 0.700 | - | 0.950 | - | 1 |" in capsys.readouterr().out
 
 
+def test_with_groups_given_a_run_of_other_data_than_arrays_counts_and_a_damaged_one_is_left_out(tmp_path, capsys):
+    table = [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]]
+    fake_run(tmp_path, "ce", 0, table, data_file(tmp_path / "d.npz"))
+    other = tmp_path / "loss=ce,seed=1"
+    other.mkdir()
+    OmegaConf.save(make_cfg("loss=ce", "seed=1"), other / "config.yaml")  # data=quick: no data.path
+    (other / "status.json").write_text('{"status": "finished"}')
+    counts(table).to_csv(other / "confusion.csv")
+    damaged = tmp_path / "loss=ce,seed=2"
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text("loss: [unclosed")
+    (damaged / "status.json").write_text('{"status": "finished"}')
+    counts(table).to_csv(damaged / "confusion.csv")
+    assert group_accuracy.main([str(tmp_path), "--groups", "helix=H,G", "other=E,C"]) == 0
+    captured = capsys.readouterr()
+    assert "| ce | 0.700 ± 0.000 | - | 0.950 ± 0.000 | - | 2 |" in captured.out
+    left_out = [line for line in captured.err.splitlines() if "run left out" in line]
+    assert len(left_out) == 1 and "loss=ce,seed=2" in left_out[0] and "config.yaml" in left_out[0]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

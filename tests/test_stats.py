@@ -164,3 +164,13 @@ def test_the_table_cells_give_the_interval_and_the_paired_difference_over_shared
     assert paired_text({0: 1.0}, {1: 0.5}) == "no shared seed"
     assert paired_text({0: 1.0, 5: 2.0}, {0: 0.5}) == "+0.500"  # seed 5 has no partner
     assert paired_text({0: 1.0, 1: 1.2}, {0: 0.5, 1: 0.6}).startswith("+0.550 ± ")
+
+
+def test_a_column_of_two_tables_of_runs_is_paired_by_their_seed_column_not_their_row_order():
+    import pandas as pd
+
+    from lossbench.stats import paired_column_text, paired_text
+
+    runs = pd.DataFrame({"seed": [1, 0, 7], "acc": [0.9, 0.8, 0.1]})
+    reference = pd.DataFrame({"seed": [0, 1], "acc": [0.7, 0.8]})
+    assert paired_column_text(runs, reference, "acc") == paired_text({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.8})

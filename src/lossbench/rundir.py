@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.atomic import FILE_MODE, atomic_path, naming, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError, one_line, require
@@ -629,6 +630,25 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     except Exception as err:
         return None, f"{path}: unreadable ({one_line(err)})"
     return table.astype(float), None
+
+
+def confusions_by_run(root: Path, warnings: list[str]) -> Iterator[tuple[Path, pd.DataFrame, DictConfig, str, int]]:
+    """(run directory, test confusion table, config, loss name, seed) for each run of root with a confusion.csv;
+    a run whose confusion.csv or config is damaged is left out, with a phrase appended to warnings (the scripts
+    that count mistakes print them, as the report does)."""
+    for run_dir in find_runs(root):
+        counts, warning = read_confusion(run_dir / CONFUSION_FILE)
+        if warning:
+            warnings.append(f"{warning}; run left out")
+        if counts is None:
+            continue
+        try:
+            cfg = read_config(run_dir)
+            loss, seed = str(cfg.loss.name), int(cfg.seed)
+        except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # e.g. no loss.name
+            warnings.append(f"{run_dir}: {one_line(err)}; run left out")
+            continue
+        yield run_dir, counts, cfg, loss, seed
 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:

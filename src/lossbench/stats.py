@@ -14,9 +14,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats as scipy_stats
+
+if TYPE_CHECKING:  # only for the annotation: the statistics need no pandas
+    import pandas as pd
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -239,3 +243,8 @@ def paired_text(mine: Mapping[int, float], theirs: Mapping[int, float]) -> str:
         return "no shared seed"
     p = paired([mine[seed] for seed in seeds], [theirs[seed] for seed in seeds])
     return f"{p.diff:+.3f} ± {p.ci95:.3f} (p = {p.p_value:.2g})" if p.n > 1 else f"{p.diff:+.3f}"
+
+
+def paired_column_text(runs: pd.DataFrame, reference: pd.DataFrame, column: str) -> str:
+    """paired_text of one column of two tables of runs, each with a `seed` column (one row per run)."""
+    return paired_text(*(table.set_index("seed")[column].to_dict() for table in (runs, reference)))
