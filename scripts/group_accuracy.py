@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line, require
-from lossbench.rundir import CONFUSION_FILE, confusions_by_run
+from lossbench.rundir import confusions_by_run, nothing_counted
 from lossbench.stats import interval_text, paired_column_text
 
 RARE = 0.05  # a class with under this share of the test examples has its recall shown by default
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     try:
         groups = parse_groups(args.groups) if args.groups else None
         measures = collect(args.root, groups, args.recall.split(",") if args.recall else None)
-        require(not measures.empty, f"no run under {args.root} has a {CONFUSION_FILE}")
+        require(not measures.empty, nothing_counted(args.root))
     except LossbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

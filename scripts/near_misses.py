@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import LossbenchError, one_line
-from lossbench.rundir import CONFUSION_FILE, confusions_by_run
+from lossbench.rundir import confusions_by_run, nothing_counted
 from lossbench.scores import build_scores
 from lossbench.stats import interval_text, paired_column_text
 from lossbench.trust import check_config
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if shares.empty:
-        print(f"error: no run under {argv[0]} has a {CONFUSION_FILE}", file=sys.stderr)
+        print(f"error: {nothing_counted(argv[0])}", file=sys.stderr)
         return 2
     print(markdown(shares))
     return 0

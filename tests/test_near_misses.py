@@ -79,6 +79,20 @@ def test_damaged_runs_are_left_out_with_a_warning(tmp_path, capsys):
     assert "| soft_label_ce | 0.750 | no shared seed | 0.019 | no shared seed | 1 |" in captured.out
 
 
+def test_when_every_run_is_left_out_the_error_points_at_the_warnings_not_at_a_missing_file(tmp_path, capsys):
+    fake_run(tmp_path, "ce", 0, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
+    config = OmegaConf.load(tmp_path / "loss=ce,seed=0" / "config.yaml")
+    config.scores = {"_target_": "lossbench.scores.load_scores", "name": "file", "path": str(tmp_path / "moved.csv")}
+    OmegaConf.save(config, tmp_path / "loss=ce,seed=0" / "config.yaml")
+    assert near_misses.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "moved.csv" in err[0] and "run left out" in err[0]
+    assert err[1] == (
+        f"error: no run under {tmp_path} has a confusion.csv that could be counted"
+        " (a warning above names each run left out)"
+    )
+
+
 def test_a_score_table_that_is_not_lossbenchs_is_never_built(tmp_path, capsys):
     fake_run(tmp_path, "ce", 0, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])
     fake_run(tmp_path, "ce", 1, [[50, 2, 2], [0, 50, 4], [1, 1, 50]])

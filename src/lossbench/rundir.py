@@ -632,6 +632,12 @@ def read_confusion(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     return table.astype(float), None
 
 
+def nothing_counted(root: Path) -> str:
+    """The error of a script that found no run of confusions_by_run to count: the warnings it printed before name
+    each run left out, so the message does not guess why."""
+    return f"no run under {root} has a {CONFUSION_FILE} that could be counted (a warning above names each run left out)"
+
+
 def confusions_by_run(root: Path, warnings: list[str]) -> Iterator[tuple[Path, pd.DataFrame, DictConfig, str, int]]:
     """(run directory, test confusion table, config, loss name, seed) for each run of root with a confusion.csv;
     a run whose confusion.csv or config is damaged is left out, with a phrase appended to warnings (the scripts
