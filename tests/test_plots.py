@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import pyplot as plt
 from matplotlib.colors import to_rgba
 from PIL import Image
 
@@ -137,3 +138,25 @@ def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
     assert any(ax.get_ylabel() == "tau" for ax in fig.axes)  # the colour bar names the loss's parameter
     plots.save_figure(fig, tmp_path / "tuning.png")
     picture(tmp_path / "tuning.png")
+
+
+@pytest.mark.parametrize(
+    "lrs, labels",
+    [
+        ([0.0018, 0.003, 0.0055], ["0.002", "0.005"]),  # within a decade: its 1-2-5 steps
+        ([0.0021, 0.0032, 0.0054], ["0.0021", "0.0054"]),  # one step only: the data's two ends instead
+        ([0.0031, 0.0032, 0.0034], ["0.0031", "0.0034"]),
+        ([0.001, 0.003, 0.2], ["$\\mathdefault{10^{-3}}$", "$\\mathdefault{10^{-2}}$", "$\\mathdefault{10^{-1}}$"]),
+    ],
+)
+def test_a_learning_rate_axis_is_labelled_however_narrow_the_trials_lie(lrs, labels):
+    trials = pd.DataFrame(
+        {"loss": "ce", "lr": lrs, "param": None, "value": np.nan, "log": False, "val_score": [1.0, 1.1, 1.2]}
+    ).assign(chosen=[False, False, True])
+    fig = plots.tuning_figure(trials, "val_score")
+    fig.canvas.draw()
+    ax = next(ax for ax in fig.axes if ax.get_title())
+    low, high = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+    plt.close(fig)
+    assert shown == labels

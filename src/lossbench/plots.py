@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from lossbench.atomic import atomic_path  # noqa: E402
 
@@ -127,6 +127,25 @@ def target_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Fig
     return fig
 
 
+def log_x(ax: Axes, values: Sequence[float]) -> None:
+    """A log x axis with labels however narrow the data: within one decade there is no power of ten to label, so
+    the 1-2-5 steps inside the data are labelled instead, or the data's two ends where even none of those is."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib's own minor labels overlap on a narrow range
+    data = np.asarray([v for v in values if np.isfinite(v) and v > 0], dtype=float)
+    if not len(data):
+        return
+    low, high = data.min(), data.max()
+    first, last = math.floor(math.log10(low)), math.floor(math.log10(high))
+    if last > first:  # a power of ten lies within the data: the default labels it
+        return
+    ticks = [m * 10.0**first for m in (1, 2, 5) if low <= m * 10.0**first <= high]
+    if len(ticks) < 2:
+        ticks = sorted({low, high})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+
+
 def sweep_figure(table: pd.DataFrame, key: str, measure: str, ylabel: str) -> Figure:
     """measure against one swept numeric parameter, one line per loss, error bars = `_ci95` where n > 1.
     table: one row per setting, columns loss, key, <measure>_mean, <measure>_ci95, <measure>_n."""
@@ -144,7 +163,7 @@ def sweep_figure(table: pd.DataFrame, key: str, measure: str, ylabel: str) -> Fi
             capsize=3,
         )
     if (pd.to_numeric(table[key]) > 0).all():
-        ax.set_xscale("log")
+        log_x(ax, pd.to_numeric(table[key]))
     seeds = int(table[f"{measure}_n"].max())
     _style(ax, key, ylabel, f"{ylabel} vs {key}" + (" (mean, 95% CI over seeds)" if seeds > 1 else " (one seed)"))
     legend_outside(ax)
@@ -215,8 +234,7 @@ def tuning_figure(trials: pd.DataFrame, objective: str) -> Figure:
         failed = group[group[objective].isna()]
         floor = done[objective].min() if len(done) else 0.0
         ax.scatter(failed["lr"], [floor] * len(failed), marker="x", color="grey", zorder=1)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels its minor ticks on top of each other
+        log_x(ax, group["lr"])
         _style(ax, "learning rate", f"final {objective}", f"{loss} ({len(done)} of {len(group)} trials finished)")
         ax.title.set_color(loss_colour(loss))
         ax.title.set_fontsize(10)
