@@ -351,6 +351,16 @@ def test_from_with_a_shared_learning_rate_runs_every_loss_at_it(tmp_path):
     assert "optim.lr=0.02 (chosen 0.08) loss.eps=0.16" in summary and "optim.lr=0.02 (chosen 0.05)" in summary
 
 
+def test_a_value_set_on_the_command_line_shows_the_search_s_choice_only_where_it_differs():
+    from lossbench.tune import setting_shown
+
+    chosen = {"setting": {"optim.lr": 0.02, "loss.eps": 0.16}, "replaced": {"optim.lr": 0.08}}
+    assert setting_shown(chosen, "optim.lr") == "optim.lr=0.02 (chosen 0.08)"
+    assert setting_shown(chosen, "loss.eps") == "loss.eps=0.16"
+    same = {"setting": {"optim.lr": 0.1347}, "replaced": {"optim.lr": 0.1347}}  # ce in the control pair
+    assert setting_shown(same, "optim.lr") == "optim.lr=0.1347"
+
+
 def test_from_a_missing_file(tmp_path):
     result = lossbench("tune", *TINY, "losses=[ce]", "--from", "nope.json", "--out", "t", cwd=tmp_path)
     assert result.returncode == 2 and "--from nope.json: not a readable tune.json" in result.stderr

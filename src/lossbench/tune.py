@@ -338,9 +338,11 @@ def search_description(record: dict) -> str:
 
 
 def setting_shown(chosen: dict, key: str) -> str:
-    """key=value of a chosen setting, with the search's own choice beside a value the user set instead."""
+    """key=value of a chosen setting, with the search's own choice beside a value the user set instead (not where
+    the user set the very value chosen: the control pair's shared rate is one loss's own choice)."""
     replaced = chosen.get("replaced", {})
-    instead = f" (chosen {replaced[key]:.4g})" if key in replaced else ""
+    differs = key in replaced and replaced[key] != chosen["setting"][key]
+    instead = f" (chosen {replaced[key]:.4g})" if differs else ""
     return f"{key}={chosen['setting'][key]:.4g}{instead}"
 
 
