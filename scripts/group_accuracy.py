@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from omegaconf.errors import OmegaConfBaseException
 
-from lossbench.errors import LossbenchError, one_line, require
+from lossbench.errors import LossbenchError, one_line, printed_warnings, require
 from lossbench.rundir import confusions_by_run, nothing_counted
 from lossbench.stats import interval_text, paired_column_text
 
@@ -83,21 +83,20 @@ def rare_classes(counts: pd.DataFrame) -> list[str]:
 def collect(root: Path, groups: dict[str, str] | None, recall: list[str] | None) -> pd.DataFrame:
     """One row per run with a confusion.csv: loss, seed and its measures. A damaged run is left out with a
     warning, as the report does."""
-    rows, warnings = [], []
-    for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
-        if groups is None:
-            try:
-                data_path = str(cfg.data.path)
-            except OmegaConfBaseException as err:  # a run of data that is not data=arrays
-                warnings.append(f"{run_dir}: {one_line(err)}; run left out (name the groups with --groups)")
-                continue
-        mapping = groups if groups is not None else file_groups(data_path)
-        chosen = recall if recall is not None else rare_classes(counts)
-        unknown = [c for c in chosen if c not in counts.columns]
-        require(not unknown, f"--recall: {unknown} not among the classes {list(counts.columns)}")
-        rows.append({"loss": loss, "seed": seed, **run_measures(counts, mapping, chosen)})
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    rows = []
+    with printed_warnings() as warnings:  # also when an unreadable grouping stops the loop
+        for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
+            if groups is None:
+                try:
+                    data_path = str(cfg.data.path)
+                except OmegaConfBaseException as err:  # a run of data that is not data=arrays
+                    warnings.append(f"{run_dir}: {one_line(err)}; run left out (name the groups with --groups)")
+                    continue
+            mapping = groups if groups is not None else file_groups(data_path)
+            chosen = recall if recall is not None else rare_classes(counts)
+            unknown = [c for c in chosen if c not in counts.columns]
+            require(not unknown, f"--recall: {unknown} not among the classes {list(counts.columns)}")
+            rows.append({"loss": loss, "seed": seed, **run_measures(counts, mapping, chosen)})
     return pd.DataFrame(rows)
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lossbench.errors import LossbenchError, one_line
+from lossbench.errors import LossbenchError, one_line, printed_warnings
 from lossbench.rundir import confusions_by_run, nothing_counted
 from lossbench.scores import build_scores
 from lossbench.stats import interval_text, paired_column_text
@@ -48,23 +48,22 @@ def near_and_far(counts: pd.DataFrame, scores: np.ndarray) -> tuple[float, float
 def run_shares(root: Path, trusted: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per run with a confusion.csv: loss, seed, near-miss share, far-mistake rate. A run whose
     confusion.csv, config or score table is damaged is left out with a warning, as the report does."""
-    rows, warnings = [], []
-    for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
-        try:
-            check_config(
-                OmegaConf.create({"scores": cfg.scores}),
-                str(run_dir / "config.yaml"),
-                trusted,
-                f"python scripts/near_misses.py {root}",
-            )
-            matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
-        except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
-            warnings.append(f"{run_dir}: {one_line(err)}; run left out")
-            continue
-        share, far = near_and_far(counts, matrix)
-        rows.append({"loss": loss, "seed": seed, "share": share, "far": far})
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    rows = []
+    with printed_warnings() as warnings:
+        for run_dir, counts, cfg, loss, seed in confusions_by_run(root, warnings):
+            try:
+                check_config(
+                    OmegaConf.create({"scores": cfg.scores}),
+                    str(run_dir / "config.yaml"),
+                    trusted,
+                    f"python scripts/near_misses.py {root}",
+                )
+                matrix = build_scores(cfg.scores, list(counts.columns), warn=False).matrix.numpy()
+            except (LossbenchError, OmegaConfBaseException, ValueError, TypeError) as err:  # a config without scores
+                warnings.append(f"{run_dir}: {one_line(err)}; run left out")
+                continue
+            share, far = near_and_far(counts, matrix)
+            rows.append({"loss": loss, "seed": seed, "share": share, "far": far})
     return pd.DataFrame(rows)
 
 

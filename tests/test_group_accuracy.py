@@ -106,6 +106,20 @@ def test_with_groups_given_a_run_of_other_data_than_arrays_counts_and_a_damaged_
     assert len(left_out) == 1 and "loss=ce,seed=2" in left_out[0] and "config.yaml" in left_out[0]
 
 
+def test_runs_left_out_before_an_error_are_still_named(tmp_path, capsys):
+    table = [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]]
+    damaged = tmp_path / "loss=ce,seed=0"  # found first: left out with a warning
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text("loss: [unclosed")
+    (damaged / "status.json").write_text('{"status": "finished"}')
+    counts(table).to_csv(damaged / "confusion.csv")
+    fake_run(tmp_path, "ce", 1, table, data_file(tmp_path / "d.npz", class_groups=None))  # then the error
+    assert group_accuracy.main([str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "loss=ce,seed=0" in lines[0] and "run left out" in lines[0]
+    assert lines[1].startswith("error: ") and "no class_groups" in lines[1]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DEBUG_ENV = "LOSSBENCH_DEBUG"  # set to 1 to get tracebacks instead of one-line errors
@@ -73,3 +74,15 @@ def script_exit(step: Callable[[], object], target: Path) -> int:
         print(f"error: {err.filename or target}: {err.strerror or err}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def printed_warnings() -> Iterator[list[str]]:
+    """A list to gather "run left out" phrases in, printed as `warning:` lines when the block ends, also when it
+    ends on an error: the runs skipped before the error are still news to the user who fixes it."""
+    warnings: list[str] = []
+    try:
+        yield warnings
+    finally:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
