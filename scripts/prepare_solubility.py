@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossbench.atomic import savez_atomic
 from lossbench.errors import LossbenchError, require, script_exit
 
 CLASSES = ["low", "medium", "high"]
@@ -113,7 +114,7 @@ def prepare(source: Path, out: Path, bits: int) -> dict[str, np.ndarray]:
     arrays["classes"] = np.array(CLASSES)
     arrays["feature_names"] = np.array([f"morgan_{i}" for i in range(bits)] + DESCRIPTORS)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
+    savez_atomic(out, arrays)
     print(
         f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
         f"({bits} fingerprint bits + {len(DESCRIPTORS)} descriptors)"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossbench.atomic import savez_atomic
 from lossbench.errors import LossbenchError, require, script_exit
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -134,7 +135,7 @@ def prepare(source: Path, out: Path, window: int) -> dict[str, np.ndarray]:
     arrays["classes"] = np.array(STATES)
     arrays["class_groups"] = np.array(STATE_GROUPS)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
+    savez_atomic(out, arrays)
     print(
         f"wrote {out}: x_train {arrays['x_train'].shape}, x_test {arrays['x_test'].shape} "
         f"([N, {CHANNELS} channels, {2 * window + 1} positions])"

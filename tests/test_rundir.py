@@ -13,10 +13,11 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 from conftest import HANG_S
 
-from lossbench.atomic import atomic_path, write_atomic
+from lossbench.atomic import atomic_path, savez_atomic, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.rundir import (
     COMPARE_FILE,
@@ -282,6 +283,24 @@ def test_an_atomic_write_that_fails_names_its_target_not_the_temporary_file(tmp_
         with atomic_path(tmp_path / "a.csv"):
             (tmp_path / "other" / "b.csv").write_text("")
     assert caught.value.filename == str(tmp_path / "other" / "b.csv")
+
+
+def test_an_archive_killed_while_written_leaves_the_old_one(tmp_path, monkeypatch):
+    """The data preparation scripts and the saved predictions write .npz archives; a half-written one would
+    fail much later as a zip error, far from its cause."""
+    target = tmp_path / "d.npz"
+    savez_atomic(target, {"x": np.arange(3)})
+
+    def killed(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", killed)
+    with pytest.raises(KeyboardInterrupt):
+        savez_atomic(target, {"x": np.arange(5)})
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]
+    with np.load(target) as kept:
+        assert kept["x"].tolist() == [0, 1, 2]
 
 
 def test_concurrent_atomic_writers_never_collide(tmp_path):

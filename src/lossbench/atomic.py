@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -117,3 +119,10 @@ def save_atomic(obj: object, path: Path) -> None:
 def write_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed `arrays` to `path` atomically: a run or script killed while writing leaves the old
+    file (or none), never a truncated archive that fails later with a zip error."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)

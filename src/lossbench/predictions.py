@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lossbench.atomic import atomic_path
+from lossbench.atomic import savez_atomic
 from lossbench.data.batching import eval_batches
 from lossbench.errors import LossbenchError, one_line
 from lossbench.metrics import fit_temperature
@@ -65,8 +65,7 @@ def save_predictions(run: Run) -> torch.Tensor:
             temperature=np.float32(float(fit_temperature(val_logits, val_y))),
         )
     arrays.update(classes=np.array(run.classes), scores=run.scores.float().cpu().numpy(), epoch=np.int64(run.epoch))
-    with atomic_path(run.run_dir / PREDICTIONS_FILE) as tmp, tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
+    savez_atomic(run.run_dir / PREDICTIONS_FILE, arrays)
     return test_logits
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lossbench.atomic import atomic_path, write_atomic
+from lossbench.atomic import atomic_path, savez_atomic, write_atomic
 from lossbench.errors import one_line, require
 from lossbench.predictions import PREDICTIONS_FILE, RULES, Predictions, read_predictions, rule_metrics
 from lossbench.report import RESCORE_FILE
@@ -94,8 +94,7 @@ def rescore_run(run_dir: Path, new_dir: Path, found: Predictions, scores: np.nda
     }
     if found.val_probs is not None:
         arrays.update(val_probs=found.val_probs.astype(np.float16), val_labels=found.val_labels)
-    with atomic_path(new_dir / PREDICTIONS_FILE) as tmp, tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
+    savez_atomic(new_dir / PREDICTIONS_FILE, arrays)
     record = {
         "source": str(run_dir.resolve()),
         "scores_path": str(csv_path),
