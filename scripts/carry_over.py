@@ -126,6 +126,10 @@ def main(argv: list[str]) -> int:
             require(args.loss in settings, f"{args.tune_json}: no chosen setting for {args.loss}")
             print(" ".join(sweep_overrides(args.loss, settings[args.loss], factors)))
         else:
+            require(
+                math.isfinite(args.margin) and args.margin >= 0,
+                f"--margin {args.margin:g}: write a number of 0 or more (how much better on val a neighbour must be)",
+            )
             finals = pd.concat([read_finals(d) for d in args.directories], ignore_index=True)
             print(table(settings, finals, factors, args.margin))
     except (LossbenchError, OSError, pd.errors.ParserError) as err:

@@ -81,6 +81,8 @@ def test_a_neighbour_better_on_val_by_more_than_the_margin_is_a_miss(tmp_path, c
         (["sweep", "TUNE", "ce", "--factors", "0.5,2"], "--factors 0.5,2: write positive numbers"),
         (["sweep", "TUNE", "ce", "--factors", "a,1"], "--factors a,1"),
         (["sweep", "nope.json", "ce"], "nope.json: not a tune.json"),
+        (["table", "TUNE", "missing", "--margin", "nan"], "--margin nan: write a number of 0 or more"),
+        (["table", "TUNE", "missing", "--margin", "-0.1"], "--margin -0.1: write a number of 0 or more"),
         (["table", "TUNE", "missing"], "missing/curves.csv: not found"),
         (["table", "TUNE", "NOLR"], "no column optim.lr"),
     ],
