@@ -146,6 +146,8 @@ def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
         ([0.0018, 0.003, 0.0055], ["0.002", "0.005"]),  # within a decade: its 1-2-5 steps
         ([0.0021, 0.0032, 0.0054], ["0.0021", "0.0054"]),  # one step only: the data's two ends instead
         ([0.0031, 0.0032, 0.0034], ["0.0031", "0.0034"]),
+        ([0.04, 0.08, 0.16], ["0.05", "0.1"]),  # one power of ten inside: the steps across both decades
+        ([0.08, 0.16, 0.32], ["0.1", "0.2"]),
         ([0.001, 0.003, 0.2], ["$\\mathdefault{10^{-3}}$", "$\\mathdefault{10^{-2}}$", "$\\mathdefault{10^{-1}}$"]),
     ],
 )

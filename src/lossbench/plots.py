@@ -128,18 +128,19 @@ def target_figure(table: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Fig
 
 
 def log_x(ax: Axes, values: Sequence[float]) -> None:
-    """A log x axis with labels however narrow the data: within one decade there is no power of ten to label, so
-    the 1-2-5 steps inside the data are labelled instead, or the data's two ends where even none of those is."""
+    """A log x axis with labels however narrow the data: with fewer than two powers of ten inside it the default
+    labels at most one tick, so the 1-2-5 steps inside the data are labelled instead, or the data's two ends where
+    even fewer than two of those are."""
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib's own minor labels overlap on a narrow range
     data = np.asarray([v for v in values if np.isfinite(v) and v > 0], dtype=float)
     if not len(data):
         return
     low, high = data.min(), data.max()
-    first, last = math.floor(math.log10(low)), math.floor(math.log10(high))
-    if last > first:  # a power of ten lies within the data: the default labels it
+    decades = range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
+    if sum(low <= 10.0**d <= high for d in decades) >= 2:  # the default labels these powers of ten
         return
-    ticks = [m * 10.0**first for m in (1, 2, 5) if low <= m * 10.0**first <= high]
+    ticks = [m * 10.0**d for d in decades for m in (1, 2, 5) if low <= m * 10.0**d <= high]
     if len(ticks) < 2:
         ticks = sorted({low, high})
     ax.xaxis.set_major_locator(FixedLocator(ticks))
