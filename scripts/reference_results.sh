@@ -35,7 +35,8 @@
 #                     window MLP of experiment=ss8: per loss, 4 trials (Optuna TPE) of the learning rate and the
 #                     loss's own parameter on a small budget (40,000 residues, 3 epochs), selected on the final
 #                     val_score
-#   ss8               every loss at the setting ss8_tuning chose, on all of CB513, tested on TS115, 5 seeds
+#   ss8               every loss at the setting ss8_tuning chose, on all of CB513, tested on TS115, 5 seeds; Q8 and Q3
+#                     under argmax (q3.md) and the Bayes rule (q3_bayes.md)
 # (results/ss8_cnn1d, ss8_cnn1d_tuning and ss8_mlp_baseline are no part: they used commit 220845b's split by chain,
 # which leaked; docs/results.md says what they show.)
 # Usage: scripts/reference_results.sh [PART ...]   (no part: all of them in this order, but the two pruned searches)
@@ -159,7 +160,8 @@ run_part() {
       OMP_NUM_THREADS=1 part ss8 tune --from results/ss8_tuning/tune.json experiment=ss8 "seeds=[0,1,2,3,4]" \
         hydra/launcher=joblib hydra.launcher.n_jobs=2
       explain scripts/reference/ss8_q3_scores.csv results/ss8
-      "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md ;;
+      "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G > results/ss8/q3.md
+      "$python" scripts/group_accuracy.py results/ss8 --recall I,B,G --rule bayes > results/ss8/q3_bayes.md ;;
     *) echo "unknown part '$1' (quick, cifar10_tuning, cifar10_tuning_pruned, cifar10_tuning_prune_late, cifar10," \
             "cifar10_carryover, dogs20_tuning, dogs20, dogs20_control, synthetic100, cifar10_lr_sweep, offdiag4," \
             "cifar10_long, cifar10_adamw, solubility, ss8_tuning, ss8)" >&2

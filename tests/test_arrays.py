@@ -95,8 +95,18 @@ def test_classes_absent_from_the_test_split_are_one_clear_error(tmp_path):
         load_dataset(cfg, dataset_classes(cfg), torch.eye(2))
 
 
-def test_not_an_npz_file(tmp_path):
-    (tmp_path / "d.npz").write_text("hello")
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"hello",
+        lambda data: b"",
+        lambda data: data[: len(data) // 2],  # a copy cut short
+        lambda data: data[:30] + bytes(len(data) - 30),  # overwritten after its first header
+    ],
+)
+def test_not_an_npz_file(tmp_path, damage):
+    make_npz(tmp_path / "d.npz")
+    (tmp_path / "d.npz").write_bytes(damage((tmp_path / "d.npz").read_bytes()))
     result = lossbench(
         "run",
         *VECTOR_ARGS,

@@ -143,6 +143,69 @@ def test_bad_groupings_are_one_error_line(tmp_path, capsys, args, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_a_damaged_data_file_is_one_error_line(tmp_path, capsys):
+    data = data_file(tmp_path / "d.npz")
+    data.write_bytes(data.read_bytes()[:40])  # a copy cut short
+    fake_run(tmp_path / "cmp", "ce", 0, [[40, 8, 2, 0], [2, 5, 0, 3], [0, 0, 15, 10], [0, 0, 5, 10]], data)
+    assert group_accuracy.main([str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: not a readable .npz file") and err.count("\n") == 1
+
+
 def test_no_runs_is_one_error_line(tmp_path, capsys):
     assert group_accuracy.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no run under")
+
+
+SCORES = np.array([[2, 1, 0, 0], [1, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 2]], dtype=float)  # 1 within the helix group
+# A helix residue whose single likeliest state is E, though H or G (same group) together are likelier: argmax
+# answers E (wrong in Q8 and Q3), the Bayes rule H (2 * 0.31 + 0.29 = 0.91 against E's 0.80). A strand residue
+# that every rule gets right.
+PROBS, LABELS = np.array([[0.31, 0.29, 0.40, 0.0], [0.0, 0.0, 1.0, 0.0]]), np.array([0, 2])
+ARGMAX_TABLE = [[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def with_predictions(run: Path, temperature: float = float("nan")) -> None:
+    np.savez(
+        run / "predictions.npz",
+        test_probs=PROBS.astype(np.float16),
+        test_labels=LABELS,
+        temperature=np.float32(temperature),
+        classes=np.array(CLASSES),
+        scores=SCORES,
+    )
+
+
+@pytest.mark.parametrize(
+    "rule, source, q8_q3",
+    [
+        ("argmax", "argmax (each run's confusion.csv)", "0.500 | - | 0.500"),
+        ("bayes", "Bayes (each run's predictions.npz)", "1.000 | - | 1.000"),
+        ("bayes_cal", "calibrated Bayes (each run's predictions.npz)", "1.000 | - | 1.000"),  # at temperature 1
+    ],
+)
+def test_a_rule_counts_the_answers_it_gives(tmp_path, capsys, rule, source, q8_q3):
+    fake_run(tmp_path, "ce", 0, ARGMAX_TABLE, data_file(tmp_path / "d.npz"))
+    with_predictions(tmp_path / "loss=ce,seed=0", temperature=1.0)
+    assert group_accuracy.main([str(tmp_path), "--recall", "H", "--rule", rule]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Test answers decided by {source}.")
+    assert f"| ce | {q8_q3} | " in out
+
+
+def test_under_a_bayes_rule_a_run_without_usable_predictions_is_left_out_and_named(tmp_path, capsys):
+    data = data_file(tmp_path / "d.npz")
+    for seed in range(4):
+        fake_run(tmp_path, "ce", seed, ARGMAX_TABLE, data)
+    with_predictions(tmp_path / "loss=ce,seed=0", temperature=1.0)
+    with_predictions(tmp_path / "loss=ce,seed=1")  # no validation split: no temperature
+    (tmp_path / "loss=ce,seed=2" / "predictions.npz").write_bytes(b"PK\x03\x04 cut short")
+    # seed 3 has none, as a run of an older lossbench
+    assert group_accuracy.main([str(tmp_path), "--recall", "H", "--rule", "bayes_cal"]) == 0
+    captured = capsys.readouterr()
+    assert "| ce | 1.000 | - | 1.000 | - | 1.000 | 1 |" in captured.out
+    left_out = captured.err.splitlines()
+    assert len(left_out) == 3 and all(line.endswith("run left out") for line in left_out)
+    assert "seed=1: no temperature for calibrated Bayes" in left_out[0]
+    assert "seed=2/predictions.npz: unreadable" in left_out[1]
+    assert "seed=3: no predictions.npz (made by an older lossbench)" in left_out[2]

@@ -76,6 +76,29 @@ def test_the_report_gives_a_test_set_interval_beside_the_seed_interval(compariso
     assert " to " in glance and 'Test-set interval "-"' not in glance
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # cut short: copied in part, a full disk
+        lambda data: b"not an archive",
+        lambda data: data[:30] + bytes(len(data) - 30),  # its contents overwritten
+    ],
+)
+def test_a_damaged_predictions_file_leaves_its_run_out_of_the_test_set_interval_and_is_named(
+    comparison, tmp_path, damage
+):
+    copy = tmp_path / "copy"
+    shutil.copytree(comparison, copy)
+    path = copy / "loss=ce,seed=0" / PREDICTIONS_FILE
+    path.write_bytes(damage(path.read_bytes()))
+    found, warning = read_predictions(path.parent)
+    assert found is None and warning.startswith(f"{path}: unreadable (")
+    report = build_report(copy)
+    assert [w for w in report.warnings if str(path) in w] == [f"{warning}; left out of the test-set intervals"]
+    intervals = {c.loss: c.test_interval for c in report.verdict.candidates}
+    assert intervals["ce"] is None and intervals["expected_score"] is not None  # the other loss keeps its interval
+
+
 def test_rescore_redecides_every_run_under_another_table_without_its_config(comparison, tmp_path):
     table = tmp_path / "other.csv"
     classes = read_predictions(comparison / "loss=ce,seed=0")[0].classes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,3 +127,8 @@ def savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     file (or none), never a truncated archive that fails later with a zip error."""
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+# What np.load raises on a file that is no .npz archive, an empty one, or one cut short or overwritten by another
+# writer than savez_atomic (a partial copy, a full disk): zipfile's own error is not an OSError or a ValueError.
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)

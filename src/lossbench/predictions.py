@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lossbench.atomic import savez_atomic
+from lossbench.atomic import NPZ_READ_ERRORS, savez_atomic
 from lossbench.data.batching import eval_batches
 from lossbench.errors import LossbenchError, one_line
 from lossbench.metrics import fit_temperature
@@ -87,8 +87,8 @@ class Predictions:
 
 
 def read_predictions(run_dir: Path) -> tuple[Predictions | None, str | None]:
-    """A run's predictions.npz, or (None, None) when it has none (runs of older versions), or (None, a warning
-    naming the damaged file)."""
+    """A run's predictions.npz, or (None, None) when it has none (runs of older versions), or (None, a phrase
+    naming the damaged file, to which each caller adds what it leaves out)."""
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.exists():
         return None, None
@@ -115,8 +115,8 @@ def read_predictions(run_dir: Path) -> tuple[Predictions | None, str | None]:
         ):
             raise ValueError("labels do not match its probabilities")
         return found, None
-    except (OSError, ValueError, KeyError, EOFError, LossbenchError) as err:
-        return None, f"{path}: unreadable ({one_line(err)}); left out of the test-set intervals"
+    except (*NPZ_READ_ERRORS, KeyError, LossbenchError) as err:
+        return None, f"{path}: unreadable ({one_line(err)})"
 
 
 def decisions(probs: np.ndarray, scores: np.ndarray, rule: str, temperature: float = math.nan) -> np.ndarray:
@@ -141,6 +141,14 @@ def example_scores(
     """(S[y, answer] per example, the answers) under a decision rule."""
     answers = decisions(probs, scores, rule, temperature)
     return scores[labels, answers], answers
+
+
+def rule_confusion(found: Predictions, rule: str) -> np.ndarray:
+    """C x C test counts of (true class, answer) under a decision rule: the confusion.csv a run would have had if it
+    had answered by that rule (confusion.csv itself holds the argmax decision's)."""
+    answers = decisions(found.test_probs, found.scores, rule, found.temperature)
+    c = len(found.classes)
+    return np.bincount(found.test_labels * c + answers, minlength=c * c).reshape(c, c)
 
 
 def rule_metrics(

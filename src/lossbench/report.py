@@ -871,7 +871,7 @@ def load_predictions(runs: pd.DataFrame, warnings: list[str]) -> dict[str, Predi
             continue
         predictions, warning = read_predictions(Path(run_dir))
         if warning:
-            warnings.append(warning)
+            warnings.append(f"{warning}; left out of the test-set intervals")
         if predictions is not None:
             found[run_dir] = predictions
     return found

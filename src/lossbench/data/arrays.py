@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lossbench.atomic import NPZ_READ_ERRORS
 from lossbench.data.dataset import Dataset, Select, restrict, subsets
 from lossbench.data.sources import Source
 from lossbench.errors import LossbenchError, one_line, require
@@ -45,7 +46,7 @@ def _read_arrays(path: Path, mtime_ns: int, size: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
+    except NPZ_READ_ERRORS as err:
         raise LossbenchError(f"data.path {path}: not a readable .npz file ({one_line(err)})") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     require(not missing, f"data.path {path}: missing array(s) {missing} (has {sorted(arrays)})")
