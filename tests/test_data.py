@@ -19,7 +19,7 @@ from PIL import Image
 import lossbench.data.images as images_module
 import lossbench.data.loading as loading_module
 from lossbench.data.batching import Batches, feature_stats
-from lossbench.data.classes import CIFAR10_CLASSES
+from lossbench.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 from lossbench.data.latest import Latest
 from lossbench.data.loading import load_dataset, stratified_subset
 from lossbench.data.sources import Source, dataset_classes
@@ -532,9 +532,12 @@ def test_the_sources_that_earlier_runs_recorded_still_build():
     for target, path in recorded.items():
         assert target in own_targets(), path
         assert issubclass(get_object(target), Source), path
-    quick = OmegaConf.load(recorded["lossbench.data.Synthetic"])
+    # The demo's record, and one whose names (CIFAR-100's 100) outnumber its num_classes field, built again
+    quick = configs[ROOT / "results" / "quick" / "loss=ce,seed=0" / "config.yaml"]
     check_config(quick, "config.yaml", trusted=(), command="lossbench resume")
-    assert dataset_classes(quick.data) == list(quick.data.classes or CIFAR10_CLASSES)
+    assert dataset_classes(quick.data) == CIFAR10_CLASSES
+    hundred = configs[ROOT / "results" / "synthetic100" / "loss=ce,seed=0" / "config.yaml"]
+    assert dataset_classes(hundred.data) == CIFAR100_CLASSES
 
 
 @pytest.mark.parametrize("target", ["lossbench.data.Synthetic", "lossbench.data.synthetic.Synthetic"])
