@@ -82,6 +82,7 @@ def test_the_report_gives_a_test_set_interval_beside_the_seed_interval(compariso
         lambda data: data[: len(data) // 2],  # cut short: copied in part, a full disk
         lambda data: b"not an archive",
         lambda data: data[:30] + bytes(len(data) - 30),  # its contents overwritten
+        lambda data: data[:60] + bytes(b ^ 0x5A for b in data[60:124]) + data[124:],  # no longer inflates (zlib)
     ],
 )
 def test_a_damaged_predictions_file_leaves_its_run_out_of_the_test_set_interval_and_is_named(

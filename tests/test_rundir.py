@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import HANG_S
 
-from lossbench.atomic import atomic_path, savez_atomic, write_atomic
+from lossbench.atomic import NPZ_READ_ERRORS, atomic_path, savez_atomic, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
 from lossbench.rundir import (
     COMPARE_FILE,
@@ -283,6 +283,30 @@ def test_an_atomic_write_that_fails_names_its_target_not_the_temporary_file(tmp_
         with atomic_path(tmp_path / "a.csv"):
             (tmp_path / "other" / "b.csv").write_text("")
     assert caught.value.filename == str(tmp_path / "other" / "b.csv")
+
+
+def flipped(data: bytes, start: int) -> bytes:
+    return data[:start] + bytes(b ^ 0x5A for b in data[start : start + 64]) + data[start + 64 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"",
+        lambda data: b"not an archive",
+        lambda data: data[: len(data) // 2],  # cut short
+        lambda data: flipped(data, 60),  # a compressed member that no longer inflates (zlib)
+        lambda data: flipped(data, len(data) // 2),  # a bad CRC (zipfile)
+    ],
+)
+def test_every_error_of_reading_a_damaged_archive_is_one_the_readers_catch(tmp_path, damage):
+    """The readers of .npz files (a data file, predictions.npz, a groups file) turn NPZ_READ_ERRORS into one line
+    naming the file; anything else would reach the user as a traceback."""
+    target = tmp_path / "d.npz"
+    savez_atomic(target, {"x": np.random.default_rng(0).normal(size=(64, 64))})
+    target.write_bytes(damage(target.read_bytes()))
+    with pytest.raises(NPZ_READ_ERRORS), np.load(target, allow_pickle=False) as archive:
+        {key: archive[key] for key in archive.files}
 
 
 def test_an_archive_killed_while_written_leaves_the_old_one(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +130,7 @@ def savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(f, **arrays)
 
 
-# What np.load raises on a file that is no .npz archive, an empty one, or one cut short or overwritten by another
-# writer than savez_atomic (a partial copy, a full disk): zipfile's own error is not an OSError or a ValueError.
-NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+# What np.load and reading its arrays raise on a file that is no .npz archive, an empty one, or one cut short or
+# overwritten by another writer than savez_atomic (a partial copy, a full disk): zipfile's and zlib's own errors
+# (a bad CRC, a compressed member that no longer inflates) are neither OSError nor ValueError.
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
