@@ -95,6 +95,19 @@ def test_confusion_figure_row_normalised(tmp_path, classes):
     picture(tmp_path / "c.png")
 
 
+def test_a_confusion_figure_of_many_classes_stays_a_picture_a_viewer_opens(tmp_path):
+    """100 classes, 7 losses (results/synthetic100): the figure grew with the classes until Pillow took it for a
+    decompression bomb (129 megapixels) and the report embedding it passed 3 MB."""
+    names = [f"class{i:03d}" for i in range(100)]
+    counts = pd.DataFrame(
+        np.eye(100) * 30 + np.random.default_rng(0).integers(0, 3, (100, 100)), index=names, columns=names
+    )
+    plots.save_figure(plots.confusion_figure([(f"loss{i}", "ce", counts) for i in range(7)]), tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as image:
+        assert image.width * image.height < Image.MAX_IMAGE_PIXELS / 4
+    picture(tmp_path / "c.png")
+
+
 def test_tuning_figure_marks_the_choice_and_the_failed_trials(tmp_path):
     trials = pd.DataFrame(
         [

@@ -177,7 +177,11 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
     classes = len(matrices[0][2])
     columns = min(3, len(matrices))
     rows = math.ceil(len(matrices) / columns)
-    side = max(3.6, 0.3 * classes + 1.5)
+    # Room for the percentages up to 12 classes; beyond, a class gets one line of its tick label. At 0.3 inch a
+    # class, 7 panels of 100 classes made a 129-megapixel, 1.9 MB picture that image viewers refuse.
+    label_size = 7 if classes <= 40 else 5
+    per_class = 0.3 if classes <= 12 else 1.3 * label_size / 72
+    side = max(3.6, per_class * classes + 1.5)
     fig, axes = plt.subplots(
         rows, columns, figsize=(side * columns + 1, side * rows), squeeze=False, layout="constrained"
     )
@@ -187,8 +191,8 @@ def confusion_figure(matrices: Sequence[tuple[str, str, pd.DataFrame]]) -> Figur
         share = np.divide(counts.to_numpy(float), totals, out=np.zeros(counts.shape), where=totals > 0)
         image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         ticks = np.arange(len(counts))
-        ax.set_xticks(ticks, [str(c) for c in counts.columns], rotation=90, fontsize=7)
-        ax.set_yticks(ticks, [str(c) for c in counts.index], fontsize=7)
+        ax.set_xticks(ticks, [str(c) for c in counts.columns], rotation=90, fontsize=label_size)
+        ax.set_yticks(ticks, [str(c) for c in counts.index], fontsize=label_size)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(label, fontsize=10, color=loss_colour(loss))
