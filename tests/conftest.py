@@ -58,6 +58,22 @@ def evaluation_case(side: int, sizes: tuple[int, int, int]):
 HANG_S = 1800
 
 
+def flipped(data: bytes, start: int) -> bytes:
+    return data[:start] + bytes(b ^ 0x5A for b in data[start : start + 64]) + data[start + 64 :]
+
+
+# The ways an .npz file arrives damaged, for the tests of every reader of one (parametrize over the values, with
+# the keys as ids): each must give one line naming the file, never a traceback.
+NPZ_DAMAGES = {
+    "empty": lambda data: b"",
+    "not an archive": lambda data: b"not an archive",
+    "cut short": lambda data: data[: len(data) // 2],  # a partial copy, a full disk
+    "overwritten": lambda data: data[:30] + bytes(len(data) - 30),
+    "inflates no more": lambda data: flipped(data, 60),  # a compressed member (zlib's error)
+    "bad CRC": lambda data: flipped(data, len(data) // 2),  # zipfile's error
+}
+
+
 def lossbench(
     *args: str, cwd: Path, timeout: float = HANG_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import lossbench, make_cfg
+from conftest import NPZ_DAMAGES, lossbench, make_cfg
 
 from lossbench.data.loading import load_dataset
 from lossbench.data.sources import dataset_classes
@@ -95,15 +95,7 @@ def test_classes_absent_from_the_test_split_are_one_clear_error(tmp_path):
         load_dataset(cfg, dataset_classes(cfg), torch.eye(2))
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda data: b"hello",
-        lambda data: b"",
-        lambda data: data[: len(data) // 2],  # a copy cut short
-        lambda data: data[:30] + bytes(len(data) - 30),  # overwritten after its first header
-    ],
-)
+@pytest.mark.parametrize("damage", NPZ_DAMAGES.values(), ids=NPZ_DAMAGES)
 def test_not_an_npz_file(tmp_path, damage):
     make_npz(tmp_path / "d.npz")
     (tmp_path / "d.npz").write_bytes(damage((tmp_path / "d.npz").read_bytes()))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, lossbench, make_cfg
+from conftest import NPZ_DAMAGES, TINY, lossbench, make_cfg
 
 from lossbench.data.loading import load_dataset
 from lossbench.data.sources import dataset_classes
@@ -76,15 +76,7 @@ def test_the_report_gives_a_test_set_interval_beside_the_seed_interval(compariso
     assert " to " in glance and 'Test-set interval "-"' not in glance
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda data: data[: len(data) // 2],  # cut short: copied in part, a full disk
-        lambda data: b"not an archive",
-        lambda data: data[:30] + bytes(len(data) - 30),  # its contents overwritten
-        lambda data: data[:60] + bytes(b ^ 0x5A for b in data[60:124]) + data[124:],  # no longer inflates (zlib)
-    ],
-)
+@pytest.mark.parametrize("damage", NPZ_DAMAGES.values(), ids=NPZ_DAMAGES)
 def test_a_damaged_predictions_file_leaves_its_run_out_of_the_test_set_interval_and_is_named(
     comparison, tmp_path, damage
 ):

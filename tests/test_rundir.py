@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import HANG_S
+from conftest import HANG_S, NPZ_DAMAGES
 
 from lossbench.atomic import NPZ_READ_ERRORS, atomic_path, savez_atomic, write_atomic
 from lossbench.errors import EnvironmentFailure, LossbenchError
@@ -285,20 +285,7 @@ def test_an_atomic_write_that_fails_names_its_target_not_the_temporary_file(tmp_
     assert caught.value.filename == str(tmp_path / "other" / "b.csv")
 
 
-def flipped(data: bytes, start: int) -> bytes:
-    return data[:start] + bytes(b ^ 0x5A for b in data[start : start + 64]) + data[start + 64 :]
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda data: b"",
-        lambda data: b"not an archive",
-        lambda data: data[: len(data) // 2],  # cut short
-        lambda data: flipped(data, 60),  # a compressed member that no longer inflates (zlib)
-        lambda data: flipped(data, len(data) // 2),  # a bad CRC (zipfile)
-    ],
-)
+@pytest.mark.parametrize("damage", NPZ_DAMAGES.values(), ids=NPZ_DAMAGES)
 def test_every_error_of_reading_a_damaged_archive_is_one_the_readers_catch(tmp_path, damage):
     """The readers of .npz files (a data file, predictions.npz, a groups file) turn NPZ_READ_ERRORS into one line
     naming the file; anything else would reach the user as a traceback."""
